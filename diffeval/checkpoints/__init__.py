@@ -1,0 +1,190 @@
+"""load(spec) -> Loaded(model, tokenizer, info); save(model, dir). One module per format."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from diffeval.checkpoints import hf, native
+from diffeval.checkpoints.files import read_weights
+from diffeval.checkpoints.zoo import zoo_path
+from diffeval.errors import CheckpointError
+from diffeval.models.config import ModelConfig
+from diffeval.models.decoder import Decoder
+from diffeval.tokenizers import ByteTokenizer, load_tokenizer
+
+FORMATS = {"native": native, "hf": hf}
+
+
+@dataclass
+class CheckpointInfo:
+    spec: str
+    path: str
+    format: str
+    architecture: str
+    family: str
+    n_params: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_value: int
+    d_model: int
+    d_ff: int
+    vocab_size: int
+    max_seq_len: int
+    rope: dict[str, Any]
+    tie_embeddings: bool
+    dtype: str
+    backend: str
+    tokenizer: str
+    files: list[str]
+    sha256: str
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Loaded:
+    model: Decoder
+    tokenizer: Any
+    info: CheckpointInfo
+
+
+def resolve_spec(spec: str) -> Path:
+    if spec.startswith("zoo:"):
+        return zoo_path(spec[4:])
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"{spec}: no such checkpoint directory")
+    if not path.is_dir():
+        raise CheckpointError(f"{spec}: a checkpoint is a directory (config.json + *.safetensors)")
+    return path
+
+
+def read_config(directory: Path) -> tuple[str, ModelConfig, dict[str, Any]]:
+    path = directory / "config.json"
+    if not path.exists():
+        raise CheckpointError(f"{path}: missing (a checkpoint directory needs config.json)")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    fmt = "native" if "family" in raw else "hf"
+    return fmt, FORMATS[fmt].config_from(raw, path), raw
+
+
+def _state_dict(weights, mapping: dict[str, str], model: Decoder) -> dict[str, torch.Tensor]:
+    """Validated state dict for `model`: every tensor present, of the right shape, none extra."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for native_name, file_name in mapping.items():
+        if native_name not in expected:
+            raise CheckpointError(f"{weights.origin[file_name]}: unexpected tensor {file_name!r}")
+    inverse_missing = sorted(set(expected) - set(mapping))
+    if inverse_missing:
+        where = weights.files[0].parent if weights.files else "checkpoint"
+        raise CheckpointError(f"{where}: missing tensor {inverse_missing[0]!r} (native name)")
+    out = {}
+    for native_name, file_name in mapping.items():
+        t = weights.tensors[file_name]
+        if tuple(t.shape) != expected[native_name]:
+            raise CheckpointError(
+                f"{weights.origin[file_name]}: tensor {file_name!r} has shape {tuple(t.shape)}, "
+                f"expected {expected[native_name]}"
+            )
+        if not t.is_floating_point():
+            raise CheckpointError(f"{weights.origin[file_name]}: tensor {file_name!r} has dtype {t.dtype}")
+        out[native_name] = t
+    return out
+
+
+def load(
+    spec: str,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    backend: str = "auto",
+    allow_pickle: bool = False,
+) -> Loaded:
+    """Load a checkpoint: `zoo:NAME`, a native directory, or a Hugging Face directory.
+    Returns Loaded(model in eval mode on `device`/`dtype`, tokenizer, info)."""
+    directory = resolve_spec(spec)
+    fmt, cfg, raw = read_config(directory)
+    weights = read_weights(directory, allow_pickle=allow_pickle)
+    mapping = FORMATS[fmt].map_state(weights.tensors, cfg)
+    with torch.device("meta"):
+        model = Decoder(cfg)
+    state = _state_dict(weights, mapping, model)
+    model.load_state_dict(state, assign=True, strict=True)
+    model = model.to(device=device, dtype=dtype).eval()
+    model.set_backend(backend, device)
+    if fmt == "hf":
+        eos = raw.get("eos_token_id")
+        eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if isinstance(eos, int) else ())
+        tokenizer = load_tokenizer(directory, eos_ids)
+        if tokenizer is None:
+            raise CheckpointError(f"{directory / 'tokenizer.json'}: missing (Hugging Face checkpoints need it)")
+        arch = hf.architecture(raw, directory / "config.json")
+    else:
+        tokenizer = load_tokenizer(directory) or ByteTokenizer()
+        arch = "diffeval"
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise CheckpointError(
+            f"{directory}: tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is {cfg.vocab_size}"
+        )
+    info = CheckpointInfo(
+        spec=spec,
+        path=str(directory),
+        format=fmt,
+        architecture=arch,
+        family=cfg.family,
+        n_params=sum(p.numel() for p in model.parameters()),
+        n_layers=cfg.n_layers,
+        n_heads=cfg.n_heads,
+        n_kv_heads=cfg.n_kv_heads,
+        d_head=cfg.d_head,
+        d_value=cfg.d_value,
+        d_model=cfg.d_model,
+        d_ff=cfg.d_ff,
+        vocab_size=cfg.vocab_size,
+        max_seq_len=cfg.max_seq_len,
+        rope=asdict(cfg.rope),
+        tie_embeddings=cfg.tie_embeddings,
+        dtype=str(dtype).replace("torch.", ""),
+        backend=model.backend.name,
+        tokenizer=tokenizer.name,
+        files=[p.name for p in weights.files],
+        sha256=weights.sha256(),
+        config=cfg.to_dict(),
+    )
+    return Loaded(model, tokenizer, info)
+
+
+def save(model: Decoder, directory: str | Path, tokenizer: Optional[Any] = None) -> Path:
+    """Write `model` in the native format (config.json, model.safetensors, tokenizer.json when
+    the tokenizer came from one). Files are written to temporaries and renamed."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tok_name = "byte"
+    if tokenizer is not None and hasattr(tokenizer, "path"):
+        tmp = directory / "tokenizer.json.tmp"
+        tmp.write_bytes(Path(tokenizer.path).read_bytes())
+        tmp.replace(directory / "tokenizer.json")
+        tok_name = "tokenizer.json"
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tmp = directory / "model.safetensors.tmp"
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    tmp.replace(directory / "model.safetensors")
+    tmp = directory / "config.json.tmp"
+    tmp.write_text(json.dumps(native.config_to(model.cfg, tok_name), indent=2) + "\n")
+    tmp.replace(directory / "config.json")
+    return directory

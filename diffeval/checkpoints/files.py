@@ -1,0 +1,110 @@
+"""Reading weight files: safetensors (single or sharded) by default; pickles only on opt-in."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from diffeval.errors import CheckpointError
+
+PICKLE_NAMES = ("pytorch_model.bin", "model.bin", "model.pt", "consolidated.pt")
+
+
+@dataclass
+class WeightFiles:
+    """Tensors by their name in the file, and which file each came from."""
+
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    origin: dict[str, Path] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+
+    def sha256(self) -> str:
+        """One digest for the whole set: sha256 of the single file, or of 'name:digest' lines."""
+        digests = {p.name: file_sha256(p) for p in self.files}
+        if len(digests) == 1:
+            return next(iter(digests.values()))
+        joined = "\n".join(f"{n}:{d}" for n, d in sorted(digests.items()))
+        return hashlib.sha256(joined.encode()).hexdigest()
+
+
+_SHA_CACHE: dict[tuple[str, float, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime, stat.st_size)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
+
+
+def _read_safetensors(path: Path, out: WeightFiles) -> None:
+    from safetensors import SafetensorError, safe_open
+
+    if not path.exists():
+        raise CheckpointError(f"{path}: weight file missing")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():
+                if name in out.tensors:
+                    raise CheckpointError(f"{path}: tensor {name!r} also in {out.origin[name]}")
+                out.tensors[name] = f.get_tensor(name)
+                out.origin[name] = path
+    except SafetensorError as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc}); truncated or corrupt?") from None
+    out.files.append(path)
+
+
+def read_weights(directory: Path, allow_pickle: bool = False) -> WeightFiles:
+    """All weight tensors of a checkpoint directory."""
+    out = WeightFiles()
+    index = directory / "model.safetensors.index.json"
+    single = directory / "model.safetensors"
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{index}: not a valid shard index ({exc})") from None
+        shards = sorted(set(weight_map.values()))
+        for shard in shards:
+            _read_safetensors(directory / shard, out)
+        missing = sorted(set(weight_map) - set(out.tensors))
+        if missing:
+            raise CheckpointError(f"{index}: tensor {missing[0]!r} listed for {weight_map[missing[0]]} but not in it")
+        return out
+    if single.exists():
+        _read_safetensors(single, out)
+        return out
+    others = sorted(directory.glob("*.safetensors"))
+    if others:
+        for path in others:
+            _read_safetensors(path, out)
+        return out
+    pickles = [directory / n for n in PICKLE_NAMES if (directory / n).exists()]
+    if pickles:
+        if not allow_pickle:
+            raise CheckpointError(
+                f"{pickles[0]}: pickle checkpoints can run code and are refused; convert to "
+                "safetensors or pass --allow-pickle (loads with torch.load(weights_only=True))"
+            )
+        for path in pickles:
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # torch raises many types for a bad or unsafe pickle
+                raise CheckpointError(f"{path}: cannot load with weights_only=True ({type(exc).__name__})") from None
+            if not isinstance(state, dict):
+                raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
+            for name, t in state.items():
+                out.tensors[name] = t
+                out.origin[name] = path
+            out.files.append(path)
+        return out
+    raise CheckpointError(f"{directory}: no weights (model.safetensors or model.safetensors.index.json)")

@@ -1,0 +1,155 @@
+"""Hugging Face checkpoints as `save_pretrained` writes them: LlamaForCausalLM,
+MistralForCausalLM, Qwen2ForCausalLM, DiffLlamaForCausalLM. All foreign names are translated
+here and nowhere else. `auto_map` (remote code) is never executed: only the known
+architectures are read, by this code."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffeval.errors import CheckpointError, ConfigError
+from diffeval.models.config import ROPE_TYPES, ModelConfig, RopeConfig
+
+ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+    "DiffLlamaForCausalLM": "diffllama",
+}
+MODEL_TYPES = {v: k for k, v in ARCHITECTURES.items()}
+
+_NAME_RULES = [
+    (re.compile(r"^model\.embed_tokens\.weight$"), "embed.weight"),
+    (re.compile(r"^model\.norm\.weight$"), "norm.weight"),
+    (re.compile(r"^lm_head\.weight$"), "lm_head.weight"),
+    (re.compile(r"^model\.layers\.(\d+)\.input_layernorm\.weight$"), r"layers.\1.attn_norm.weight"),
+    (re.compile(r"^model\.layers\.(\d+)\.post_attention_layernorm\.weight$"), r"layers.\1.mlp_norm.weight"),
+    (re.compile(r"^model\.layers\.(\d+)\.self_attn\.(\w+(?:\.\w+)?)$"), r"layers.\1.attn.\2"),
+    (re.compile(r"^model\.layers\.(\d+)\.mlp\.(\w+\.\w+)$"), r"layers.\1.mlp.\2"),
+]
+_IGNORED = re.compile(r"rotary_emb\.inv_freq$")
+
+
+def architecture(raw: dict[str, Any], path: Path) -> str:
+    archs = raw.get("architectures") or []
+    if archs:
+        arch = archs[0]
+    elif raw.get("model_type") in MODEL_TYPES:
+        arch = MODEL_TYPES[raw["model_type"]]
+    else:
+        arch = raw.get("model_type", "<none>")
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(
+            f"{path}: unknown architecture {arch!r}; supported: {', '.join(ARCHITECTURES)}"
+        )
+    return arch
+
+
+def _rope(raw: dict[str, Any], path: Path) -> RopeConfig:
+    params = raw.get("rope_parameters")
+    if isinstance(params, dict) and params:
+        scaling = dict(params)
+        theta = scaling.get("rope_theta", raw.get("rope_theta", 10000.0))
+    else:
+        scaling = dict(raw.get("rope_scaling") or {})
+        theta = raw.get("rope_theta", 10000.0)
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind not in ROPE_TYPES:
+        raise CheckpointError(
+            f"{path}: unsupported RoPE scaling type {kind!r}; supported: {', '.join(ROPE_TYPES)}"
+        )
+    partial = scaling.get("partial_rotary_factor", raw.get("partial_rotary_factor", 1.0))
+    if partial not in (None, 1, 1.0):
+        raise CheckpointError(f"{path}: partial_rotary_factor {partial} is not supported")
+    fields: dict[str, Any] = {"theta": float(theta), "type": kind}
+    if kind != "default":
+        if "factor" not in scaling:
+            raise CheckpointError(f"{path}: RoPE scaling {kind!r} needs a 'factor'")
+        fields["factor"] = float(scaling["factor"])
+    if kind == "llama3":
+        for key in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
+            if key not in scaling:
+                raise CheckpointError(f"{path}: llama3 RoPE scaling needs {key!r}")
+            fields[key] = scaling[key]
+    try:
+        return RopeConfig(**fields)
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+
+
+def _require(raw: dict[str, Any], key: str, path: Path) -> Any:
+    if key not in raw:
+        raise CheckpointError(f"{path}: missing field {key!r}")
+    return raw[key]
+
+
+def config_from(raw: dict[str, Any], path: Path) -> ModelConfig:
+    arch = architecture(raw, path)
+    kind = ARCHITECTURES[arch]
+    act = raw.get("hidden_act", "silu")
+    if act != "silu":
+        raise CheckpointError(f"{path}: hidden_act {act!r} is not supported (SwiGLU needs 'silu')")
+    window = raw.get("sliding_window")
+    max_pos = raw.get("max_position_embeddings", 2048)
+    if kind == "qwen2" and raw.get("use_sliding_window"):
+        raise CheckpointError(f"{path}: use_sliding_window=true is not supported")
+    if kind == "mistral" and window is not None and window < max_pos:
+        raise CheckpointError(
+            f"{path}: sliding_window {window} < max_position_embeddings {max_pos} is not supported"
+        )
+    n_attn = _require(raw, "num_attention_heads", path)
+    n_kv = raw.get("num_key_value_heads") or n_attn
+    d_model = _require(raw, "hidden_size", path)
+    d_head = raw.get("head_dim") or d_model // n_attn
+    if kind == "diffllama":
+        if n_attn % 2:
+            raise CheckpointError(f"{path}: DiffLlama num_attention_heads ({n_attn}) must be even")
+        family, n_heads = "diff", n_attn // 2
+    else:
+        family, n_heads = ("sha" if n_attn == 1 and n_kv == 1 else "transformer"), n_attn
+    attn_bias = bool(raw.get("attention_bias", False))
+    values = dict(
+        family=family,
+        vocab_size=_require(raw, "vocab_size", path),
+        d_model=d_model,
+        n_layers=_require(raw, "num_hidden_layers", path),
+        n_heads=n_heads,
+        n_kv_heads=n_kv,
+        d_head=d_head,
+        d_ff=_require(raw, "intermediate_size", path),
+        max_seq_len=max_pos,
+        rope=_rope(raw, path),
+        norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+        tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
+        qkv_bias=True if kind == "qwen2" else attn_bias,
+        o_bias=False if kind == "qwen2" else attn_bias,
+        mlp_bias=bool(raw.get("mlp_bias", False)),
+    )
+    try:
+        return ModelConfig(**values)
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+
+
+def native_name(name: str) -> str | None:
+    for pattern, repl in _NAME_RULES:
+        if pattern.match(name):
+            return pattern.sub(repl, name)
+    return None
+
+
+def map_state(tensors: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, str]:
+    """native name -> name in file. Unknown names map to themselves (then reported)."""
+    out: dict[str, str] = {}
+    for name in tensors:
+        if _IGNORED.search(name):
+            continue
+        native = native_name(name)
+        if native == "lm_head.weight" and cfg.tie_embeddings:
+            continue  # some tied checkpoints store the head anyway; the embedding is used
+        out[native or name] = name
+    return out

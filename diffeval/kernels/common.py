@@ -1,0 +1,35 @@
+"""Head bookkeeping shared by the attention backends."""
+
+from __future__ import annotations
+
+import torch
+
+
+def expand_kv(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """(B, Hkv, T, D) -> (B, n_heads, T, D); query head i reads kv head i // (n_heads // Hkv)."""
+    n_kv = x.shape[1]
+    if n_kv == n_heads:
+        return x
+    return x.repeat_interleave(n_heads // n_kv, dim=1)
+
+
+def diff_values(v: torch.Tensor, n_diff_heads: int) -> torch.Tensor:
+    """Values of the differential heads, (B, Hkv, T, d) -> (B, H, T, 2d).
+
+    With 2H query projections and GQA group size r = 2H / Hkv, differential head j reads
+    value [v_{j // r} ; v_{(j + H) // r}] (the Hugging Face DiffLlama layout)."""
+    n_kv = v.shape[1]
+    r = 2 * n_diff_heads // n_kv
+    idx = torch.arange(n_diff_heads, device=v.device)
+    return torch.cat((v[:, idx // r], v[:, (idx + n_diff_heads) // r]), dim=-1)
+
+
+def causal_valid(q_pos: torch.Tensor, n_keys: int) -> torch.Tensor:
+    """(R,) absolute query positions -> (R, n_keys) bool, True where the key is visible."""
+    keys = torch.arange(n_keys, device=q_pos.device)
+    return keys[None, :] <= q_pos[:, None]
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Softmax and logits run in at least float32."""
+    return torch.promote_types(dtype, torch.float32)

@@ -1,0 +1,8 @@
+"""Model stack: ModelConfig, the shared decoder, attention families, KV cache, capture."""
+
+from diffeval.models.cache import KVCache
+from diffeval.models.config import ModelConfig, RopeConfig
+from diffeval.models.decoder import Decoder, greedy_generate
+from diffeval.models.inspect import ActivationStats, Capture
+
+__all__ = ["ActivationStats", "Capture", "Decoder", "KVCache", "ModelConfig", "RopeConfig", "greedy_generate"]

@@ -1,0 +1,58 @@
+"""Softmax attention, MHA and GQA: the `transformer` family, and `sha` (the same code with
+one head per layer and a head size independent of d_model)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from diffeval.kernels.common import expand_kv
+from diffeval.kernels.reference import ReferenceBackend, softmax_rows
+from diffeval.models.cache import LayerCache
+from diffeval.models.config import ModelConfig
+from diffeval.models.inspect import ForwardContext
+from diffeval.models.layers import apply_rotary
+
+REFERENCE = ReferenceBackend()
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv_heads, self.d_head = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
+        self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * cfg.d_head, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.d_head, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.d_head, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.d_head, cfg.d_model, bias=cfg.o_bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: LayerCache | None,
+        ctx: ForwardContext,
+    ) -> torch.Tensor:
+        """x (B, T, d_model) -> (B, T, d_model)."""
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.d_head).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.d_head).transpose(1, 2)  # (B, Hkv, T, D)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.d_head).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, Hkv, Tk, D)
+        scale = self.d_head**-0.5
+        fn = ctx.logit_fn(self.layer_idx)
+        backend = REFERENCE if fn is not None else ctx.backend
+        out = backend.attend(q, k, v, scale=scale, logit_fn=fn)  # (B, H, T, D)
+        q_start = k.shape[2] - T
+        sel = ctx.capture_rows(self.layer_idx, q_start, T)
+        if sel is not None:
+            local, absolute = sel
+            rows = softmax_rows(
+                q[:, :, local], expand_kv(k, self.n_heads), torch.tensor(absolute, device=q.device),
+                scale, ctx.logit_fn(self.layer_idx, with_stats=False),
+            )  # (B, H, R, Tk)
+            ctx.capture.add(self.layer_idx, absolute, {"attn": rows})
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.d_head))

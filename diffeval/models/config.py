@@ -1,0 +1,158 @@
+"""ModelConfig: the one description of a decoder that every format translates into."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from diffeval.errors import ConfigError
+
+FAMILIES = ("transformer", "sha", "diff")
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+@dataclass(frozen=True)
+class RopeConfig:
+    """Rotary position embedding: base, and the scaling used by Llama-3-family checkpoints."""
+
+    theta: float = 10000.0
+    type: str = "default"
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+    def __post_init__(self) -> None:
+        if self.type not in ROPE_TYPES:
+            raise ConfigError(
+                f"unsupported RoPE scaling type {self.type!r}; supported: {', '.join(ROPE_TYPES)}"
+            )
+        if not self.theta > 0:
+            raise ConfigError(f"rope_theta ({self.theta}) must be > 0")
+        if self.type != "default" and not self.factor > 0:
+            raise ConfigError(f"rope factor ({self.factor}) must be > 0")
+        if self.type == "llama3" and not self.high_freq_factor > self.low_freq_factor:
+            raise ConfigError(
+                f"llama3 rope: high_freq_factor ({self.high_freq_factor}) must exceed "
+                f"low_freq_factor ({self.low_freq_factor})"
+            )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A pre-norm decoder. For `diff`, `n_heads` counts differential heads (each has two
+    query/key maps of width `d_head` and one value of width 2 * `d_head`), and `n_kv_heads`
+    counts key/value heads of width `d_head` (as Hugging Face DiffLlama stores them), which
+    must divide 2 * `n_heads`."""
+
+    family: str
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    d_ff: int
+    n_kv_heads: int | None = None
+    d_head: int | None = None
+    max_seq_len: int = 2048
+    rope: RopeConfig = field(default_factory=RopeConfig)
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    diff_norm_weight: bool = False  # per-head RMSNorm with a weight (unilm `subln`) or without (HF)
+    lambda_std: float = 0.1  # init only
+    init_std: float = 0.02  # init only
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ConfigError(f"unknown family {self.family!r}; valid: {', '.join(FAMILIES)}")
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} ({value!r}) must be a positive integer")
+        n_kv = self.n_kv_heads if self.n_kv_heads is not None else self.n_q_heads
+        object.__setattr__(self, "n_kv_heads", n_kv)
+        if self.d_head is None:
+            if self.d_model % self.n_q_heads:
+                raise ConfigError(
+                    f"d_model ({self.d_model}) must be divisible by the number of query heads "
+                    f"({self.n_q_heads}) when d_head is not given"
+                )
+            object.__setattr__(self, "d_head", self.d_model // self.n_q_heads)
+        if not isinstance(self.d_head, int) or self.d_head < 2 or self.d_head % 2:
+            raise ConfigError(f"d_head ({self.d_head!r}) must be an even integer >= 2 (RoPE pairs)")
+        if not isinstance(n_kv, int) or n_kv < 1 or self.n_q_heads % n_kv:
+            raise ConfigError(
+                f"query heads ({self.n_q_heads}) must be divisible by n_kv_heads ({n_kv})"
+            )
+        if self.family == "sha" and (self.n_heads != 1 or n_kv != 1):
+            raise ConfigError(
+                f"family 'sha' has one head per layer: n_heads ({self.n_heads}) and "
+                f"n_kv_heads ({n_kv}) must be 1"
+            )
+        if not self.norm_eps > 0:
+            raise ConfigError(f"norm_eps ({self.norm_eps}) must be > 0")
+        if isinstance(self.rope, dict):
+            object.__setattr__(self, "rope", RopeConfig(**self.rope))
+
+    @property
+    def n_q_heads(self) -> int:
+        """Query projections of width d_head: 2 * n_heads for diff, n_heads otherwise."""
+        return 2 * self.n_heads if self.family == "diff" else self.n_heads
+
+    @property
+    def d_value(self) -> int:
+        """Width of one attention head's output."""
+        return 2 * self.d_head if self.family == "diff" else self.d_head
+
+    def lambda_init(self, layer_idx: int) -> float:
+        """DIFF lambda_init for a 0-based layer index."""
+        return 0.8 - 0.6 * math.exp(-0.3 * layer_idx)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known - {"format", "tokenizer"})
+        if unknown:
+            raise ConfigError(f"{source}: unknown field(s) {', '.join(unknown)}")
+        missing = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+            and f.name not in data
+        ]
+        if missing:
+            raise ConfigError(f"{source}: missing field(s) {', '.join(missing)}")
+        values = {k: v for k, v in data.items() if k in known}
+        if isinstance(values.get("rope"), dict):
+            rope = values["rope"]
+            bad = sorted(set(rope) - {f.name for f in dataclasses.fields(RopeConfig)})
+            if bad:
+                raise ConfigError(f"{source}: unknown rope field(s) {', '.join(bad)}")
+            values["rope"] = RopeConfig(**rope)
+        try:
+            return cls(**values)
+        except TypeError as exc:  # wrong value types surface here
+            raise ConfigError(f"{source}: {exc}") from None
+
+    def n_params(self) -> int:
+        """Parameter count, from the shapes alone."""
+        d, dh = self.d_model, self.d_head
+        attn = d * self.n_q_heads * dh + 2 * d * self.n_kv_heads * dh + self.n_q_heads * dh * d
+        if self.qkv_bias:
+            attn += self.n_q_heads * dh + 2 * self.n_kv_heads * dh
+        if self.o_bias:
+            attn += d
+        if self.family == "diff":
+            attn += 4 * dh + (2 * dh if self.diff_norm_weight else 0)
+        mlp = 3 * d * self.d_ff + (2 * self.d_ff + d if self.mlp_bias else 0)
+        per_layer = attn + mlp + 2 * d
+        head = 0 if self.tie_embeddings else self.vocab_size * d
+        return self.vocab_size * d + self.n_layers * per_layer + d + head

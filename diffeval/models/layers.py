@@ -1,0 +1,88 @@
+"""Layers shared by every family: RMSNorm, rotary embeddings, SwiGLU."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffeval.models.config import RopeConfig
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in float32 (at least), cast back to the input dtype."""
+
+    def __init__(self, dim: int, eps: float, weight: bool = True) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim)) if weight else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        xf = x.to(torch.promote_types(dtype, torch.float32))
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        out = xf.to(dtype)
+        return out * self.weight if self.weight is not None else out
+
+
+def rope_inv_freq(rope: RopeConfig, d_head: int) -> torch.Tensor:
+    """Inverse frequencies (d_head/2,) in float64, with the configured scaling applied."""
+    inv = 1.0 / (rope.theta ** (torch.arange(0, d_head, 2, dtype=torch.float64) / d_head))
+    if rope.type == "linear":
+        inv = inv / rope.factor
+    elif rope.type == "llama3":
+        # Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, and the band
+        # between interpolates smoothly (wavelength limits from the original context length).
+        old = rope.original_max_position_embeddings
+        wavelen = 2 * math.pi / inv
+        low_wavelen = old / rope.low_freq_factor
+        high_wavelen = old / rope.high_freq_factor
+        scaled = torch.where(wavelen > low_wavelen, inv / rope.factor, inv)
+        smooth = (old / wavelen - rope.low_freq_factor) / (
+            rope.high_freq_factor - rope.low_freq_factor
+        )
+        blended = (1 - smooth) * scaled / rope.factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        inv = torch.where(medium, blended, scaled)
+    return inv
+
+
+class Rotary(nn.Module):
+    """Rotary embedding, `rotate_half` convention (pairs i and i + d/2). Holds no state dict."""
+
+    def __init__(self, rope: RopeConfig, d_head: int) -> None:
+        super().__init__()
+        self.rope = rope
+        self.d_head = d_head
+        self._inv: dict[torch.device, torch.Tensor] = {}
+
+    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions (T,) -> cos, sin (T, d_head) in `dtype`; angles in float32 as in Llama."""
+        dev = positions.device
+        if dev not in self._inv:
+            self._inv[dev] = rope_inv_freq(self.rope, self.d_head).to(dev, torch.float32)
+        angles = positions.to(torch.float32)[:, None] * self._inv[dev][None, :]  # (T, d/2)
+        emb = torch.cat((angles, angles), dim=-1)  # (T, d)
+        if dtype == torch.float64:
+            return emb.double().cos(), emb.double().sin()
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, H, T, D); cos/sin (T, D)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, d_model: int, d_ff: int, bias: bool) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(d_model, d_ff, bias=bias)
+        self.up_proj = nn.Linear(d_model, d_ff, bias=bias)
+        self.down_proj = nn.Linear(d_ff, d_model, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

@@ -1,0 +1,96 @@
+"""Tokenizers: a built-in byte tokenizer, and `tokenizer.json` files through `tokenizers`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Protocol
+
+from diffeval.errors import TokenizerError
+
+
+class Tokenizer(Protocol):
+    name: str
+    vocab_size: int
+    bos_id: Optional[int]
+    eos_id: Optional[int]
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+
+class ByteTokenizer:
+    """UTF-8 bytes are ids 0..255; 256 = <bos>, 257 = <eos>, 258 = <pad>."""
+
+    name = "byte"
+    vocab_size = 259
+    bos_id: Optional[int] = 256
+    eos_id: Optional[int] = 257
+    pad_id = 258
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
+
+
+def _token_id(tok, value) -> Optional[int]:
+    """A special token given as a string, an AddedToken-like dict, or missing."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    if not isinstance(value, str):
+        return None
+    return tok.token_to_id(value)
+
+
+class HFTokenizer:
+    """A `tokenizer.json` (Hugging Face `tokenizers` format). encode() adds no special
+    tokens; `bos_id` is set when the checkpoint asks for a BOS token at the start."""
+
+    def __init__(self, path: Path, config: Optional[dict] = None, eos_ids: tuple[int, ...] = ()) -> None:
+        from tokenizers import Tokenizer as _Tok
+
+        self.path = Path(path)
+        try:
+            self._tok = _Tok.from_file(str(self.path))
+        except Exception as exc:  # tokenizers raises a bare Exception subclass on bad JSON
+            raise TokenizerError(f"{self.path}: cannot read tokenizer: {str(exc).splitlines()[0]}") from None
+        self.name = f"tokenizer.json ({self.path.parent.name})"
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        cfg = config or {}
+        bos = _token_id(self._tok, cfg.get("bos_token"))
+        self.bos_id = bos if cfg.get("add_bos_token", bos is not None) else None
+        eos = _token_id(self._tok, cfg.get("eos_token"))
+        self.eos_id = eos if eos is not None else (eos_ids[0] if eos_ids else None)
+        self.stop_ids = frozenset(i for i in (*eos_ids, eos) if i is not None)
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=True)
+
+
+def load_tokenizer(directory: Path, eos_ids: tuple[int, ...] = ()) -> Optional[HFTokenizer]:
+    """The tokenizer of a checkpoint directory, or None when it has no tokenizer.json."""
+    path = Path(directory) / "tokenizer.json"
+    if not path.exists():
+        return None
+    cfg_path = Path(directory) / "tokenizer_config.json"
+    cfg = None
+    if cfg_path.exists():
+        try:
+            cfg = json.loads(cfg_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise TokenizerError(f"{cfg_path}: not valid JSON ({exc})") from None
+    return HFTokenizer(path, cfg, eos_ids)
+
+
+def stop_ids(tok) -> frozenset[int]:
+    """Token ids that end generation for this tokenizer."""
+    ids = set(getattr(tok, "stop_ids", ()))
+    if tok.eos_id is not None:
+        ids.add(tok.eos_id)
+    return frozenset(ids)
