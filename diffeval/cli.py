@@ -112,12 +112,128 @@ def info(
     Console().print(table)
 
 
+CKPT_HELP = "Checkpoint (repeatable): zoo:NAME, a native or a Hugging Face directory. Default: the zoo models."
+
+
+def _run_options(device: str, dtype: str, backend: str, batch_size: int, max_new_tokens: Optional[int],
+                 allow_beyond: bool, allow_pickle: bool):
+    from diffeval.runner import RunOptions
+
+    dev = parse_device(device)
+    if backend not in ("auto", "reference", "sdpa", "triton"):
+        raise UsageError(f"--backend {backend!r}: choose auto, reference, sdpa or triton")
+    return RunOptions(device=dev, dtype=parse_dtype(dtype, dev), backend=backend, batch_size=batch_size,
+                      max_new_tokens=max_new_tokens, allow_beyond_max_positions=allow_beyond,
+                      allow_pickle=allow_pickle, progress=True)
+
+
+@app.command()
+def needle(
+    ckpt: list[str] = typer.Option([], "--ckpt", help=CKPT_HELP),
+    length: str = typer.Option("4k", "--len", help="Prompt lengths in tokens: 4096, 4k, 64K, lists 4k,8k."),
+    depths: str = typer.Option("0,25,50,75,100", "--depths", help="Needle depths in %: a list, or start:stop:count."),
+    needles: int = typer.Option(1, "--needles", help="Needles in the context (N)."),
+    queries: int = typer.Option(1, "--queries", help="Needles asked for (R <= N)."),
+    samples: int = typer.Option(10, "--samples", help="Samples per (length, depth) cell."),
+    haystack: str = typer.Option("noise", "--haystack", help="noise, essay, or a text file / folder."),
+    needle_kind: str = typer.Option("city", "--needle-kind", help="city, kv-word, kv-number or uuid."),
+    seed: int = typer.Option(0, "--seed"),
+    out: Optional[str] = typer.Option(None, "--out", help="Output directory (default runs/needle-<UTC time>). Rerun to resume."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16."),
+    backend: str = typer.Option("auto", "--backend", help="auto, reference or sdpa."),
+    batch_size: int = typer.Option(1, "--batch-size", help="Prompts of equal length decoded together."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Default: enough for the longest answer."),
+    allow_beyond: bool = typer.Option(False, "--allow-beyond-max-positions", help="Allow prompts longer than the model's position limit."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Load .bin/.pt weights (weights_only=True)."),
+) -> None:
+    """Needle / multi-needle retrieval over a depth x length grid; heatmap and results."""
+    from diffeval.probes.needle import NeedleConfig, parse_depths, parse_lengths
+
+    cfg = NeedleConfig(lengths=tuple(parse_lengths(length)), depths=tuple(parse_depths(depths)),
+                       n_needles=needles, n_queries=queries, samples=samples, haystack=haystack,
+                       needle_kind=needle_kind, seed=seed)
+    opts = _run_options(device, dtype, backend, batch_size, max_new_tokens, allow_beyond, allow_pickle)
+    _needle(cfg, list(ckpt), out, opts)
+
+
+@app.command("run")
+def run_task(
+    task_file: str = typer.Argument(..., metavar="TASK.yaml", help="A task preset (see tasks/)."),
+    ckpt: list[str] = typer.Option([], "--ckpt", help=CKPT_HELP),
+    out: Optional[str] = typer.Option(None, "--out", help="Output directory (default runs/<task>-<UTC time>). Rerun to resume."),
+    samples: Optional[int] = typer.Option(None, "--samples", help="Override samples per cell."),
+    length: Optional[str] = typer.Option(None, "--len", help="Override lengths."),
+    depths: Optional[str] = typer.Option(None, "--depths", help="Override depths."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Override the seed."),
+    device: str = typer.Option("auto", "--device"),
+    dtype: str = typer.Option("auto", "--dtype"),
+    backend: str = typer.Option("auto", "--backend"),
+    batch_size: int = typer.Option(1, "--batch-size"),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens"),
+    allow_beyond: bool = typer.Option(False, "--allow-beyond-max-positions"),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle"),
+) -> None:
+    """Run a task preset (YAML); each grid variant writes its own folder under --out."""
+    from pathlib import Path
+
+    from diffeval.results import default_out
+    from diffeval.tasks import load_task
+
+    task = load_task(task_file)
+    overrides = {k: v for k, v in dict(samples=samples, lengths=length, depths=depths, seed=seed).items() if v is not None}
+    variants = task.variants(overrides)
+    opts = _run_options(device, dtype, backend, batch_size, max_new_tokens, allow_beyond, allow_pickle)
+    root = Path(out) if out else default_out(task.name)
+    for name, cfg in variants:
+        _needle(cfg, list(ckpt), str(root / name) if name else str(root), opts)
+
+
+def _needle(cfg, specs: list[str], out: Optional[str], opts) -> None:
+    from pathlib import Path
+
+    from diffeval.results import default_out
+    from diffeval.runner import run_needle
+
+    out_dir = Path(out) if out else default_out("needle")
+    results = run_needle(cfg, specs, out_dir, opts)
+    render_needle_table(results)
+    print(f"results: {out_dir / 'results.json'}", file=sys.stderr)
+
+
+def render_needle_table(results: dict) -> None:
+    """Accuracy by depth (rows) and length (columns) per model, with the average row."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    lengths = sorted({c["length"] for c in results["cells"]})
+    depths = sorted({c["depth"] for c in results["cells"]})
+    for m in results["models"]:
+        label = m["label"]
+        cells = {(c["length"], c["depth"]): c for c in results["cells"] if c["model"] == label}
+        met = results["metrics"][label]
+        table = Table(title=f"{label} ({m['family']}): accuracy {met['accuracy']:.3f} "
+                            f"[{met['ci95'][0]:.3f}, {met['ci95'][1]:.3f}], n={met['n']}")
+        table.add_column("depth %", justify="right")
+        for L in lengths:
+            table.add_column(_length_label(L), justify="right")
+        for d in depths:
+            table.add_row(f"{d:g}", *[f"{cells[(L, d)]['mean']:.2f}" if (L, d) in cells else "-" for L in lengths])
+        table.add_row("avg", *[f"{met['by_length'][str(L)]:.2f}" for L in lengths], style="bold")
+        console.print(table)
+
+
+def _length_label(n: int) -> str:
+    return f"{n // 1024}K" if n % 1024 == 0 else str(n)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: bad input -> one line on stderr and exit 2; Ctrl-C -> exit 130."""
     import click
 
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)  # typer returns exit codes here (130 on Ctrl-C)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
@@ -130,8 +246,11 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"diffeval: error: {msg}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        print("diffeval: interrupted; finished work is kept", file=sys.stderr)
-        sys.exit(130)
+        rc = 130
+    if rc == 130:
+        print("diffeval: interrupted; finished work is kept (rerun the same command to resume)", file=sys.stderr)
+    if isinstance(rc, int) and rc:
+        sys.exit(rc)
 
 
 if __name__ == "__main__":

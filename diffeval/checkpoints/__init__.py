@@ -82,7 +82,7 @@ def read_config(directory: Path) -> tuple[str, ModelConfig, dict[str, Any]]:
     return fmt, FORMATS[fmt].config_from(raw, path), raw
 
 
-def _state_dict(weights, mapping: dict[str, str], model: Decoder) -> dict[str, torch.Tensor]:
+def _state_dict(weights, mapping: dict[str, str], model: Decoder, fmt) -> dict[str, torch.Tensor]:
     """Validated state dict for `model`: every tensor present, of the right shape, none extra."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     for native_name, file_name in mapping.items():
@@ -91,7 +91,7 @@ def _state_dict(weights, mapping: dict[str, str], model: Decoder) -> dict[str, t
     inverse_missing = sorted(set(expected) - set(mapping))
     if inverse_missing:
         where = weights.files[0].parent if weights.files else "checkpoint"
-        raise CheckpointError(f"{where}: missing tensor {inverse_missing[0]!r} (native name)")
+        raise CheckpointError(f"{where}: missing tensor {fmt.file_name(inverse_missing[0])!r}")
     out = {}
     for native_name, file_name in mapping.items():
         t = weights.tensors[file_name]
@@ -112,16 +112,18 @@ def load(
     dtype: torch.dtype = torch.float32,
     backend: str = "auto",
     allow_pickle: bool = False,
+    require_tokenizer: bool = True,
 ) -> Loaded:
     """Load a checkpoint: `zoo:NAME`, a native directory, or a Hugging Face directory.
-    Returns Loaded(model in eval mode on `device`/`dtype`, tokenizer, info)."""
+    Returns Loaded(model in eval mode on `device`/`dtype`, tokenizer, info). A Hugging Face
+    directory needs tokenizer.json unless `require_tokenizer` is False (tokenizer None)."""
     directory = resolve_spec(spec)
     fmt, cfg, raw = read_config(directory)
     weights = read_weights(directory, allow_pickle=allow_pickle)
     mapping = FORMATS[fmt].map_state(weights.tensors, cfg)
     with torch.device("meta"):
         model = Decoder(cfg)
-    state = _state_dict(weights, mapping, model)
+    state = _state_dict(weights, mapping, model, FORMATS[fmt])
     model.load_state_dict(state, assign=True, strict=True)
     model = model.to(device=device, dtype=dtype).eval()
     model.set_backend(backend, device)
@@ -129,13 +131,13 @@ def load(
         eos = raw.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if isinstance(eos, int) else ())
         tokenizer = load_tokenizer(directory, eos_ids)
-        if tokenizer is None:
+        if tokenizer is None and require_tokenizer:
             raise CheckpointError(f"{directory / 'tokenizer.json'}: missing (Hugging Face checkpoints need it)")
         arch = hf.architecture(raw, directory / "config.json")
     else:
         tokenizer = load_tokenizer(directory) or ByteTokenizer()
         arch = "diffeval"
-    if tokenizer.vocab_size > cfg.vocab_size:
+    if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
         raise CheckpointError(
             f"{directory}: tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is {cfg.vocab_size}"
         )
@@ -159,7 +161,7 @@ def load(
         tie_embeddings=cfg.tie_embeddings,
         dtype=str(dtype).replace("torch.", ""),
         backend=model.backend.name,
-        tokenizer=tokenizer.name,
+        tokenizer=tokenizer.name if tokenizer is not None else "none",
         files=[p.name for p in weights.files],
         sha256=weights.sha256(),
         config=cfg.to_dict(),

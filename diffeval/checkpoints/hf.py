@@ -142,6 +142,25 @@ def native_name(name: str) -> str | None:
     return None
 
 
+_REVERSE_RULES = [
+    (re.compile(r"^embed\.weight$"), "model.embed_tokens.weight"),
+    (re.compile(r"^norm\.weight$"), "model.norm.weight"),
+    (re.compile(r"^lm_head\.weight$"), "lm_head.weight"),
+    (re.compile(r"^layers\.(\d+)\.attn_norm\.weight$"), r"model.layers.\1.input_layernorm.weight"),
+    (re.compile(r"^layers\.(\d+)\.mlp_norm\.weight$"), r"model.layers.\1.post_attention_layernorm.weight"),
+    (re.compile(r"^layers\.(\d+)\.attn\.(.+)$"), r"model.layers.\1.self_attn.\2"),
+    (re.compile(r"^layers\.(\d+)\.mlp\.(.+)$"), r"model.layers.\1.mlp.\2"),
+]
+
+
+def file_name(native: str) -> str:
+    """The name a native parameter has in a Hugging Face checkpoint."""
+    for pattern, repl in _REVERSE_RULES:
+        if pattern.match(native):
+            return pattern.sub(repl, native)
+    return native
+
+
 def map_state(tensors: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, str]:
     """native name -> name in file. Unknown names map to themselves (then reported)."""
     out: dict[str, str] = {}

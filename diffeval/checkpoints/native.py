@@ -27,5 +27,9 @@ def map_state(tensors: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, s
     return {name: name for name in tensors}
 
 
+def file_name(native: str) -> str:
+    return native
+
+
 def config_to(cfg: ModelConfig, tokenizer: str) -> dict[str, Any]:
     return {"format": "diffeval", "format_version": FORMAT_VERSION, **cfg.to_dict(), "tokenizer": tokenizer}

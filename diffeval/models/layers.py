@@ -56,17 +56,17 @@ class Rotary(nn.Module):
         super().__init__()
         self.rope = rope
         self.d_head = d_head
-        self._inv: dict[torch.device, torch.Tensor] = {}
+        self._inv: dict[tuple, torch.Tensor] = {}
 
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions (T,) -> cos, sin (T, d_head) in `dtype`; angles in float32 as in Llama."""
+        """positions (T,) -> cos, sin (T, d_head) in `dtype`. Angles are float32 as in Llama
+        checkpoints' own code, float64 when the model runs in float64."""
         dev = positions.device
-        if dev not in self._inv:
-            self._inv[dev] = rope_inv_freq(self.rope, self.d_head).to(dev, torch.float32)
-        angles = positions.to(torch.float32)[:, None] * self._inv[dev][None, :]  # (T, d/2)
+        ct = torch.float64 if dtype == torch.float64 else torch.float32
+        if (dev, ct) not in self._inv:
+            self._inv[(dev, ct)] = rope_inv_freq(self.rope, self.d_head).to(dev, ct)
+        angles = positions.to(ct)[:, None] * self._inv[(dev, ct)][None, :]  # (T, d/2)
         emb = torch.cat((angles, angles), dim=-1)  # (T, d)
-        if dtype == torch.float64:
-            return emb.double().cos(), emb.double().sin()
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
 

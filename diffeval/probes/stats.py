@@ -1,0 +1,82 @@
+"""Accuracy statistics shared by the probes: Wilson intervals and per-cell aggregation.
+
+Rows and cells are plain dicts so they go straight into results.json. A cell is one group of
+rows (e.g. one model, length and depth) with its "mean", count "n" and 95% Wilson "ci95".
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Mapping, Sequence
+
+from diffeval.errors import UsageError
+
+
+def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for k successes out of n trials -> (lo, hi), clamped to [0, 1].
+
+    k may be fractional (a sum of partial scores). n = 0 carries no information: (0.0, 1.0).
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise UsageError(f"wilson: n ({n!r}) must be a non-negative integer")
+    if not 0 <= k <= n:
+        raise UsageError(f"wilson: k ({k!r}) must lie in [0, n] with n = {n}")
+    if not z > 0:
+        raise UsageError(f"wilson: z ({z!r}) must be positive")
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+    # At k = 0 and k = n the bound is exactly 0 or 1; rounding would land a hair inside.
+    lo = 0.0 if k == 0 else max(0.0, centre - half)
+    hi = 1.0 if k == n else min(1.0, centre + half)
+    return lo, hi
+
+
+def _group(rows: Iterable[Mapping], keys: Sequence[str], value: str) -> dict[tuple, list[float]]:
+    groups: dict[tuple, list[float]] = {}
+    for i, row in enumerate(rows):
+        missing = [k for k in (*keys, value) if k not in row]
+        if missing:
+            raise UsageError(f"row {i} lacks {', '.join(missing)} (has {', '.join(sorted(row))})")
+        groups.setdefault(tuple(row[k] for k in keys), []).append(float(row[value]))
+    return groups
+
+
+def _sort_key(key: tuple) -> tuple:
+    # Mixed types (model names, ints, floats) sort by (type name, value) per position.
+    return tuple((type(v).__name__ != "str", v) for v in key)
+
+
+def mean_per_cell(rows: Iterable[Mapping], keys: Sequence[str] = ("length", "depth"),
+                  value: str = "score", z: float = 1.96) -> list[dict]:
+    """Group rows by `keys` -> one cell per group, sorted by key, in the results.json cell
+    layout: {**keys, "mean": mean of row[value], "n": count, "ci95": [wilson lo, hi]}.
+
+    Each row's value must lie in [0, 1] (a per-sample accuracy); the interval treats the
+    sum of values as the success count.
+    """
+    cells = []
+    for key, vals in sorted(_group(rows, keys, value).items(), key=lambda kv: _sort_key(kv[0])):
+        bad = [v for v in vals if not 0.0 <= v <= 1.0]
+        if bad:
+            raise UsageError(f"cell {dict(zip(keys, key))}: {value} {bad[0]} is outside [0, 1]")
+        total = math.fsum(vals)
+        lo, hi = wilson(min(total, len(vals)), len(vals), z)
+        cells.append({**dict(zip(keys, key)), "mean": total / len(vals), "n": len(vals), "ci95": [lo, hi]})
+    return cells
+
+
+def average_by(cells: Iterable[Mapping], by: Sequence[str], value: str = "mean") -> list[dict]:
+    """Unweighted mean of cell means over everything not in `by` (e.g. by=("model", "length")
+    gives the "Avg" row of a depth x length heatmap) -> [{**by, "mean", "n_cells", "n"}]."""
+    cells = list(cells)
+    groups = _group(cells, by, value)
+    counts = {key: 0 for key in groups}
+    for cell in cells:
+        counts[tuple(cell[k] for k in by)] += int(cell.get("n", 0))
+    return [{**dict(zip(by, key)), "mean": math.fsum(vals) / len(vals), "n_cells": len(vals), "n": counts[key]}
+            for key, vals in sorted(groups.items(), key=lambda kv: _sort_key(kv[0]))]

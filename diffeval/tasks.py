@@ -1,0 +1,105 @@
+"""Task presets in YAML: a probe, its parameters, and optionally a grid of variants.
+
+    name: needle-paper-4k
+    probe: needle
+    version: 1
+    params: {lengths: [4k], depths: "0:100:5", samples: 50}
+    grid:                      # optional; each variant overrides params and runs in its own folder
+      - {n_needles: 1, n_queries: 1}
+      - {n_needles: 2, n_queries: 2}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from diffeval.errors import DiffevalError, UsageError
+
+PROBES = ("needle",)
+TOP_KEYS = {"name", "probe", "version", "description", "params", "grid"}
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    probe: str
+    version: int
+    params: dict[str, Any]
+    grid: tuple[dict[str, Any], ...]
+    path: str
+
+    def variants(self, overrides: dict[str, Any]) -> list[tuple[str, Any]]:
+        """(folder name, validated probe config) per variant, overrides applied last."""
+        out = []
+        for variant in self.grid or ({},):
+            params = {**self.params, **variant, **overrides}
+            name = "-".join(f"{k}{v}" for k, v in variant.items()) if variant else ""
+            out.append((name, build_config(self.probe, params, self.path)))
+        return out
+
+
+def build_config(probe: str, params: dict[str, Any], source: str):
+    if probe == "needle":
+        from dataclasses import fields
+
+        from diffeval.probes.needle import NeedleConfig, parse_depths, parse_lengths
+
+        allowed = {f.name for f in fields(NeedleConfig)}
+        unknown = sorted(set(params) - allowed)
+        if unknown:
+            raise UsageError(f"{source}: unknown needle parameter {unknown[0]!r}; valid: {', '.join(sorted(allowed))}")
+        values = dict(params)
+        if "lengths" in values:
+            values["lengths"] = tuple(parse_lengths(_as_text(values["lengths"])))
+        if "depths" in values:
+            values["depths"] = tuple(parse_depths(_as_text(values["depths"])))
+        try:
+            return NeedleConfig(**values)
+        except DiffevalError as exc:
+            raise UsageError(f"{source}: {exc}") from None
+        except TypeError as exc:
+            raise UsageError(f"{source}: {exc}") from None
+    raise UsageError(f"{source}: unknown probe {probe!r}; valid: {', '.join(PROBES)}")
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def load_task(path: str | Path) -> Task:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such task file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UsageError(f"{path}:{where} not valid YAML") from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"{path}: expected a mapping at the top level")
+    unknown = sorted(set(raw) - TOP_KEYS)
+    if unknown:
+        raise UsageError(f"{path}: unknown key {unknown[0]!r}; valid: {', '.join(sorted(TOP_KEYS))}")
+    for key in ("name", "probe", "version"):
+        if key not in raw:
+            raise UsageError(f"{path}: missing key {key!r}")
+    if raw["probe"] not in PROBES:
+        raise UsageError(f"{path}: unknown probe {raw['probe']!r}; valid: {', '.join(PROBES)}")
+    if not isinstance(raw["version"], int):
+        raise UsageError(f"{path}: version must be an integer, not {raw['version']!r}")
+    params = raw.get("params") or {}
+    grid = raw.get("grid") or []
+    if not isinstance(params, dict):
+        raise UsageError(f"{path}: params must be a mapping")
+    if not isinstance(grid, list) or not all(isinstance(g, dict) for g in grid):
+        raise UsageError(f"{path}: grid must be a list of mappings")
+    task = Task(str(raw["name"]), raw["probe"], raw["version"], params, tuple(grid), str(path))
+    task.variants({})  # validate every variant now
+    return task

@@ -1,0 +1,160 @@
+"""`diffeval needle` and `diffeval run` end to end on a tiny model."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+import diffeval
+from diffeval.cli import main
+from helpers import tiny_model
+
+ARGS = ["--len", "300", "--depths", "0,50,100", "--samples", "2", "--needles", "2", "--queries", "2",
+        "--device", "cpu", "--max-new-tokens", "4"]
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpts")
+    out = []
+    for family in ("transformer", "diff"):
+        diffeval.save(tiny_model(family, vocab_size=259, max_seq_len=1024), root / family)
+        out.append(str(root / family))
+    return out
+
+
+def run(argv):
+    """Exit code of the command run in-process (0 when it returns normally)."""
+    try:
+        main(argv)
+    except SystemExit as exc:
+        return exc.code
+    return 0
+
+
+def test_needle_writes_every_artifact(ckpts, tmp_path, capsys):
+    out = tmp_path / "run"
+    main(["needle", "--ckpt", ckpts[0], "--ckpt", ckpts[1], *ARGS, "--out", str(out)])
+    results = json.loads((out / "results.json").read_text())
+    for key in ("schema_version", "probe", "task", "models", "metrics", "cells", "timing", "provenance", "artifacts"):
+        assert key in results
+    assert results["probe"] == "needle"
+    assert [m["label"] for m in results["models"]] == ["transformer", "diff"]
+    assert all(len(m["sha256"]) == 64 for m in results["models"])
+    assert len(results["cells"]) == 2 * 3  # models x depths
+    cell = results["cells"][0]
+    assert cell["n"] == 2 and 0 <= cell["ci95"][0] <= cell["mean"] <= cell["ci95"][1] <= 1
+    for t in results["timing"].values():
+        for key in ("prompts", "prompt_tokens", "prefilled_tokens", "tokens_per_s", "wall_seconds", "peak_rss_mb"):
+            assert key in t
+        assert t["prompts"] == 2 * 3 * 2  # samples x depths x queries
+        assert t["prefilled_tokens"] < t["prompt_tokens"]  # the R questions share their context
+    assert results["provenance"]["seed"] == 0 and results["provenance"]["argv"]
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 3 * 2
+    for r in rows:
+        for key in ("model", "length", "n_tokens", "depth", "needles", "queries", "expected", "prediction", "score"):
+            assert key in r
+        assert r["length"] == 300 and r["n_tokens"][0] == 300  # first question exact; others differ by question length
+    for name in results["artifacts"]["figures"]:
+        assert (out / name).stat().st_size > 1000
+    assert {Path(n).suffix for n in results["artifacts"]["figures"]} == {".png", ".pdf"}
+    table = capsys.readouterr().out
+    assert "depth" in table and "avg" in table
+
+
+def test_heatmap_data_equals_cells(ckpts, tmp_path):
+    from diffeval.plotting.needle import heatmap_matrix
+
+    out = tmp_path / "run"
+    main(["needle", "--ckpt", ckpts[1], *ARGS, "--out", str(out)])
+    results = json.loads((out / "results.json").read_text())
+    depths, lengths, matrix = heatmap_matrix(results["cells"], "diff")
+    for c in results["cells"]:
+        assert matrix[list(depths).index(c["depth"]), list(lengths).index(c["length"])] == pytest.approx(c["mean"])
+
+
+def test_resume_after_interrupt_gives_the_same_results(ckpts, tmp_path, monkeypatch):
+    import diffeval.results as results_mod
+
+    whole = tmp_path / "whole"
+    main(["needle", "--ckpt", ckpts[0], *ARGS, "--out", str(whole)])
+
+    original = results_mod.ResumeCache.put
+    calls = {"n": 0}
+
+    def put_then_stop(self, key, value):
+        original(self, key, value)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+
+    part = tmp_path / "part"
+    monkeypatch.setattr(results_mod.ResumeCache, "put", put_then_stop)
+    assert run(["needle", "--ckpt", ckpts[0], *ARGS, "--out", str(part)]) == 130
+    assert not (part / "results.json").exists()
+    assert len((part / ".resume" / "transformer.jsonl").read_text().splitlines()) == 3
+    monkeypatch.setattr(results_mod.ResumeCache, "put", original)
+    main(["needle", "--ckpt", ckpts[0], *ARGS, "--out", str(part)])
+    a = json.loads((whole / "results.json").read_text())
+    b = json.loads((part / "results.json").read_text())
+    assert a["cells"] == b["cells"] and a["metrics"] == b["metrics"]
+    assert b["timing"]["transformer"]["resumed_samples"] == 3
+    strip = lambda text: [{k: v for k, v in json.loads(l).items()} for l in text.splitlines()]
+    assert strip((whole / "samples.jsonl").read_text()) == strip((part / "samples.jsonl").read_text())
+
+
+def test_run_task_yaml_with_grid(ckpts, tmp_path):
+    task = tmp_path / "t.yaml"
+    task.write_text(
+        "name: t\nprobe: needle\nversion: 1\nparams: {lengths: [256], depths: '0:100:2', samples: 1}\n"
+        "grid:\n  - {n_needles: 1, n_queries: 1}\n  - {n_needles: 3, n_queries: 2}\n"
+    )
+    out = tmp_path / "run"
+    main(["run", str(task), "--ckpt", ckpts[0], "--out", str(out), "--device", "cpu", "--max-new-tokens", "3"])
+    for sub in ("n_needles1-n_queries1", "n_needles3-n_queries2"):
+        results = json.loads((out / sub / "results.json").read_text())
+        assert results["task"]["params"]["depths"] == [0.0, 100.0]
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--len", "abc"], "abc"),
+    (["--depths", "0,150"], "150"),
+    (["--queries", "3", "--needles", "2"], "queries"),
+    (["--needle-kind", "nope"], "nope"),
+    (["--haystack", "/no/such/file.txt"], "/no/such/file.txt"),
+    (["--len", "4k"], "1024"),  # beyond the model's max positions
+])
+def test_bad_needle_options_exit_2(ckpts, tmp_path, capsys, argv, needle):
+    code = run(["needle", "--ckpt", ckpts[0], "--samples", "1", "--device", "cpu", *argv, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and needle in err
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_every_shipped_task_validates():
+    from diffeval.tasks import load_task
+
+    tasks = sorted(Path(__file__).resolve().parent.parent.joinpath("tasks").glob("*.yaml"))
+    assert tasks
+    for path in tasks:
+        task = load_task(path)
+        assert task.variants({})
+
+
+def test_bad_task_files_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nprobe: needle\nversion: 1\nparams: {samplez: 3}\n")
+    assert run(["run", str(bad)]) == 2
+    assert "samplez" in capsys.readouterr().err
+    bad.write_text("name: x\nprobe: haystack\nversion: 1\n")
+    assert run(["run", str(bad)]) == 2
+    assert "haystack" in capsys.readouterr().err
+
+
+def test_help_lists_every_command(capsys):
+    assert run(["--help"]) == 0
+    text = capsys.readouterr().out
+    for command in ("info", "needle", "run"):
+        assert command in text
