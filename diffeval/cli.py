@@ -189,6 +189,70 @@ def run_task(
         _needle(cfg, list(ckpt), str(root / name) if name else str(root), opts)
 
 
+@app.command("attn-map")
+def attn_map(
+    ckpt: list[str] = typer.Option([], "--ckpt", help=CKPT_HELP),
+    length: str = typer.Option("4k", "--len", help="Prompt lengths in tokens (4096, 4k, 64K, lists)."),
+    depths: str = typer.Option("0,25,50,75,100", "--depths", help="Needle depths in %."),
+    samples: int = typer.Option(2, "--samples", help="Prompts per (length, depth)."),
+    needles: int = typer.Option(1, "--needles", help="Needles in the context (the first is asked)."),
+    layers: str = typer.Option("all", "--layers", help="all, or indices like 0,5,-1."),
+    heads: str = typer.Option("all", "--heads", help="all, or indices like 0,3 (DIFF: differential heads)."),
+    query: str = typer.Option("answer", "--query", help="Query tokens: question, answer (the answer prefix) or last."),
+    sink: int = typer.Option(4, "--sink", help="Leading tokens counted as the attention sink."),
+    haystack: str = typer.Option("noise", "--haystack", help="noise, essay, or a text file / folder."),
+    needle_kind: str = typer.Option("city", "--needle-kind"),
+    seed: int = typer.Option(0, "--seed"),
+    log_scale: bool = typer.Option(True, "--log-scale/--linear-scale", help="Log y axis in the profile figure."),
+    out: Optional[str] = typer.Option(None, "--out", help="Output directory (default runs/attn-map-<UTC time>). Rerun to resume."),
+    device: str = typer.Option("auto", "--device"),
+    dtype: str = typer.Option("auto", "--dtype"),
+    backend: str = typer.Option("auto", "--backend"),
+    allow_beyond: bool = typer.Option(False, "--allow-beyond-max-positions"),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle"),
+) -> None:
+    """Where attention goes: mass on the answer, needles, sink, question and noise, per depth,
+    layer and head (DIFF: differential, map 1, map 2); arrays and figures."""
+    from pathlib import Path
+
+    from diffeval.attn_run import AttnMapOptions, run_attn_map
+    from diffeval.probes.attention import QUERY_MODES
+    from diffeval.probes.needle import NeedleConfig, parse_depths, parse_lengths
+    from diffeval.results import default_out
+
+    if query not in QUERY_MODES:
+        raise UsageError(f"--query {query!r}: choose {', '.join(QUERY_MODES)}")
+    if sink < 0:
+        raise UsageError(f"--sink ({sink}) must be >= 0")
+    cfg = NeedleConfig(lengths=tuple(parse_lengths(length)), depths=tuple(parse_depths(depths)),
+                       n_needles=needles, n_queries=1, samples=samples, haystack=haystack,
+                       needle_kind=needle_kind, seed=seed)
+    opts = _run_options(device, dtype, backend, 1, None, allow_beyond, allow_pickle)
+    out_dir = Path(out) if out else default_out("attn-map")
+    results = run_attn_map(cfg, list(ckpt), out_dir, opts, AttnMapOptions(layers, heads, query, sink), log_scale)
+    render_allocation_table(results)
+    print(f"results: {out_dir / 'results.json'}", file=sys.stderr)
+
+
+def render_allocation_table(results: dict) -> None:
+    """The DIFF paper's Table 3 layout: answer-span and noise-context mass by depth per model."""
+    from rich.console import Console
+    from rich.table import Table
+
+    depths = sorted({float(d) for m in results["metrics"].values() for d in m["by_depth"]})
+    table = Table(title="attention allocation by needle depth\n(mean over layers, heads, query tokens; DIFF: differential rows / (1 - λ))")
+    table.add_column("model")
+    table.add_column("span")
+    for d in depths:
+        table.add_column(f"{d:g}%", justify="right")
+    for m in results["models"]:
+        by = results["metrics"][m["label"]]["by_depth"]
+        for cat, name in (("answer", "answer"), ("noise", "noise context")):
+            table.add_row(f"{m['label']} ({m['family']})" if cat == "answer" else "", name,
+                          *[f"{by[f'{d:g}'][cat]:.3f}" for d in depths])
+    Console().print(table)
+
+
 def _needle(cfg, specs: list[str], out: Optional[str], opts) -> None:
     from pathlib import Path
 

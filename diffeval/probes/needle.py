@@ -304,6 +304,7 @@ class NeedleSample:
     queries: tuple[str, ...]  # (R,) keys asked
     expected: tuple[str, ...]  # (R,) values
     answer_spans: tuple[tuple[int, int], ...]  # (R,) [start, end) of each asked value
+    n_context: int = 0  # tokens before the question (BOS included): the shared context
 
     def __post_init__(self) -> None:
         r = len(self.queries)
@@ -319,7 +320,7 @@ class NeedleSample:
         return {"id": self.id, "length": self.length, "depth": self.depth, "index": self.index,
                 "n_tokens": list(self.n_tokens), "needles": [dict(n) for n in self.needles],
                 "queries": list(self.queries), "expected": list(self.expected),
-                "answer_spans": [list(s) for s in self.answer_spans],
+                "answer_spans": [list(s) for s in self.answer_spans], "n_context": self.n_context,
                 "prompt_sha256": [_ids_hash(p) for p in self.prompts]}
 
 
@@ -581,7 +582,8 @@ def _make_sample(tok, enc: PieceEncoder, bos: list[int], built: _Built, needles:
         id=f"L{length}-d{depth:g}-s{index}", length=length, depth=depth, index=index,
         prompts=tuple(prompts), n_tokens=tuple(len(p) for p in prompts), needles=tuple(records),
         queries=tuple(n.key for n in needles[:r]), expected=tuple(n.value for n in needles[:r]),
-        answer_spans=tuple((int(spans[k][2]), int(spans[k][3])) for k in range(r)))
+        answer_spans=tuple((int(spans[k][2]), int(spans[k][3])) for k in range(r)),
+        n_context=len(bos) + int(n_ctx))
 
 
 def generate_group(cfg: NeedleConfig, tokenizer, length: int, index: int,

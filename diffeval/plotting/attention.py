@@ -1,0 +1,169 @@
+"""Figures of `attn-map`: attention profiles over the context, layer x head answer mass,
+pooled query-block x key-block maps (DIFF: map 1, map 2, differential), allocation bars."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffeval.probes.attention import CATEGORIES
+
+
+def _figure(w: float, h: float, rows: int = 1, cols: int = 1, **kw):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False, **kw)
+    return fig, axes
+
+
+def _save(fig, stem: Path) -> list[Path]:
+    paths = []
+    for ext in ("png", "pdf"):
+        path = stem.with_suffix(f".{ext}")
+        tmp = path.with_name(path.stem + ".tmp." + ext)
+        fig.savefig(tmp, dpi=150)
+        tmp.replace(path)
+        paths.append(path)
+    return paths
+
+
+def _shade(ax, npz, horizontal: bool = False) -> None:
+    """Mark the answer needle (green), other needles (grey) and the sink (blue)."""
+    span = ax.axhspan if horizontal else ax.axvspan
+    s, e = npz["span_needle"]
+    span(s, e, color="tab:green", alpha=0.25, lw=0, label="asked needle")
+    for k, (a, b) in enumerate(npz["span_others"]):
+        span(a, b, color="0.5", alpha=0.25, lw=0, label="other needles" if k == 0 else None)
+
+
+def profile_figure(arrays: dict[str, Any], log_scale: bool = True):
+    """Attention over context positions for the representative prompt of each model: up to
+    three captured layers, mean over the selected heads and query tokens."""
+    fig, axes = _figure(10, 2.6 * len(arrays), rows=len(arrays))
+    for ax, (label, (npz, family)) in zip(axes[:, 0], arrays.items()):
+        layers = [int(x) for x in npz["layers"]]
+        pick = sorted({layers[0], layers[len(layers) // 2], layers[-1]})
+        n = len(npz["input_ids"])
+        for L in pick:
+            row = npz[f"layer{L}"].mean(axis=(0, 1))  # (n,)
+            ax.plot(np.arange(n), row, lw=0.8, label=f"layer {L}")
+        _shade(ax, npz)
+        if log_scale:
+            if family == "diff":
+                ax.set_yscale("symlog", linthresh=1e-5)
+            else:
+                ax.set_yscale("log")
+                ax.set_ylim(bottom=1e-7)
+        what = "differential row A1 - λA2" if family == "diff" else "attention"
+        ax.set_title(f"{label}: {what} of the query tokens over the context")
+        ax.set_xlabel("key position (token)")
+        ax.set_ylabel("attention")
+        ax.set_xlim(0, n)
+        ax.legend(loc="upper left", fontsize=7, ncols=3)
+    return fig
+
+
+def layer_head_figure(cells: list[dict], labels: list[str], category: str = "answer"):
+    """Layer x head heatmap of one category's mass (mean over depths and samples)."""
+    fig, axes = _figure(3.2 * len(labels) + 1, 4, cols=len(labels))
+    for ax, label in zip(axes[0], labels):
+        mine = [c for c in cells if c["model"] == label]
+        layers = sorted({c["layer"] for c in mine})
+        heads = sorted({c["head"] for c in mine})
+        grid = np.zeros((len(layers), len(heads)))
+        count = np.zeros_like(grid)
+        for c in mine:
+            i, j = layers.index(c["layer"]), heads.index(c["head"])
+            grid[i, j] += c[category]
+            count[i, j] += 1
+        grid = grid / np.maximum(count, 1)
+        im = ax.imshow(grid, aspect="auto", cmap="viridis", origin="lower", interpolation="nearest")
+        ax.set_title(f"{label}: {category} mass")
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        ax.set_xticks(range(len(heads)), [str(h) for h in heads])
+        step = max(1, len(layers) // 12)
+        ax.set_yticks(range(0, len(layers), step), [str(layers[i]) for i in range(0, len(layers), step)])
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    return fig
+
+
+def pooled_figure(pooled: dict[str, Any], part: str = "window"):
+    """Pooled query-block x key-block maps of each model's representative prompt; DIFF models
+    show map 1, map 2 and the differential map side by side."""
+    rows = [(label, npz, fam) for label, (npz, fam) in pooled.items() if f"{'diff' if fam == 'diff' else 'attn'}_{part}" in npz]
+    if not rows:
+        return None
+    cols = max(3 if fam == "diff" else 1 for _, _, fam in rows)
+    fig, axes = _figure(4.2 * cols, 3.8 * len(rows), rows=len(rows), cols=cols)
+    for r, (label, npz, fam) in enumerate(rows):
+        names = ("map1", "map2", "diff") if fam == "diff" else ("attn",)
+        titles = {"map1": "softmax map 1", "map2": "softmax map 2", "diff": "differential A1 - λA2", "attn": "attention"}
+        if part == "window":
+            a, b = (int(x) for x in npz["window_keys"])
+            qrows = npz["window_rows"]
+        else:
+            a, b = 0, int(npz["n_tokens"])
+            qrows = npz["whole_rows"]
+        for c in range(cols):
+            ax = axes[r, c]
+            if c >= len(names):
+                ax.axis("off")
+                continue
+            m = npz[f"{names[c]}_{part}"]  # (rows, key blocks)
+            signed = names[c] == "diff"
+            vmax = float(np.abs(m).max()) or 1.0
+            im = ax.imshow(m, aspect="auto", origin="upper", interpolation="nearest",
+                           cmap="RdBu_r" if signed else "magma", vmin=-vmax if signed else 0, vmax=vmax,
+                           extent=(a, b, float(qrows[-1]), float(qrows[0])))
+            s, e = (int(x) for x in npz["span_needle"])
+            for x in (s, e):
+                ax.axvline(x, color="lime", lw=0.8, ls="--")
+                ax.axhline(x, color="lime", lw=0.8, ls="--")
+            ax.set_title(f"{label}: {titles[names[c]]}", fontsize=9)
+            ax.set_xlabel("key position (pooled blocks)")
+            ax.set_ylabel("query position")
+            fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.suptitle("around the asked needle (dashed)" if part == "window" else "whole prompt", fontsize=10)
+    return fig
+
+
+def allocation_figure(metrics: dict[str, Any], labels: list[str]):
+    """Answer-span and noise-context mass by depth, one bar per model (the paper's Table 3)."""
+    fig, axes = _figure(11, 3.6, cols=2)
+    depths = sorted({float(d) for m in metrics.values() for d in m["by_depth"]})
+    width = 0.8 / max(1, len(labels))
+    for ax, cat, title in ((axes[0, 0], "answer", "answer span"), (axes[0, 1], "noise", "noise context")):
+        for k, label in enumerate(labels):
+            vals = [metrics[label]["by_depth"][f"{d:g}"][cat] for d in depths]
+            bars = ax.bar(np.arange(len(depths)) + (k - (len(labels) - 1) / 2) * width, vals, width, label=label)
+            ax.bar_label(bars, fmt="%.3f", fontsize=6, padding=1)
+        ax.set_xticks(range(len(depths)), [f"{d:g}%" for d in depths])
+        ax.set_xlabel("needle depth")
+        ax.set_ylabel("attention mass")
+        ax.set_title(title)
+        ax.axhline(0, color="black", lw=0.6)
+        ax.legend(fontsize=8)
+    return fig
+
+
+def draw_all(out: Path, records, cells, metrics, models, reps, log_scale: bool = True) -> list[Path]:
+    labels = [m["label"] for m in models]
+    paths: list[Path] = []
+    arrays, pooled = {}, {}
+    for label, (sample_id, family) in reps.items():
+        arrays[label] = (np.load(out / "arrays" / f"{label}__{sample_id}.npz"), family)
+        pooled_path = out / "arrays" / f"{label}__{sample_id}__pooled.npz"
+        if pooled_path.exists():
+            pooled[label] = (np.load(pooled_path), family)
+    paths += _save(profile_figure(arrays, log_scale), out / "attn_profile")
+    paths += _save(layer_head_figure(cells, labels), out / "attn_layer_head")
+    for part in ("window", "whole"):
+        fig = pooled_figure(pooled, part)
+        if fig is not None:
+            paths += _save(fig, out / f"attn_pooled_{part}")
+    paths += _save(allocation_figure(metrics, labels), out / "attn_allocation")
+    return paths

@@ -1,0 +1,113 @@
+"""Outlier figures: the quantization curve (metric vs attention-logit bits, one line per model,
+the DIFF paper's Figure 8 form) and the top-1 |activation| per layer. Inputs are results.json
+data: quant cells {"model", "kind": "quant", "bits", "value", "n", ("ci95")} and
+{model: {activation: [top-1 per layer]}}."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from diffeval.errors import UsageError
+
+METRIC_LABELS = {"nll": "Mean token NLL (nats, lower is better)",
+                 "needle": "Needle accuracy (higher is better)"}
+LAYER_PANELS = (("attention_logits", "Attention logits (max |q.k|/sqrt(d))"),
+                ("hidden_states", "Hidden states (max |h|)"))
+
+
+def _colour(i: int) -> str:
+    return f"C{i % 10}"
+
+
+def quant_series(cells: Sequence[Mapping], model: str) -> tuple[list[int], np.ndarray, Optional[np.ndarray]]:
+    """One model's curve -> (bits, descending; values (K,); ci95 (K, 2) or None)."""
+    rows = sorted((c for c in cells if c.get("kind") == "quant" and c.get("model") == model),
+                  key=lambda c: -int(c["bits"]))
+    if not rows:
+        raise UsageError(f"quantization curve: no quant cells for model {model!r}")
+    bits = [int(c["bits"]) for c in rows]
+    if len(set(bits)) != len(bits):
+        raise UsageError(f"quantization curve: model {model!r} has two cells for one bit width")
+    values = np.array([float(c["value"]) for c in rows])
+    ci = np.array([c["ci95"] for c in rows], dtype=float) if all("ci95" in c for c in rows) else None
+    return bits, values, ci
+
+
+def quant_figure(cells: Sequence[Mapping], models: Sequence[str], metric: str) -> Figure:
+    """Metric vs bits (16 on the left, evenly spaced as in the paper), one line per model."""
+    if not models:
+        raise UsageError("quantization curve: no models to draw")
+    series = [quant_series(cells, m) for m in models]
+    all_bits = sorted({b for bits, _, _ in series for b in bits}, reverse=True)
+    x_of = {b: i for i, b in enumerate(all_bits)}
+    fig = Figure(figsize=(max(3.8, 1.0 * len(all_bits) + 1.6), 3.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for i, (model, (bits, values, ci)) in enumerate(zip(models, series)):
+        x = np.array([x_of[b] for b in bits])
+        ax.plot(x, values, marker="o", color=_colour(i), label=model, linewidth=1.8)
+        if ci is not None:
+            ax.fill_between(x, ci[:, 0], ci[:, 1], color=_colour(i), alpha=0.15, linewidth=0)
+    ax.set_xticks(range(len(all_bits)), [f"{b}" if b != 16 else "16\n(float)" for b in all_bits])
+    ax.set_xlabel("Attention-logit bits (absmax, per query row)")
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    if metric == "needle":
+        ax.set_ylim(-0.03, 1.03)
+    ax.grid(True, alpha=0.3)
+    ax.legend(frameon=False, fontsize=8)
+    ax.set_title("Accuracy under attention-logit quantization" if metric == "needle"
+                 else "NLL under attention-logit quantization", fontsize=10)
+    return fig
+
+
+def layer_figure(per_layer: Mapping[str, Mapping[str, Sequence[float]]]) -> Figure:
+    """Two panels (attention logits, hidden states): top-1 |x| per layer, log scale, one line
+    per model; the x axis is the layer index (models with different depths share it)."""
+    if not per_layer:
+        raise UsageError("outliers by layer: no models to draw")
+    fig = Figure(figsize=(8.4, 3.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(LAYER_PANELS))
+    for ax, (name, title) in zip(axes, LAYER_PANELS):
+        for i, (model, rows) in enumerate(per_layer.items()):
+            if name not in rows:
+                continue
+            y = np.asarray(rows[name], dtype=float)
+            many = len(y) > 40
+            ax.plot(np.arange(len(y)), y, color=_colour(i), label=model, linewidth=1.5,
+                    marker=None if many else "o", markersize=3.5)
+        ax.set_yscale("log")
+        ax.set_xlabel("Layer")
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, which="both", alpha=0.25)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[0].set_ylabel("Top-1 |activation|")
+    axes[0].legend(frameon=False, fontsize=8)
+    return fig
+
+
+def _save(fig: Figure, stem: Path) -> list[Path]:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".pdf")]
+    for path in paths:
+        fmt = path.suffix[1:]
+        tmp = path.with_name(path.name + ".tmp")
+        fig.savefig(tmp, format=fmt, dpi=200, metadata={"CreationDate": None} if fmt == "pdf" else {})
+        os.replace(tmp, path)
+    return paths
+
+
+def quant_curve(cells: Sequence[Mapping], models: Sequence[str], metric: str, out_stem: str | Path) -> list[Path]:
+    """Draw the quantization curve; write `out_stem`.png and .pdf -> [png, pdf]."""
+    return _save(quant_figure(cells, models, metric), Path(out_stem))
+
+
+def layer_outlier_figure(per_layer: Mapping[str, Mapping[str, Sequence[float]]], out_stem: str | Path) -> list[Path]:
+    """Draw top-1 |activation| per layer; write `out_stem`.png and .pdf -> [png, pdf]."""
+    return _save(layer_figure(per_layer), Path(out_stem))

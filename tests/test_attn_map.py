@@ -1,0 +1,147 @@
+"""`diffeval attn-map`: span accounting, DIFF normalisation, arrays, CLI end to end."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import diffeval
+from diffeval.cli import main
+from diffeval.probes.attention import CATEGORIES, Spans, allocation, normalise_diff, parse_index_list
+from helpers import tiny_model
+
+
+def test_allocation_of_a_constructed_row_is_exact():
+    spans = Spans(n_tokens=20, answer=(8, 10), needle=(6, 11), others=((14, 16),), sink=2, n_context=17)
+    row = np.zeros(20)
+    row[[0, 1]] = [0.05, 0.05]  # sink
+    row[8:10] = 0.2  # answer: 0.4
+    row[6] = 0.1  # needle (rest)
+    row[15] = 0.15  # other needle
+    row[17:20] = 0.05  # query: 0.15
+    row[3] = 0.1  # noise
+    got = dict(zip(CATEGORIES, allocation(row[None], spans.labels())[0]))
+    want = {"answer": 0.4, "needle": 0.1, "other_needles": 0.15, "sink": 0.1, "query": 0.15, "noise": 0.1}
+    for k in CATEGORIES:
+        assert got[k] == pytest.approx(want[k])
+
+
+def test_overlapping_spans_follow_priority():
+    # a needle at depth 0 overlaps the sink: its tokens count as needle, not sink
+    spans = Spans(n_tokens=10, answer=(2, 3), needle=(1, 4), others=(), sink=4, n_context=8)
+    lab = spans.labels()
+    assert [CATEGORIES[i] for i in lab] == ["sink", "needle", "answer", "needle", "noise", "noise",
+                                            "noise", "noise", "query", "query"]
+
+
+def test_diff_normalisation_sums_to_one():
+    alloc = np.array([0.1, 0.05, 0.0, 0.2, 0.1, -0.05])  # sums to 0.4 = 1 - lambda
+    norm = normalise_diff(alloc, lam=0.6)
+    assert norm.sum() == pytest.approx(1.0)
+    assert normalise_diff(alloc, lam=1.0) is None
+
+
+def test_index_lists():
+    assert parse_index_list("all", 4, "layers") == [0, 1, 2, 3]
+    assert parse_index_list("0,-1", 48, "layers") == [0, 47]
+    with pytest.raises(Exception, match="out of range"):
+        parse_index_list("5", 4, "heads")
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("am")
+    out = {}
+    for family in ("transformer", "diff"):
+        diffeval.save(tiny_model(family, vocab_size=259, max_seq_len=2048), root / family)
+        out[family] = str(root / family)
+    uniform = tiny_model("transformer", vocab_size=259, max_seq_len=2048)
+    with torch.no_grad():
+        for layer in uniform.layers:
+            layer.attn.q_proj.weight.zero_()  # every logit 0: uniform attention over visible keys
+    diffeval.save(uniform, root / "uniform")
+    out["uniform"] = str(root / "uniform")
+    return out
+
+
+ARGS = ["--len", "400", "--depths", "0,50,100", "--samples", "1", "--needles", "3", "--device", "cpu"]
+
+
+def test_uniform_attention_model_gives_span_fractions(ckpts, tmp_path):
+    out = tmp_path / "u"
+    main(["attn-map", "--ckpt", ckpts["uniform"], *ARGS, "--query", "last", "--out", str(out)])
+    rows = [json.loads(l) for l in (out / "samples.jsonl").read_text().splitlines()]
+    for r in rows:
+        npz = np.load(out / "arrays" / f"uniform__{r['id']}.npz")
+        n = len(npz["input_ids"])
+        spans = Spans(n, tuple(npz["span_answer"]), tuple(npz["span_needle"]),
+                      tuple(map(tuple, npz["span_others"])), int(npz["span_sink"][1]), int(npz["span_query"][0]))
+        counts = np.bincount(spans.labels(), minlength=len(CATEGORIES)) / n
+        for k, c in enumerate(CATEGORIES):
+            assert r["allocation"][c] == pytest.approx(counts[k], abs=1e-5)
+        assert np.allclose(npz["layer0"], 1.0 / n, atol=1e-6)
+
+
+def test_attn_map_end_to_end_writes_everything(ckpts, tmp_path, capsys):
+    out = tmp_path / "run"
+    main(["attn-map", "--ckpt", ckpts["transformer"], "--ckpt", ckpts["diff"], *ARGS, "--layers", "0,-1",
+          "--heads", "all", "--out", str(out)])
+    results = json.loads((out / "results.json").read_text())
+    assert results["probe"] == "attn-map" and "aggregation" in results
+    assert [m["label"] for m in results["models"]] == ["transformer", "diff"]
+    for label in ("transformer", "diff"):
+        m = results["metrics"][label]
+        assert set(m["by_depth"]) == {"0", "50", "100"}
+        for alloc in m["by_depth"].values():
+            assert sum(alloc[c] for c in CATEGORIES) == pytest.approx(1.0, abs=1e-4)
+    diff = results["metrics"]["diff"]
+    lam = diff["lambda"]
+    assert set(lam) == {"0", "1"}
+    mean_one_minus_lam = np.mean([1 - v for v in lam.values()])
+    for alloc in diff["by_depth_signed"].values():  # signed differential rows sum to 1 - lambda
+        assert sum(alloc[c] for c in CATEGORIES) == pytest.approx(mean_one_minus_lam, abs=1e-4)
+    for alloc in diff["by_depth_map1"].values():
+        assert sum(alloc[c] for c in CATEGORIES) == pytest.approx(1.0, abs=1e-4)
+    # per layer x head cells: 2 layers x heads per model x depths
+    assert len([c for c in results["cells"] if c["model"] == "diff"]) == 2 * 2 * 3
+    assert {c["layer"] for c in results["cells"]} == {0, 1}
+    # arrays: DIFF npz has the differential rows, each map and lambda, plus ids and spans
+    rec = [json.loads(l) for l in (out / "samples.jsonl").read_text().splitlines() if '"diff"' in l][0]
+    npz = np.load(out / "arrays" / f"diff__{rec['id']}.npz")
+    for key in ("layer0", "layer1", "layer0_map1", "layer0_map2", "layer0_lambda", "input_ids",
+                "query_positions", "span_answer", "span_needle", "span_sink"):
+        assert key in npz
+    R = len(npz["query_positions"])
+    assert npz["layer1"].shape == (2, R, len(npz["input_ids"]))
+    assert np.allclose(npz["layer1"], npz["layer1_map1"] - npz["layer1_lambda"] * npz["layer1_map2"], atol=1e-6)
+    for name in results["artifacts"]["figures"]:
+        assert (out / name).stat().st_size > 1000
+    stems = {n.rsplit(".", 1)[0] for n in results["artifacts"]["figures"]}
+    assert {"attn_profile", "attn_layer_head", "attn_pooled_window", "attn_pooled_whole", "attn_allocation"} <= stems
+    table = capsys.readouterr().out
+    assert "answer" in table and "noise" in table
+
+
+def test_captured_rows_in_npz_match_a_direct_capture(ckpts, tmp_path):
+    from diffeval.models import Capture
+
+    out = tmp_path / "run"
+    main(["attn-map", "--ckpt", ckpts["diff"], *ARGS, "--out", str(out)])
+    rec = json.loads((out / "samples.jsonl").read_text().splitlines()[0])
+    npz = np.load(out / "arrays" / f"diff__{rec['id']}.npz")
+    model = diffeval.load(ckpts["diff"]).model
+    cap = Capture(list(npz["query_positions"]))
+    with torch.no_grad():
+        model(torch.from_numpy(npz["input_ids"])[None], capture=cap, logits="none")
+    assert np.allclose(cap.rows[1]["map2"][0].numpy(), npz["layer1_map2"], atol=1e-6)
+
+
+@pytest.mark.parametrize("argv,needle", [(["--layers", "7"], "7"), (["--query", "middle"], "middle"),
+                                         (["--heads", "x"], "x")])
+def test_bad_attn_map_options_exit_2(ckpts, tmp_path, capsys, argv, needle):
+    with pytest.raises(SystemExit) as exc:
+        main(["attn-map", "--ckpt", ckpts["diff"], *ARGS, *argv, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(err.strip().splitlines()) == 1 and needle in err
+    assert not (tmp_path / "o" / "results.json").exists()
