@@ -78,7 +78,7 @@ def render_outliers_tables(results: dict) -> None:
     from diffeval.probes.outliers import ACTIVATIONS, RANKS
 
     console = Console()
-    table = Table(title=f"Activation outliers: |x| over {_tokens_text(results)}")
+    table = Table(title=f"Activation outliers: |x| over {_tokens_text(results)} per model")
     table.add_column("model")
     table.add_column("activation")
     for r in RANKS:
@@ -88,7 +88,7 @@ def render_outliers_tables(results: dict) -> None:
         label = m["label"]
         for name, row in results["metrics"][label]["activations"].items():
             sub = name.endswith(("_map1", "_map2"))
-            table.add_row(f"{label} ({m['family']})", ACTIVATIONS.get(name, name),
+            table.add_row(label, ACTIVATIONS.get(name, name),
                           *[_num(row.get(f"top{r}")) for r in RANKS], _num(row["median"]),
                           style="dim" if sub else None)
         table.add_section()
@@ -107,10 +107,13 @@ def render_outliers_tables(results: dict) -> None:
     console.print(quant)
 
 
-def _num(v, digits: int = 1) -> str:
+def _num(v, digits: Optional[int] = None) -> str:
+    """Fixed digits when given; else one decimal from 100 up (as Table 5), 4 significant below."""
     if v is None:
         return "-"
-    return f"{v:.{digits}f}" if abs(v) >= 0.05 or v == 0 else f"{v:.2e}"
+    if digits is not None:
+        return f"{v:.{digits}f}"
+    return f"{v:.1f}" if abs(v) >= 100 else f"{v:.4g}"
 
 
 def _tokens_text(results: dict) -> str:

@@ -12,6 +12,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from diffeval.errors import UsageError
 
@@ -83,6 +84,10 @@ def layer_figure(per_layer: Mapping[str, Mapping[str, Sequence[float]]]) -> Figu
             ax.plot(np.arange(len(y)), y, color=_colour(i), label=model, linewidth=1.5,
                     marker=None if many else "o", markersize=3.5)
         ax.set_yscale("log")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.set_xlabel("Layer")
         ax.set_title(title, fontsize=10)
         ax.grid(True, which="both", alpha=0.25)
