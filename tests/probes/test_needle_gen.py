@@ -339,7 +339,9 @@ def test_records_are_json_and_hash_the_prompts(byte):
     s = N.generate(cfg, byte)[0]
     rec = json.loads(json.dumps(s.to_record()))
     assert set(rec) == {"id", "length", "depth", "index", "n_tokens", "needles", "queries", "expected",
-                        "answer_spans", "prompt_sha256"}
+                        "answer_spans", "prompt_sha256", "n_context"}
+    assert byte.decode(list(s.prompts[0][s.n_context:])).startswith("\n\nQuestion: ")
+    assert s.needles[0]["token_end"] <= s.n_context
     assert set(rec["needles"][0]) == {"key", "value", "depth_pct", "token_start", "token_end"}
     assert len(rec["prompt_sha256"]) == 2 and rec["prompt_sha256"][0] != rec["prompt_sha256"][1]
     assert "prompts" not in rec
