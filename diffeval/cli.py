@@ -292,6 +292,11 @@ def _length_label(n: int) -> str:
     return f"{n // 1024}K" if n % 1024 == 0 else str(n)
 
 
+from diffeval.commands.outliers import outliers  # noqa: E402  (a plain function, registered here)
+
+app.command("outliers")(outliers)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: bad input -> one line on stderr and exit 2; Ctrl-C -> exit 130."""
     import click

@@ -6,20 +6,17 @@ results.json, samples.jsonl and the figures. The CLI calls `run_outliers`."""
 from __future__ import annotations
 
 import hashlib
-import logging
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
-import torch.nn.functional as F
 
 from diffeval.errors import UsageError
 from diffeval.probes import outliers as probe
 from diffeval.results import SCHEMA_VERSION, peak_memory_mb, provenance, write_json, write_jsonl
 from diffeval.runner import RunOptions, default_specs, model_labels, model_record
 
-log = logging.getLogger(__name__)
 
 BLOCK_CHARS = 1 << 16  # characters of a data file encoded at once
 
@@ -61,7 +58,7 @@ def _file_blocks(path: Path) -> Iterator[str]:
     except OSError as exc:
         raise UsageError(f"--data file {path}: cannot read ({exc.strerror or exc})") from None
     text = "".join(block)
-    yield text + ("\n\n" if not text.endswith("\n\n") else "")
+    yield text + ("" if text.endswith("\n\n") else "\n" if text.endswith("\n") else "\n\n")
 
 
 def text_blocks(data: str, seed: int, files: Optional[list[Path]] = None) -> Iterator[str]:
@@ -95,20 +92,6 @@ def _ids_hash(ids: list[int]) -> str:
 # --- model passes ---------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def hooked_token_nll(model, ids: torch.Tensor, logit_hook=None, stats=None, chunk: int = 1024) -> torch.Tensor:
-    """Decoder.token_nll with a logit hook and statistics: NLL of ids[:, 1:] given the prefix,
-    (B, T-1) float32, with the vocabulary projection done in position chunks."""
-    h = model.hidden(ids, stats=stats, logit_hook=logit_hook)  # (B, T, C)
-    targets = ids[:, 1:]
-    out = []
-    for s in range(0, targets.shape[1], chunk):
-        tg = targets[:, s : s + chunk]  # (B, c); the last position has no target
-        lg = model.project(h[:, s : s + tg.shape[1]]).float()  # (B, c, V)
-        out.append(F.cross_entropy(lg.transpose(1, 2), tg, reduction="none"))
-    return torch.cat(out, dim=1) if out else h.new_zeros(ids.shape[0], 0, dtype=torch.float32)
-
-
 class HookedModel:
     """A Decoder seen through a fixed logit hook: calls pass `logit_hook=hook`, every other
     attribute is the model's. Lets the engine decode under quantized attention unchanged."""
@@ -129,6 +112,7 @@ def _progress(total: Optional[int], desc: str, enabled: bool, unit: str):
     return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True, leave=True)
 
 
+@torch.no_grad()
 def _stream_statistics(loaded, label: str, cfg, files, opts: RunOptions, records: list[dict]
                        ) -> tuple[probe.OutlierStats, dict[int, dict], dict[str, Any]]:
     """Statistics over the text, and the NLL per bit width when the metric is nll."""
@@ -137,11 +121,11 @@ def _stream_statistics(loaded, label: str, cfg, files, opts: RunOptions, records
     stream = probe.token_stream(text_blocks(cfg.data, cfg.seed, files), tok.encode)
     n_seq = None if cfg.n_tokens is None else -(-cfg.n_tokens // cfg.seq_len)
     want_nll = cfg.metric == "nll"
-    passes = 1 + (len([b for b in cfg.bits if b != probe.BASELINE_BITS]) if want_nll else 0)
     stats = probe.OutlierStats(model.cfg.n_layers)
     sums = {b: [0.0, 0] for b in cfg.bits} if want_nll else {}
     baseline_hook = probe.quant_hook(probe.BASELINE_BITS)
-    hooks = {b: probe.quant_hook(b) for b in cfg.bits if b != probe.BASELINE_BITS}
+    hooks = {b: probe.quant_hook(b) for b in cfg.bits if b != probe.BASELINE_BITS} if want_nll else {}
+    passes = 1 + len(hooks)
     tokens, started = 0, time.perf_counter()
     bar = _progress(n_seq * passes if n_seq else None, f"{label} stats", opts.progress, "pass")
     try:
@@ -151,7 +135,7 @@ def _stream_statistics(loaded, label: str, cfg, files, opts: RunOptions, records
                                    "n_tokens": len(seq), "ids_sha256": _ids_hash(seq)}
             stats.begin_forward()
             if want_nll:
-                base = hooked_token_nll(model, ids, baseline_hook, stats)  # (1, T-1)
+                base = model.token_nll(ids, stats=stats, logit_hook=baseline_hook)  # (1, T-1)
             else:
                 with torch.no_grad():
                     model.hidden(ids, stats=stats)
@@ -161,15 +145,14 @@ def _stream_statistics(loaded, label: str, cfg, files, opts: RunOptions, records
             if want_nll:
                 row["n_targets"] = int(base.numel())
                 row["nll"] = {}
-                for b in cfg.bits:
-                    nll = base if b == probe.BASELINE_BITS else hooked_token_nll(model, ids, hooks[b])
-                    if b != probe.BASELINE_BITS:
-                        bar.update(1)
-                        tokens += len(seq)
+                for b in cfg.bits:  # the baseline's NLL is the statistics pass's own
+                    nll = base if b == probe.BASELINE_BITS else model.token_nll(ids, logit_hook=hooks[b])
                     total = float(nll.double().sum())
                     sums[b][0] += total
                     sums[b][1] += nll.numel()
                     row["nll"][str(b)] = round(probe.mean_nll(total, nll.numel()), 6)
+                bar.update(len(hooks))
+                tokens += len(hooks) * len(seq)
             records.append(row)
     finally:
         bar.close()
@@ -180,6 +163,7 @@ def _stream_statistics(loaded, label: str, cfg, files, opts: RunOptions, records
     return stats, by_bits, timing
 
 
+@torch.no_grad()
 def _needle_metric(loaded, label: str, cfg, opts: RunOptions, records: list[dict]) -> tuple[dict[int, dict], dict]:
     """Needle accuracy with the attention logits quantized to each bit width."""
     from diffeval.engine import Engine
@@ -221,7 +205,8 @@ def _needle_metric(loaded, label: str, cfg, opts: RunOptions, records: list[dict
     finally:
         bar.close()
     wall = time.perf_counter() - started
-    return by_bits, {"needle": ncfg.to_dict(), "needle_wall_seconds": round(wall, 3), "needle_prefilled_tokens": prefilled,
+    return by_bits, {"needle": ncfg.to_dict(), "needle_wall_seconds": round(wall, 3),
+                     "needle_prefilled_tokens": prefilled,
                      "needle_tokens_per_s": round(prefilled / wall, 1) if wall > 0 else None}
 
 
@@ -241,7 +226,8 @@ def _check_available(cfg, loaded, files, label: str) -> None:
     have = probe.count_tokens(stream, cfg.n_tokens, cfg.seq_len, tok.bos_id is not None)
     if have < cfg.n_tokens:
         raise UsageError(f"--data {cfg.data}: holds {have} tokens in sequences of {cfg.seq_len} under the "
-                         f"tokenizer of {label}, fewer than --tokens {cfg.n_tokens}; lower --tokens or use --tokens all")
+                         f"tokenizer of {label}, fewer than --tokens {cfg.n_tokens}; "
+                         "lower --tokens or use --tokens all")
 
 
 # --- the run --------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ import typer
 
 from diffeval.errors import UsageError
 
+SHORT = {"attention_logits": "attn logits", "attention_logits_map1": " map 1",
+         "attention_logits_map2": " map 2", "hidden_states": "hidden"}  # table rows, Table 5's names
 CKPT_HELP = "Checkpoint (repeatable): zoo:NAME, a native or a Hugging Face directory. Default: the zoo models."
 
 
@@ -37,12 +39,11 @@ def outliers(
     metric with attention logits quantized to fewer bits."""
     from pathlib import Path
 
-    from diffeval.cli import parse_device, parse_dtype
+    from diffeval.cli import _run_options
     from diffeval.outliers_run import run_outliers
     from diffeval.probes.needle import parse_depths, parse_lengths
     from diffeval.probes.outliers import OutliersConfig, parse_bits, parse_tokens
     from diffeval.results import default_out
-    from diffeval.runner import RunOptions
 
     lengths = parse_lengths(length)
     if len(lengths) != 1:
@@ -53,17 +54,10 @@ def outliers(
         raise UsageError(f"--samples ({samples}) must be >= 1")
     if seed < 0:
         raise UsageError(f"--seed ({seed}) must be >= 0")
-    if backend not in ("auto", "reference", "sdpa", "triton"):
-        raise UsageError(f"--backend {backend!r}: choose auto, reference, sdpa or triton")
-    if data != "synthetic" and not Path(data).expanduser().exists():
-        raise UsageError(f"--data {data!r}: no such file or folder (give 'synthetic' or a path to .txt text)")
     cfg = OutliersConfig(n_tokens=parse_tokens(tokens), seq_len=lengths[0], bits=parse_bits(quant_bits),
                          metric=metric, data=data, needle_samples=samples, depths=tuple(parse_depths(depths)),
                          seed=seed)
-    dev = parse_device(device)
-    opts = RunOptions(device=dev, dtype=parse_dtype(dtype, dev), backend=backend, batch_size=batch_size,
-                      max_new_tokens=max_new_tokens, allow_beyond_max_positions=allow_beyond,
-                      allow_pickle=allow_pickle, progress=True)
+    opts = _run_options(device, dtype, backend, batch_size, max_new_tokens, allow_beyond, allow_pickle)
     out_dir = Path(out) if out else default_out("outliers")
     results = run_outliers(cfg, list(ckpt), out_dir, opts)
     render_outliers_tables(results)
@@ -72,23 +66,24 @@ def outliers(
 
 def render_outliers_tables(results: dict) -> None:
     """Table 5 (one row per model and activation type), then the metric per bit width."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    from diffeval.probes.outliers import ACTIVATIONS, RANKS
+    from diffeval.probes.outliers import RANKS
 
     console = Console()
-    table = Table(title=f"Activation outliers: |x| over {_tokens_text(results)} per model")
-    table.add_column("model")
-    table.add_column("activation")
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=f"Activation outliers: |x| over {_tokens_text(results)} per model")
+    table.add_column("model", no_wrap=True)
+    table.add_column("activation", no_wrap=True)
     for r in RANKS:
         table.add_column(f"top-{r}", justify="right")
     table.add_column("median", justify="right")
     for m in results["models"]:
         label = m["label"]
-        for name, row in results["metrics"][label]["activations"].items():
+        for i, (name, row) in enumerate(results["metrics"][label]["activations"].items()):
             sub = name.endswith(("_map1", "_map2"))
-            table.add_row(label, ACTIVATIONS.get(name, name),
+            table.add_row(label if i == 0 else "", SHORT.get(name, name),
                           *[_num(row.get(f"top{r}")) for r in RANKS], _num(row["median"]),
                           style="dim" if sub else None)
         table.add_section()
@@ -97,7 +92,7 @@ def render_outliers_tables(results: dict) -> None:
     if not bits:
         return
     metric = results["task"]["params"]["metric"]
-    quant = Table(title=f"{'Mean token NLL' if metric == 'nll' else 'Needle accuracy'} vs attention-logit bits")
+    quant = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=f"{'Mean token NLL' if metric == 'nll' else 'Needle accuracy'} vs attention-logit bits")
     quant.add_column("model")
     for b in bits:
         quant.add_column(f"{b} bits" + (" (float)" if b == 16 else ""), justify="right")
@@ -108,12 +103,12 @@ def render_outliers_tables(results: dict) -> None:
 
 
 def _num(v, digits: Optional[int] = None) -> str:
-    """Fixed digits when given; else one decimal from 100 up (as Table 5), 4 significant below."""
+    """Fixed digits when given; else one decimal from 10 up (as Table 5), 3 significant below."""
     if v is None:
         return "-"
     if digits is not None:
         return f"{v:.{digits}f}"
-    return f"{v:.1f}" if abs(v) >= 100 else f"{v:.4g}"
+    return f"{v:.1f}" if abs(v) >= 9.95 else f"{v:#.3g}"
 
 
 def _tokens_text(results: dict) -> str:

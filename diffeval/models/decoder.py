@@ -138,15 +138,23 @@ class Decoder(nn.Module):
             return None
         raise ValueError(f"logits must be 'all', 'last', 'none' or a position tensor, not {logits!r}")
 
-    def token_nll(self, ids: torch.Tensor, cache: Optional[KVCache] = None, chunk: int = 1024) -> torch.Tensor:
+    def token_nll(
+        self,
+        ids: torch.Tensor,
+        cache: Optional[KVCache] = None,
+        chunk: int = 1024,
+        *,
+        stats: Optional[ActivationStats] = None,
+        logit_hook: Optional[LogitHook] = None,
+    ) -> torch.Tensor:
         """Negative log-likelihood of ids[:, 1:] given the prefix: (B, T-1) float32, computed
         over position chunks so that (T x vocab) logits never exist at once."""
-        h = self.hidden(ids, cache)
+        h = self.hidden(ids, cache, stats=stats, logit_hook=logit_hook)  # (B, T, C)
         targets = ids[:, 1:]
         out = []
         for s in range(0, targets.shape[1], chunk):
-            lg = self.project(h[:, s : s + chunk]).float()  # (B, c, V)
-            tg = targets[:, s : s + chunk]
+            tg = targets[:, s : s + chunk]  # (B, c); the last position has no target
+            lg = self.project(h[:, s : s + tg.shape[1]]).float()  # (B, c, V)
             out.append(F.cross_entropy(lg.transpose(1, 2), tg, reduction="none"))
         return torch.cat(out, dim=1) if out else h.new_zeros(ids.shape[0], 0, dtype=torch.float32)
 

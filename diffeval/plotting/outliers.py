@@ -12,7 +12,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from diffeval.errors import UsageError
 
@@ -22,8 +22,13 @@ LAYER_PANELS = (("attention_logits", "Attention logits (max |q.k|/sqrt(d))"),
                 ("hidden_states", "Hidden states (max |h|)"))
 
 
-def _colour(i: int) -> str:
-    return f"C{i % 10}"
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def _style(i: int) -> dict:
+    """Colour, marker and dash per model, so lines that coincide stay distinguishable."""
+    return {"color": f"C{i % 10}", "marker": MARKERS[i % len(MARKERS)], "linestyle": LINESTYLES[i % len(LINESTYLES)]}
 
 
 def quant_series(cells: Sequence[Mapping], model: str) -> tuple[list[int], np.ndarray, Optional[np.ndarray]]:
@@ -52,9 +57,9 @@ def quant_figure(cells: Sequence[Mapping], models: Sequence[str], metric: str) -
     ax = fig.subplots()
     for i, (model, (bits, values, ci)) in enumerate(zip(models, series)):
         x = np.array([x_of[b] for b in bits])
-        ax.plot(x, values, marker="o", color=_colour(i), label=model, linewidth=1.8)
+        ax.plot(x, values, label=model, linewidth=1.8, markersize=6 - min(i, 3), **_style(i))
         if ci is not None:
-            ax.fill_between(x, ci[:, 0], ci[:, 1], color=_colour(i), alpha=0.15, linewidth=0)
+            ax.fill_between(x, ci[:, 0], ci[:, 1], color=_style(i)["color"], alpha=0.12, linewidth=0)
     ax.set_xticks(range(len(all_bits)), [f"{b}" if b != 16 else "16\n(float)" for b in all_bits])
     ax.set_xlabel("Attention-logit bits (absmax, per query row)")
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
@@ -69,32 +74,50 @@ def quant_figure(cells: Sequence[Mapping], models: Sequence[str], metric: str) -
 
 def layer_figure(per_layer: Mapping[str, Mapping[str, Sequence[float]]]) -> Figure:
     """Two panels (attention logits, hidden states): top-1 |x| per layer, log scale, one line
-    per model; the x axis is the layer index (models with different depths share it)."""
+    per model. The x axis is the layer index when all models have the same depth, else the
+    relative depth layer / (n_layers - 1), so a deep single-head stack and a shallow model
+    share it."""
     if not per_layer:
         raise UsageError("outliers by layer: no models to draw")
-    fig = Figure(figsize=(8.4, 3.4), layout="constrained")
+    depths = {len(rows[name]) for rows in per_layer.values() for name, _ in LAYER_PANELS if name in rows}
+    relative = len(depths) > 1
+    fig = Figure(figsize=(9.4, 3.4), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(LAYER_PANELS))
     for ax, (name, title) in zip(axes, LAYER_PANELS):
+        drawn = []
         for i, (model, rows) in enumerate(per_layer.items()):
             if name not in rows:
                 continue
-            y = np.asarray(rows[name], dtype=float)
-            many = len(y) > 40
-            ax.plot(np.arange(len(y)), y, color=_colour(i), label=model, linewidth=1.5,
-                    marker=None if many else "o", markersize=3.5)
+            y = np.asarray(rows[name], dtype=float)  # (n_layers,)
+            x = np.arange(len(y)) / max(1, len(y) - 1) if relative else np.arange(len(y))
+            style = _style(i)
+            if len(y) > 40:  # deep stacks: lines only
+                style["marker"] = None
+            ax.plot(x, y, label=model, linewidth=1.5, markersize=3.5, **style)
+            drawn.append(y[y > 0])
         ax.set_yscale("log")
-        plain = FuncFormatter(lambda v, _: f"{v:g}")
-        ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain)
-        ax.tick_params(axis="y", which="minor", labelsize=7)
-        ax.set_xlabel("Layer")
+        _log_labels(ax, np.concatenate(drawn) if drawn else np.ones(1))
+        ax.set_xlabel("Relative depth (layer / last layer)" if relative else "Layer")
         ax.set_title(title, fontsize=10)
-        ax.grid(True, which="both", alpha=0.25)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.grid(True, which="minor", alpha=0.1)
+        if not relative:
+            ax.xaxis.get_major_locator().set_params(integer=True)
     axes[0].set_ylabel("Top-1 |activation|")
-    axes[0].legend(frameon=False, fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", frameon=False, fontsize=8)
     return fig
+
+
+def _log_labels(ax, values: np.ndarray) -> None:
+    """Plain numbers on a log axis; minor ticks labelled only when the data spans less than a
+    decade (else they crowd)."""
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    narrow = values.size and values.max() / max(values.min(), 1e-30) < 10
+    ax.yaxis.set_minor_formatter(plain if narrow else NullFormatter())
+    ax.tick_params(axis="y", which="both", labelsize=8)
 
 
 def _save(fig: Figure, stem: Path) -> list[Path]:

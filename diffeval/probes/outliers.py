@@ -131,6 +131,8 @@ class OutliersConfig:
             raise ConfigError(f"--metric {self.metric!r}: choose {' or '.join(METRICS)}")
         if not isinstance(self.data, str) or not self.data.strip():
             raise ConfigError(f"--data ({self.data!r}) must be 'synthetic' or a path")
+        if self.n_tokens is None and self.data == "synthetic":
+            raise ConfigError("--tokens all needs a --data path: synthetic text never ends")
         _int("needle_samples", self.needle_samples, 1)
         object.__setattr__(self, "depths", tuple(float(d) for d in self.depths))
         _int("seed", self.seed, 0)
@@ -204,19 +206,33 @@ class OutlierStats(ActivationStats):
         if self._layer is None and name in _STATS_NAME:
             raise RuntimeError("OutlierStats.update outside begin_forward() / end_forward()")
         super().update(table_name, x)
-        if name in ("attn_logits", "attn_logits_map2"):
-            super().update(_POOLED, x)
         if name in _STATS_NAME and x.numel():
             top = self.layer_top1.setdefault(table_name, [0.0] * self.n_layers)
             top[self._layer] = max(top[self._layer], float(x.detach().abs().max()))
         if name == "hidden":
             self._layer += 1
 
+    def _pool(self, parts: Sequence[str], into: str) -> None:
+        """Statistics of the union of `parts` (top-k, counts, histogram, exact values) under
+        `into`, as if every value had been fed to it: cheaper than feeding them twice."""
+        tops = [self._top[p] for p in parts]
+        self._top[into] = torch.topk(torch.cat(tops), min(self.top_k, sum(t.numel() for t in tops))).values
+        self._count[into] = sum(self._count[p] for p in parts)
+        self._zeros[into] = sum(self._zeros[p] for p in parts)
+        self._hist[into] = sum(self._hist[p] for p in parts)
+        exact = [self._exact[p] for p in parts]
+        fits = all(e is not None for e in exact) and self._count[into] <= self.exact_limit
+        self._exact[into] = [t for e in exact for t in e] if fits else None
+
     def table(self) -> dict[str, dict]:
         """{activation: {top1, top2, top3, top10, top100, median, count, median_exact}} in
         ACTIVATIONS order; the map rows only for DIFF (when map 2 was seen)."""
         seen = set(self.names())
-        diff = "attention_logits_map2" in seen
+        maps = [m for m in ("attention_logits_map1", "attention_logits_map2") if m in seen]
+        if maps:
+            self._pool(maps, _POOLED)
+            seen.add(_POOLED)
+        diff = len(maps) == 2
         rows = {}
         for name in ACTIVATIONS:
             if name not in seen or (name.endswith(("_map1", "_map2")) and not diff):

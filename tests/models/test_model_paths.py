@@ -92,11 +92,13 @@ def test_logit_selection_and_token_nll():
         last = model(ids, logits="last")
         some = model(ids, logits=torch.tensor([3, 10]))
         nll = model.token_nll(ids, chunk=7)
+        odd = model.token_nll(ids, chunk=10)  # 49 targets: a partial last chunk
     assert torch.allclose(last[:, 0], full[:, -1], atol=1e-6)
     assert torch.allclose(some, full[:, [3, 10]], atol=1e-6)
     want = torch.nn.functional.cross_entropy(full[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
     assert nll.shape == (2, 49)
     assert torch.allclose(nll, want, atol=1e-5)
+    assert torch.allclose(odd, want, atol=1e-5)
 
 
 def test_greedy_generate_matches_argmax_of_full_forwards():
