@@ -9,11 +9,9 @@ Each measurement runs in a fresh process; peak memory is the child's max RSS.
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 EAGER = r"""
@@ -25,6 +23,22 @@ t = time.perf_counter()
 with torch.no_grad():
     out = model(ids, output_attentions=True, logits_to_keep=1)
 print("seconds", time.perf_counter() - t, "maps", len(out.attentions), tuple(out.attentions[0].shape))
+"""
+
+
+CAPTURE = r"""
+import sys, time, torch, diffeval
+from diffeval.models import Capture
+from diffeval.probes.attention import query_positions
+from diffeval.probes.needle import NeedleConfig, generate
+torch.set_num_threads(2)
+loaded = diffeval.load(sys.argv[1])
+sample = generate(NeedleConfig(lengths=(int(sys.argv[2]),), depths=(50.0,), samples=1), loaded.tokenizer)[0]
+cap = Capture(query_positions(sample, "answer", loaded.tokenizer))
+t = time.perf_counter()
+with torch.no_grad():
+    loaded.model(torch.tensor([sample.prompts[0]]), logits="none", capture=cap)
+print("seconds", time.perf_counter() - t)
 """
 
 
@@ -44,14 +58,17 @@ def make_checkpoint(root: Path) -> tuple[Path, Path]:
     return root / "hf", root / "native"
 
 
-def child(cmd: list[str]) -> tuple[float, float, str]:
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    if proc.returncode != 0:
-        return wall, peak, (proc.stderr.strip().splitlines() or ["killed"])[-1][:50]
-    return wall, peak, ""
+WRAPPER = ("import resource,subprocess,sys,time;t=time.perf_counter();"
+           "p=subprocess.run(sys.argv[1:], capture_output=True, text=True);"
+           "w=[l.split()[1] for l in p.stdout.splitlines() if l.startswith('seconds')] or ['nan'];"
+           "print(time.perf_counter()-t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024, p.returncode, w[-1])")
+
+
+def measure(cmd: list[str]) -> tuple[float, float, float, str]:
+    """Wall seconds (whole process: imports, loading and the work), peak RSS (MB) , the forward's own seconds when the script prints them, and a failure note of `cmd`, run in its own watcher process
+    (children's max RSS is cumulative, so every command gets a fresh watcher)."""
+    res = subprocess.run([sys.executable, "-c", WRAPPER, *cmd], capture_output=True, text=True).stdout.split()
+    return float(res[0]), float(res[3]), float(res[1]), "" if res[2] == "0" else f"exit {res[2]}"
 
 
 def main() -> None:
@@ -63,33 +80,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         hf, native = make_checkpoint(Path(tmp))
         for n in [int(x) for x in args.lengths.split(",")]:
-            out = Path(tmp) / f"run{n}"
             cmd = [sys.executable, "-m", "diffeval", "attn-map", "--ckpt", str(native), "--len", str(n),
-                   "--depths", "50", "--samples", "1", "--device", "cpu", "--out", str(out)]
-            # max RSS of children is cumulative over children: measure each in its own python
-            wrapper = [sys.executable, "-c",
-                       "import resource,subprocess,sys,time;t=time.perf_counter();"
-                       "r=subprocess.run(sys.argv[1:]).returncode;"
-                       "print(time.perf_counter()-t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024, r)",
-                       *cmd]
-            res = subprocess.run(wrapper, capture_output=True, text=True).stdout.split()
-            rows.append(("diffeval attn-map (whole command)", n, float(res[0]), float(res[1]), "" if res[2] == "0" else "failed"))
+                   "--depths", "50", "--samples", "1", "--device", "cpu", "--out", str(Path(tmp) / f"run{n}")]
+            rows.append(("diffeval attn-map (whole command)", n, *measure(cmd)))
+        for n in [int(x) for x in args.lengths.split(",")]:
+            cmd = [sys.executable, "-c", CAPTURE, str(native), str(n)]
+            rows.append(("diffeval forward + capture (script)", n, *measure(cmd)))
         for n in [int(x) for x in args.eager_lengths.split(",")]:
-            wrapper = [sys.executable, "-c",
-                       "import resource,subprocess,sys,time;t=time.perf_counter();"
-                       "r=subprocess.run(sys.argv[1:], capture_output=True).returncode;"
-                       "print(time.perf_counter()-t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024, r)",
-                       sys.executable, "-c", EAGER, str(hf), str(n)]
-            res = subprocess.run(wrapper, capture_output=True, text=True).stdout.split()
-            rows.append(("transformers eager output_attentions", n, float(res[0]), float(res[1]),
-                         "" if res[2] == "0" else f"exit {res[2]}"))
-    print(f"{'what':<38} {'tokens':>7} {'wall s':>8} {'peak MB':>9}  note")
-    for what, n, wall, peak, note in rows:
-        print(f"{what:<38} {n:>7} {wall:>8.1f} {peak:>9.0f}  {note}")
-    ours = {n: (w, p) for what, n, w, p, _ in rows if what.startswith("diffeval")}
-    for what, n, w, p, note in rows:
-        if what.startswith("transformers") and n in ours and not note:
-            print(f"ratio at {n}: time {ours[n][0] / w:.3f}x, memory {ours[n][1] / p:.3f}x (diffeval / transformers)")
+            cmd = [sys.executable, "-c", EAGER, str(hf), str(n)]
+            rows.append(("transformers eager output_attentions", n, *measure(cmd)))
+    print(f"{'what':<38} {'tokens':>7} {'process s':>10} {'forward s':>10} {'peak MB':>9}  note")
+    for what, n, wall, fwd, peak, note in rows:
+        print(f"{what:<38} {n:>7} {wall:>10.1f} {fwd:>10.2f} {peak:>9.0f}  {note}")
+    peer = {n: (w, f, p) for what, n, w, f, p, note in rows if what.startswith("transformers") and not note}
+    for what, n, w, f, p, note in rows:
+        if what.startswith("diffeval") and n in peer and not note:
+            fw = f"forward {f / peer[n][1]:.3f}x, " if f == f else ""
+            print(f"{what} / transformers eager at {n}: process time {w / peer[n][0]:.3f}x, {fw}"
+                  f"memory {p / peer[n][2]:.3f}x")
 
 
 if __name__ == "__main__":

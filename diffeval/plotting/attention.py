@@ -94,6 +94,9 @@ def layer_head_figure(cells: list[dict], labels: list[str], category: str = "ans
 def pooled_figure(pooled: dict[str, Any], part: str = "window"):
     """Pooled query-block x key-block maps of each model's representative prompt; DIFF models
     show map 1, map 2 and the differential map side by side."""
+    from matplotlib import colormaps
+    from matplotlib.colors import LogNorm, SymLogNorm
+
     rows = [(label, npz, fam) for label, (npz, fam) in pooled.items() if f"{'diff' if fam == 'diff' else 'attn'}_{part}" in npz]
     if not rows:
         return None
@@ -116,9 +119,14 @@ def pooled_figure(pooled: dict[str, Any], part: str = "window"):
             m = npz[f"{names[c]}_{part}"]  # (rows, key blocks)
             signed = names[c] == "diff"
             vmax = float(np.abs(m).max()) or 1.0
-            im = ax.imshow(m, aspect="auto", origin="upper", interpolation="nearest",
-                           cmap="RdBu_r" if signed else "magma", vmin=-vmax if signed else 0, vmax=vmax,
-                           extent=(a, b, float(qrows[-1]), float(qrows[0])))
+            # Log colour scales: a few sharp entries (the first rows, the sink) would
+            # otherwise hide everything else.
+            norm = (SymLogNorm(linthresh=vmax * 1e-3, vmin=-vmax, vmax=vmax) if signed
+                    else LogNorm(vmin=vmax * 1e-4, vmax=vmax))
+            cmap = colormaps["RdBu_r" if signed else "magma"].with_extremes(bad="black")
+            shown = m if signed else np.ma.masked_less_equal(m, 0)
+            im = ax.imshow(shown, aspect="auto", origin="upper", interpolation="nearest", cmap=cmap,
+                           norm=norm, extent=(a, b, float(qrows[-1]), float(qrows[0])))
             s, e = (int(x) for x in npz["span_needle"])
             for x in (s, e):
                 ax.axvline(x, color="lime", lw=0.8, ls="--")
