@@ -186,7 +186,20 @@ def run_task(
     opts = _run_options(device, dtype, backend, batch_size, max_new_tokens, allow_beyond, allow_pickle)
     root = Path(out) if out else default_out(task.name)
     for name, cfg in variants:
-        _needle(cfg, list(ckpt), str(root / name) if name else str(root), opts)
+        target = root / name if name else root
+        if task.probe == "needle":
+            _needle(cfg, list(ckpt), str(target), opts)
+            continue
+        if task.probe == "attn-map":
+            from diffeval.attn_run import run_attn_map
+
+            render_allocation_table(run_attn_map(cfg[0], list(ckpt), target, opts, cfg[1]))
+        else:
+            from diffeval.commands.outliers import render_outliers_tables
+            from diffeval.outliers_run import run_outliers
+
+            render_outliers_tables(run_outliers(cfg, list(ckpt), target, opts))
+        print(f"results: {target / 'results.json'}", file=sys.stderr)
 
 
 @app.command("attn-map")

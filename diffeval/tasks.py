@@ -17,7 +17,9 @@ from typing import Any
 
 from diffeval.errors import DiffevalError, UsageError
 
-PROBES = ("needle",)
+PROBES = ("needle", "attn-map", "outliers")
+ATTN_MAP_KEYS = ("layers", "heads", "query", "sink")
+OUTLIER_NAMES = {"samples": "needle_samples", "lengths": "seq_len"}
 TOP_KEYS = {"name", "probe", "version", "description", "params", "grid"}
 
 
@@ -31,7 +33,11 @@ class Task:
     path: str
 
     def variants(self, overrides: dict[str, Any]) -> list[tuple[str, Any]]:
-        """(folder name, validated probe config) per variant, overrides applied last."""
+        """(folder name, validated probe config) per variant, overrides applied last. The
+        command-line overrides (samples, lengths, depths, seed) map onto the outliers task's
+        own names (needle_samples, seq_len)."""
+        if self.probe == "outliers":
+            overrides = {OUTLIER_NAMES.get(k, k): v for k, v in overrides.items()}
         out = []
         for variant in self.grid or ({},):
             params = {**self.params, **variant, **overrides}
@@ -41,27 +47,62 @@ class Task:
 
 
 def build_config(probe: str, params: dict[str, Any], source: str):
-    if probe == "needle":
-        from dataclasses import fields
+    """The validated configuration of one variant: NeedleConfig for `needle`, (NeedleConfig,
+    AttnMapOptions) for `attn-map`, OutliersConfig for `outliers`."""
+    from dataclasses import fields
 
-        from diffeval.probes.needle import NeedleConfig, parse_depths, parse_lengths
+    try:
+        if probe == "needle":
+            from diffeval.probes.needle import NeedleConfig
 
-        allowed = {f.name for f in fields(NeedleConfig)}
-        unknown = sorted(set(params) - allowed)
-        if unknown:
-            raise UsageError(f"{source}: unknown needle parameter {unknown[0]!r}; valid: {', '.join(sorted(allowed))}")
-        values = dict(params)
-        if "lengths" in values:
-            values["lengths"] = tuple(parse_lengths(_as_text(values["lengths"])))
-        if "depths" in values:
-            values["depths"] = tuple(parse_depths(_as_text(values["depths"])))
-        try:
-            return NeedleConfig(**values)
-        except DiffevalError as exc:
-            raise UsageError(f"{source}: {exc}") from None
-        except TypeError as exc:
-            raise UsageError(f"{source}: {exc}") from None
+            _check_keys(params, {f.name for f in fields(NeedleConfig)}, probe, source)
+            return NeedleConfig(**_needle_values(params))
+        if probe == "attn-map":
+            from diffeval.attn_run import AttnMapOptions
+            from diffeval.probes.needle import NeedleConfig
+
+            allowed = ({f.name for f in fields(NeedleConfig)} - {"n_queries"}) | set(ATTN_MAP_KEYS)
+            _check_keys(params, allowed, probe, source)
+            needle = {k: v for k, v in params.items() if k not in ATTN_MAP_KEYS}
+            amo = AttnMapOptions(**{k: (str(v) if k != "sink" else v) for k, v in params.items() if k in ATTN_MAP_KEYS})
+            return NeedleConfig(**_needle_values(needle), n_queries=1), amo
+        if probe == "outliers":
+            from diffeval.probes.needle import parse_depths, parse_lengths
+            from diffeval.probes.outliers import OutliersConfig, parse_bits, parse_tokens
+
+            _check_keys(params, {f.name for f in fields(OutliersConfig)}, probe, source)
+            values = dict(params)
+            if "n_tokens" in values:
+                values["n_tokens"] = parse_tokens(_as_text(values["n_tokens"]))
+            if "seq_len" in values:
+                values["seq_len"] = parse_lengths(_as_text(values["seq_len"]))[0]
+            if "bits" in values:
+                values["bits"] = parse_bits(_as_text(values["bits"]))
+            if "depths" in values:
+                values["depths"] = tuple(parse_depths(_as_text(values["depths"])))
+            return OutliersConfig(**values)
+    except DiffevalError as exc:
+        raise UsageError(f"{source}: {exc}") from None
+    except TypeError as exc:
+        raise UsageError(f"{source}: {exc}") from None
     raise UsageError(f"{source}: unknown probe {probe!r}; valid: {', '.join(PROBES)}")
+
+
+def _check_keys(params: dict[str, Any], allowed: set[str], probe: str, source: str) -> None:
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise UsageError(f"{source}: unknown {probe} parameter {unknown[0]!r}; valid: {', '.join(sorted(allowed))}")
+
+
+def _needle_values(params: dict[str, Any]) -> dict[str, Any]:
+    from diffeval.probes.needle import parse_depths, parse_lengths
+
+    values = dict(params)
+    if "lengths" in values:
+        values["lengths"] = tuple(parse_lengths(_as_text(values["lengths"])))
+    if "depths" in values:
+        values["depths"] = tuple(parse_depths(_as_text(values["depths"])))
+    return values
 
 
 def _as_text(value: Any) -> str:

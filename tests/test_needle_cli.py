@@ -143,6 +143,22 @@ def test_every_shipped_task_validates():
         assert task.variants({})
 
 
+def test_run_attn_map_and_outliers_tasks(ckpts, tmp_path):
+    attn = tmp_path / "a.yaml"
+    attn.write_text("name: a\nprobe: attn-map\nversion: 1\n"
+                    "params: {lengths: [256], depths: [50], samples: 1, layers: '-1', query: last}\n")
+    main(["run", str(attn), "--ckpt", ckpts[1], "--out", str(tmp_path / "a"), "--device", "cpu"])
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert results["probe"] == "attn-map" and results["task"]["params"]["layers"] == "-1"
+    assert {c["layer"] for c in results["cells"]} == {1}
+    out = tmp_path / "o.yaml"
+    out.write_text("name: o\nprobe: outliers\nversion: 1\n"
+                   "params: {n_tokens: 300, seq_len: 150, bits: [16, 4]}\n")
+    main(["run", str(out), "--ckpt", ckpts[0], "--out", str(tmp_path / "o"), "--device", "cpu", "--len", "100"])
+    results = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert results["probe"] == "outliers" and results["task"]["params"]["seq_len"] == 100  # --len override
+
+
 def test_bad_task_files_exit_2(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nprobe: needle\nversion: 1\nparams: {samplez: 3}\n")
