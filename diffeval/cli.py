@@ -141,7 +141,7 @@ def needle(
     out: Optional[str] = typer.Option(None, "--out", help="Output directory (default runs/needle-<UTC time>). Rerun to resume."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16."),
-    backend: str = typer.Option("auto", "--backend", help="auto, reference or sdpa."),
+    backend: str = typer.Option("auto", "--backend", help="auto, reference, sdpa or triton (CUDA)."),
     batch_size: int = typer.Option(1, "--batch-size", help="Prompts of equal length decoded together."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Default: enough for the longest answer."),
     allow_beyond: bool = typer.Option(False, "--allow-beyond-max-positions", help="Allow prompts longer than the model's position limit."),

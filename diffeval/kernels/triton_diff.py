@@ -1,0 +1,132 @@
+"""Fused differential flash attention (Triton), forward: both softmax maps of a differential
+head in one pass over the keys, sharing every K/V tile load, online softmax per map, and the
+combination (A1 - lambda A2) V in the epilogue. Never materialises a score matrix.
+
+Layout as everywhere in diffeval: q (B, 2H, Tq, d) with maps 1 in heads [0, H) and maps 2 in
+[H, 2H); k, v (B, Hkv, Tk, d); differential head j reads kv head j // r for map 1 and
+(j + H) // r for map 2 (r = 2H / Hkv), and its value is [v_{j//r} ; v_{(j+H)//r}]. The
+queries are the last Tq of the Tk positions (prefill, chunked prefill and decode alike).
+
+Runs on CUDA; on a CPU under TRITON_INTERPRET=1 (fp32 / fp16), which is how it is tested."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _diff_attn_fwd(
+    Q, K, V, Out, lam, scale,
+    sqb, sqh, sqt, sqd,
+    skb, skh, skt, skd,
+    svb, svh, svt, svd,
+    sob, soh, sot, sod,
+    H, Tq, Tk, D, R,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    j = bh % H
+    kv1 = j // R
+    kv2 = (j + H) // R
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_n0 = tl.arange(0, BLOCK_N)
+    q_pos = Tk - Tq + offs_m  # absolute positions of the queries
+    m_ok = offs_m < Tq
+    d_ok = offs_d < D
+    q_ptr = Q + b * sqb + offs_m[:, None] * sqt + offs_d[None, :] * sqd
+    q_mask = m_ok[:, None] & d_ok[None, :]
+    q1 = tl.load(q_ptr + j * sqh, mask=q_mask, other=0.0)  # (BM, BD)
+    q2 = tl.load(q_ptr + (j + H) * sqh, mask=q_mask, other=0.0)
+
+    m1 = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    m2 = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l1 = tl.zeros([BLOCK_M], tl.float32)
+    l2 = tl.zeros([BLOCK_M], tl.float32)
+    acc1a = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)  # map 1 x value half a (kv1)
+    acc1b = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)  # map 1 x value half b (kv2)
+    acc2a = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    acc2b = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+
+    hi = tl.minimum(Tk, Tk - Tq + (pid_m + 1) * BLOCK_M)  # causal: no key past the last query
+    for start in range(0, hi, BLOCK_N):
+        offs_n = start + offs_n0
+        n_ok = offs_n < Tk
+        kv_mask = n_ok[:, None] & d_ok[None, :]
+        k_off = b * skb + offs_n[:, None] * skt + offs_d[None, :] * skd
+        v_off = b * svb + offs_n[:, None] * svt + offs_d[None, :] * svd
+        k1 = tl.load(K + k_off + kv1 * skh, mask=kv_mask, other=0.0)  # (BN, BD)
+        k2 = tl.load(K + k_off + kv2 * skh, mask=kv_mask, other=0.0)
+        va = tl.load(V + v_off + kv1 * svh, mask=kv_mask, other=0.0)
+        vb = tl.load(V + v_off + kv2 * svh, mask=kv_mask, other=0.0)
+        visible = (offs_n[None, :] <= q_pos[:, None]) & n_ok[None, :]  # (BM, BN)
+
+        s1 = tl.dot(q1, tl.trans(k1)) * scale
+        s1 = tl.where(visible, s1, float("-inf"))
+        new1 = tl.maximum(m1, tl.max(s1, 1))
+        p1 = tl.exp(s1 - new1[:, None])
+        alpha1 = tl.exp(m1 - new1)
+        l1 = l1 * alpha1 + tl.sum(p1, 1)
+        p1 = p1.to(va.dtype)
+        acc1a = acc1a * alpha1[:, None] + tl.dot(p1, va)
+        acc1b = acc1b * alpha1[:, None] + tl.dot(p1, vb)
+        m1 = new1
+
+        s2 = tl.dot(q2, tl.trans(k2)) * scale
+        s2 = tl.where(visible, s2, float("-inf"))
+        new2 = tl.maximum(m2, tl.max(s2, 1))
+        p2 = tl.exp(s2 - new2[:, None])
+        alpha2 = tl.exp(m2 - new2)
+        l2 = l2 * alpha2 + tl.sum(p2, 1)
+        p2 = p2.to(va.dtype)
+        acc2a = acc2a * alpha2[:, None] + tl.dot(p2, va)
+        acc2b = acc2b * alpha2[:, None] + tl.dot(p2, vb)
+        m2 = new2
+
+    out_a = acc1a / l1[:, None] - lam * (acc2a / l2[:, None])
+    out_b = acc1b / l1[:, None] - lam * (acc2b / l2[:, None])
+    o_ptr = Out + b * sob + j * soh + offs_m[:, None] * sot + offs_d[None, :] * sod
+    tl.store(o_ptr, out_a.to(Out.dtype.element_ty), mask=q_mask)
+    tl.store(o_ptr + D * sod, out_b.to(Out.dtype.element_ty), mask=q_mask)
+
+
+def diff_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: float, scale: float,
+                   block_m: int | None = None, block_n: int = 64) -> torch.Tensor:
+    """(A1 - lam A2) V. q (B, 2H, Tq, d); k, v (B, Hkv, Tk, d) -> (B, H, Tq, 2d) in q's dtype."""
+    B, H2, Tq, d = q.shape
+    Hkv, Tk = k.shape[1], k.shape[2]
+    H = H2 // 2
+    out = q.new_empty(B, H, Tq, 2 * d)
+    block_d = max(16, triton.next_power_of_2(d))
+    block_m = block_m or (64 if Tq >= 64 else 16)
+    grid = (triton.cdiv(Tq, block_m), B * H)
+    _diff_attn_fwd[grid](
+        q, k, v, out, float(lam), float(scale),
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+        H, Tq, Tk, d, H2 // Hkv,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+    )
+    return out
+
+
+class TritonBackend:
+    """Fused differential attention on CUDA (softmax attention goes to torch SDPA, whose CUDA
+    flash kernels already fuse it)."""
+
+    name = "triton"
+
+    def __init__(self) -> None:
+        from diffeval.kernels.sdpa import SdpaBackend
+
+        self._sdpa = SdpaBackend()
+
+    def attend(self, q, k, v, *, scale: float, logit_fn=None):
+        return self._sdpa.attend(q, k, v, scale=scale, logit_fn=logit_fn)
+
+    def diff_attend(self, q, k, v, lam, *, scale: float, logit_fn=None):
+        assert logit_fn is None, "logit transforms need the reference backend"
+        return diff_attention(q, k, v, float(lam), scale)
