@@ -130,7 +130,7 @@ def _run_options(device: str, dtype: str, backend: str, batch_size: int, max_new
 @app.command()
 def needle(
     ckpt: list[str] = typer.Option([], "--ckpt", help=CKPT_HELP),
-    length: str = typer.Option("4k", "--len", help="Prompt lengths in tokens: 4096, 4k, 64K, lists 4k,8k."),
+    length: Optional[str] = typer.Option(None, "--len", help="Prompt lengths in tokens: 4096, 4k, 64K, lists 4k,8k. Default: 4k, or less when a model's position limit is shorter."),
     depths: str = typer.Option("0,25,50,75,100", "--depths", help="Needle depths in %: a list, or start:stop:count."),
     needles: int = typer.Option(1, "--needles", help="Needles in the context (N)."),
     queries: int = typer.Option(1, "--queries", help="Needles asked for (R <= N)."),
@@ -148,9 +148,9 @@ def needle(
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Load .bin/.pt weights (weights_only=True)."),
 ) -> None:
     """Needle / multi-needle retrieval over a depth x length grid; heatmap and results."""
-    from diffeval.probes.needle import NeedleConfig, parse_depths, parse_lengths
+    from diffeval.probes.needle import NeedleConfig, parse_depths
 
-    cfg = NeedleConfig(lengths=tuple(parse_lengths(length)), depths=tuple(parse_depths(depths)),
+    cfg = NeedleConfig(lengths=_lengths(length, ckpt), depths=tuple(parse_depths(depths)),
                        n_needles=needles, n_queries=queries, samples=samples, haystack=haystack,
                        needle_kind=needle_kind, seed=seed)
     opts = _run_options(device, dtype, backend, batch_size, max_new_tokens, allow_beyond, allow_pickle)
@@ -205,7 +205,7 @@ def run_task(
 @app.command("attn-map")
 def attn_map(
     ckpt: list[str] = typer.Option([], "--ckpt", help=CKPT_HELP),
-    length: str = typer.Option("4k", "--len", help="Prompt lengths in tokens (4096, 4k, 64K, lists)."),
+    length: Optional[str] = typer.Option(None, "--len", help="Prompt lengths in tokens (4096, 4k, 64K, lists). Default: 4k, or less when a model's position limit is shorter."),
     depths: str = typer.Option("0,25,50,75,100", "--depths", help="Needle depths in %."),
     samples: int = typer.Option(2, "--samples", help="Prompts per (length, depth)."),
     needles: int = typer.Option(1, "--needles", help="Needles in the context (the first is asked)."),
@@ -230,14 +230,14 @@ def attn_map(
 
     from diffeval.attn_run import AttnMapOptions, run_attn_map
     from diffeval.probes.attention import QUERY_MODES
-    from diffeval.probes.needle import NeedleConfig, parse_depths, parse_lengths
+    from diffeval.probes.needle import NeedleConfig, parse_depths
     from diffeval.results import default_out
 
     if query not in QUERY_MODES:
         raise UsageError(f"--query {query!r}: choose {', '.join(QUERY_MODES)}")
     if sink < 0:
         raise UsageError(f"--sink ({sink}) must be >= 0")
-    cfg = NeedleConfig(lengths=tuple(parse_lengths(length)), depths=tuple(parse_depths(depths)),
+    cfg = NeedleConfig(lengths=_lengths(length, ckpt), depths=tuple(parse_depths(depths)),
                        n_needles=needles, n_queries=1, samples=samples, haystack=haystack,
                        needle_kind=needle_kind, seed=seed)
     opts = _run_options(device, dtype, backend, 1, None, allow_beyond, allow_pickle)
@@ -264,6 +264,20 @@ def render_allocation_table(results: dict) -> None:
             table.add_row(f"{m['label']} ({m['family']})" if cat == "answer" else "", name,
                           *[f"{by[f'{d:g}'][cat]:.3f}" for d in depths])
     Console().print(table)
+
+
+def _lengths(spec: Optional[str], ckpts: list[str]) -> tuple[int, ...]:
+    """Parsed --len; without one, 4k, or the largest multiple of 1024 (at least the limit itself
+    when below 1024) within every model's position limit."""
+    from diffeval.probes.needle import parse_lengths
+
+    if spec is not None:
+        return tuple(parse_lengths(spec))
+    from diffeval.checkpoints import read_config, resolve_spec
+    from diffeval.runner import default_specs
+
+    limit = min(read_config(resolve_spec(s))[1].max_seq_len for s in default_specs(list(ckpts)))
+    return (min(4096, limit // 1024 * 1024 or limit),)
 
 
 def _needle(cfg, specs: list[str], out: Optional[str], opts) -> None:

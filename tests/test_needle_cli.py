@@ -133,6 +133,14 @@ def test_bad_needle_options_exit_2(ckpts, tmp_path, capsys, argv, needle):
     assert not (tmp_path / "o" / "results.json").exists()
 
 
+def test_default_length_fits_the_models_position_limit(ckpts, tmp_path):
+    out = tmp_path / "d"
+    main(["needle", "--ckpt", ckpts[0], "--depths", "50", "--samples", "1", "--device", "cpu",
+          "--max-new-tokens", "2", "--out", str(out)])
+    results = json.loads((out / "results.json").read_text())
+    assert results["task"]["params"]["lengths"] == [1024]  # the models stop at 1024 positions
+
+
 def test_every_shipped_task_validates():
     from diffeval.tasks import load_task
 
