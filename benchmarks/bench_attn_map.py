@@ -42,15 +42,16 @@ print("seconds", time.perf_counter() - t)
 """
 
 
-def make_checkpoint(root: Path) -> tuple[Path, Path]:
+def make_checkpoint(root: Path, layers: int, heads: int, d_model: int) -> tuple[Path, Path]:
     """The same random weights as a Hugging Face Llama directory and a diffeval directory."""
     import torch
     import transformers as tf
 
     import diffeval
 
-    cfg = tf.LlamaConfig(vocab_size=259, hidden_size=128, intermediate_size=344, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=65536)
+    cfg = tf.LlamaConfig(vocab_size=259, hidden_size=d_model, intermediate_size=d_model * 8 // 3 // 8 * 8,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                         max_position_embeddings=65536)
     torch.manual_seed(0)
     tf.LlamaForCausalLM(cfg).save_pretrained(str(root / "hf"))
     loaded = diffeval.load(str(root / "hf"), require_tokenizer=False)
@@ -75,10 +76,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", default="16384,32768")
     parser.add_argument("--eager-lengths", default="16384")
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=2)
+    parser.add_argument("--d-model", type=int, default=128)
     args = parser.parse_args()
+    print(f"Llama weights: {args.layers} layers, {args.heads} heads, d_model {args.d_model}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        hf, native = make_checkpoint(Path(tmp))
+        hf, native = make_checkpoint(Path(tmp), args.layers, args.heads, args.d_model)
         for n in [int(x) for x in args.lengths.split(",")]:
             cmd = [sys.executable, "-m", "diffeval", "attn-map", "--ckpt", str(native), "--len", str(n),
                    "--depths", "50", "--samples", "1", "--device", "cpu", "--out", str(Path(tmp) / f"run{n}")]

@@ -319,9 +319,13 @@ def _length_label(n: int) -> str:
     return f"{n // 1024}K" if n % 1024 == 0 else str(n)
 
 
-from diffeval.commands.outliers import outliers  # noqa: E402  (a plain function, registered here)
+# Commands written as plain functions in diffeval/commands/, registered here.
+from diffeval.commands.outliers import outliers  # noqa: E402
+from diffeval.commands.train import train as train_cmd, zoo as zoo_cmd  # noqa: E402
 
 app.command("outliers")(outliers)
+app.command("train")(train_cmd)
+app.command("zoo")(zoo_cmd)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

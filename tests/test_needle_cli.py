@@ -180,5 +180,5 @@ def test_bad_task_files_exit_2(tmp_path, capsys):
 def test_help_lists_every_command(capsys):
     assert run(["--help"]) == 0
     text = capsys.readouterr().out
-    for command in ("info", "needle", "run", "attn-map", "outliers"):
+    for command in ("info", "needle", "run", "attn-map", "outliers", "train", "zoo"):
         assert command in text

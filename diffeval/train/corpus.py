@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -43,7 +43,7 @@ ICL_LABELS: tuple[str, ...] = (
     "east", "west", "red", "orange", "purple", "yes", "no", "maybe", "first", "second", "third",
 )
 ICL_ADJ: tuple[str, ...] = ("small", "large", "old", "new", "bright", "dark", "warm", "cold")
-DOC_KINDS = ("needle", "icl", "repeat")
+DOC_KINDS = ("needle", "icl", "repeat", "copy")
 _WORD = re.compile(r"[A-Za-z]+|[0-9]{1,3}|[^\sA-Za-z0-9]")
 
 
@@ -65,7 +65,7 @@ class Doc:
 class CorpusConfig:
     """Mixture and shape of the generated documents."""
 
-    mix: dict = field(default_factory=lambda: {"needle": 0.75, "icl": 0.1, "repeat": 0.15})
+    mix: dict = field(default_factory=lambda: {"needle": 0.7, "icl": 0.1, "repeat": 0.1, "copy": 0.1})
     needle_kinds: dict = field(default_factory=lambda: {"city": 0.7, "kv-number": 0.1, "kv-word": 0.1, "uuid": 0.1})
     haystacks: dict = field(default_factory=lambda: {"noise": 0.5, "essay": 0.5})
     max_needles: int = 8
@@ -157,7 +157,7 @@ def needle_doc(rng: np.random.Generator, budget: int, cfg: CorpusConfig) -> Doc:
             key, value = keys[n], UNKNOWN
         text += PROMPT_SUFFIX.format(question=kind.question.format(key=key), answer=kind.answer.format(key=key))
         text += " "
-        spans.append((len(text), len(text) + len(value) + 1))
+        spans.append((len(text), len(text) + len(value)))
         text += value + "."
     return Doc("needle", text, tuple(spans))
 
@@ -209,12 +209,34 @@ def repeat_doc(rng: np.random.Generator, budget: int, cfg: CorpusConfig) -> Doc:
     return Doc("repeat", text, tuple(spans))
 
 
-MAKERS = {"needle": needle_doc, "icl": icl_doc, "repeat": repeat_doc}
+_COPY_POOL: tuple[str, ...] = tuple(VALUE_WORDS + KEY_NOUNS + KEY_ADJECTIVES + CITIES)
 
 
-def make_doc(rng: np.random.Generator, budget: int, cfg: CorpusConfig) -> Doc:
-    """One document of a kind drawn from cfg.mix, about `budget` tokens long."""
-    return MAKERS[_choose(rng, cfg.mix)](rng, max(16, int(budget)), cfg)
+def copy_doc(rng: np.random.Generator, budget: int, cfg: CorpusConfig) -> Doc:
+    """A random word sequence, then the same sequence again (and again while it fits): the
+    plainest form of copying from context, which teaches the induction step quickly."""
+    numbers = rng.random() < 0.3  # digits too: the needle values are copied as 3-digit chunks
+    per = 3 if numbers else 1  # about tokens per item
+    n = int(rng.integers(2, max(3, min(80, budget // (2 * per) - 1))))
+    if numbers:
+        words = [str(int(v)) for v in rng.integers(100, 10_000_000, size=n)]
+    else:
+        words = [_COPY_POOL[i] for i in rng.integers(len(_COPY_POOL), size=n)]
+    unit = " ".join(words) + "."
+    text, spans = unit, []
+    while approx_tokens(text) + approx_tokens(unit) + 1 <= budget:
+        text += "\n"
+        spans.append((len(text), len(text) + len(unit)))
+        text += unit
+    return Doc("copy", text, tuple(spans))
+
+
+MAKERS = {"needle": needle_doc, "icl": icl_doc, "repeat": repeat_doc, "copy": copy_doc}
+
+
+def make_doc(rng: np.random.Generator, budget: int, cfg: CorpusConfig, mix: Optional[dict] = None) -> Doc:
+    """One document of a kind drawn from `mix` (default cfg.mix), about `budget` tokens long."""
+    return MAKERS[_choose(rng, mix or cfg.mix)](rng, max(16, int(budget)), cfg)
 
 
 def corpus_words(seed: int = 0, n_docs: int = 600) -> list[str]:
@@ -246,31 +268,40 @@ class Packer:
     cfg: CorpusConfig
     answer_weight: float = 1.0
 
-    def row(self, rng: np.random.Generator, n_tokens: int, min_doc: int, max_doc: int) -> tuple[np.ndarray, np.ndarray]:
-        """(n_tokens,) ids and (n_tokens,) weights; weight[i] belongs to predicting ids[i]."""
+    def row(self, rng: np.random.Generator, n_tokens: int, min_doc: int, max_doc: int,
+            mix: Optional[dict] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(n_tokens,) ids, weights and answer tags; weight[i] and tag[i] belong to predicting
+        ids[i]; tag is 0 outside answers, else 1 + the index of the document kind in DOC_KINDS."""
         ids: list[int] = []
         wts: list[float] = []
+        tags: list[int] = []
         while len(ids) < n_tokens:
             left = n_tokens - len(ids)
             lo, hi = np.log(min_doc), np.log(max(min_doc, max_doc))
             budget = min(int(np.exp(rng.uniform(lo, hi))), max(16, left - 2))
-            doc = make_doc(rng, budget, self.cfg)
+            doc = make_doc(rng, budget, self.cfg, mix)
             enc = self.tokenizer.encode(doc.text, add_special_tokens=False)
             w = np.ones(len(enc.ids), dtype=np.float32)
-            if doc.spans and self.answer_weight != 1.0:
+            tag = np.zeros(len(enc.ids), dtype=np.int64)
+            if doc.spans:
                 starts = np.asarray([o[0] for o in enc.offsets])
                 ends = np.asarray([o[1] for o in enc.offsets])
                 for a, b in doc.spans:
-                    w[(starts < b) & (ends > a)] = self.answer_weight
+                    hit = (starts < b) & (ends > a)
+                    w[hit] = self.answer_weight
+                    tag[hit] = 1 + DOC_KINDS.index(doc.kind)
             ids += [self.bos_id, *enc.ids, self.eos_id]
             wts += [1.0, *w.tolist(), 1.0]
-        return np.asarray(ids[:n_tokens], dtype=np.int64), np.asarray(wts[:n_tokens], dtype=np.float32)
+            tags += [0, *tag.tolist(), 0]
+        return (np.asarray(ids[:n_tokens], dtype=np.int64), np.asarray(wts[:n_tokens], dtype=np.float32),
+                np.asarray(tags[:n_tokens], dtype=np.int64))
 
     def batch(self, seed_seq: np.random.SeedSequence, batch_size: int, seq_len: int,
-              min_doc: int, max_doc: int) -> tuple[np.ndarray, np.ndarray]:
-        """(B, T+1) ids and (B, T) target weights, a pure function of `seed_seq`."""
-        rows = [self.row(np.random.Generator(np.random.PCG64(s)), seq_len + 1, min_doc, max_doc)
+              min_doc: int, max_doc: int, mix: Optional[dict] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(B, T+1) ids, (B, T) target weights and (B, T) answer tags, a pure function of `seed_seq`."""
+        rows = [self.row(np.random.Generator(np.random.PCG64(s)), seq_len + 1, min_doc, max_doc, mix)
                 for s in seed_seq.spawn(batch_size)]
         ids = np.stack([r[0] for r in rows])  # (B, T+1)
         wts = np.stack([r[1][1:] for r in rows])  # (B, T): weight of predicting ids[:, 1:]
-        return ids, wts
+        tags = np.stack([r[2][1:] for r in rows])  # (B, T)
+        return ids, wts, tags

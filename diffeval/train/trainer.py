@@ -26,7 +26,7 @@ from typing import Any, Optional
 import numpy as np
 
 from diffeval.errors import ConfigError, UsageError
-from diffeval.train.corpus import CorpusConfig
+from diffeval.train.corpus import DOC_KINDS, CorpusConfig
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,8 @@ class Recipe:
     name: str
     model: dict  # ModelConfig fields except vocab_size (set from the tokenizer)
     seed: int = 0
-    steps: int = 2000
-    batch_size: int = 8
-    seq_len: int = 1024
+    stages: tuple = ({"steps": 1000, "seq_len": 256, "batch_size": 16},
+                     {"steps": 1000, "seq_len": 1024, "batch_size": 4})
     lr: float = 2e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
@@ -48,10 +47,11 @@ class Recipe:
     betas: tuple = (0.9, 0.95)
     grad_clip: float = 1.0
     answer_weight: float = 4.0
-    min_doc: int = 32
-    max_doc_start: int = 256  # curriculum: longest document at step 0 ...
-    max_doc: int = 1024  # ... and after `ramp_steps`
-    ramp_steps: int = 500
+    lm_sample: float = 0.25  # share of non-answer positions that get a loss (answers always do)
+    bf16: bool = True  # bfloat16 autocast for the forward pass (CPU)
+    init: str = "normal"  # normal | induction (diffeval.train.circuit_init)
+    sha_induction_layers: int = 1  # init induction, family sha: top layers with an induction head
+    min_doc: int = 32  # documents are log-uniform in [min_doc, the stage's seq_len] tokens
     threads: int = 1
     checkpoint_every: int = 100
     log_every: int = 10
@@ -64,12 +64,16 @@ class Recipe:
             raise ConfigError(f"recipe {self.name}: model ({self.model!r}) must be a mapping with a family")
         if "vocab_size" in self.model:
             raise ConfigError(f"recipe {self.name}: model.vocab_size is set from the tokenizer; remove it")
-        for k in ("seed", "steps", "batch_size", "seq_len", "warmup_steps", "min_doc", "max_doc_start",
-                  "max_doc", "ramp_steps", "threads", "checkpoint_every", "log_every"):
+        for k in ("seed", "warmup_steps", "min_doc", "threads", "checkpoint_every", "log_every",
+                  "sha_induction_layers"):
             v = getattr(self, k)
-            low = 0 if k in ("seed", "warmup_steps", "ramp_steps") else 1
+            low = 0 if k in ("seed", "warmup_steps") else 1
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ConfigError(f"recipe {self.name}: {k} ({v!r}) must be an integer >= {low}")
+        if self.init not in ("normal", "induction"):
+            raise ConfigError(f"recipe {self.name}: init ({self.init!r}) must be 'normal' or 'induction'")
+        if not 0.0 < self.lm_sample <= 1.0:
+            raise ConfigError(f"recipe {self.name}: lm_sample ({self.lm_sample!r}) must lie in (0, 1]")
         for k in ("lr", "grad_clip", "answer_weight"):
             v = getattr(self, k)
             if not isinstance(v, (int, float)) or not v > 0:
@@ -81,9 +85,22 @@ class Recipe:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"recipe {self.name}: betas ({self.betas!r}) must be two numbers in [0, 1)")
-        if not self.min_doc <= self.max_doc_start <= self.max_doc:
-            raise ConfigError(f"recipe {self.name}: need min_doc ({self.min_doc}) <= max_doc_start "
-                              f"({self.max_doc_start}) <= max_doc ({self.max_doc})")
+        if isinstance(self.stages, dict) or not self.stages:
+            raise ConfigError(f"recipe {self.name}: stages ({self.stages!r}) must be a non-empty list")
+        object.__setattr__(self, "stages", tuple(dict(s) for s in self.stages))
+        for i, st in enumerate(self.stages):
+            if not {"steps", "seq_len", "batch_size"} <= set(st) <= {"steps", "seq_len", "batch_size", "mix"}:
+                raise ConfigError(f"recipe {self.name}: stage {i} ({st!r}) needs steps, seq_len, batch_size "
+                                  "and may set mix")
+            if "mix" in st:
+                CorpusConfig(mix=st["mix"])  # validates the names and weights
+            for k, v in st.items():
+                if k == "mix":
+                    continue
+                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                    raise ConfigError(f"recipe {self.name}: stage {i} {k} ({v!r}) must be a positive integer")
+            if st["seq_len"] < self.min_doc:
+                raise ConfigError(f"recipe {self.name}: stage {i} seq_len ({st['seq_len']}) is below min_doc ({self.min_doc})")
         if isinstance(self.corpus, dict):
             try:
                 object.__setattr__(self, "corpus", CorpusConfig(**self.corpus))
@@ -95,6 +112,29 @@ class Recipe:
         d["betas"] = list(self.betas)
         return d
 
+    @property
+    def steps(self) -> int:
+        """Total optimizer steps over all stages."""
+        return sum(st["steps"] for st in self.stages)
+
+    @property
+    def seq_len(self) -> int:
+        """The trained context: the last stage's sequence length."""
+        return self.stages[-1]["seq_len"]
+
+    def stage_at(self, step: int) -> dict:
+        """The stage (steps, seq_len, batch_size) that `step` (0-based) belongs to."""
+        end = 0
+        for st in self.stages:
+            end += st["steps"]
+            if step < end:
+                return st
+        return self.stages[-1]
+
+    def tokens_until(self, step: int) -> int:
+        """Training tokens seen in the first `step` steps."""
+        return sum(self.stage_at(s)["batch_size"] * self.stage_at(s)["seq_len"] for s in range(step))
+
     def lr_at(self, step: int) -> float:
         """Linear warm-up to `lr`, then cosine decay to lr * min_lr_ratio at `steps`."""
         if step < self.warmup_steps:
@@ -102,11 +142,6 @@ class Recipe:
         frac = min(1.0, (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps))
         return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
 
-    def max_doc_at(self, step: int) -> int:
-        """Longest document length at `step`: grows linearly over ramp_steps."""
-        if self.ramp_steps == 0 or step >= self.ramp_steps:
-            return self.max_doc
-        return int(self.max_doc_start + (self.max_doc - self.max_doc_start) * step / self.ramp_steps)
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -140,49 +175,61 @@ def model_config(recipe: Recipe, vocab_size: int):
                                  f"recipe {recipe.name}: model")
 
 
-def weighted_loss(model, ids, weights):
-    """ids (B, T+1), weights (B, T) -> (weighted mean NLL, per-target NLL (B, T), logits argmax (B, T))."""
+def weighted_loss(model, ids, weights, keep=None, bf16: bool = False):
+    """ids (B, T+1), weights (B, T), keep (B, T) bool or None (all) -> (weighted mean NLL over
+    the kept targets, their NLL (K,), their argmax predictions (K,)). Only kept positions are
+    projected to the vocabulary, which is most of a tiny model's cost."""
+    import torch
     import torch.nn.functional as F
 
-    logits = model(ids[:, :-1])  # (B, T, V)
-    targets = ids[:, 1:]
-    nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, T)
-    return (nll * weights).sum() / weights.sum(), nll.detach(), logits.detach().argmax(-1)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        h = model.hidden(ids[:, :-1])  # (B, T, C)
+        if keep is None:
+            keep = torch.ones_like(weights, dtype=torch.bool)
+        logits = model.project(h[keep]).float()  # (K, V)
+    nll = F.cross_entropy(logits, ids[:, 1:][keep], reduction="none")  # (K,)
+    w = weights[keep]
+    return (nll * w).sum() / w.sum(), nll.detach(), logits.detach().argmax(-1)
 
 
 def _state_path(out: Path) -> Path:
     return out / "train_state.pt"
 
 
-def train(recipe: Recipe, out: Path, resume: bool = True, progress: bool = True,
-          max_minutes: Optional[float] = None) -> dict[str, Any]:
-    """Train (or resume) `recipe` into `out`; export the native checkpoint at the end or when
-    `max_minutes` of this call have passed. Returns the summary dict."""
+def _build(recipe: Recipe, out: Path):
+    """Tokenizer (written to out/tok), seeded model and optimizer -> (tokenizer, model, optimizer)."""
     import torch
 
-    from diffeval.checkpoints import save
     from diffeval.models.decoder import Decoder
     from diffeval.tokenizers import load_tokenizer
-    from diffeval.train.corpus import Packer, corpus_words
+    from diffeval.train.corpus import corpus_words
     from diffeval.train.tokenizer import build_tokenizer
 
-    torch.set_num_threads(recipe.threads)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     build_tokenizer(corpus_words(recipe.seed), out / "tok")
     tok = load_tokenizer(out / "tok")
     assert tok is not None and tok.bos_id is not None and tok.eos_id is not None
-    cfg = model_config(recipe, tok.vocab_size)
-    model = Decoder(cfg)
+    model = Decoder(model_config(recipe, tok.vocab_size))
     model.init_weights(recipe.seed)
+    if recipe.init == "induction":
+        from diffeval.train.circuit_init import plant_induction
+
+        plant_induction(model, recipe.seq_len, recipe.seed, recipe.sha_induction_layers)
     model.train()
+    # No weight decay on embeddings, norms and lambda vectors.
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
     other = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
                              {"params": other, "weight_decay": 0.0}],
                             lr=recipe.lr, betas=recipe.betas, eps=1e-8)
+    return tok, model, opt
+
+
+def _resume(recipe: Recipe, out: Path, model, opt, resume: bool) -> tuple[int, float]:
+    """Load out/train_state.pt when asked and present; cut log.jsonl to the restored step.
+    Returns (step, minutes already spent, in seconds)."""
+    import torch
+
     step, elapsed = 0, 0.0
-    log_path = out / "log.jsonl"
     state_path = _state_path(out)
     if resume and state_path.exists():
         state = torch.load(state_path, weights_only=True)
@@ -192,56 +239,96 @@ def train(recipe: Recipe, out: Path, resume: bool = True, progress: bool = True,
         opt.load_state_dict(state["optimizer"])
         step, elapsed = int(state["step"]), float(state["elapsed"])
         log.info("resuming %s at step %d", recipe.name, step)
+    log_path = out / "log.jsonl"
     lines = log_path.read_text().splitlines() if log_path.exists() and step > 0 else []
-    kept = [ln for ln in lines if json.loads(ln)["step"] < step]
-    log_path.write_text("".join(ln + "\n" for ln in kept))
-    packer = Packer(tok._tok, tok.bos_id, tok.eos_id, recipe.corpus, recipe.answer_weight)
+    log_path.write_text("".join(ln + "\n" for ln in lines if json.loads(ln)["step"] <= step))
+    return step, elapsed
+
+
+def _train_step(recipe: Recipe, packer, model, opt, step: int) -> dict[str, Any]:
+    """One optimizer step on the batch of `step` (a pure function of seed and step) -> record."""
+    import torch
+
+    t0 = time.perf_counter()
+    st = recipe.stage_at(step)
+    ids_np, w_np, tag_np = packer.batch(np.random.SeedSequence([recipe.seed, 0x7A11, step]), st["batch_size"],
+                                        st["seq_len"], recipe.min_doc, st["seq_len"], st.get("mix"))
+    ids, w, tags = torch.from_numpy(ids_np), torch.from_numpy(w_np), torch.from_numpy(tag_np)
+    gen = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)
+    keep = (tags > 0) | (torch.rand(w.shape, generator=gen) < recipe.lm_sample)  # (B, T)
+    for g in opt.param_groups:
+        g["lr"] = recipe.lr_at(step)
+    loss, nll, pred = weighted_loss(model, ids, w, keep, recipe.bf16)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+    opt.step()
+    kt = tags[keep]  # (K,) answer tag of each kept target
+    hit = (pred == ids[:, 1:][keep]).float()  # (K,)
+    rec = {"step": step + 1, "seq_len": st["seq_len"], "loss": float(nll[kt == 0].mean()),
+           "weighted_loss": float(loss.detach())}
+    for i, kind in enumerate(DOC_KINDS):
+        sel = kt == i + 1
+        rec[f"{kind}_loss"] = float(nll[sel].mean()) if bool(sel.any()) else None
+        rec[f"{kind}_acc"] = float(hit[sel].mean()) if bool(sel.any()) else None
+    rec.update({"lr": recipe.lr_at(step), "grad_norm": float(gnorm),
+                "tokens_per_s": ids_np[:, 1:].size / (time.perf_counter() - t0)})
+    return rec
+
+
+_AVERAGED = ("loss", "needle_loss", "needle_acc", "icl_acc", "repeat_acc", "copy_acc", "tokens_per_s")
+
+
+def _window_average(window: list[dict]) -> dict[str, float]:
+    return {k: float(np.mean([r[k] for r in window if r[k] is not None] or [float("nan")])) for k in _AVERAGED}
+
+
+def train(recipe: Recipe, out: Path, resume: bool = True, progress: bool = True,
+          max_minutes: Optional[float] = None) -> dict[str, Any]:
+    """Train (or resume) `recipe` into `out`; export the native checkpoint at the end, or when
+    `max_minutes` of this call have passed (checked at log boundaries, so that a resumed run
+    logs exactly what an uninterrupted one does). Returns the summary dict."""
+    import torch
     from tqdm import tqdm
 
+    from diffeval.checkpoints import save
+    from diffeval.train.corpus import Packer
+
+    torch.set_num_threads(recipe.threads)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok, model, opt = _build(recipe, out)
+    step, elapsed = _resume(recipe, out, model, opt, resume)
+    packer = Packer(tok._tok, tok.bos_id, tok.eos_id, recipe.corpus, recipe.answer_weight)
     bar = tqdm(total=recipe.steps, initial=step, desc=recipe.name, disable=not progress, dynamic_ncols=True)
     started = time.perf_counter()
-    window: list[dict] = []
+
+    def minutes() -> float:
+        return (elapsed + time.perf_counter() - started) / 60
 
     def checkpoint() -> None:
-        tmp = state_path.with_suffix(".tmp")
+        tmp = _state_path(out).with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                    "elapsed": elapsed + time.perf_counter() - started,
-                    "recipe": json.dumps(recipe.to_dict(), sort_keys=True)}, tmp)
-        tmp.replace(state_path)
+                    "elapsed": 60 * minutes(), "recipe": json.dumps(recipe.to_dict(), sort_keys=True)}, tmp)
+        tmp.replace(_state_path(out))
 
+    window: list[dict] = []
     stopped_early = False
-    with log_path.open("a") as logf:
+    with (out / "log.jsonl").open("a") as logf:
         while step < recipe.steps:
-            if max_minutes is not None and time.perf_counter() - started > 60 * max_minutes:
+            at_boundary = step % recipe.log_every == 0
+            if at_boundary and max_minutes is not None and time.perf_counter() - started > 60 * max_minutes:
                 stopped_early = True
                 break
-            t0 = time.perf_counter()
-            ids_np, w_np = packer.batch(np.random.SeedSequence([recipe.seed, 0x7A11, step]), recipe.batch_size,
-                                        recipe.seq_len, recipe.min_doc, recipe.max_doc_at(step))
-            ids, w = torch.from_numpy(ids_np), torch.from_numpy(w_np)
-            for g in opt.param_groups:
-                g["lr"] = recipe.lr_at(step)
-            loss, nll, pred = weighted_loss(model, ids, w)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-            opt.step()
+            rec = _train_step(recipe, packer, model, opt, step)
             step += 1
-            ans = w > 1.0
-            n_ans = int(ans.sum())
-            rec = {"step": step, "loss": float(nll.mean()), "weighted_loss": float(loss.detach()),
-                   "answer_loss": float(nll[ans].mean()) if n_ans else None,
-                   "answer_acc": float((pred == ids[:, 1:])[ans].float().mean()) if n_ans else None,
-                   "lr": recipe.lr_at(step - 1), "grad_norm": float(gnorm),
-                   "tokens_per_s": ids_np[:, 1:].size / (time.perf_counter() - t0)}
             window.append(rec)
             if step % recipe.log_every == 0 or step == recipe.steps:
-                avg = {k: float(np.mean([r[k] for r in window if r[k] is not None] or [float("nan")]))
-                       for k in ("loss", "answer_loss", "answer_acc", "tokens_per_s")}
+                avg = _window_average(window)
                 logf.write(json.dumps({**rec, **{f"avg_{k}": round(v, 5) for k, v in avg.items()},
-                                       "minutes": round((elapsed + time.perf_counter() - started) / 60, 3)}) + "\n")
+                                       "minutes": round(minutes(), 3)}) + "\n")
                 logf.flush()
-                bar.set_postfix(loss=f"{avg['loss']:.3f}", ans=f"{avg['answer_acc']:.2f}",
+                bar.set_postfix(loss=f"{avg['loss']:.3f}", needle=f"{avg['needle_acc']:.2f}",
                                 tok_s=f"{avg['tokens_per_s']:.0f}")
                 window = []
             bar.update(1)
@@ -252,14 +339,24 @@ def train(recipe: Recipe, out: Path, resume: bool = True, progress: bool = True,
     model.eval()
     save(model, out, tok)
     (out / "tokenizer_config.json").write_text((out / "tok" / "tokenizer_config.json").read_text())
-    minutes = (elapsed + time.perf_counter() - started) / 60
-    tail = [json.loads(ln) for ln in log_path.read_text().splitlines()][-5:]
+    return _summarize(recipe, out, step, stopped_early, minutes(), sum(p.numel() for p in model.parameters()))
+
+
+def _summarize(recipe: Recipe, out: Path, step: int, stopped_early: bool, minutes: float, n_params: int) -> dict:
+    """Write and return summary.json: recipe, steps, time, tokens, final losses (last 5 logs)."""
+    import torch
+
+    tail = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()][-5:]
+
+    def last(key: str) -> Optional[float]:
+        vals = [r[key] for r in tail if r.get(key) is not None and not math.isnan(r[key])]
+        return round(float(np.mean(vals)), 4) if vals else None
+
     summary = {"recipe": recipe.to_dict(), "steps": step, "finished": step >= recipe.steps,
                "stopped_early": stopped_early, "minutes": round(minutes, 2),
-               "tokens": step * recipe.batch_size * recipe.seq_len,
-               "final_loss": round(float(np.mean([r["avg_loss"] for r in tail])), 4) if tail else None,
-               "final_answer_acc": round(float(np.mean([r["avg_answer_acc"] for r in tail])), 4) if tail else None,
-               "n_params": sum(p.numel() for p in model.parameters()),
+               "tokens": recipe.tokens_until(step), "trained_len": recipe.seq_len,
+               "final_loss": last("avg_loss"), "final_needle_loss": last("avg_needle_loss"),
+               "final_needle_token_acc": last("avg_needle_acc"), "n_params": n_params,
                "torch": torch.__version__, "threads": recipe.threads}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -1,0 +1,119 @@
+"""The trainer: recipe validation, determinism (same recipe and seed, same loss curve),
+resume equivalence, the exported checkpoint, and the `train` command."""
+
+import json
+
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from diffeval.errors import ConfigError, UsageError
+from diffeval.train.trainer import Recipe, load_recipe, train
+
+MICRO = dict(name="micro", model={"family": "transformer", "d_model": 32, "n_layers": 1, "n_heads": 2,
+                                  "d_ff": 64, "max_seq_len": 128, "tie_embeddings": True},
+             stages=[{"steps": 3, "seq_len": 64, "batch_size": 2}, {"steps": 2, "seq_len": 96, "batch_size": 1}],
+             warmup_steps=2, checkpoint_every=2, log_every=1, min_doc=16)
+
+
+def _losses(out):
+    return [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def test_same_recipe_same_loss_curve_and_resume_matches(tmp_path, monkeypatch):
+    from diffeval.train import trainer
+
+    recipe = Recipe(**MICRO)
+    a = train(recipe, tmp_path / "a", progress=False)
+    b = train(recipe, tmp_path / "b", progress=False)
+    assert a["steps"] == 5 and a["finished"] and a["trained_len"] == 96
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+    # interrupt during step 4 (checkpoint at step 2), then resume: the uninterrupted curve
+    real = trainer._train_step
+
+    def crash(recipe, packer, model, opt, step):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real(recipe, packer, model, opt, step)
+
+    monkeypatch.setattr(trainer, "_train_step", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, tmp_path / "c", progress=False)
+    monkeypatch.setattr(trainer, "_train_step", real)
+    assert len(_losses(tmp_path / "c")) == 3
+    c = train(recipe, tmp_path / "c", progress=False)
+    assert c["steps"] == 5 and _losses(tmp_path / "c") == _losses(tmp_path / "a")
+
+
+def test_max_minutes_stops_and_exports(tmp_path):
+    s = train(Recipe(**MICRO), tmp_path, progress=False, max_minutes=1e-9)
+    assert s["steps"] == 0 and s["stopped_early"] and not s["finished"]
+    assert (tmp_path / "model.safetensors").is_file()
+
+
+def test_export_loads_as_a_native_checkpoint_with_its_tokenizer(tmp_path):
+    import diffeval
+
+    train(Recipe(**MICRO), tmp_path, progress=False)
+    loaded = diffeval.load(str(tmp_path))
+    assert loaded.info.family == "transformer" and loaded.info.tokenizer.startswith("tokenizer.json")
+    assert loaded.tokenizer.decode(loaded.tokenizer.encode("The magic number for Oslo is 1234567.")) \
+        == "The magic number for Oslo is 1234567."
+    assert loaded.tokenizer.bos_id is not None
+
+
+def test_resume_refuses_a_different_recipe(tmp_path):
+    train(Recipe(**MICRO), tmp_path, progress=False)
+    with pytest.raises(UsageError, match="different recipe"):
+        train(Recipe(**{**MICRO, "lr": 1e-3}), tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"stages": []}, "stages"),
+    ({"stages": [{"steps": 0, "seq_len": 64, "batch_size": 1}]}, r"steps \(0\)"),
+    ({"lr": -1.0}, r"lr \(-1.0\)"),
+    ({"model": {"family": "transformer", "vocab_size": 10}}, "vocab_size is set from the tokenizer"),
+    ({"lm_sample": 0.0}, r"lm_sample \(0.0\)"),
+])
+def test_recipe_errors_name_the_value(change, match):
+    with pytest.raises(ConfigError, match=match):
+        Recipe(**{**MICRO, **change})
+
+
+def test_shipped_recipes_load_and_follow_the_papers_constructions():
+    from importlib.resources import files
+
+    from diffeval.train.trainer import model_config
+
+    cfgs = {}
+    for name in ("transformer-tiny", "sha-tiny", "diff-tiny"):
+        r = load_recipe(str(files("diffeval.train") / "recipes" / f"{name}.yaml"))
+        assert r.seq_len >= 1024 and r.threads == 1
+        cfgs[name] = model_config(r, 4000)
+    t, s, d = cfgs["transformer-tiny"], cfgs["sha-tiny"], cfgs["diff-tiny"]
+    assert s.n_heads == 1 and s.n_layers == t.n_layers * t.n_heads  # same total heads, re-stacked
+    assert d.n_heads * 2 == t.n_heads and d.d_head == t.d_model // (2 * d.n_heads)  # half the heads
+    for other in (s, d):
+        assert abs(other.n_params() - t.n_params()) <= 0.1 * t.n_params()
+
+
+def test_train_command_reports_bad_input(tmp_path):
+    from diffeval.commands.train import train as train_cmd
+
+    app = typer.Typer()
+    app.command("train")(train_cmd)
+    app.command("noop")(lambda: None)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmodel: {family: transformer}\nbogus: 1\n")
+    res = CliRunner().invoke(app, ["train", "--recipe", str(bad), "--out", str(tmp_path / "o")])
+    assert isinstance(res.exception, UsageError) and "unknown field(s) bogus" in str(res.exception)
+    res = CliRunner().invoke(app, ["train", "--recipe", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "o")])
+    assert isinstance(res.exception, UsageError) and "no such file" in str(res.exception)
