@@ -293,26 +293,30 @@ def _needle(cfg, specs: list[str], out: Optional[str], opts) -> None:
 
 
 def render_needle_table(results: dict) -> None:
-    """Accuracy by depth (rows) and length (columns) per model, with the average row."""
+    """Accuracy by depth (rows) for every model and length (columns), the average row, and
+    each model's overall accuracy with its Wilson 95% interval."""
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
     lengths = sorted({c["length"] for c in results["cells"]})
     depths = sorted({c["depth"] for c in results["cells"]})
-    for m in results["models"]:
-        label = m["label"]
-        cells = {(c["length"], c["depth"]): c for c in results["cells"] if c["model"] == label}
-        met = results["metrics"][label]
-        table = Table(title=f"{label} ({m['family']}): accuracy {met['accuracy']:.3f} "
-                            f"[{met['ci95'][0]:.3f}, {met['ci95'][1]:.3f}], n={met['n']}")
-        table.add_column("depth %", justify="right")
+    cells = {(c["model"], c["length"], c["depth"]): c for c in results["cells"]}
+    labels = [m["label"] for m in results["models"]]
+    table = Table(title="needle retrieval accuracy by depth")
+    table.add_column("depth %", justify="right")
+    for label in labels:
         for L in lengths:
-            table.add_column(_length_label(L), justify="right")
-        for d in depths:
-            table.add_row(f"{d:g}", *[f"{cells[(L, d)]['mean']:.2f}" if (L, d) in cells else "-" for L in lengths])
-        table.add_row("avg", *[f"{met['by_length'][str(L)]:.2f}" for L in lengths], style="bold")
-        console.print(table)
+            table.add_column(f"{label}\n{_length_label(L)}", justify="right")
+    for d in depths:
+        table.add_row(f"{d:g}", *[f"{cells[(m, L, d)]['mean']:.2f}" if (m, L, d) in cells else "-"
+                                  for m in labels for L in lengths])
+    table.add_row("avg", *[f"{results['metrics'][m]['by_length'][str(L)]:.2f}" for m in labels for L in lengths],
+                  style="bold")
+    Console().print(table)
+    for m in results["models"]:
+        met = results["metrics"][m["label"]]
+        Console().print(f"{m['label']} ({m['family']}): accuracy {met['accuracy']:.3f} "
+                        f"[{met['ci95'][0]:.3f}, {met['ci95'][1]:.3f}], all correct {met['all_correct']:.3f}, n={met['n']}")
 
 
 def _length_label(n: int) -> str:
