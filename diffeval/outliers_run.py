@@ -29,15 +29,9 @@ def data_files(spec: str) -> list[Path]:
     path = Path(spec).expanduser()
     if not path.exists():
         raise UsageError(f"--data {spec!r}: no such file or folder (give 'synthetic' or a path to .txt text)")
-    if path.is_file():
-        return [path]
-    try:
-        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
-    except OSError as exc:
-        raise UsageError(f"--data folder {path}: cannot list ({exc.strerror or exc})") from None
-    if not files:
-        raise UsageError(f"--data folder {path} holds no .txt files")
-    return files
+    from diffeval.probes.haystack import text_files
+
+    return text_files(path, "--data")
 
 
 def _file_blocks(path: Path) -> Iterator[str]:

@@ -246,6 +246,20 @@ def _read_text(path: Path) -> str:
         raise UsageError(f"haystack file {path}: cannot read ({exc.strerror or exc})") from None
 
 
+def text_files(path: Path, what: str) -> list[Path]:
+    """An existing file itself, or the .txt files of a folder searched recursively (sorted);
+    `what` names the option in errors."""
+    if path.is_file():
+        return [path]
+    try:
+        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+    except OSError as exc:
+        raise UsageError(f"{what} folder {path}: cannot list ({exc.strerror or exc})") from None
+    if not files:
+        raise UsageError(f"{what} folder {path} holds no .txt files")
+    return files
+
+
 def load_haystack(spec: str) -> Haystack:
     """Resolve a haystack spec: "noise", "essay", or a path to a text file / folder of .txt
     files (read here, once). A file path shadowing a built-in name can be given as ./noise."""
@@ -257,15 +271,7 @@ def load_haystack(spec: str) -> Haystack:
     if not path.exists():
         hint = did_you_mean(spec, BUILTIN) if len(spec) < 12 else "valid: noise, essay"
         raise UsageError(f"haystack {spec!r}: no such file or folder ({hint}, or a path to .txt text)")
-    if path.is_dir():
-        try:
-            files = sorted(p for p in path.rglob("*.txt") if p.is_file())
-        except OSError as exc:
-            raise UsageError(f"haystack folder {path}: cannot list ({exc.strerror or exc})") from None
-        if not files:
-            raise UsageError(f"haystack folder {path} holds no .txt files")
-    else:
-        files = [path]
+    files = text_files(path, "haystack")
     sentences: list[str] = []
     for f in files:
         sentences.extend(split_sentences(_read_text(f)))
