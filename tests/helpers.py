@@ -25,3 +25,25 @@ def tiny_model(family: str = "transformer", seed: int = 0, dtype=torch.float32, 
             if name.endswith(("q_proj.weight", "k_proj.weight")):
                 p.mul_(8)
     return model.to(dtype).eval()
+
+
+def saved_tiny_models(root) -> list[str]:
+    """A transformer and a DIFF tiny model saved natively (byte tokenizer, 1024 positions)."""
+    import diffeval
+
+    out = []
+    for family in ("transformer", "diff"):
+        diffeval.save(tiny_model(family, vocab_size=259, max_seq_len=1024), root / family)
+        out.append(str(root / family))
+    return out
+
+
+def run_cli(argv) -> int:
+    """Exit code of a diffeval command run in-process (0 when it returns normally)."""
+    from diffeval.cli import main
+
+    try:
+        main(argv)
+    except SystemExit as exc:
+        return exc.code
+    return 0

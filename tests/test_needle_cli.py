@@ -5,31 +5,18 @@ from pathlib import Path
 
 import pytest
 
-import diffeval
 from diffeval.cli import main
-from helpers import tiny_model
+from helpers import run_cli as run, saved_tiny_models
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    return saved_tiny_models(tmp_path_factory.mktemp("ckpts"))
+
 
 ARGS = ["--len", "300", "--depths", "0,50,100", "--samples", "2", "--needles", "2", "--queries", "2",
         "--device", "cpu", "--max-new-tokens", "4"]
 
 
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ckpts")
-    out = []
-    for family in ("transformer", "diff"):
-        diffeval.save(tiny_model(family, vocab_size=259, max_seq_len=1024), root / family)
-        out.append(str(root / family))
-    return out
-
-
-def run(argv):
-    """Exit code of the command run in-process (0 when it returns normally)."""
-    try:
-        main(argv)
-    except SystemExit as exc:
-        return exc.code
-    return 0
 
 
 def test_needle_writes_every_artifact(ckpts, tmp_path, capsys):

@@ -6,38 +6,16 @@ import pytest
 import torch
 
 import diffeval
-import diffeval.cli as cli
-from diffeval.commands.outliers import outliers
-from helpers import tiny_model
+from helpers import run_cli as run, saved_tiny_models
 
 BASE = ["--tokens", "600", "--len", "128", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def registered(monkeypatch):
-    """The command on the real app (once, whether or not cli.py registers it already)."""
-    if not any(c.name == "outliers" for c in cli.app.registered_commands):
-        monkeypatch.setattr(cli.app, "registered_commands", list(cli.app.registered_commands))
-        cli.app.command("outliers")(outliers)
-
-
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ckpts")
-    out = []
-    for family in ("transformer", "diff"):
-        diffeval.save(tiny_model(family, vocab_size=259, max_seq_len=1024), root / family)
-        out.append(str(root / family))
-    return out
+    return saved_tiny_models(tmp_path_factory.mktemp("ckpts"))
 
 
-def run(argv):
-    """Exit code of the command run in-process (0 when it returns normally)."""
-    try:
-        cli.main(argv)
-    except SystemExit as exc:
-        return exc.code
-    return 0
 
 
 def test_outliers_writes_every_artifact(ckpts, tmp_path, capsys):
