@@ -604,7 +604,7 @@ def generate(cfg: NeedleConfig, tokenizer, max_positions: Optional[int] = None,
         over = [n for n in sorted(cfg.lengths) if n > limit]
         if over:
             raise UsageError(f"length {over[0]} ({length_label(over[0])}) exceeds the model's position "
-                             f"limit of {limit} tokens; use shorter lengths or allow going beyond it")
+                             f"limit of {limit} tokens; use shorter lengths or --allow-beyond-max-positions")
     enc = PieceEncoder(tokenizer)
     out: list[NeedleSample] = []
     for length in sorted(cfg.lengths):
