@@ -11,6 +11,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from diffeval.errors import UsageError
 from diffeval.probes.attention import (
     CATEGORIES,
     allocation,
@@ -45,6 +46,11 @@ class AttnMapOptions:
     heads: str = "all"
     query: str = "answer"
     sink: int = 4
+    arrays: str = "all"  # "all": an .npz per prompt; "figure": only the prompt the figures draw
+
+    def __post_init__(self) -> None:
+        if self.arrays not in ("all", "figure"):
+            raise UsageError(f"--arrays {self.arrays!r}: choose all or figure")
 
 
 def _representative(samples) -> int:
@@ -81,7 +87,9 @@ def run_attn_map(cfg, specs: list[str], out: Path, opts: RunOptions, amo: AttnMa
     labels = model_labels(specs)
     out.mkdir(parents=True, exist_ok=True)
     (out / "arrays").mkdir(exist_ok=True)
+    # the resume key holds what changes the numbers; which arrays are kept does not
     params = {**cfg.to_dict(), "layers": amo.layers, "heads": amo.heads, "query": amo.query, "sink": amo.sink}
+
     task = {"name": "attn-map", "version": TASK_VERSION, "params": params}
     models, records, timing, reps = [], [], {}, {}
     for label, spec in zip(labels, specs):
@@ -180,8 +188,9 @@ def _one_sample(model, tok, sample, layers, heads, amo: AttnMapOptions, represen
                 per_lh.setdefault("diff_norm", []).append(norm if norm is not None else np.full_like(alloc, np.nan))
             if pool:
                 _pool_layer(pooled, name, full, positions, pool)
-    np.savez_compressed(_tmp(arrays / f"{label}__{sample.id}.npz"), **arrays_out)
-    _tmp_done(arrays / f"{label}__{sample.id}.npz")
+    if representative or amo.arrays == "all":
+        np.savez_compressed(_tmp(arrays / f"{label}__{sample.id}.npz"), **arrays_out)
+        _tmp_done(arrays / f"{label}__{sample.id}.npz")
     if pooled:
         meta = {"window_keys": np.asarray(pool["window_keys"]), "window_rows": np.asarray(pool["window"]),
                 "span_needle": np.asarray(spans.needle), "span_answer": np.asarray(spans.answer),

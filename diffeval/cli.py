@@ -217,6 +217,7 @@ def attn_map(
     needle_kind: str = typer.Option("city", "--needle-kind"),
     seed: int = typer.Option(0, "--seed"),
     log_scale: bool = typer.Option(True, "--log-scale/--linear-scale", help="Log y axis in the profile figure."),
+    arrays: str = typer.Option("all", "--arrays", help="all: an .npz of captured rows per prompt; figure: only the prompt drawn in the figures."),
     out: Optional[str] = typer.Option(None, "--out", help="Output directory (default runs/attn-map-<UTC time>). Rerun to resume."),
     device: str = typer.Option("auto", "--device"),
     dtype: str = typer.Option("auto", "--dtype"),
@@ -242,7 +243,7 @@ def attn_map(
                        needle_kind=needle_kind, seed=seed)
     opts = _run_options(device, dtype, backend, 1, None, allow_beyond, allow_pickle)
     out_dir = Path(out) if out else default_out("attn-map")
-    results = run_attn_map(cfg, list(ckpt), out_dir, opts, AttnMapOptions(layers, heads, query, sink), log_scale)
+    results = run_attn_map(cfg, list(ckpt), out_dir, opts, AttnMapOptions(layers, heads, query, sink, arrays), log_scale)
     render_allocation_table(results)
     print(f"results: {out_dir / 'results.json'}", file=sys.stderr)
 

@@ -18,7 +18,7 @@ from typing import Any
 from diffeval.errors import DiffevalError, UsageError
 
 PROBES = ("needle", "attn-map", "outliers")
-ATTN_MAP_KEYS = ("layers", "heads", "query", "sink")
+ATTN_MAP_KEYS = ("layers", "heads", "query", "sink", "arrays")
 OUTLIER_NAMES = {"samples": "needle_samples", "lengths": "seq_len"}
 TOP_KEYS = {"name", "probe", "version", "description", "params", "grid"}
 

@@ -137,8 +137,16 @@ def test_captured_rows_in_npz_match_a_direct_capture(ckpts, tmp_path):
     assert np.allclose(cap.rows[1]["map2"][0].numpy(), npz["layer1_map2"], atol=1e-6)
 
 
+def test_arrays_figure_keeps_only_the_drawn_prompt(ckpts, tmp_path):
+    out = tmp_path / "f"
+    main(["attn-map", "--ckpt", ckpts["transformer"], *ARGS, "--arrays", "figure", "--out", str(out)])
+    kept = sorted(p.name for p in (out / "arrays").glob("*.npz") if "pooled" not in p.name)
+    assert kept == ["transformer__L400-d50-s0.npz"]
+    assert json.loads((out / "results.json").read_text())["metrics"]["transformer"]["n"] == 3
+
+
 @pytest.mark.parametrize("argv,needle", [(["--layers", "7"], "7"), (["--query", "middle"], "middle"),
-                                         (["--heads", "x"], "x")])
+                                         (["--heads", "x"], "x"), (["--arrays", "some"], "some")])
 def test_bad_attn_map_options_exit_2(ckpts, tmp_path, capsys, argv, needle):
     with pytest.raises(SystemExit) as exc:
         main(["attn-map", "--ckpt", ckpts["diff"], *ARGS, *argv, "--out", str(tmp_path / "o")])
