@@ -2,7 +2,31 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
+
+
+@dataclass(frozen=True)
+class DiffNorm:
+    """DIFF's per-head output transform: RMSNorm over the 2d features (optional weight), then
+    multiply by out_scale (1 - lambda_init)."""
+
+    weight: Optional[torch.Tensor]
+    eps: float
+    out_scale: float
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., 2d) -> same shape and dtype."""
+        return self.out_scale * rms_norm(x, self.weight, self.eps)
+
+
+def rms_norm(x: torch.Tensor, weight: Optional[torch.Tensor], eps: float) -> torch.Tensor:
+    """RMSNorm over the last axis, statistics in at least float32, result in x's dtype."""
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
+    out = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    return out * weight if weight is not None else out
 
 
 def expand_kv(x: torch.Tensor, n_heads: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ from typing import Callable, Optional
 
 import torch
 
-from diffeval.kernels.common import causal_valid, compute_dtype, diff_values, expand_kv
+from diffeval.kernels.common import DiffNorm, causal_valid, compute_dtype, diff_values, expand_kv
 
 # fn(logits (B, H, R, Tk), valid (R, Tk) bool, map_index) -> logits
 LogitFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
@@ -76,8 +76,9 @@ class ReferenceBackend:
         *,
         scale: float,
         logit_fn: Optional[LogitFn] = None,
+        norm: Optional[DiffNorm] = None,
     ) -> torch.Tensor:
-        """Differential attention (A1 - lam * A2) V.
+        """Differential attention (A1 - lam * A2) V, then `norm` when given.
         q (B, 2H, Tq, d) with maps 1 in heads [0, H) and maps 2 in [H, 2H); k, v (B, Hkv, Tk, d);
         lam a scalar tensor. Returns (B, H, Tq, 2d) in q's dtype."""
         B, H2, Tq, _ = q.shape
@@ -93,4 +94,4 @@ class ReferenceBackend:
             a1 = softmax_rows(q[:, :H, s:e], kk[:, :H], q_pos, scale, logit_fn, 0)
             a2 = softmax_rows(q[:, H:, s:e], kk[:, H:], q_pos, scale, logit_fn, 1)
             out[:, :, s:e] = torch.matmul(a1 - lam * a2, vv).to(q.dtype)
-        return out
+        return norm.apply(out) if norm is not None else out

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from diffeval.kernels.common import diff_values, expand_kv
+from diffeval.kernels.common import DiffNorm, diff_values, expand_kv
 
 MASK_ELEMENTS = 1 << 24  # bound on the (block, Tk) mask of a partial-causal call
 
@@ -45,9 +45,10 @@ class SdpaBackend:
         return torch.cat(outs, dim=2)
 
     def diff_attend(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor, *, scale: float, logit_fn=None
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Tensor, *, scale: float, logit_fn=None,
+        norm: DiffNorm | None = None,
     ) -> torch.Tensor:
-        """q (B, 2H, Tq, d); k, v (B, Hkv, Tk, d) -> (B, H, Tq, 2d)."""
+        """q (B, 2H, Tq, d); k, v (B, Hkv, Tk, d) -> (B, H, Tq, 2d), then `norm` when given."""
         assert logit_fn is None, "logit transforms need the reference backend"
         H2, d = q.shape[1], q.shape[-1]
         H = H2 // 2
@@ -55,4 +56,5 @@ class SdpaBackend:
         vv = diff_values(v, H)  # (B, H, Tk, 2d)
         vv = torch.cat((vv, vv), dim=1)  # (B, 2H, Tk, 2d): both maps read the same value
         out = self.attend(F.pad(q, (0, d)), kk, vv, scale=scale)  # (B, 2H, Tq, 2d)
-        return out[:, :H] - lam.to(out.dtype) * out[:, H:]
+        out = out[:, :H] - lam.to(out.dtype) * out[:, H:]
+        return norm.apply(out) if norm is not None else out

@@ -15,16 +15,19 @@ import torch
 import triton
 import triton.language as tl
 
+from diffeval.kernels.common import DiffNorm
+
 
 @triton.jit
 def _diff_attn_fwd(
-    Q, K, V, Out, lam, scale,
+    Q, K, V, Out, NW, lam, scale, eps, out_scale,
     sqb, sqh, sqt, sqd,
     skb, skh, skt, skd,
     svb, svh, svt, svd,
     sob, soh, sot, sod,
     H, Tq, Tk, D, R,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    NORM: tl.constexpr, HAS_W: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -89,14 +92,25 @@ def _diff_attn_fwd(
 
     out_a = acc1a / l1[:, None] - lam * (acc2a / l2[:, None])
     out_b = acc1b / l1[:, None] - lam * (acc2b / l2[:, None])
+    if NORM:  # per-head RMSNorm over the 2d features (padding columns are zero), then the scale
+        ms = (tl.sum(out_a * out_a, 1) + tl.sum(out_b * out_b, 1)) / (2 * D)
+        inv = 1.0 / tl.sqrt(ms + eps)
+        out_a = out_a * inv[:, None]
+        out_b = out_b * inv[:, None]
+        if HAS_W:
+            out_a = out_a * tl.load(NW + offs_d, mask=d_ok, other=0.0)[None, :]
+            out_b = out_b * tl.load(NW + D + offs_d, mask=d_ok, other=0.0)[None, :]
+        out_a = out_a * out_scale
+        out_b = out_b * out_scale
     o_ptr = Out + b * sob + j * soh + offs_m[:, None] * sot + offs_d[None, :] * sod
     tl.store(o_ptr, out_a.to(Out.dtype.element_ty), mask=q_mask)
     tl.store(o_ptr + D * sod, out_b.to(Out.dtype.element_ty), mask=q_mask)
 
 
 def diff_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: float, scale: float,
-                   block_m: int | None = None, block_n: int = 64) -> torch.Tensor:
-    """(A1 - lam A2) V. q (B, 2H, Tq, d); k, v (B, Hkv, Tk, d) -> (B, H, Tq, 2d) in q's dtype."""
+                   norm: "DiffNorm | None" = None, block_m: int | None = None, block_n: int = 64) -> torch.Tensor:
+    """(A1 - lam A2) V, and with `norm` the per-head RMSNorm and output scale fused in.
+    q (B, 2H, Tq, d); k, v (B, Hkv, Tk, d) -> (B, H, Tq, 2d) in q's dtype."""
     B, H2, Tq, d = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
     H = H2 // 2
@@ -104,11 +118,14 @@ def diff_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: float
     block_d = max(16, triton.next_power_of_2(d))
     block_m = block_m or (64 if Tq >= 64 else 16)
     grid = (triton.cdiv(Tq, block_m), B * H)
+    weight = norm.weight.to(torch.float32).contiguous() if norm is not None and norm.weight is not None else None
     _diff_attn_fwd[grid](
-        q, k, v, out, float(lam), float(scale),
+        q, k, v, out, weight if weight is not None else out, float(lam), float(scale),
+        float(norm.eps) if norm else 0.0, float(norm.out_scale) if norm else 1.0,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         H, Tq, Tk, d, H2 // Hkv,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        NORM=norm is not None, HAS_W=weight is not None,
     )
     return out
 
@@ -127,6 +144,6 @@ class TritonBackend:
     def attend(self, q, k, v, *, scale: float, logit_fn=None):
         return self._sdpa.attend(q, k, v, scale=scale, logit_fn=logit_fn)
 
-    def diff_attend(self, q, k, v, lam, *, scale: float, logit_fn=None):
+    def diff_attend(self, q, k, v, lam, *, scale: float, logit_fn=None, norm=None):
         assert logit_fn is None, "logit transforms need the reference backend"
-        return diff_attention(q, k, v, float(lam), scale)
+        return diff_attention(q, k, v, float(lam), scale, norm)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from diffeval.kernels.common import expand_kv
+from diffeval.kernels.common import DiffNorm, expand_kv
 from diffeval.kernels.reference import ReferenceBackend, softmax_rows
 from diffeval.models.cache import LayerCache
 from diffeval.models.config import ModelConfig
@@ -70,8 +70,8 @@ class DiffAttention(nn.Module):
         scale = d**-0.5
         fn = ctx.logit_fn(self.layer_idx)
         backend = REFERENCE if fn is not None else ctx.backend
-        out = backend.diff_attend(q, k, v, lam, scale=scale, logit_fn=fn)  # (B, H, T, 2d)
-        out = (1 - self.lambda_init) * self.subln(out)
+        norm = DiffNorm(self.subln.weight, self.subln.eps, 1 - self.lambda_init)
+        out = backend.diff_attend(q, k, v, lam, scale=scale, logit_fn=fn, norm=norm)  # (B, H, T, 2d), normed
         sel = ctx.capture_rows(self.layer_idx, k.shape[2] - T, T)
         if sel is not None:
             self._capture(q, k, lam, sel, ctx)

@@ -40,8 +40,29 @@ def test_kernel_fp16_and_a_head_size_that_is_not_a_power_of_two():
     assert (got.float() - want).abs().max().item() <= 2e-3
 
 
-def test_model_on_the_triton_backend_matches_reference():
-    model = tiny_model("diff", n_kv_heads=2)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_fused_norm_matches_reference(weighted):
+    from diffeval.kernels.common import DiffNorm
+
+    g = torch.Generator().manual_seed(11)
+    q = torch.randn(1, 4, 50, 24, generator=g)
+    k = torch.randn(1, 2, 50, 24, generator=g)
+    v = torch.randn(1, 2, 50, 24, generator=g)
+    norm = DiffNorm(torch.rand(48, generator=g) + 0.5 if weighted else None, 1e-5, 0.8)
+    want = REF.diff_attend(q, k, v, torch.tensor(0.6), scale=24**-0.5, norm=norm)
+    got = diff_attention(q, k, v, 0.6, 24**-0.5, norm=norm, block_n=128)
+    assert (got - want).abs().max().item() <= 1e-5
+    plain = diff_attention(q, k, v, 0.6, 24**-0.5, block_n=128)
+    assert (plain - want).abs().max().item() > 1e-2  # the norm really is applied
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_model_on_the_triton_backend_matches_reference(weighted):
+    model = tiny_model("diff", n_kv_heads=2, diff_norm_weight=weighted)
+    if weighted:
+        with torch.no_grad():
+            for layer in model.layers:
+                layer.attn.subln.weight.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(3))
     ids = torch.randint(0, 300, (1, 70), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         model.set_backend("reference")
@@ -59,9 +80,11 @@ import sys, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from diffeval.kernels.triton_diff import _diff_attn_fwd
-sig = {n: ("*fp16" if n in ("Q", "K", "V", "Out") else "fp32" if n in ("lam", "scale")
-           else "constexpr" if n.startswith("BLOCK") else "i32") for n in _diff_attn_fwd.arg_names}
-src = ASTSource(fn=_diff_attn_fwd, signature=sig, constexprs={"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": 64})
+sig = {n: ("*fp16" if n in ("Q", "K", "V", "Out") else "*fp32" if n == "NW"
+           else "fp32" if n in ("lam", "scale", "eps", "out_scale")
+           else "constexpr" if n.startswith("BLOCK") or n in ("NORM", "HAS_W") else "i32")
+       for n in _diff_attn_fwd.arg_names}
+src = ASTSource(fn=_diff_attn_fwd, signature=sig, constexprs={"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": 64, "NORM": True, "HAS_W": True})
 print(len(triton.compile(src, target=GPUTarget("cuda", int(sys.argv[1]), 32)).asm["cubin"]))
 """
 
