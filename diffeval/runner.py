@@ -3,7 +3,7 @@ engine with resume, score, aggregate, and write the result files. The CLI calls 
 
 from __future__ import annotations
 
-import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,7 +92,6 @@ def run_needle(cfg, specs: list[str], out: Path, opts: RunOptions) -> dict[str, 
     from diffeval.checkpoints import load
     from diffeval.engine import Engine
     from diffeval.probes import needle as probe
-    from diffeval.probes.stats import wilson
     from diffeval.tokenizers import stop_ids
 
     specs = default_specs(specs)
@@ -172,42 +171,39 @@ def answer_budget(samples, tok) -> int:
 
 
 def aggregate_cells(records: list[dict], labels: list[str]) -> list[dict]:
-    """One row per (model, length, depth): mean score, all-correct rate, n, Wilson 95% CI."""
-    from diffeval.probes.stats import wilson
+    """One row per (model, length, depth), models in run order: mean score, n, Wilson 95% CI,
+    all-correct rate and mean real token count."""
+    from diffeval.probes.stats import mean_per_cell
 
-    groups: dict[tuple, list[dict]] = {}
+    keys = ("model", "length", "depth")
+    extra: dict[tuple, list[dict]] = {}
     for r in records:
-        groups.setdefault((r["model"], r["length"], r["depth"]), []).append(r)
+        extra.setdefault(tuple(r[k] for k in keys), []).append(r)
     cells = []
-    for (model, length, depth), rows in sorted(groups.items(), key=lambda kv: (labels.index(kv[0][0]), kv[0][1], kv[0][2])):
-        n = len(rows)
-        mean = sum(r["score"] for r in rows) / n
-        k_all = sum(r["all_correct"] for r in rows)
-        lo, hi = wilson(mean * n, n)
+    for cell in sorted(mean_per_cell(records, keys), key=lambda c: labels.index(c["model"])):
+        rows = extra[tuple(cell[k] for k in keys)]
         cells.append({
-            "model": model, "length": length, "depth": depth, "n": n,
-            "mean": round(mean, 6), "ci95": [round(lo, 6), round(hi, 6)],
-            "all_correct": round(k_all / n, 6),
-            "n_tokens_mean": round(sum(max(r["n_tokens"]) for r in rows) / n, 1),
+            **cell, "mean": round(cell["mean"], 6), "ci95": [round(x, 6) for x in cell["ci95"]],
+            "all_correct": round(sum(r["all_correct"] for r in rows) / len(rows), 6),
+            "n_tokens_mean": round(sum(max(r["n_tokens"]) for r in rows) / len(rows), 1),
         })
     return cells
 
 
 def summarize(cells: list[dict], records: list[dict], label: str) -> dict[str, Any]:
     """Per-model aggregates: overall (with CI), per length and per depth (the average rows)."""
-    from diffeval.probes.stats import wilson
+    from diffeval.probes.stats import average_by, wilson
 
     mine = [r for r in records if r["model"] == label]
     n = len(mine)
-    mean = sum(r["score"] for r in mine) / n if n else 0.0
-    lo, hi = wilson(mean * n, n) if n else (0.0, 1.0)
+    total = math.fsum(r["score"] for r in mine)
+    mean = total / n if n else 0.0
+    lo, hi = wilson(min(total, n), n) if n else (0.0, 1.0)
+    own = [c for c in cells if c["model"] == label]
 
     def by(key: str) -> dict[str, float]:
-        vals: dict[Any, list[float]] = {}
-        for c in cells:
-            if c["model"] == label:
-                vals.setdefault(c[key], []).append(c["mean"])
-        return {f"{k:g}" if isinstance(k, float) else str(k): round(sum(v) / len(v), 6) for k, v in vals.items()}
+        return {f"{row[key]:g}" if isinstance(row[key], float) else str(row[key]): round(row["mean"], 6)
+                for row in average_by(own, by=(key,))}
 
     return {
         "accuracy": round(mean, 6), "n": n, "ci95": [round(lo, 6), round(hi, 6)],

@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 
-from diffeval.probes.attention import CATEGORIES
 
 
 def _figure(w: float, h: float, rows: int = 1, cols: int = 1, **kw):

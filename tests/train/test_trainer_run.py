@@ -33,7 +33,7 @@ def test_same_recipe_same_loss_curve_and_resume_matches(tmp_path, monkeypatch):
 
     recipe = Recipe(**MICRO)
     a = train(recipe, tmp_path / "a", progress=False)
-    b = train(recipe, tmp_path / "b", progress=False)
+    train(recipe, tmp_path / "b", progress=False)
     assert a["steps"] == 5 and a["finished"] and a["trained_len"] == 96
     assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
     # interrupt during step 4 (checkpoint at step 2), then resume: the uninterrupted curve
