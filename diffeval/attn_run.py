@@ -29,7 +29,7 @@ from diffeval.results import (
     write_json,
     write_jsonl,
 )
-from diffeval.runner import RunOptions, _progress, default_specs, model_labels, model_record
+from diffeval.runner import RunOptions, progress_bar, default_specs, model_labels, model_record
 
 TASK_VERSION = 1
 AGGREGATION = ("mean over the selected layers, heads and query tokens of each prompt, then over "
@@ -103,7 +103,7 @@ def run_attn_map(cfg, specs: list[str], out: Path, opts: RunOptions, amo: AttnMa
         rep = _representative(samples)
         started = time.perf_counter()
         prefilled = 0
-        bar = _progress(len(samples), label, opts.progress)
+        bar = progress_bar(len(samples), label, opts.progress)
         try:
             for i, sample in enumerate(samples):
                 key = content_key(loaded.info.sha256, task, sample.id, sample.prompts[0])

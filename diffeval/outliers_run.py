@@ -15,7 +15,7 @@ import torch
 from diffeval.errors import UsageError
 from diffeval.probes import outliers as probe
 from diffeval.results import SCHEMA_VERSION, peak_memory_mb, provenance, write_json, write_jsonl
-from diffeval.runner import RunOptions, default_specs, model_labels, model_record
+from diffeval.runner import RunOptions, default_specs, model_labels, model_record, progress_bar
 
 
 BLOCK_CHARS = 1 << 16  # characters of a data file encoded at once
@@ -100,12 +100,6 @@ class HookedModel:
         return getattr(self._model, name)
 
 
-def _progress(total: Optional[int], desc: str, enabled: bool, unit: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True, leave=True)
-
-
 @torch.no_grad()
 def _stream_statistics(loaded, label: str, cfg, files, opts: RunOptions, records: list[dict]
                        ) -> tuple[probe.OutlierStats, dict[int, dict], dict[str, Any]]:
@@ -121,7 +115,7 @@ def _stream_statistics(loaded, label: str, cfg, files, opts: RunOptions, records
     hooks = {b: probe.quant_hook(b) for b in cfg.bits if b != probe.BASELINE_BITS} if want_nll else {}
     passes = 1 + len(hooks)
     tokens, started = 0, time.perf_counter()
-    bar = _progress(n_seq * passes if n_seq else None, f"{label} stats", opts.progress, "pass")
+    bar = progress_bar(n_seq * passes if n_seq else None, f"{label} stats", opts.progress, "pass")
     try:
         for index, (offset, seq) in enumerate(probe.sequences(stream, cfg.n_tokens, cfg.seq_len, tok.bos_id)):
             ids = torch.tensor([seq], dtype=torch.long, device=device)  # (1, T)
@@ -174,7 +168,7 @@ def _needle_metric(loaded, label: str, cfg, opts: RunOptions, records: list[dict
     max_new = opts.max_new_tokens or answer_budget(samples, tok)
     by_bits: dict[int, dict] = {}
     prefilled, started = 0, time.perf_counter()
-    bar = _progress(len(samples) * len(cfg.bits), f"{label} needle", opts.progress, "prompt")
+    bar = progress_bar(len(samples) * len(cfg.bits), f"{label} needle", opts.progress, "prompt")
     try:
         for b in cfg.bits:
             engine = Engine(HookedModel(loaded.model, probe.quant_hook(b)), max_new, stop_ids=stop_ids(tok),

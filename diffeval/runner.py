@@ -80,10 +80,11 @@ def model_record(label: str, loaded, opts: RunOptions) -> dict[str, Any]:
     }
 
 
-def _progress(total: int, desc: str, enabled: bool):
+def progress_bar(total: Optional[int], desc: str, enabled: bool, unit: str = "prompt"):
+    """A progress bar with ETA on stderr (None total: a counter)."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="prompt", disable=not enabled, dynamic_ncols=True, leave=True)
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True, leave=True)
 
 
 def run_needle(cfg, specs: list[str], out: Path, opts: RunOptions) -> dict[str, Any]:
@@ -114,7 +115,7 @@ def run_needle(cfg, specs: list[str], out: Path, opts: RunOptions) -> dict[str, 
                         batch_size=opts.batch_size)
         flat = [(i, r) for i in todo for r in range(len(samples[i].prompts))]
         answers: dict[int, dict[int, str]] = {}
-        bar = _progress(len(flat), label, opts.progress)
+        bar = progress_bar(len(flat), label, opts.progress)
         started = time.perf_counter()
 
         def done(j: int, generated: list[int]) -> None:

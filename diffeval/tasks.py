@@ -112,19 +112,10 @@ def _as_text(value: Any) -> str:
 
 
 def load_task(path: str | Path) -> Task:
-    import yaml
+    from diffeval.yamlio import read_yaml_mapping
 
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such task file")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise UsageError(f"{path}:{where} not valid YAML") from None
-    if not isinstance(raw, dict):
-        raise UsageError(f"{path}: expected a mapping at the top level")
+    raw = read_yaml_mapping(path, "task")
     unknown = sorted(set(raw) - TOP_KEYS)
     if unknown:
         raise UsageError(f"{path}: unknown key {unknown[0]!r}; valid: {', '.join(sorted(TOP_KEYS))}")

@@ -19,6 +19,22 @@ from diffeval.kernels.common import DiffNorm
 
 
 @triton.jit
+def _online_step(q, k, va, vb, visible, scale, m, l, acc_a, acc_b):
+    """One key tile of one softmax map: online-softmax update of the running max m, sum l and
+    the outputs against both value halves (the tiles are shared by the two maps)."""
+    s = tl.dot(q, tl.trans(k)) * scale
+    s = tl.where(visible, s, float("-inf"))
+    new = tl.maximum(m, tl.max(s, 1))
+    p = tl.exp(s - new[:, None])
+    alpha = tl.exp(m - new)
+    l = l * alpha + tl.sum(p, 1)
+    p = p.to(va.dtype)
+    acc_a = acc_a * alpha[:, None] + tl.dot(p, va)
+    acc_b = acc_b * alpha[:, None] + tl.dot(p, vb)
+    return new, l, acc_a, acc_b
+
+
+@triton.jit
 def _diff_attn_fwd(
     Q, K, V, Out, NW, lam, scale, eps, out_scale,
     sqb, sqh, sqt, sqd,
@@ -68,27 +84,8 @@ def _diff_attn_fwd(
         vb = tl.load(V + v_off + kv2 * svh, mask=kv_mask, other=0.0)
         visible = (offs_n[None, :] <= q_pos[:, None]) & n_ok[None, :]  # (BM, BN)
 
-        s1 = tl.dot(q1, tl.trans(k1)) * scale
-        s1 = tl.where(visible, s1, float("-inf"))
-        new1 = tl.maximum(m1, tl.max(s1, 1))
-        p1 = tl.exp(s1 - new1[:, None])
-        alpha1 = tl.exp(m1 - new1)
-        l1 = l1 * alpha1 + tl.sum(p1, 1)
-        p1 = p1.to(va.dtype)
-        acc1a = acc1a * alpha1[:, None] + tl.dot(p1, va)
-        acc1b = acc1b * alpha1[:, None] + tl.dot(p1, vb)
-        m1 = new1
-
-        s2 = tl.dot(q2, tl.trans(k2)) * scale
-        s2 = tl.where(visible, s2, float("-inf"))
-        new2 = tl.maximum(m2, tl.max(s2, 1))
-        p2 = tl.exp(s2 - new2[:, None])
-        alpha2 = tl.exp(m2 - new2)
-        l2 = l2 * alpha2 + tl.sum(p2, 1)
-        p2 = p2.to(va.dtype)
-        acc2a = acc2a * alpha2[:, None] + tl.dot(p2, va)
-        acc2b = acc2b * alpha2[:, None] + tl.dot(p2, vb)
-        m2 = new2
+        m1, l1, acc1a, acc1b = _online_step(q1, k1, va, vb, visible, scale, m1, l1, acc1a, acc1b)
+        m2, l2, acc2a, acc2b = _online_step(q2, k2, va, vb, visible, scale, m2, l2, acc2a, acc2b)
 
     out_a = acc1a / l1[:, None] - lam * (acc2a / l2[:, None])
     out_b = acc1b / l1[:, None] - lam * (acc2b / l2[:, None])

@@ -23,8 +23,16 @@ class Capture:
 
     positions: Sequence[int]
     layers: Optional[Sequence[int]] = None
-    rows: dict = field(default_factory=dict)
     _parts: dict = field(default_factory=dict, repr=False)
+    _rows: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def rows(self) -> dict:
+        """layer -> {name: tensor}; assembled once per layer after the forward calls."""
+        for layer in self._parts:
+            if layer not in self._rows:
+                self._rows[layer] = self._assemble(layer)
+        return self._rows
 
     def wants(self, layer: int, n_layers: int) -> bool:
         if self.layers is None:
@@ -39,9 +47,9 @@ class Capture:
     def add(self, layer: int, absolute: list[int], tensors: dict[str, torch.Tensor]) -> None:
         """Store rows computed for `absolute` positions in one forward call."""
         self._parts.setdefault(layer, []).append((absolute, tensors))
-        self._assemble(layer)
+        self._rows.pop(layer, None)  # re-assembled on the next read
 
-    def _assemble(self, layer: int) -> None:
+    def _assemble(self, layer: int) -> dict[str, torch.Tensor]:
         parts = self._parts[layer]
         order = {p: i for i, p in enumerate(self.positions)}
         n_keys = max(t.shape[-1] for _, ts in parts for t in ts.values() if t.dim() == 4)
@@ -58,7 +66,7 @@ class Capture:
         for name, t in parts[-1][1].items():
             if t.dim() != 4:
                 out[name] = t.detach().float().cpu()
-        self.rows[layer] = out
+        return out
 
 
 class ActivationStats:

@@ -146,17 +146,10 @@ class Recipe:
 
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe YAML file."""
-    import yaml
+    from diffeval.yamlio import read_yaml_mapping
 
     p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"recipe {p}: no such file")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise UsageError(f"recipe {p}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise UsageError(f"recipe {p}: expected a mapping at the top level")
+    raw = read_yaml_mapping(p, "recipe")
     known = {f.name for f in dataclasses.fields(Recipe)}
     unknown = sorted(set(raw) - known)
     if unknown:
