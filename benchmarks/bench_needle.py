@@ -35,7 +35,7 @@ def make_model(directory: Path, family: str) -> None:
 
 def reuse_table(directory: Path, length: int) -> None:
     import diffeval
-    from diffeval.engine import Engine
+    from diffeval.engine import Engine, Generate
     from diffeval.probes.needle import NeedleConfig, generate
 
     loaded = diffeval.load(str(directory))
@@ -44,9 +44,9 @@ def reuse_table(directory: Path, length: int) -> None:
     prompts = [p for s in samples for p in s.prompts]
     rows = []
     for reuse in (True, False):
-        engine = Engine(loaded.model, max_new_tokens=10, decode=loaded.tokenizer.decode, reuse=reuse)
-        engine.run(prompts, lambda i, out: None)
-        rows.append((reuse, engine.stats))
+        engine = Engine(loaded.model, decode=loaded.tokenizer.decode, reuse=reuse)
+        engine.run([[Generate(tuple(p), 10)] for p in prompts], lambda i, out: None)
+        rows.append((reuse, engine.counters))
     (_, a), (_, b) = rows
     print(f"\nprefix reuse, {len(samples) // 5} haystacks x 5 depths x R=2 at {length} tokens ({len(prompts)} prompts)")
     print(f"{'mode':<12} {'prefilled tokens':>17} {'wall s':>8}")
@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--long", default="64k")
     parser.add_argument("--family", default="transformer", choices=["transformer", "sha", "diff"])
     args = parser.parse_args()
-    from diffeval.probes.needle import parse_lengths
+    from diffeval.probes.specs import parse_lengths
 
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:

@@ -53,7 +53,7 @@ def _timed(fn, repeats: int = 2) -> float:
 
 def pass_table(directory: Path, length: int) -> None:
     import diffeval
-    from diffeval.probes.outliers import OutlierStats, quant_hook
+    from diffeval.probes.activations import OutlierStats, quant_hook
 
     loaded = diffeval.load(str(directory), backend="sdpa")
     model = loaded.model
@@ -94,8 +94,7 @@ def memory_table(directory: Path, length: str, tokens: int, threads: int) -> Non
 
 
 def main() -> None:
-    from diffeval.probes.needle import parse_lengths
-    from diffeval.probes.outliers import parse_tokens
+    from diffeval.probes.specs import parse_lengths, parse_tokens
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--len", default="2k")

@@ -1,40 +1,124 @@
-"""Runs prompts through a model with greedy decoding and prefix-KV reuse.
+"""The engine: the only code that calls the model. Probes describe what they need as requests;
+the engine runs them with batching, prefix-KV reuse, hooks and statistics.
 
-Prompts are processed in lexicographic order of their token ids, so that prompts sharing a
-prefix (the R questions over one haystack; the depths of one haystack up to the needle) are
-neighbours. One cache is kept: before each prompt (or batch of prompts) it is rolled back to
-the longest common prefix with what it holds, and only the rest is prefilled."""
+Requests:
+
+    Generate(prompt, max_new_tokens, stop_text, hook)   greedy continuation -> list of token ids
+    Choice(prompt, candidates, hook)                     log-likelihood of each candidate -> [ChoiceScore]
+    TokenNLL(ids, hook, stats)                           NLL of ids[1:] given the prefix -> (T-1,) float32
+    CaptureRows(prompt, positions, layers)               exact attention rows -> {layer: {name: tensor}}
+    Stats(ids, hook)                                     one forward pass feeding the activation statistics
+
+Generate and Choice requests are run in lexicographic order of their prompts (per hook), so
+that prompts sharing a prefix (the R questions over one haystack; the depths of one haystack
+up to the needle; ICL queries after one demonstration block) are neighbours. One cache is
+kept: before each prompt it is rolled back to the longest common prefix with what it holds,
+and only the rest is prefilled. The other requests run in the order given."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from diffeval.models.cache import KVCache
 from diffeval.models.decoder import Decoder
+from diffeval.models.inspect import ActivationStats, Capture, LogitHook
+
+
+@dataclass(frozen=True)
+class Hook:
+    """A named attention-logit hook; the name goes into resume keys, the function does not."""
+
+    name: str
+    fn: LogitHook = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Generate:
+    prompt: tuple[int, ...]
+    max_new_tokens: int
+    stop_text: Optional[str] = "\n"  # end when the decoded continuation contains it; None: never
+    hook: Optional[Hook] = None
+
+
+@dataclass(frozen=True)
+class Choice:
+    prompt: tuple[int, ...]
+    candidates: tuple[tuple[int, ...], ...]  # (K,) continuations, each >= 1 token
+    hook: Optional[Hook] = None
+
+    def __post_init__(self) -> None:
+        if not self.prompt or not self.candidates or any(len(c) == 0 for c in self.candidates):
+            raise ValueError("Choice needs a non-empty prompt and non-empty candidates")
+
+
+@dataclass(frozen=True)
+class ChoiceScore:
+    logprob: float  # sum of log p(candidate token | prompt, earlier candidate tokens)
+    n_tokens: int
+    greedy: bool  # every candidate token is the argmax at its position
+
+    @property
+    def mean_logprob(self) -> float:
+        return self.logprob / self.n_tokens
+
+
+@dataclass(frozen=True)
+class TokenNLL:
+    ids: tuple[int, ...]
+    hook: Optional[Hook] = None
+    stats: bool = False  # also feed the engine's activation statistics
+
+
+@dataclass(frozen=True)
+class CaptureRows:
+    prompt: tuple[int, ...]
+    positions: tuple[int, ...]
+    layers: Optional[tuple[int, ...]] = None
+
+
+@dataclass(frozen=True)
+class Stats:
+    ids: tuple[int, ...]
+    hook: Optional[Hook] = None
+
+
+Request = Union[Generate, Choice, TokenNLL, CaptureRows, Stats]
+_PREFIX_TYPES = (Generate, Choice)
+
+
+def ids_sha256(ids: Sequence[int]) -> str:
+    return hashlib.sha256(np.asarray(ids, dtype="<i8").tobytes()).hexdigest()
+
+
+def fingerprint(req: Request) -> dict:
+    """What a request computes, as JSON-able data (token lists as sha256): part of resume keys."""
+    out: dict = {"type": type(req).__name__}
+    for name, value in vars(req).items():
+        if isinstance(value, Hook):
+            out[name] = value.name
+        elif name in ("prompt", "ids"):
+            out[name] = ids_sha256(value)
+        elif name == "candidates":
+            out[name] = [ids_sha256(c) for c in value]
+        else:
+            out[name] = list(value) if isinstance(value, tuple) else value
+    return out
 
 
 @dataclass
 class EngineStats:
-    prompts: int = 0
-    prompt_tokens: int = 0  # sum of prompt lengths
-    prefilled_tokens: int = 0  # tokens actually run through prefill (after prefix reuse)
+    requests: int = 0
+    prompt_tokens: int = 0  # sum of request lengths
+    prefilled_tokens: int = 0  # tokens actually run through the model (after prefix reuse)
     generated_tokens: int = 0
     seconds: float = 0.0
-
-    def to_dict(self) -> dict:
-        return {
-            "prompts": self.prompts,
-            "prompt_tokens": self.prompt_tokens,
-            "prefilled_tokens": self.prefilled_tokens,
-            "generated_tokens": self.generated_tokens,
-            "wall_seconds": round(self.seconds, 3),
-            "prefill_tokens_per_s": round(self.prefilled_tokens / self.seconds, 1) if self.seconds else None,
-            "reuse_ratio": round(self.prefilled_tokens / self.prompt_tokens, 4) if self.prompt_tokens else None,
-        }
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -47,86 +131,150 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 @dataclass
 class Engine:
-    """Greedy generation over many prompts. `stop_ids` end a continuation (EOS), `stop_text`
-    ends it when the decoded text so far contains it (e.g. a newline); `decode` maps ids to
-    text for that check."""
+    """Runs requests on one model. `stop_ids` end a generation (EOS); `decode` maps ids to
+    text for Generate's stop_text; `stats` receives activations of TokenNLL(stats=True) and
+    Stats requests; `batch_size` Generate prompts of equal length are decoded together."""
 
     model: Decoder
-    max_new_tokens: int
     stop_ids: frozenset = frozenset()
     decode: Optional[Callable[[list[int]], str]] = None
-    stop_text: Optional[str] = "\n"
     batch_size: int = 1
     reuse: bool = True
-    stats: EngineStats = field(default_factory=EngineStats)
+    stats: Optional[ActivationStats] = None
+    counters: EngineStats = field(default_factory=EngineStats)
 
     def __post_init__(self) -> None:
         self._cache: Optional[KVCache] = None
         self._tokens: list[int] = []  # what the cache holds, token by token
+        self._hook: Optional[Hook] = None  # the hook the cache was built with
 
     @property
     def device(self) -> torch.device:
         return self.model.embed.weight.device
 
-    def run(self, prompts: Sequence[Sequence[int]], on_done: Callable[[int, list[int]], None],
-            order: Optional[Iterable[int]] = None) -> None:
-        """Generate for each prompt; calls on_done(index, generated ids) as each finishes."""
-        idx = list(order) if order is not None else sorted(range(len(prompts)), key=lambda i: tuple(prompts[i]))
+    def run(self, work: Sequence[Sequence[Request]], on_done: Callable[[int, list], None],
+            on_request: Optional[Callable[[], None]] = None) -> None:
+        """Run the requests of each work item; calls on_done(item index, outputs in request
+        order) as soon as every request of an item has finished."""
+        flat = [(i, j, r) for i, reqs in enumerate(work) for j, r in enumerate(reqs)]
+        outputs: dict[int, dict[int, object]] = {}
+        empty = [i for i, reqs in enumerate(work) if not reqs]
+
+        def finish(i: int, j: int, out: object) -> None:
+            got = outputs.setdefault(i, {})
+            got[j] = out
+            if on_request is not None:
+                on_request()
+            if len(got) == len(work[i]):
+                del outputs[i]
+                on_done(i, [got[k] for k in range(len(work[i]))])
+
+        for i in empty:
+            on_done(i, [])
+        seq = [x for x in flat if not isinstance(x[2], _PREFIX_TYPES)]
+        pre = sorted((x for x in flat if isinstance(x[2], _PREFIX_TYPES)),
+                     key=lambda x: (x[2].hook.name if x[2].hook else "", tuple(x[2].prompt)))
         start = time.perf_counter()
         try:
-            i = 0
-            while i < len(idx):
-                batch = [idx[i]]
-                while (len(batch) < self.batch_size and i + len(batch) < len(idx)
-                       and len(prompts[idx[i + len(batch)]]) == len(prompts[batch[0]])):
-                    batch.append(idx[i + len(batch)])
-                outs = self._run_batch([list(prompts[j]) for j in batch])
-                for j, out in zip(batch, outs):
-                    on_done(j, out)
-                i += len(batch)
+            for i, j, req in seq:
+                finish(i, j, self._one(req))
+            k = 0
+            while k < len(pre):
+                batch = [pre[k]]
+                first = pre[k][2]
+                if isinstance(first, Generate):
+                    while (len(batch) < self.batch_size and k + len(batch) < len(pre)
+                           and _batchable(first, pre[k + len(batch)][2])):
+                        batch.append(pre[k + len(batch)])
+                    outs = self._generate([x[2] for x in batch])
+                else:
+                    outs = [self._choice(first)]
+                for (i, j, _), out in zip(batch, outs):
+                    finish(i, j, out)
+                k += len(batch)
         finally:
-            self.stats.seconds += time.perf_counter() - start
+            self.counters.seconds += time.perf_counter() - start
+
+    # --- one request at a time -------------------------------------------------------------
+
+    def _ids(self, ids: Sequence[int]) -> torch.Tensor:
+        return torch.tensor([list(ids)], dtype=torch.long, device=self.device)  # (1, T)
 
     @torch.no_grad()
-    def _prefill_shared(self, prefix: list[int]) -> None:
+    def _one(self, req: Request):
+        self.counters.requests += 1
+        if isinstance(req, CaptureRows):
+            self._count(len(req.prompt))
+            cap = Capture(list(req.positions), layers=None if req.layers is None else list(req.layers))
+            self.model(self._ids(req.prompt), logits="none", capture=cap)
+            return cap.rows
+        ids = self._ids(req.ids)
+        stats = self.stats if isinstance(req, Stats) or req.stats else None
+        if stats is None and (isinstance(req, Stats) or req.stats):
+            raise RuntimeError("a statistics request needs an Engine with `stats`")
+        hook = req.hook.fn if req.hook else None
+        self._count(len(req.ids))
+        if stats is not None:
+            stats.begin_forward()
+        if isinstance(req, Stats):
+            self.model.hidden(ids, stats=stats, logit_hook=hook)
+            out = None
+        else:
+            out = self.model.token_nll(ids, stats=stats, logit_hook=hook)[0].numpy()  # (T-1,)
+        if stats is not None:
+            stats.end_forward()
+        return out
+
+    def _count(self, n: int) -> None:
+        self.counters.prompt_tokens += n
+        self.counters.prefilled_tokens += n
+
+    def _call(self, ids: torch.Tensor, cache: KVCache, logits="last"):
+        hook = self._hook.fn if self._hook else None
+        return self.model(ids, cache, logits=logits, logit_hook=hook)
+
+    @torch.no_grad()
+    def _prefill_shared(self, prefix: list[int], hook: Optional[Hook]) -> None:
         """Make the batch-1 cache hold exactly `prefix` (roll back, then extend)."""
-        if self._cache is None or not self.reuse:
-            self._cache, self._tokens = self.model.new_cache(), []
+        if self._cache is None or not self.reuse or hook != self._hook:
+            self._cache, self._tokens, self._hook = self.model.new_cache(), [], hook
         keep = common_prefix(self._tokens, prefix)
         self._cache.truncate(keep)
         self._tokens = self._tokens[:keep]
         rest = prefix[keep:]
         if rest:
-            ids = torch.tensor([rest], dtype=torch.long, device=self.device)
-            self.model(ids, self._cache, logits="none")
-            self.stats.prefilled_tokens += len(rest)
+            self._call(self._ids(rest), self._cache, logits="none")
+            self.counters.prefilled_tokens += len(rest)
             self._tokens.extend(rest)
 
     @torch.no_grad()
-    def _run_batch(self, prompts: list[list[int]]) -> list[list[int]]:
+    def _generate(self, reqs: list[Generate]) -> list[list[int]]:
+        prompts = [list(r.prompt) for r in reqs]
         n = len(prompts[0])
         shared = n - 1  # at least the last token is run with logits
         for p in prompts[1:]:
             shared = min(shared, common_prefix(prompts[0], p))
-        self._prefill_shared(prompts[0][:shared])
-        self.stats.prompts += len(prompts)
-        self.stats.prompt_tokens += sum(len(p) for p in prompts)
+        self._prefill_shared(prompts[0][:shared], reqs[0].hook)
+        self.counters.requests += len(prompts)
+        self.counters.prompt_tokens += sum(len(p) for p in prompts)
+        max_new = reqs[0].max_new_tokens
         if len(prompts) == 1:
             cache = self._cache
         else:
-            cache = self._cache.fork(batch=len(prompts), extra=n - shared + self.max_new_tokens + 1)
+            cache = self._cache.fork(batch=len(prompts), extra=n - shared + max_new + 1)
         suffix = torch.tensor([p[shared:] for p in prompts], dtype=torch.long, device=self.device)
-        logits = self.model(suffix, cache, logits="last")  # (B, 1, V)
-        self.stats.prefilled_tokens += suffix.numel()
-        outs = self._decode(logits, cache, len(prompts))
+        logits = self._call(suffix, cache)  # (B, 1, V)
+        self.counters.prefilled_tokens += suffix.numel()
+        outs = self._decode(logits, cache, len(prompts), max_new, reqs[0].stop_text)
         if len(prompts) == 1:
             self._tokens = (prompts[0] + outs[0])[: cache.length]
         return outs
 
-    def _decode(self, logits: torch.Tensor, cache: KVCache, batch: int) -> list[list[int]]:
+    def _decode(self, logits: torch.Tensor, cache: KVCache, batch: int, max_new: int,
+                stop_text: Optional[str]) -> list[list[int]]:
         outs: list[list[int]] = [[] for _ in range(batch)]
         done = [False] * batch
-        for step in range(self.max_new_tokens):
+        for step in range(max_new):
             toks = logits[:, -1].argmax(-1).tolist()
             for b, tok in enumerate(toks):
                 if done[b]:
@@ -135,11 +283,42 @@ class Engine:
                     done[b] = True
                     continue
                 outs[b].append(tok)
-                self.stats.generated_tokens += 1
-                if self.stop_text and self.decode and self.stop_text in self.decode(outs[b]):
+                self.counters.generated_tokens += 1
+                if stop_text and self.decode and stop_text in self.decode(outs[b]):
                     done[b] = True
-            if all(done) or step == self.max_new_tokens - 1:
+            if all(done) or step == max_new - 1:
                 break
             nxt = torch.tensor([[t] for t in toks], dtype=torch.long, device=self.device)
-            logits = self.model(nxt, cache, logits="last")
+            logits = self._call(nxt, cache)
         return outs
+
+    @torch.no_grad()
+    def _choice(self, req: Choice) -> list[ChoiceScore]:
+        """Prefill the prompt once (reusing the cache), then score each candidate after it,
+        rolling the cache back between candidates: O(prompt + sum of candidates) tokens."""
+        prompt = list(req.prompt)
+        self._prefill_shared(prompt[:-1], req.hook)
+        self.counters.requests += 1
+        self.counters.prompt_tokens += len(prompt) + sum(len(c) for c in req.candidates)
+        base = len(self._tokens)
+        scores = []
+        for cand in req.candidates:
+            ids = [prompt[-1], *cand]  # the last prompt token predicts the first candidate token
+            self._cache.truncate(base)
+            self._tokens = self._tokens[:base]
+            logits = self._call(self._ids(ids[:-1]), self._cache, logits="all")  # (1, len(cand), V)
+            logp = F.log_softmax(logits[0].float(), dim=-1)  # (len(cand), V)
+            target = torch.tensor(cand, device=logp.device)
+            picked = logp.gather(-1, target[:, None])[:, 0]
+            greedy = bool((logp.argmax(-1) == target).all())
+            scores.append(ChoiceScore(float(picked.double().sum()), len(cand), greedy))
+            self.counters.prefilled_tokens += len(cand)
+            self._tokens = self._tokens + ids[:-1]
+        self._cache.truncate(base)
+        self._tokens = self._tokens[:base]
+        return scores
+
+
+def _batchable(a: Generate, b: Generate) -> bool:
+    return (len(a.prompt) == len(b.prompt) and a.max_new_tokens == b.max_new_tokens
+            and a.stop_text == b.stop_text and a.hook == b.hook)

@@ -1,12 +1,28 @@
-"""Error family. The CLI turns any DiffevalError into one line on stderr and its exit code."""
+"""Error family. The CLI turns any DiffevalError into one line on stderr and its exit code.
+
+These are for bad user input only, raised at the boundary. An error about one parameter
+names it with `field` (the config field, e.g. "lengths"); the CLI shows the matching flag
+(`--len`) and a task file shows `params.lengths`. Internal invariants are assertions or plain
+exceptions and keep their traceback."""
 
 from __future__ import annotations
+
+from typing import Optional
 
 
 class DiffevalError(Exception):
     """Bad input from the user: options, files, checkpoints, task YAML. Exit code 2."""
 
     exit_code = 2
+
+    def __init__(self, message: str, field: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+    def located(self, where: str) -> "DiffevalError":
+        """The same error with `where` (an option or a file location) in front."""
+        out = type(self)(f"{where}: {self}")
+        return out
 
 
 class ConfigError(DiffevalError):

@@ -1,4 +1,5 @@
-"""Result files: schema, provenance, atomic writes, and the per-sample resume cache."""
+"""Result files: the results contract (schema v2, shipped as results.schema.json), provenance,
+atomic writes, safe file names, and the per-sample resume cache."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SCHEMA_FILE = Path(__file__).with_name("results.schema.json")
 
 
 def utc_stamp() -> str:
@@ -60,6 +62,25 @@ def _git_sha() -> Optional[str]:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def safe_name(text: str, limit: int = 40) -> str:
+    """A short file-name-safe slug of `text`, with a hash suffix when anything was changed
+    or cut, so distinct texts give distinct names and none leaves its folder."""
+    import re
+
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "x"
+    if slug == text and len(slug) <= limit:
+        return slug
+    return f"{slug[:limit].rstrip('-.')}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def provenance(seed: Optional[int], device: str) -> dict[str, Any]:
     import torch
 
@@ -75,6 +96,7 @@ def provenance(seed: Optional[int], device: str) -> dict[str, Any]:
         "device": device,
         "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or platform.machine(),
         "seed": seed,
+        "launcher": "torchrun" if os.environ.get("TORCHELASTIC_RUN_ID") else "python",
         "utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -133,3 +155,16 @@ def peak_memory_mb(device: str) -> dict[str, float]:
     if device.startswith("cuda"):
         out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return out
+
+
+def read_results(run_dir: Path) -> dict:
+    """results.json of a run folder."""
+    path = Path(run_dir) / "results.json"
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def read_samples(run_dir: Path) -> list[dict]:
+    """samples.jsonl of a run folder."""
+    with open(Path(run_dir) / "samples.jsonl", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -65,12 +65,34 @@ class HFTokenizer:
         eos = _token_id(self._tok, cfg.get("eos_token"))
         self.eos_id = eos if eos is not None else (eos_ids[0] if eos_ids else None)
         self.stop_ids = frozenset(i for i in (*eos_ids, eos) if i is not None)
+        self.chat_template = _chat_template(cfg, self.path.parent)
+        self.special_tokens = {k: _token_text(cfg.get(k)) for k in ("eos_token", "pad_token", "unk_token")
+                               if _token_text(cfg.get(k))}
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=True)
+
+
+def _token_text(value) -> Optional[str]:
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _chat_template(cfg: dict, directory: Path) -> Optional[str]:
+    """The checkpoint's chat template: chat_template.jinja, else tokenizer_config.json's
+    'chat_template' (a string, or a list of named templates: the one named 'default')."""
+    path = directory / "chat_template.jinja"
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    value = cfg.get("chat_template")
+    if isinstance(value, list):
+        named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
+        value = named.get("default")
+    return value if isinstance(value, str) and value.strip() else None
 
 
 def load_tokenizer(directory: Path, eos_ids: tuple[int, ...] = ()) -> Optional[HFTokenizer]:

@@ -8,7 +8,9 @@ import torch
 
 import diffeval
 from diffeval.cli import main
-from diffeval.probes.attention import CATEGORIES, Spans, allocation, normalise_diff, parse_index_list
+from diffeval.probes.attention import CATEGORIES, Spans, allocation, normalise_diff
+from diffeval.probes.attn_map import by_depth
+from diffeval.probes.specs import parse_index_list
 from helpers import tiny_model
 
 
@@ -88,20 +90,21 @@ def test_attn_map_end_to_end_writes_everything(ckpts, tmp_path, capsys):
     main(["attn-map", "--ckpt", ckpts["transformer"], "--ckpt", ckpts["diff"], *ARGS, "--layers", "0,-1",
           "--heads", "all", "--out", str(out)])
     results = json.loads((out / "results.json").read_text())
-    assert results["probe"] == "attn-map" and "aggregation" in results
+    assert results["probe"] == "attn-map" and "1 - lambda" in results["method"]
     assert [m["label"] for m in results["models"]] == ["transformer", "diff"]
     for label in ("transformer", "diff"):
         m = results["metrics"][label]
-        assert set(m["by_depth"]) == {"0", "50", "100"}
-        for alloc in m["by_depth"].values():
+        assert set(by_depth(m)) == {"0", "50", "100"}
+        for alloc in by_depth(m).values():
             assert sum(alloc[c] for c in CATEGORIES) == pytest.approx(1.0, abs=1e-4)
+        assert m["answer"]["higher_is_better"] is True and m["noise"]["higher_is_better"] is False
     diff = results["metrics"]["diff"]
-    lam = diff["lambda"]
+    lam = {k.split("=")[1]: v["value"] for k, v in diff.items() if k.startswith("lambda@layer=")}
     assert set(lam) == {"0", "1"}
     mean_one_minus_lam = np.mean([1 - v for v in lam.values()])
-    for alloc in diff["by_depth_signed"].values():  # signed differential rows sum to 1 - lambda
+    for alloc in by_depth(diff, "signed.").values():  # signed differential rows sum to 1 - lambda
         assert sum(alloc[c] for c in CATEGORIES) == pytest.approx(mean_one_minus_lam, abs=1e-4)
-    for alloc in diff["by_depth_map1"].values():
+    for alloc in by_depth(diff, "map1.").values():
         assert sum(alloc[c] for c in CATEGORIES) == pytest.approx(1.0, abs=1e-4)
     # per layer x head cells: 2 layers x heads per model x depths
     assert len([c for c in results["cells"] if c["model"] == "diff"]) == 2 * 2 * 3
@@ -142,7 +145,7 @@ def test_arrays_figure_keeps_only_the_drawn_prompt(ckpts, tmp_path):
     main(["attn-map", "--ckpt", ckpts["transformer"], *ARGS, "--arrays", "figure", "--out", str(out)])
     kept = sorted(p.name for p in (out / "arrays").glob("*.npz") if "pooled" not in p.name)
     assert kept == ["transformer__L400-d50-s0.npz"]
-    assert json.loads((out / "results.json").read_text())["metrics"]["transformer"]["n"] == 3
+    assert json.loads((out / "results.json").read_text())["metrics"]["transformer"]["answer"]["n"] == 3
 
 
 @pytest.mark.parametrize("argv,needle", [(["--layers", "7"], "7"), (["--query", "middle"], "middle"),

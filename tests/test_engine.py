@@ -2,7 +2,7 @@
 
 import torch
 
-from diffeval.engine import Engine, common_prefix
+from diffeval.engine import Engine, Generate, common_prefix
 from diffeval.models import greedy_generate
 from helpers import tiny_model
 
@@ -17,9 +17,9 @@ def _prompts():
 
 def _run(model, prompts, **kw):
     outs = {}
-    engine = Engine(model, max_new_tokens=6, stop_ids=frozenset({3}), **kw)
-    engine.run(prompts, lambda i, out: outs.__setitem__(i, out))
-    return [outs[i] for i in range(len(prompts))], engine.stats
+    engine = Engine(model, stop_ids=frozenset({3}), **kw)
+    engine.run([[Generate(tuple(p), 6, None)] for p in prompts], lambda i, out: outs.__setitem__(i, out[0]))
+    return [outs[i] for i in range(len(prompts))], engine.counters
 
 
 def test_reuse_and_batching_match_independent_greedy_decoding():
@@ -33,7 +33,7 @@ def test_reuse_and_batching_match_independent_greedy_decoding():
     assert plain == want and reused == want and batched == want
     assert plain_stats.prefilled_tokens == sum(len(p) for p in prompts)
     assert reuse_stats.prefilled_tokens < 0.5 * plain_stats.prefilled_tokens
-    assert reuse_stats.prompts == len(prompts)
+    assert reuse_stats.requests == len(prompts)
 
 
 def test_stop_text_ends_a_continuation():
@@ -43,8 +43,8 @@ def test_stop_text_ends_a_continuation():
         free = greedy_generate(model, prompt, model.new_cache(), 6)
     stop_at = bytes([free[1]]).decode("latin-1")
     outs = {}
-    engine = Engine(model, max_new_tokens=6, decode=lambda ids: bytes(ids).decode("latin-1"), stop_text=stop_at)
-    engine.run([prompt], lambda i, out: outs.__setitem__(i, out))
+    engine = Engine(model, decode=lambda ids: bytes(ids).decode("latin-1"))
+    engine.run([[Generate(tuple(prompt), 6, stop_at)]], lambda i, out: outs.__setitem__(i, out[0]))
     first = next(k for k, t in enumerate(free) if bytes([t]).decode("latin-1") == stop_at)
     assert outs[0] == free[: first + 1]
 

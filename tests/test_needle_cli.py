@@ -31,10 +31,11 @@ def test_needle_writes_every_artifact(ckpts, tmp_path, capsys):
     assert len(results["cells"]) == 2 * 3  # models x depths
     cell = results["cells"][0]
     assert cell["n"] == 2 and 0 <= cell["ci95"][0] <= cell["mean"] <= cell["ci95"][1] <= 1
-    for t in results["timing"].values():
-        for key in ("prompts", "prompt_tokens", "prefilled_tokens", "tokens_per_s", "wall_seconds", "peak_rss_mb"):
+    assert results["timing"]["world_size"] == 1
+    for t in results["timing"]["models"].values():
+        for key in ("requests", "prompt_tokens", "prefilled_tokens", "tokens_per_s", "wall_seconds", "peak_rss_mb"):
             assert key in t
-        assert t["prompts"] == 2 * 3 * 2  # samples x depths x queries
+        assert t["requests"] == 2 * 3 * 2  # samples x depths x queries
         assert t["prefilled_tokens"] < t["prompt_tokens"]  # the R questions share their context
     assert results["provenance"]["seed"] == 0 and results["provenance"]["argv"]
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
@@ -86,7 +87,7 @@ def test_resume_after_interrupt_gives_the_same_results(ckpts, tmp_path, monkeypa
     a = json.loads((whole / "results.json").read_text())
     b = json.loads((part / "results.json").read_text())
     assert a["cells"] == b["cells"] and a["metrics"] == b["metrics"]
-    assert b["timing"]["transformer"]["resumed_samples"] == 3
+    assert b["timing"]["models"]["transformer"]["resumed_samples"] == 3
     strip = lambda text: [{k: v for k, v in json.loads(l).items()} for l in text.splitlines()]
     assert strip((whole / "samples.jsonl").read_text()) == strip((part / "samples.jsonl").read_text())
 

@@ -45,6 +45,13 @@ class CheckpointInfo:
     files: list[str]
     sha256: str
     config: dict[str, Any] = field(default_factory=dict)
+    config_sha256: Optional[str] = None  # of config.json: edits that keep the weights still count
+    tokenizer_sha256: Optional[str] = None  # of tokenizer.json and tokenizer_config.json
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything about the loaded model that changes its outputs (for resume keys)."""
+        return {"sha256": self.sha256, "config_sha256": self.config_sha256,
+                "tokenizer_sha256": self.tokenizer_sha256, "dtype": self.dtype, "backend": self.backend}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,6 +62,19 @@ class Loaded:
     model: Decoder
     tokenizer: Any
     info: CheckpointInfo
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+
+def _files_sha256(paths: list[Path]) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for p in paths:
+        if p.is_file():
+            digest.update(p.name.encode() + b"\0" + p.read_bytes())
+    return digest.hexdigest()
 
 
 def resolve_spec(spec: str) -> Path:
@@ -112,11 +132,12 @@ def load(
     dtype: torch.dtype = torch.float32,
     backend: str = "auto",
     allow_pickle: bool = False,
-    require_tokenizer: bool = True,
+    require_tokenizer: bool = False,
 ) -> Loaded:
     """Load a checkpoint: `zoo:NAME`, a native directory, or a Hugging Face directory.
     Returns Loaded(model in eval mode on `device`/`dtype`, tokenizer, info). A Hugging Face
-    directory needs tokenizer.json unless `require_tokenizer` is False (tokenizer None)."""
+    directory without tokenizer.json loads for forward passes with tokenizer None (an error
+instead when `require_tokenizer`); probes that need text say so in one line."""
     directory = resolve_spec(spec)
     fmt, cfg, raw = read_config(directory)
     weights = read_weights(directory, allow_pickle=allow_pickle)
@@ -165,6 +186,9 @@ def load(
         files=[p.name for p in weights.files],
         sha256=weights.sha256(),
         config=cfg.to_dict(),
+        config_sha256=_files_sha256([directory / "config.json"]),
+        tokenizer_sha256=(None if tokenizer is None else _files_sha256([directory / n for n in TOKENIZER_FILES])
+                          if hasattr(tokenizer, "path") else tokenizer.name),
     )
     return Loaded(model, tokenizer, info)
 

@@ -107,6 +107,12 @@ class ActivationStats:
         hist = torch.bincount(idx.clamp_(0, self.N_BINS - 1), minlength=self.N_BINS)
         self._hist[name] = self._hist.get(name, torch.zeros(self.N_BINS, dtype=torch.long)) + hist
 
+    def begin_forward(self) -> None:
+        """Called before each model call that feeds these statistics (subclasses check layers)."""
+
+    def end_forward(self) -> None:
+        """Called after each such model call."""
+
     def names(self) -> list[str]:
         return sorted(self._count)
 

@@ -157,13 +157,15 @@ def allocation_figure(metrics: dict[str, Any], labels: list[str]):
     return fig
 
 
-def draw_all(out: Path, records, cells, metrics, models, reps, log_scale: bool = True) -> list[Path]:
+def draw_all(out: Path, cells, metrics, models, reps, log_scale: bool = True) -> list[Path]:
+    """Every attn-map figure of a run folder. `reps`: model label -> (file stem of its
+    representative prompt's arrays, family); `metrics`: label -> {"by_depth": ...}."""
     labels = [m["label"] for m in models]
     paths: list[Path] = []
     arrays, pooled = {}, {}
-    for label, (sample_id, family) in reps.items():
-        arrays[label] = (np.load(out / "arrays" / f"{label}__{sample_id}.npz"), family)
-        pooled_path = out / "arrays" / f"{label}__{sample_id}__pooled.npz"
+    for label, (stem, family) in reps.items():
+        arrays[label] = (np.load(out / "arrays" / f"{stem}.npz"), family)
+        pooled_path = out / "arrays" / f"{stem}__pooled.npz"
         if pooled_path.exists():
             pooled[label] = (np.load(pooled_path), family)
     paths += _save(profile_figure(arrays, log_scale), out / "attn_profile")

@@ -1,1 +1,23 @@
-"""Long-context probes: one module per probe, plus the shared haystack sources and statistics."""
+"""Long-context probes. `PROBES` names every probe and the module that defines it (each
+module exposes `PROBE`, a `diffeval.probes.base.Probe`); task YAML, `diffeval run` and the
+commands find probes through it. Shared pieces: `specs` (option parsers), `text` (files,
+folders, JSONL), `prompts` (exact-length assembly, prompt formats), `stats`, `haystack`."""
+
+from __future__ import annotations
+
+import importlib
+
+from diffeval.errors import UsageError, did_you_mean
+
+PROBES: dict[str, str] = {
+    "needle": "diffeval.probes.needle",
+    "attn-map": "diffeval.probes.attn_map",
+    "outliers": "diffeval.probes.outliers",
+}
+
+
+def get_probe(name: str):
+    """The Probe registered as `name` (imported on first use)."""
+    if name not in PROBES:
+        raise UsageError(f"unknown probe {name!r}: {did_you_mean(name, PROBES)}")
+    return importlib.import_module(PROBES[name]).PROBE

@@ -105,23 +105,6 @@ def normalise_diff(alloc: np.ndarray, lam: float, eps: float = 1e-3) -> Optional
     return alloc / total
 
 
-def parse_index_list(spec: str, size: int, what: str) -> list[int]:
-    """'all' or a comma list of indices (negatives count from the end) -> sorted indices."""
-    if spec.strip().lower() == "all":
-        return list(range(size))
-    out = set()
-    for part in spec.split(","):
-        part = part.strip()
-        try:
-            i = int(part)
-        except ValueError:
-            raise UsageError(f"--{what} {spec!r}: {part!r} is not an integer (or use 'all')") from None
-        if not -size <= i < size:
-            raise UsageError(f"--{what} {spec!r}: index {i} out of range for {size} {what}")
-        out.add(i % size)
-    return sorted(out)
-
-
 def summarize_allocations(records: Sequence[dict], key: str = "allocation") -> dict[str, float]:
     """Mean of per-sample category dicts."""
     if not records:

@@ -8,7 +8,7 @@ A haystack is an endless stream of sentences that the probes cut to an exact tok
   sentences and cycled from a seeded starting sentence.
 
 Only :func:`load_haystack` reads files; streams are pure functions of their generator.
-The second half holds the token-budget helpers that cut haystack text to exact lengths.
+Cutting text to exact token budgets lives in :mod:`diffeval.probes.prompts`.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 
 from diffeval.errors import UsageError, did_you_mean
+from diffeval.probes.text import read_text, text_files
 
 BUILTIN = ("noise", "essay")
 
@@ -237,29 +238,6 @@ class Haystack:
                 "sha256_16": self.fingerprint()}
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"haystack file {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise UsageError(f"haystack file {path}: cannot read ({exc.strerror or exc})") from None
-
-
-def text_files(path: Path, what: str) -> list[Path]:
-    """An existing file itself, or the .txt files of a folder searched recursively (sorted);
-    `what` names the option in errors."""
-    if path.is_file():
-        return [path]
-    try:
-        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
-    except OSError as exc:
-        raise UsageError(f"{what} folder {path}: cannot list ({exc.strerror or exc})") from None
-    if not files:
-        raise UsageError(f"{what} folder {path} holds no .txt files")
-    return files
-
-
 def load_haystack(spec: str) -> Haystack:
     """Resolve a haystack spec: "noise", "essay", or a path to a text file / folder of .txt
     files (read here, once). A file path shadowing a built-in name can be given as ./noise."""
@@ -274,134 +252,10 @@ def load_haystack(spec: str) -> Haystack:
     files = text_files(path, "haystack")
     sentences: list[str] = []
     for f in files:
-        sentences.extend(split_sentences(_read_text(f)))
+        sentences.extend(split_sentences(read_text(f, "haystack")))
     if not sentences:
         names = ", ".join(str(f) for f in files[:3]) + (" ..." if len(files) > 3 else "")
         raise UsageError(f"haystack {path}: no text found in {names}")
     return Haystack("path", spec, tuple(sentences))
 
 
-# --- fitting text to token budgets -----------------------------------------------------------
-# Prompts are assembled from pieces (sentences with their leading space, a question suffix).
-# A piece is encoded after a fixed anchor sentence, so tokenizers that prepend a word marker
-# at the start of every encode call (SentencePiece-style) or merge across ". " still give the
-# ids the piece has inside a longer text.
-ANCHOR = "Here we go."
-_PIECE_CACHE_LIMIT = 200_000
-
-
-class PieceEncoder:
-    """Memoised encoding of short prompt pieces with a tokenizer (`encode(str) -> list[int]`)."""
-
-    def __init__(self, tokenizer) -> None:
-        self.tok = tokenizer
-        self._plain: dict[str, tuple[int, ...]] = {}
-        self._inner: dict[str, tuple[int, ...]] = {}
-        self._anchor = tuple(tokenizer.encode(ANCHOR))
-
-    def _remember(self, memo: dict, text: str, ids: tuple[int, ...]) -> tuple[int, ...]:
-        if len(memo) >= _PIECE_CACHE_LIMIT:
-            memo.clear()
-        memo[text] = ids
-        return ids
-
-    def plain(self, text: str) -> tuple[int, ...]:
-        """encode(text) as the start of a prompt."""
-        ids = self._plain.get(text)
-        return ids if ids is not None else self._remember(self._plain, text, tuple(self.tok.encode(text)))
-
-    def inner(self, text: str) -> tuple[int, ...]:
-        """The ids `text` gets when it follows a sentence: encode(ANCHOR + text) minus the
-        anchor's ids (plain encode when the anchor's own ids change)."""
-        ids = self._inner.get(text)
-        if ids is None:
-            both = tuple(self.tok.encode(ANCHOR + text))
-            n = len(self._anchor)
-            ids = both[n:] if both[:n] == self._anchor else self.plain(text)
-            self._remember(self._inner, text, ids)
-        return ids
-
-    def piece(self, text: str, first: bool) -> tuple[int, ...]:
-        return self.plain(text) if first else self.inner(text)
-
-    def cost(self, text: str, first: bool = False) -> int:
-        return len(self.piece(text, first))
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common prefix of two id sequences."""
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
-    return int(diff[0]) if diff.size else n
-
-
-def char_span(text: str, ids: Sequence[int], a: int, b: int, encode) -> tuple[int, int]:
-    """Token span [s, e) of `ids` (= encode(text)) covering characters [a, b) of `text`: s is
-    the first token not wholly before a; e is one past the last token reaching into [a, b)."""
-    start = common_prefix(encode(text[:a]), ids)
-    upto = encode(text[:b])
-    end = common_prefix(upto, ids)
-    return start, end + (1 if end < len(upto) else 0)
-
-
-_SKIP_WORDS = 6  # leading words fit_fragment may drop to reach an exact count
-
-
-def fit_fragment(src: str, r: int, enc: PieceEncoder, first: bool = False, tail: str = "") -> tuple[str, int]:
-    """The longest cut of `src`, closed with a period, such that the piece " " + cut + tail
-    (no space when `first`) costs exactly r tokens -> (cut, cost). `tail` is the text that
-    follows the cut, so that merges across it are counted. Whole words are tried first, then
-    characters of the next word, then every shorter cut, then cuts without the period, then
-    the same with up to _SKIP_WORDS leading words dropped (a cut right after a sentence end
-    cannot grow by one character). Otherwise the costliest cut under r; ("", 0) when none fits."""
-    if r <= 0:
-        return "", 0
-    best = _fit_prefix(src, r, enc, first, tail)
-    starts = [i + 1 for i, ch in enumerate(src) if ch == " "][:_SKIP_WORDS]
-    for j in starts if best[1] != r else ():
-        cut, c = _fit_prefix(src[j:], r, enc, first, tail)
-        if c == r:
-            return cut, c
-    return best
-
-
-def _fit_prefix(src: str, r: int, enc: PieceEncoder, first: bool, tail: str) -> tuple[str, int]:
-    lead = "" if first else " "
-
-    def cut(k: int) -> str:
-        t = src[:k].rstrip()
-        return t if t.endswith((".", "!", "?")) else t + "."
-
-    def cost(k: int) -> int:
-        return enc.cost(lead + cut(k) + tail, first)
-
-    best_k, best_c = -1, 0
-    ends = [0] + [i for i, ch in enumerate(src) if ch == " "] + [len(src)]
-    over = len(src) + 1
-    for k in ends:
-        c = cost(k)
-        if c > r:
-            over = k
-            break
-        best_k, best_c = k, c
-    if best_k < 0 or best_c == r:
-        return ("", 0) if best_k < 0 else (cut(best_k), best_c)
-    for k in range(best_k + 1, over):  # into the next word
-        c = cost(k)
-        if c > r:
-            break
-        if c >= best_c:
-            best_k, best_c = k, c
-        if c == r:
-            return cut(k), c
-    # Tokenizers whose counts jump: any exact cut, else any exact cut without the period.
-    for k in range(over - 1, -1, -1):
-        if cost(k) == r:
-            return cut(k), r
-    for k in range(min(over, len(src)), 0, -1):
-        bare = src[:k].rstrip()
-        if bare and enc.cost(lead + bare + tail, first) == r:
-            return bare, r
-    return cut(best_k), best_c

@@ -16,25 +16,27 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
 from diffeval.errors import ConfigError, UsageError, did_you_mean
-from diffeval.probes.haystack import Haystack, PieceEncoder, char_span, common_prefix, fit_fragment, load_haystack
+from diffeval.probes.haystack import Haystack, load_haystack
+from diffeval.probes.prompts import PieceEncoder, PromptFormat, char_span, common_prefix, fit_fragment
+from diffeval.probes.specs import check_int, length_label, parse_depths, parse_lengths
 
 TASK = "needle"
-VERSION = 1  # bump when samples for the same config change
+VERSION = 2  # bump when samples for the same config change (2: RULER kinds ask in the singular)
 _TASK_KEY = int.from_bytes(TASK.encode("ascii"), "big")  # the task's share of every seed
 
 # --- prompt formats -----------------------------------------------------------------------
 CITY_NEEDLE = "The magic number for {key} is {value}."
 CITY_QUESTION = "What is the magic number for {key}?"
 CITY_ANSWER = "The magic number for {key} is"
-RULER_NEEDLE = "One of the special magic {type} for {key} is: {value}."
+RULER_NEEDLE = "One of the special magic {types} for {key} is: {value}."
 RULER_QUESTION = "What is the special magic {type} for {key} mentioned in the provided text?"
 RULER_ANSWER = "The special magic {type} for {key} mentioned in the provided text is"
 PROMPT_SUFFIX = "\n\nQuestion: {question}\nAnswer: {answer}"
@@ -102,16 +104,18 @@ class NeedleKind:
 
 
 def _ruler(name: str, type_: str, values: str) -> NeedleKind:
-    # Only {type} is filled here; {key} and {value} stay for each needle.
-    needle, question, answer = (t.replace("{type}", type_) for t in (RULER_NEEDLE, RULER_QUESTION, RULER_ANSWER))
+    # RULER's forms: the needle says "one of the ... numbers", the question asks for one
+    # "number". Only the type is filled here; {key} and {value} stay for each needle.
+    needle = RULER_NEEDLE.replace("{types}", type_ + "s")
+    question, answer = (t.replace("{type}", type_) for t in (RULER_QUESTION, RULER_ANSWER))
     return NeedleKind(name, needle, question, answer, "pair", values)
 
 
 NEEDLE_KINDS: dict[str, NeedleKind] = {
     "city": NeedleKind("city", CITY_NEEDLE, CITY_QUESTION, CITY_ANSWER, "city", "number"),
-    "kv-number": _ruler("kv-number", "numbers", "number"),
-    "kv-word": _ruler("kv-word", "words", "word"),
-    "uuid": _ruler("uuid", "uuids", "uuid"),
+    "kv-number": _ruler("kv-number", "number", "number"),
+    "kv-word": _ruler("kv-word", "word", "word"),
+    "uuid": _ruler("uuid", "uuid", "uuid"),
 }
 
 
@@ -120,114 +124,7 @@ def _capacity(kind: NeedleKind) -> int:
     return min(keys, len(VALUE_WORDS)) if kind.values == "word" else keys
 
 
-# --- option parsing -------------------------------------------------------------------------
-_LENGTH = re.compile(r"^(\d+(?:\.\d+)?)([kKmM]?)$")
-
-
-def _one_length(text: str) -> int:
-    t = text.strip()
-    if t.startswith("-"):
-        raise UsageError(f"length {text!r} must be a positive token count")
-    m = _LENGTH.match(t)
-    if not m:
-        raise UsageError(f"length {text!r} is not a token count like 4096, 4k or 64K")
-    scale = {"": 1, "k": 1024, "m": 1024 * 1024}[m.group(2).lower()]
-    value = float(m.group(1)) * scale
-    if value != int(value):
-        raise UsageError(f"length {text!r} is not a whole number of tokens ({value:g})")
-    if value <= 0:
-        raise UsageError(f"length {text!r} must be a positive token count")
-    return int(value)
-
-
-def _length_range(part: str) -> list[int]:
-    bits = part.split(":")
-    if len(bits) not in (2, 3):
-        raise UsageError(f"length range {part!r} must be start:stop (doubling) or start:stop:step")
-    start, stop = _one_length(bits[0]), _one_length(bits[1])
-    if stop < start:
-        raise UsageError(f"length range {part!r}: stop ({stop}) is below start ({start})")
-    if len(bits) == 3:
-        step = _one_length(bits[2])
-        return list(range(start, stop + 1, step))
-    out = [start]
-    while out[-1] * 2 <= stop:
-        out.append(out[-1] * 2)
-    if out[-1] != stop:
-        raise UsageError(f"length range {part!r}: {stop} is not {start} times a power of two; "
-                         "use start:stop:step for even steps")
-    return out
-
-
-def parse_lengths(spec: str) -> list[int]:
-    """"4k,8K,16384" -> [4096, 8192, 16384]; k = 1024, m = 1024^2. Ranges: "4k:64k" doubles
-    (4k, 8k, ..., 64k); "1000:4000:1000" steps evenly. Order is kept; repeats are refused."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise UsageError(f"lengths {spec!r}: give token counts like 4k,8k,16k")
-    out: list[int] = []
-    for part in spec.split(","):
-        if not part.strip():
-            raise UsageError(f"lengths {spec!r} has an empty item")
-        for n in (_length_range(part) if ":" in part else [_one_length(part)]):
-            if n in out:
-                raise UsageError(f"lengths {spec!r} give {n} twice")
-            out.append(n)
-    return out
-
-
-def _one_depth(text: str) -> float:
-    t = text.strip().removesuffix("%")
-    try:
-        value = float(t)
-    except ValueError:
-        raise UsageError(f"depth {text!r} is not a percentage between 0 and 100") from None
-    if not 0.0 <= value <= 100.0:
-        raise UsageError(f"depth {text!r} must lie between 0 and 100 (percent of the context)")
-    return value
-
-
-def parse_depths(spec: str) -> list[float]:
-    """"0,25,50" -> [0.0, 25.0, 50.0]; "0:100:11" -> 11 evenly spaced depths 0, 10, ..., 100
-    (start:stop:count, both ends included). Each depth is a percentage in [0, 100]."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise UsageError(f"depths {spec!r}: give percentages like 0,25,50,75,100 or 0:100:5")
-    out: list[float] = []
-    for part in spec.split(","):
-        if ":" in part:
-            bits = part.split(":")
-            if len(bits) != 3:
-                raise UsageError(f"depth range {part!r} must be start:stop:count, e.g. 0:100:11")
-            start, stop = _one_depth(bits[0]), _one_depth(bits[1])
-            try:
-                count = int(bits[2])
-            except ValueError:
-                raise UsageError(f"depth range {part!r}: count {bits[2]!r} is not an integer") from None
-            if count < 1:
-                raise UsageError(f"depth range {part!r}: count ({count}) must be at least 1")
-            values = [start] if count == 1 else np.linspace(start, stop, count).tolist()
-        else:
-            values = [_one_depth(part)]
-        for v in values:
-            v = round(float(v), 6)
-            if v in out:
-                raise UsageError(f"depths {spec!r} give {v:g} twice")
-            out.append(v)
-    return out
-
-
-def length_label(n: int) -> str:
-    """4096 -> "4K", 1536 -> "1.5K", 1000 -> "1000"."""
-    if n >= 1024 and n % 1024 == 0:
-        return f"{n // 1024}K"
-    return f"{n / 1024:.1f}K" if n >= 1024 else str(n)
-
-
 # --- config and samples ---------------------------------------------------------------------
-
-
-def _int(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ConfigError(f"{name} ({value!r}) must be an integer >= {low}")
 
 
 @dataclass(frozen=True)
@@ -246,36 +143,36 @@ class NeedleConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "lengths", tuple(self.lengths))
         for n in self.lengths:
-            _int("length", n, 1)
+            check_int("lengths", n, 1)
         object.__setattr__(self, "lengths", tuple(int(n) for n in self.lengths))
         try:
             object.__setattr__(self, "depths", tuple(float(d) for d in self.depths))
         except (TypeError, ValueError):
-            raise ConfigError(f"depths ({self.depths!r}) must be percentages between 0 and 100") from None
+            raise ConfigError(f"{self.depths!r} must be percentages between 0 and 100", "depths") from None
         if not self.lengths:
-            raise ConfigError("lengths is empty: give at least one context length")
+            raise ConfigError("is empty: give at least one context length", "lengths")
         if len(set(self.lengths)) != len(self.lengths):
-            raise ConfigError(f"lengths {list(self.lengths)} repeat a value")
+            raise ConfigError(f"{list(self.lengths)} repeat a value", "lengths")
         if not self.depths:
-            raise ConfigError("depths is empty: give at least one depth percentage")
+            raise ConfigError("is empty: give at least one depth percentage", "depths")
         bad = [d for d in self.depths if not 0.0 <= d <= 100.0]
         if bad:
-            raise ConfigError(f"depth {bad[0]:g} must lie between 0 and 100")
+            raise ConfigError(f"{bad[0]:g} must lie between 0 and 100", "depths")
         if len(set(self.depths)) != len(self.depths):
-            raise ConfigError(f"depths {list(self.depths)} repeat a value")
+            raise ConfigError(f"{list(self.depths)} repeat a value", "depths")
         if self.needle_kind not in NEEDLE_KINDS:
-            raise ConfigError(f"needle kind {self.needle_kind!r} is unknown: {did_you_mean(self.needle_kind, NEEDLE_KINDS)}")
-        _int("n_needles", self.n_needles, 1)
+            raise ConfigError(f"{self.needle_kind!r} is unknown: {did_you_mean(self.needle_kind, NEEDLE_KINDS)}", "needle_kind")
+        check_int("n_needles", self.n_needles, 1)
         cap = _capacity(NEEDLE_KINDS[self.needle_kind])
         if self.n_needles > cap:
-            raise ConfigError(f"n_needles ({self.n_needles}) exceeds the {cap} distinct {self.needle_kind} needles available")
-        _int("n_queries", self.n_queries, 1)
+            raise ConfigError(f"{self.n_needles} exceeds the {cap} distinct {self.needle_kind} needles available", "n_needles")
+        check_int("n_queries", self.n_queries, 1)
         if self.n_queries > self.n_needles:
-            raise ConfigError(f"n_queries ({self.n_queries}) must not exceed n_needles ({self.n_needles})")
-        _int("samples", self.samples, 1)
-        _int("seed", self.seed, 0)
+            raise ConfigError(f"{self.n_queries} must not exceed the number of needles ({self.n_needles})", "n_queries")
+        check_int("samples", self.samples, 1)
+        check_int("seed", self.seed, 0)
         if not isinstance(self.haystack, str) or not self.haystack.strip():
-            raise ConfigError(f"haystack ({self.haystack!r}) must be 'noise', 'essay' or a path")
+            raise ConfigError(f"{self.haystack!r} must be 'noise', 'essay' or a path", "haystack")
 
     def to_dict(self) -> dict:
         """JSON-able parameters (with task name and version) for results.json."""
@@ -311,9 +208,9 @@ class NeedleSample:
         sizes = {"prompts": len(self.prompts), "n_tokens": len(self.n_tokens),
                  "expected": len(self.expected), "answer_spans": len(self.answer_spans)}
         if r < 1 or any(v != r for v in sizes.values()):
-            raise ConfigError(f"sample {self.id}: {r} queries but {sizes}")
+            raise ValueError(f"sample {self.id}: {r} queries but {sizes}")
         if [len(p) for p in self.prompts] != list(self.n_tokens):
-            raise ConfigError(f"sample {self.id}: n_tokens {list(self.n_tokens)} disagree with the prompts")
+            raise ValueError(f"sample {self.id}: n_tokens {list(self.n_tokens)} disagree with the prompts")
 
     def to_record(self) -> dict:
         """JSON-able summary without the token lists (prompts are identified by sha256)."""
@@ -529,15 +426,24 @@ def _spans(tok, enc: PieceEncoder, bos: list[int], built: _Built, needles: list[
     return out, char_span(built.text, body, 0, len(built.context), tok.encode)[1]
 
 
-def _group(cfg: NeedleConfig, tok, enc: PieceEncoder, hay: Haystack, length: int, index: int) -> list[NeedleSample]:
+def question_suffix(question: str, answer: str, fmt: Optional[PromptFormat] = None) -> str:
+    """What follows the context: the question, then the answer prefix after the format's lead
+    (plain: PROMPT_SUFFIX; chat: the end of the user turn and the assistant header)."""
+    if fmt is None or fmt.name == "plain":
+        return PROMPT_SUFFIX.format(question=question, answer=answer)
+    return f"\n\nQuestion: {question}{fmt.answer_lead()}{answer}"
+
+
+def _group(cfg: NeedleConfig, tok, enc: PieceEncoder, hay: Haystack, length: int, index: int,
+           fmt: Optional[PromptFormat] = None) -> list[NeedleSample]:
     kind = NEEDLE_KINDS[cfg.needle_kind]
     ss_needles, ss_hay, ss_place = np.random.SeedSequence([cfg.seed, _TASK_KEY, length, index]).spawn(3)
     needle_rng = np.random.Generator(np.random.PCG64(ss_needles))
-    bos = [] if tok.bos_id is None else [int(tok.bos_id)]
+    bos = (fmt or PromptFormat()).prefix_ids(tok)  # BOS, and a chat template's head
     depths = sorted(cfg.depths)
     for _ in range(_MAX_ATTEMPTS):
         needles = _draw_needles(kind, cfg.n_needles, needle_rng)
-        suffixes = [PROMPT_SUFFIX.format(question=n.question, answer=n.answer) for n in needles[: cfg.n_queries]]
+        suffixes = [question_suffix(n.question, n.answer, fmt) for n in needles[: cfg.n_queries]]
         fixed = len(bos) + enc.cost(suffixes[0]) + sum(enc.cost(" " + n.sentence) for n in needles)
         if fixed > length:
             raise UsageError(f"length {length} is too short: {cfg.n_needles} needle(s) and the question "
@@ -587,15 +493,15 @@ def _make_sample(tok, enc: PieceEncoder, bos: list[int], built: _Built, needles:
 
 
 def generate_group(cfg: NeedleConfig, tokenizer, length: int, index: int,
-                   haystack: Optional[Haystack] = None) -> list[NeedleSample]:
+                   haystack: Optional[Haystack] = None, fmt: Optional[PromptFormat] = None) -> list[NeedleSample]:
     """The samples of one (length, sample index), one per depth in ascending order, so any
     single sample can be regenerated without the rest."""
     hay = haystack if haystack is not None else load_haystack(cfg.haystack)
-    return _group(cfg, tokenizer, PieceEncoder(tokenizer), hay, int(length), int(index))
+    return _group(cfg, tokenizer, PieceEncoder(tokenizer), hay, int(length), int(index), fmt)
 
 
 def generate(cfg: NeedleConfig, tokenizer, max_positions: Optional[int] = None,
-             allow_beyond: bool = False) -> list[NeedleSample]:
+             allow_beyond: bool = False, fmt: Optional[PromptFormat] = None) -> list[NeedleSample]:
     """All samples, ordered by (length, sample index, depth). A prompt longer than
     `max_positions` is refused (UsageError) unless `allow_beyond`."""
     hay = load_haystack(cfg.haystack)
@@ -609,7 +515,7 @@ def generate(cfg: NeedleConfig, tokenizer, max_positions: Optional[int] = None,
     out: list[NeedleSample] = []
     for length in sorted(cfg.lengths):
         for index in range(cfg.samples):
-            group = _group(cfg, tokenizer, enc, hay, length, index)
+            group = _group(cfg, tokenizer, enc, hay, length, index, fmt)
             longest = max(max(s.n_tokens) for s in group)
             if limit is not None and longest > limit:
                 raise UsageError(f"length {length}: a prompt has {longest} tokens (a longer question than "
@@ -623,9 +529,9 @@ def generate(cfg: NeedleConfig, tokenizer, max_positions: Optional[int] = None,
 
 def _check_expected(expected: Sequence[str]) -> None:
     if isinstance(expected, str):
-        raise UsageError(f"expected must be a sequence of strings, not the string {expected!r}")
+        raise ValueError(f"expected must be a sequence of strings, not the string {expected!r}")
     if len(expected) == 0 or any(not isinstance(e, str) or not e for e in expected):
-        raise UsageError(f"expected ({list(expected)!r}) must hold at least one non-empty string")
+        raise ValueError(f"expected ({list(expected)!r}) must hold at least one non-empty string")
 
 
 def score_prediction(expected: Sequence[str], prediction: str) -> float:
@@ -645,10 +551,176 @@ def score_any(expected: Sequence[str], prediction: str) -> float:
 
 def score_sample(sample: NeedleSample, predictions: Sequence[str]) -> dict:
     """Per-sample record: sample.to_record() plus the predictions (one per query), their
-    scores and "score", the mean over queries."""
+    scores, "score" (the mean over queries) and "all_correct"."""
     if isinstance(predictions, str) or len(predictions) != len(sample.queries):
         got = repr(predictions) if isinstance(predictions, str) else f"{len(predictions)}"
-        raise UsageError(f"sample {sample.id}: {len(sample.queries)} queries need as many predictions, got {got}")
+        raise ValueError(f"sample {sample.id}: {len(sample.queries)} queries need as many predictions, got {got}")
     scores = [score_prediction([e], p) for e, p in zip(sample.expected, predictions)]
-    return {**sample.to_record(), "predictions": list(predictions), "query_scores": scores,
-            "score": math.fsum(scores) / len(scores)}
+    return {**sample.to_record(), "prediction": list(predictions), "query_scores": scores,
+            "score": math.fsum(scores) / len(scores), "all_correct": all(x == 1.0 for x in scores)}
+
+
+# --- the probe ------------------------------------------------------------------------------
+RULER_NEW_TOKENS = 128  # --decode ruler: RULER's and lm-eval's generation budget
+
+
+def config(params: dict) -> NeedleConfig:
+    """NeedleConfig from plain values (task YAML, command options): lengths and depths may be
+    text ("4k,8k", "0:100:5") or lists."""
+    from dataclasses import fields
+
+    from diffeval.probes.specs import check_keys
+
+    check_keys(params, {f.name for f in fields(NeedleConfig)}, TASK)
+    values = dict(params)
+    if "lengths" in values:
+        values["lengths"] = tuple(parse_lengths(values["lengths"]))
+    if "depths" in values:
+        values["depths"] = tuple(parse_depths(values["depths"]))
+    return NeedleConfig(**values)
+
+
+def answer_budget(samples: Sequence[NeedleSample], tok) -> int:
+    """Enough new tokens for the longest expected answer (" value.") plus a newline."""
+    longest = max((len(tok.encode(f" {v}.")) for s in samples for v in s.expected), default=8)
+    return longest + 2
+
+
+@dataclass(frozen=True)
+class _Item:
+    """A needle sample with the generation budget of its run."""
+
+    sample: NeedleSample
+    max_new_tokens: int
+
+    @property
+    def id(self) -> str:
+        return self.sample.id
+
+
+def _generate(cfg: NeedleConfig, ctx) -> list[_Item]:
+    tok = ctx.need_tokenizer(TASK)
+    samples = generate(cfg, tok, ctx.max_positions, ctx.allow_beyond, ctx.prompt_format)
+    budget = ctx.max_new_tokens or (RULER_NEW_TOKENS if ctx.decode == "ruler" else answer_budget(samples, tok))
+    return [_Item(s, budget) for s in samples]
+
+
+def generate_requests(item: _Item, ctx, hook=None) -> list:
+    """One greedy generation per asked needle; `ruler` decoding has no newline stop."""
+    from diffeval.engine import Generate
+
+    stop = None if ctx.decode == "ruler" else "\n"
+    return [Generate(tuple(p), item.max_new_tokens, stop, hook) for p in item.sample.prompts]
+
+
+def prediction_text(tok, generated: Sequence[int], decode: str) -> str:
+    """The scored answer: the first line (default), or the whole continuation (ruler)."""
+    text = tok.decode(list(generated))
+    return text.strip() if decode == "ruler" else text.split("\n")[0]
+
+
+def _score(cfg: NeedleConfig, item: _Item, outputs: list, ctx) -> dict:
+    return score_sample(item.sample, [prediction_text(ctx.tokenizer, out, ctx.decode) for out in outputs])
+
+
+def aggregate_cells(records: list[dict], labels: list[str]) -> list[dict]:
+    """One row per (model, length, depth), models in run order: mean score, n, Wilson 95% CI,
+    all-correct rate and mean real token count."""
+    from diffeval.probes.stats import mean_per_cell
+
+    keys = ("model", "length", "depth")
+    extra: dict[tuple, list[dict]] = {}
+    for r in records:
+        extra.setdefault(tuple(r[k] for k in keys), []).append(r)
+    cells = []
+    for cell in sorted(mean_per_cell(records, keys), key=lambda c: labels.index(c["model"])):
+        rows = extra[tuple(cell[k] for k in keys)]
+        cells.append({
+            **cell, "mean": round(cell["mean"], 6), "ci95": [round(x, 6) for x in cell["ci95"]],
+            "all_correct": round(sum(r["all_correct"] for r in rows) / len(rows), 6),
+            "n_tokens_mean": round(sum(max(r["n_tokens"]) for r in rows) / len(rows), 1),
+        })
+    return cells
+
+
+def model_metrics(cells: list[dict], records: list[dict], label: str) -> dict:
+    """Per-model metrics: accuracy and all-correct rate (Wilson intervals), and the average
+    row per length and per depth (unweighted mean of cell means)."""
+    from diffeval.probes.base import metric
+    from diffeval.probes.stats import average_by, wilson
+
+    mine = [r for r in records if r["model"] == label]
+    n = len(mine)
+    total = math.fsum(r["score"] for r in mine)
+    allc = sum(r["all_correct"] for r in mine)
+    out = {"accuracy": metric(total / n, n, True, wilson(min(total, n), n)),
+           "all_correct": metric(allc / n, n, True, wilson(allc, n))}
+    own = [c for c in cells if c["model"] == label]
+    for key in ("length", "depth"):
+        for row in average_by(own, by=(key,)):
+            out[f"accuracy@{key}={row[key]:g}"] = metric(row["mean"], row["n"], True)
+    return out
+
+
+def _aggregate(cfg: NeedleConfig, records: list[dict], models: list[dict], extra: dict):
+    labels = [m["label"] for m in models]
+    cells = aggregate_cells(records, labels)
+    return cells, {label: model_metrics(cells, records, label) for label in labels}
+
+
+def _figures(run_dir: Path) -> list:
+    from diffeval.plotting.needle import needle_heatmap
+    from diffeval.results import read_results
+
+    results = read_results(run_dir)
+    return needle_heatmap(results["cells"], [m["label"] for m in results["models"]], run_dir / "needle_heatmap")
+
+
+def _render(results: dict) -> None:
+    """Accuracy by depth (rows) for every model and length (columns), the average row, and
+    each model's overall accuracy with its Wilson 95% interval."""
+    from rich.console import Console
+    from rich.table import Table
+
+    lengths = sorted({c["length"] for c in results["cells"]})
+    depths = sorted({c["depth"] for c in results["cells"]})
+    cells = {(c["model"], c["length"], c["depth"]): c for c in results["cells"]}
+    labels = [m["label"] for m in results["models"]]
+    table = Table(title="needle retrieval accuracy by depth")
+    table.add_column("depth %", justify="right")
+    for label in labels:
+        for L in lengths:
+            table.add_column(f"{label}\n{length_label(L)}", justify="right")
+    for d in depths:
+        table.add_row(f"{d:g}", *[f"{cells[(m, L, d)]['mean']:.2f}" if (m, L, d) in cells else "-"
+                                  for m in labels for L in lengths])
+    table.add_row("avg", *[f"{results['metrics'][m][f'accuracy@length={L}']['value']:.2f}"
+                           for m in labels for L in lengths], style="bold")
+    console = Console()
+    console.print(table)
+    for m in results["models"]:
+        met = results["metrics"][m["label"]]
+        acc, allc = met["accuracy"], met["all_correct"]
+        console.print(f"{m['label']} ({m['family']}): accuracy {acc['value']:.3f} "
+                      f"[{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}], all correct {allc['value']:.3f}, n={acc['n']}")
+
+
+def haystack_data(cfg) -> dict:
+    """The haystack's identity and content hash, for results and resume keys."""
+    return {"haystack": load_haystack(cfg.haystack).to_dict()}
+
+
+def _make_probe():
+    from diffeval.probes.base import Probe
+
+    return Probe(name=TASK, version=VERSION, config=config, generate=_generate,
+                 requests=lambda cfg, item, ctx: generate_requests(item, ctx), score=_score,
+                 aggregate=_aggregate, figures=_figures, render=_render, cell_keys=("length", "depth"),
+                 grid_params=("lengths", "depths", "samples"), data=haystack_data,
+                 description="needle / multi-needle retrieval over a depth x length grid",
+                 method="greedy answer per asked needle; score = fraction of the expected value found as a "
+                        "case-insensitive substring (first line; --decode ruler: the whole answer); sample score = "
+                        "mean over its questions; cells: mean, n, Wilson 95% interval; averages: unweighted over cells")
+
+
+PROBE = _make_probe()

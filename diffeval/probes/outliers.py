@@ -1,105 +1,30 @@
-"""Activation outliers (the DIFF paper's section 3.7): configuration, streaming statistics in
-the layout of its Table 5, and the attention-logit quantization hook.
+"""`outliers`: activation outliers (the DIFF paper's Table 5) and the metric under
+attention-logit quantization (its Figure 8), as a probe.
 
-What is measured:
-
-- **attention logits**: the scaled, pre-softmax scores q . k / sqrt(d_head) (after RoPE),
-  for every layer, head and query position, counting only causally visible (query, key)
-  pairs; masked entries are never seen. DIFF has two maps per head: each map has its own
-  row (`attention_logits_map1`, `attention_logits_map2`) and `attention_logits` pools both,
-  so its top-1 is the larger of the two maps' top-1.
-- **hidden states**: each layer's output residual stream h (after the MLP residual, before
-  the final norm), every position and feature; the embeddings themselves are not counted.
-
-For each: top-1, 2, 3, 10, 100 and the median of |x| over all values seen (exact median up to
-`ActivationStats.exact_limit` values, a log-histogram estimate beyond).
-
-Quantization: dynamic, symmetric absmax round-to-nearest to k bits, per query row: for every
-(batch, head, query row) the scale is absmax / (2^(k-1) - 1) over that row's VALID (causal)
-logits, and q(x) = round(x / scale) * scale, so |q(x) - x| <= scale / 2. A row's scale
-depends on that row alone, so the result does not depend on query blocking, chunked prefill,
-KV-cache reuse or batching. Masked entries pass through untouched (the softmax masks them).
-16 bits is the paper's unquantized baseline (16-bit float logits): its hook is the identity,
-which still routes attention through the reference path, like every quantized run.
-"""
+Samples are the text's sequences (each: one statistics pass that also gives the unquantized
+NLL, then one NLL pass per quantized bit width) and, for `metric: needle`, needle prompts
+once per bit width. The statistics stream across sequences in the probe's state, which is
+saved with the resume cache after every sequence. The pure parts live in
+probes/activations.py."""
 
 from __future__ import annotations
 
-import math
-import re
-from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Iterator, Optional
 
 import numpy as np
-import torch
 
-from diffeval.errors import ConfigError, UsageError
-from diffeval.models.inspect import ActivationStats, LogitHook
+from diffeval.errors import ConfigError
+from diffeval.probes import activations as act
+from diffeval.probes import needle
+from diffeval.probes.base import Probe, ProbeState, metric
+from diffeval.probes.specs import check_int, check_keys, parse_bits, parse_depths, parse_length, parse_tokens
+from diffeval.probes.text import describe_files, file_blocks, text_files
 
-TASK = "outliers"
-VERSION = 1  # bump when sequences or statistics for the same config change
-_TASK_KEY = int.from_bytes(TASK.encode("ascii"), "big")
-
-RANKS = (1, 2, 3, 10, 100)
-STAT_KEYS = tuple(f"top{r}" for r in RANKS) + ("median",)
-BASELINE_BITS = 16
-MIN_BITS = 2  # 2^(k-1) - 1 levels per sign: k = 1 would leave none
+NAME = "outliers"
+VERSION = 2  # 2: runs on the probe pipeline
 METRICS = ("nll", "needle")
-
-# Table-5 rows: activation type -> (names in ActivationStats, label in tables and figures)
-ACTIVATIONS: dict[str, str] = {
-    "attention_logits": "attention logits",
-    "attention_logits_map1": "attention logits, map 1",
-    "attention_logits_map2": "attention logits, map 2",
-    "hidden_states": "hidden states",
-}
-_POOLED = "attention_logits"
-_STATS_NAME = {"attn_logits": "attention_logits_map1", "attn_logits_map2": "attention_logits_map2",
-               "hidden": "hidden_states"}
-
-
-# --- options --------------------------------------------------------------------------------
-
-
-def parse_bits(spec: str) -> tuple[int, ...]:
-    """"16,8,6,4" -> (16, 8, 6, 4); "none" -> () (no quantization probe). Each bit width is an
-    integer in [2, 16]; repeats are refused; order is kept."""
-    text = spec.strip().lower() if isinstance(spec, str) else ""
-    if text == "none":
-        return ()
-    if not text:
-        raise UsageError(f"--quant-bits {spec!r}: give bit widths like 16,8,6,4 (or none)")
-    out: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        if not re.fullmatch(r"\d+", part):
-            raise UsageError(f"--quant-bits {spec!r}: {part!r} is not a whole number of bits")
-        k = int(part)
-        if not MIN_BITS <= k <= BASELINE_BITS:
-            raise UsageError(f"--quant-bits {spec!r}: {k} bits is outside [{MIN_BITS}, {BASELINE_BITS}]")
-        if k in out:
-            raise UsageError(f"--quant-bits {spec!r} gives {k} twice")
-        out.append(k)
-    return tuple(out)
-
-
-def parse_tokens(spec: str) -> Optional[int]:
-    """"65536", "64k", "1m" -> a token count (k = 1024); "all" -> None (every token of the data)."""
-    text = spec.strip().lower() if isinstance(spec, str) else ""
-    if text == "all":
-        return None
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)([km]?)", text)
-    if not m:
-        raise UsageError(f"--tokens {spec!r} is not a token count like 65536, 64k or all")
-    value = float(m.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[m.group(2)]
-    if value != int(value) or value < 1:
-        raise UsageError(f"--tokens {spec!r} must be a whole, positive number of tokens")
-    return int(value)
-
-
-def _int(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ConfigError(f"{name} ({value!r}) must be an integer >= {low}")
 
 
 @dataclass(frozen=True)
@@ -118,211 +43,306 @@ class OutliersConfig:
 
     def __post_init__(self) -> None:
         if self.n_tokens is not None:
-            _int("n_tokens", self.n_tokens, 1)
-        _int("seq_len", self.seq_len, 2)
+            check_int("n_tokens", self.n_tokens, 1)
+        check_int("seq_len", self.seq_len, 2)
         object.__setattr__(self, "bits", tuple(self.bits))
         for k in self.bits:
-            _int("bits", k, MIN_BITS)
-            if k > BASELINE_BITS:
-                raise ConfigError(f"bits ({k}) must be at most {BASELINE_BITS}")
+            check_int("bits", k, act.MIN_BITS)
+            if k > act.BASELINE_BITS:
+                raise ConfigError(f"{k} must be at most {act.BASELINE_BITS}", "bits")
         if len(set(self.bits)) != len(self.bits):
-            raise ConfigError(f"bits {list(self.bits)} repeat a value")
+            raise ConfigError(f"{list(self.bits)} repeat a value", "bits")
         if self.metric not in METRICS:
-            raise ConfigError(f"--metric {self.metric!r}: choose {' or '.join(METRICS)}")
+            raise ConfigError(f"{self.metric!r}: choose {' or '.join(METRICS)}", "metric")
         if not isinstance(self.data, str) or not self.data.strip():
-            raise ConfigError(f"--data ({self.data!r}) must be 'synthetic' or a path")
+            raise ConfigError(f"{self.data!r} must be 'synthetic' or a path", "data")
         if self.n_tokens is None and self.data == "synthetic":
-            raise ConfigError("--tokens all needs a --data path: synthetic text never ends")
-        _int("needle_samples", self.needle_samples, 1)
+            raise ConfigError("'all' needs a data path: synthetic text never ends", "n_tokens")
+        check_int("needle_samples", self.needle_samples, 1)
         object.__setattr__(self, "depths", tuple(float(d) for d in self.depths))
-        _int("seed", self.seed, 0)
+        check_int("seed", self.seed, 0)
 
     def to_dict(self) -> dict:
-        """JSON-able parameters (with task name and version) for results.json."""
-        return {"task": TASK, "version": VERSION, "n_tokens": self.n_tokens, "seq_len": int(self.seq_len),
-                "bits": list(self.bits), "metric": self.metric, "data": self.data,
-                "needle_samples": int(self.needle_samples), "depths": list(self.depths),
-                "seed": int(self.seed), "ranks": list(RANKS),
+        return {"n_tokens": self.n_tokens, "seq_len": int(self.seq_len), "bits": list(self.bits),
+                "metric": self.metric, "data": self.data, "needle_samples": int(self.needle_samples),
+                "depths": list(self.depths), "seed": int(self.seed), "ranks": list(act.RANKS),
                 "quantization": {"scheme": "absmax", "symmetric": True, "rounding": "nearest (ties to even)",
                                  "levels": "2^(bits-1) - 1 per sign", "granularity": "per (batch, head, query row)",
-                                 "over": "causally valid logits", "baseline_bits": BASELINE_BITS}}
+                                 "over": "causally valid logits", "baseline_bits": act.BASELINE_BITS}}
+
+    def needle_config(self) -> needle.NeedleConfig:
+        return needle.NeedleConfig(lengths=(self.seq_len,), depths=self.depths, samples=self.needle_samples,
+                                   haystack="essay" if self.data == "synthetic" else self.data, seed=self.seed)
 
 
-# --- quantization ---------------------------------------------------------------------------
+def config(params: dict) -> OutliersConfig:
+    check_keys(params, {f.name for f in fields(OutliersConfig)}, NAME)
+    values = dict(params)
+    if "n_tokens" in values:
+        values["n_tokens"] = parse_tokens(values["n_tokens"])
+    if "seq_len" in values:
+        values["seq_len"] = parse_length(values["seq_len"], "seq_len")
+    if "bits" in values:
+        values["bits"] = parse_bits(values["bits"], act.MIN_BITS, act.BASELINE_BITS)
+    if "depths" in values:
+        values["depths"] = tuple(parse_depths(values["depths"]))
+    return OutliersConfig(**values)
 
 
-def quantize_absmax(x: torch.Tensor, valid: torch.Tensor, bits: int) -> torch.Tensor:
-    """Symmetric absmax round-to-nearest quantization (returned dequantized) of logits
-    x (B, H, R, Tk), one scale per (b, h, row) from the row's valid entries; valid (R, Tk)
-    bool. Entries outside `valid`, and rows whose valid entries are all 0, are unchanged.
-    |q - x| <= absmax / (2^(bits-1) - 1) / 2 elementwise."""
-    if bits < MIN_BITS:
-        raise UsageError(f"quantization to {bits} bits leaves no levels; use at least {MIN_BITS}")
-    levels = 2 ** (bits - 1) - 1
-    amax = x.abs().masked_fill(~valid, 0).amax(dim=-1, keepdim=True)  # (B, H, R, 1)
-    scale = amax / levels
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    q = torch.round(x / safe).clamp_(-levels, levels) * safe
-    return torch.where(valid & (scale > 0), q, x)
+# --- data -----------------------------------------------------------------------------------
 
 
-def quant_hook(bits: int) -> LogitHook:
-    """The LogitHook applying `quantize_absmax` at `bits` in every layer and map; the identity
-    for BASELINE_BITS (unquantized, but still on the reference attention path)."""
-    if bits == BASELINE_BITS:
-        return lambda logits, valid, layer, map_index: logits
-    if not MIN_BITS <= bits < BASELINE_BITS:
-        raise UsageError(f"bits ({bits}) must lie in [{MIN_BITS}, {BASELINE_BITS}]")
-    return lambda logits, valid, layer, map_index: quantize_absmax(logits, valid, bits)
+def _files(cfg: OutliersConfig) -> Optional[list[Path]]:
+    return None if cfg.data == "synthetic" else text_files(Path(cfg.data), "data")
 
 
-# --- statistics -----------------------------------------------------------------------------
+def text_blocks(data: str, seed: int, files: Optional[list[Path]] = None) -> Iterator[str]:
+    """The evaluation text as blocks: essay paragraphs for "synthetic", else the files in order."""
+    if data == "synthetic":
+        yield from act.essay_paragraphs(act.synthetic_rng(seed))
+        return
+    for path in files if files is not None else text_files(Path(data), "data"):
+        yield from file_blocks(path, "data")
 
 
-class OutlierStats(ActivationStats):
-    """ActivationStats under Table-5 names, plus the pooled DIFF row and the top-1 per layer.
-
-    The decoder reports, per layer, its attention logits (in query blocks) and then its
-    output hidden state, so an "hidden" update closes a layer: logits seen since the last one
-    belong to the layer being run. Call `begin_forward()` before each model call and
-    `end_forward()` after it (it checks that every layer reported)."""
-
-    def __init__(self, n_layers: int, top_k: int = max(RANKS), exact_limit: int = 1 << 21) -> None:
-        super().__init__(top_k=top_k, exact_limit=exact_limit)
-        self.n_layers = n_layers
-        self.layer_top1: dict[str, list[float]] = {}
-        self._layer: Optional[int] = None
-
-    def begin_forward(self) -> None:
-        self._layer = 0
-
-    def end_forward(self) -> None:
-        if self._layer != self.n_layers:
-            raise RuntimeError(f"statistics saw {self._layer} of {self.n_layers} layers in one forward pass")
-        self._layer = None
-
-    def update(self, name: str, x: torch.Tensor) -> None:
-        table_name = _STATS_NAME.get(name, name)
-        if self._layer is None and name in _STATS_NAME:
-            raise RuntimeError("OutlierStats.update outside begin_forward() / end_forward()")
-        super().update(table_name, x)
-        if name in _STATS_NAME and x.numel():
-            top = self.layer_top1.setdefault(table_name, [0.0] * self.n_layers)
-            top[self._layer] = max(top[self._layer], float(x.detach().abs().max()))
-        if name == "hidden":
-            self._layer += 1
-
-    def _pool(self, parts: Sequence[str], into: str) -> None:
-        """Statistics of the union of `parts` (top-k, counts, histogram, exact values) under
-        `into`, as if every value had been fed to it: cheaper than feeding them twice."""
-        tops = [self._top[p] for p in parts]
-        self._top[into] = torch.topk(torch.cat(tops), min(self.top_k, sum(t.numel() for t in tops))).values
-        self._count[into] = sum(self._count[p] for p in parts)
-        self._zeros[into] = sum(self._zeros[p] for p in parts)
-        self._hist[into] = sum(self._hist[p] for p in parts)
-        exact = [self._exact[p] for p in parts]
-        fits = all(e is not None for e in exact) and self._count[into] <= self.exact_limit
-        self._exact[into] = [t for e in exact for t in e] if fits else None
-
-    def table(self) -> dict[str, dict]:
-        """{activation: {top1, top2, top3, top10, top100, median, count, median_exact}} in
-        ACTIVATIONS order; the map rows only for DIFF (when map 2 was seen)."""
-        seen = set(self.names())
-        maps = [m for m in ("attention_logits_map1", "attention_logits_map2") if m in seen]
-        if maps:
-            self._pool(maps, _POOLED)
-            seen.add(_POOLED)
-        diff = len(maps) == 2
-        rows = {}
-        for name in ACTIVATIONS:
-            if name not in seen or (name.endswith(("_map1", "_map2")) and not diff):
-                continue
-            rows[name] = self.summary(name, RANKS)
-        return rows
-
-    def per_layer(self) -> dict[str, list[float]]:
-        """{activation: top-1 |x| per layer} (pooled logits = max over the maps)."""
-        out = {k: list(v) for k, v in self.layer_top1.items()}
-        if "attention_logits_map1" in out:
-            maps = [out[m] for m in ("attention_logits_map1", "attention_logits_map2") if m in out]
-            out[_POOLED] = [max(vals) for vals in zip(*maps)]
-        if "attention_logits_map2" not in out:
-            out.pop("attention_logits_map1", None)
-        return {k: out[k] for k in ACTIVATIONS if k in out}
+def _data(cfg: OutliersConfig) -> dict:
+    files = _files(cfg)
+    text = ({"kind": "synthetic", "generator": "diffeval essay paragraphs", "seed": cfg.seed} if files is None
+            else describe_files(cfg.data, files))
+    out = {"text": text}
+    if cfg.metric == "needle" and cfg.bits:
+        out.update(needle.haystack_data(cfg.needle_config()))
+    return out
 
 
-def table5_cells(label: str, table: dict[str, dict]) -> list[dict]:
-    """One results.json cell per activation type of one model, Table-5 columns rounded."""
-    return [{"model": label, "kind": "activation", "activation": name,
-             **{k: round(float(row[k]), 6) for k in STAT_KEYS if k in row},
-             "count": int(row["count"]), "median_exact": bool(row["median_exact"])}
-            for name, row in table.items()]
+# --- samples and requests -------------------------------------------------------------------
 
 
-def nll_cells(label: str, by_bits: dict[int, dict]) -> list[dict]:
-    """One cell per bit width: {"model", "kind": "quant", "bits", "metric": "nll", "value", "n"}."""
-    return [{"model": label, "kind": "quant", "bits": int(b), "metric": "nll",
-             "value": round(v["nll"], 6), "n": int(v["n"])} for b, v in by_bits.items()]
+@dataclass(frozen=True)
+class _Sequence:
+    index: int
+    offset: int
+    ids: tuple[int, ...]
+
+    @property
+    def id(self) -> str:
+        return f"seq{self.index}"
 
 
-# --- text to sequences ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Needle:
+    bits: int
+    item: Any  # needle._Item
+
+    @property
+    def id(self) -> str:
+        return f"b{self.bits}-{self.item.id}"
 
 
-def essay_paragraphs(rng: np.random.Generator) -> Iterator[str]:
-    """Endless paragraphs of 4 to 12 essay sentences (diffeval.probes.haystack's generator),
-    each ending with a blank line."""
-    from diffeval.probes.haystack import essay_sentence
+def _hook(bits: int):
+    from diffeval.engine import Hook
 
-    while True:
-        n = int(rng.integers(4, 13))
-        yield " ".join(essay_sentence(rng) for _ in range(n)) + "\n\n"
+    return Hook(f"absmax-{bits}bit", act.quant_hook(bits))
 
 
-def synthetic_rng(seed: int) -> np.random.Generator:
-    """The essay stream's generator for `seed` (the task's share of the seed mixed in)."""
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, _TASK_KEY])))
+def _generate(cfg: OutliersConfig, ctx) -> list:
+    tok = ctx.need_tokenizer(NAME)
+    ctx.check_length(cfg.seq_len, "sequence")
+    files = _files(cfg)
+    if cfg.data != "synthetic" and cfg.n_tokens is not None:
+        stream = act.token_stream(text_blocks(cfg.data, cfg.seed, files), tok.encode)
+        have = act.count_tokens(stream, cfg.n_tokens, cfg.seq_len, tok.bos_id is not None)
+        if have < cfg.n_tokens:
+            raise ConfigError(f"{cfg.data} holds {have} tokens in sequences of {cfg.seq_len} under the "
+                              f"tokenizer of {ctx.label}, fewer than the {cfg.n_tokens} asked for; "
+                              "ask for fewer tokens or all", "data")
+    stream = act.token_stream(text_blocks(cfg.data, cfg.seed, files), tok.encode)
+    out: list = [_Sequence(i, off, tuple(seq))
+                 for i, (off, seq) in enumerate(act.sequences(stream, cfg.n_tokens, cfg.seq_len, tok.bos_id))]
+    if cfg.metric == "needle" and cfg.bits:
+        items = needle._generate(cfg.needle_config(), ctx)
+        out.extend(_Needle(b, it) for b in cfg.bits for it in items)
+    return out
 
 
-def token_stream(blocks: Iterable[str], encode) -> Iterator[int]:
-    """Token ids of the text blocks in order; each block is encoded on its own (blocks end at
-    paragraph or line breaks), so memory is one block, never the whole text."""
-    for block in blocks:
-        yield from encode(block)
+def _requests(cfg: OutliersConfig, sample, ctx) -> list:
+    from diffeval.engine import Stats, TokenNLL
+
+    if isinstance(sample, _Needle):
+        return needle.generate_requests(sample.item, ctx, _hook(sample.bits))[:1]
+    if cfg.metric != "nll":
+        return [Stats(sample.ids)]
+    quantized = [b for b in cfg.bits if b != act.BASELINE_BITS]
+    return ([TokenNLL(sample.ids, _hook(act.BASELINE_BITS), stats=True)]
+            + [TokenNLL(sample.ids, _hook(b)) for b in quantized])
 
 
-def sequences(ids: Iterator[int], n_tokens: Optional[int], seq_len: int, bos: Optional[int]
-              ) -> Iterator[tuple[int, list[int]]]:
-    """Cut a token stream into sequences of `seq_len` tokens (BOS first when the tokenizer has
-    one) until `n_tokens` tokens in all (the last sequence may be shorter; None = until the
-    stream ends) -> (offset of its first text token in the stream, ids). Raises UsageError
-    when the stream ends before `n_tokens`; the caller counts first to fail before any work."""
-    head = [] if bos is None else [int(bos)]
-    if seq_len <= len(head):
-        raise UsageError(f"--len ({seq_len}) leaves no room for text after BOS")
-    done, offset = 0, 0
-    while n_tokens is None or done < n_tokens:
-        size = seq_len if n_tokens is None else min(seq_len, n_tokens - done)
-        body = [t for _, t in zip(range(size - len(head)), ids)]
-        if n_tokens is None and not body:
-            return
-        if n_tokens is not None and len(body) < size - len(head):
-            raise UsageError(f"the data ran out after {done + len(head) + len(body)} of {n_tokens} tokens")
-        yield offset, head + body
-        offset += len(body)
-        done += len(head) + len(body)
-        if n_tokens is None and len(body) < seq_len - len(head):
-            return
+def _score(cfg: OutliersConfig, sample, outputs: list, ctx) -> dict:
+    if isinstance(sample, _Needle):
+        s = sample.item.sample
+        pred = needle.prediction_text(ctx.tokenizer, outputs[0], ctx.decode)
+        return {**s.to_record(), "id": sample.id, "kind": "needle", "bits": sample.bits,
+                "prediction": [pred], "score": needle.score_prediction(s.expected[:1], pred)}
+    row: dict[str, Any] = {"id": sample.id, "kind": "sequence", "index": sample.index, "offset": sample.offset,
+                           "n_tokens": [len(sample.ids)], "ids_sha256": needle._ids_hash(sample.ids),
+                           "prediction": [], "score": None}
+    if cfg.metric == "nll":
+        by_bits = {act.BASELINE_BITS: outputs[0]}
+        by_bits.update(zip([b for b in cfg.bits if b != act.BASELINE_BITS], outputs[1:]))
+        row["n_targets"] = int(outputs[0].size)
+        sums = {str(b): float(by_bits[b].astype(np.float64).sum()) for b in cfg.bits}
+        row["nll"] = {b: round(act.mean_nll(t, row["n_targets"]), 6) for b, t in sums.items()}
+        row["nll_sum"] = sums
+    return row
 
 
-def count_tokens(ids: Iterator[int], limit: Optional[int], seq_len: int, has_bos: bool) -> int:
-    """Tokens the sequences of a stream hold in all (BOS included), stopping at `limit`."""
-    total = 0
-    for _, seq in sequences(ids, None, seq_len, 0 if has_bos else None):
-        total += len(seq)
-        if limit is not None and total >= limit:
-            return limit
+class _StatsState(ProbeState):
+    def __init__(self, n_layers: int) -> None:
+        self.stats = act.OutlierStats(n_layers)
+
+    def save(self, path: Path, keys: list[str]) -> None:
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, **self.stats.state(), **{"meta::keys": np.asarray(keys, dtype=str)})
+        tmp.replace(path)
+
+    def load(self, path: Path) -> list[str]:
+        with np.load(path) as z:
+            keys = [str(k) for k in z["meta::keys"]]
+            self.stats.load_state({k: z[k] for k in z.files if not k.startswith("meta::")})
+        return keys
+
+    def finalise(self) -> dict:
+        return {"activations": self.stats.table(), "per_layer_top1": self.stats.per_layer()}
+
+
+# --- aggregation, figures, tables -----------------------------------------------------------
+
+
+def _aggregate(cfg: OutliersConfig, records: list[dict], models: list[dict], extra: dict):
+    from diffeval.probes.stats import wilson
+
+    cells: list[dict] = []
+    metrics: dict[str, dict] = {}
+    blank = {"activation": None, "layer": None, "bits": None}
+    for m in models:
+        label = m["label"]
+        seqs = [r for r in records if r["model"] == label and r["kind"] == "sequence"]
+        n_seq = len(seqs)
+        out: dict[str, Any] = {"n_tokens": metric(sum(r["n_tokens"][0] for r in seqs), n_seq, None)}
+        table = extra[label]["activations"]
+        for name, row in table.items():
+            cells.append({"model": label, **blank, "kind": "activation", "activation": name, "n": int(row["count"]),
+                          **{k: round(float(row[k]), 6) for k in act.STAT_KEYS if k in row},
+                          "median_exact": bool(row["median_exact"])})
+            for k in act.STAT_KEYS:
+                if k in row:
+                    out[f"{name}.{k}"] = metric(row[k], int(row["count"]), None)
+        for name, tops in extra[label]["per_layer_top1"].items():
+            cells.extend({"model": label, **blank, "kind": "layer", "activation": name, "layer": i,
+                          "n": n_seq, "top1": round(float(v), 6)} for i, v in enumerate(tops))
+        for b in cfg.bits:
+            if cfg.metric == "nll":
+                n = sum(r["n_targets"] for r in seqs)
+                value = act.mean_nll(_ordered_sum(seqs, b), n)
+                cell = {"value": round(value, 6), "n": n}
+                out[f"nll@bits={b}"] = metric(value, n, False)
+            else:
+                rows = [r for r in records if r["model"] == label and r["kind"] == "needle" and r["bits"] == b]
+                n = len(rows)
+                mean = sum(r["score"] for r in rows) / n
+                ci = wilson(mean * n, n)
+                cell = {"value": round(mean, 6), "n": n, "ci95": [round(x, 6) for x in ci]}
+                out[f"accuracy@bits={b}"] = metric(mean, n, True, ci)
+            cells.append({"model": label, **blank, "kind": "quant", "bits": b, "metric": cfg.metric, **cell})
+        metrics[label] = out
+    return cells, metrics
+
+
+def _ordered_sum(seqs: list[dict], b: int) -> float:
+    total = 0.0  # summed in sequence order, as the statistics pass saw them
+    for r in seqs:
+        total += r["nll_sum"][str(b)]
     return total
 
 
-def mean_nll(total: float, n: int) -> float:
-    return total / n if n else math.nan
+def _figures(run_dir: Path) -> list:
+    from diffeval.plotting.outliers import layer_outlier_figure, quant_curve
+    from diffeval.results import read_results
+
+    results = read_results(run_dir)
+    labels = [m["label"] for m in results["models"]]
+    cells = results["cells"]
+    paths = []
+    if any(c["kind"] == "quant" for c in cells):
+        paths += quant_curve(cells, labels, results["task"]["params"]["metric"], Path(run_dir) / "quant_curve")
+    per_layer: dict[str, dict[str, list[float]]] = {}
+    for c in cells:
+        if c["kind"] == "layer":
+            per_layer.setdefault(c["model"], {}).setdefault(c["activation"], []).append(c["top1"])
+    paths += layer_outlier_figure({m: per_layer.get(m, {}) for m in labels}, Path(run_dir) / "outliers_by_layer")
+    return paths
+
+
+SHORT = {"attention_logits": "attn logits", "attention_logits_map1": " map 1",
+         "attention_logits_map2": " map 2", "hidden_states": "hidden"}  # table rows, Table 5's names
+
+
+def _render(results: dict) -> None:
+    """Table 5 (one row per model and activation type), then the metric per bit width."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    counts = sorted({results["metrics"][m["label"]]["n_tokens"]["value"] for m in results["models"]})
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False,
+                  title=f"Activation outliers: |x| over {', '.join(f'{int(n):,}' for n in counts)} tokens per model")
+    table.add_column("model", no_wrap=True)
+    table.add_column("activation", no_wrap=True)
+    for r in act.RANKS:
+        table.add_column(f"top-{r}", justify="right")
+    table.add_column("median", justify="right")
+    for m in results["models"]:
+        rows = [c for c in results["cells"] if c["model"] == m["label"] and c["kind"] == "activation"]
+        for i, row in enumerate(rows):
+            name = row["activation"]
+            table.add_row(m["label"] if i == 0 else "", SHORT.get(name, name),
+                          *[_num(row.get(f"top{r}")) for r in act.RANKS], _num(row["median"]),
+                          style="dim" if name.endswith(("_map1", "_map2")) else None)
+        table.add_section()
+    console.print(table)
+    quant = [c for c in results["cells"] if c["kind"] == "quant"]
+    if not quant:
+        return
+    bits = sorted({c["bits"] for c in quant}, reverse=True)
+    which = results["task"]["params"]["metric"]
+    qt = Table(box=box.SIMPLE_HEAD, pad_edge=False,
+               title=f"{'Mean token NLL' if which == 'nll' else 'Needle accuracy'} vs attention-logit bits")
+    qt.add_column("model")
+    for b in bits:
+        qt.add_column(f"{b} bits" + (" (float)" if b == 16 else ""), justify="right")
+    by = {(c["model"], c["bits"]): c["value"] for c in quant}
+    for m in results["models"]:
+        qt.add_row(m["label"], *[_num(by.get((m["label"], b)), 3 if which == "needle" else 4) for b in bits])
+    console.print(qt)
+
+
+def _num(v, digits: Optional[int] = None) -> str:
+    """Fixed digits when given; else one decimal from 10 up (as Table 5), 3 significant below."""
+    if v is None:
+        return "-"
+    if digits is not None:
+        return f"{v:.{digits}f}"
+    return f"{v:.1f}" if abs(v) >= 9.95 else f"{v:#.3g}"
+
+
+PROBE = Probe(name=NAME, version=VERSION, config=config, generate=_generate, requests=_requests, score=_score,
+              aggregate=_aggregate, figures=_figures, render=_render,
+              cell_keys=("kind", "activation", "layer", "bits"),
+              grid_params=("n_tokens", "needle_samples", "depths"), data=_data,
+              state=lambda cfg, ctx: _StatsState(ctx.n_layers),
+              aliases={"samples": "needle_samples", "lengths": "seq_len"},
+              description="activation outliers (Table 5) and the metric under attention-logit quantization",
+              method="top-k and median of |attention logits| (scaled, pre-softmax, causally visible) and |hidden "
+                     "states| over every layer, head and position; quantization: symmetric absmax per query row; "
+                     "metric per bit width: mean token NLL over all tokens, or needle accuracy with a Wilson interval")

@@ -36,17 +36,18 @@ def copy_checkpoint(run_dir: Path, zoo_dir: Path) -> None:
 
 def measure(spec: str, length: int, out: Path, samples: int = 20, seed: int = 0) -> dict[str, dict]:
     """Needle scores of `spec` at `length` over 5 depths: {grid name: metrics}."""
-    from diffeval.probes.needle import NeedleConfig
-    from diffeval.runner import RunOptions, run_needle
+    from diffeval.probes.needle import PROBE, NeedleConfig
+    from diffeval.run import RunOptions, run_probe
 
     scores = {}
     for name, grid in SCORE_GRIDS.items():
         cfg = NeedleConfig(lengths=(length,), depths=(0.0, 25.0, 50.0, 75.0, 100.0), samples=samples,
                            seed=seed, **grid)
-        res = run_needle(cfg, [spec], out / name, RunOptions(device="cpu", progress=False))
+        res = run_probe(PROBE, cfg, [spec], out / name, RunOptions(device="cpu", progress=False))
         m = next(iter(res["metrics"].values()))
-        scores[name] = {"accuracy": m["accuracy"], "ci95": m["ci95"], "n": m["n"], "by_depth": m["by_depth"],
-                        "length": length, "samples": samples, **grid}
+        by_depth = {k.split("=", 1)[1]: v["value"] for k, v in m.items() if k.startswith("accuracy@depth=")}
+        scores[name] = {"accuracy": m["accuracy"]["value"], "ci95": m["accuracy"]["ci95"], "n": m["accuracy"]["n"],
+                        "by_depth": by_depth, "length": length, "samples": samples, **grid}
     return scores
 
 

@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from diffeval.errors import UsageError
+from diffeval.errors import ConfigError, UsageError
 from diffeval.kernels.common import expand_kv
 from diffeval.models.layers import apply_rotary
-from diffeval.probes import outliers as probe
+from diffeval.probes import activations as probe
 from helpers import tiny_model
 
 
@@ -137,7 +137,7 @@ def test_sequences_have_exact_lengths_bos_first_and_consume_the_stream_in_order(
 
 
 def test_sequences_refuse_a_short_stream_and_count_it():
-    with pytest.raises(UsageError, match="ran out after 14 of 30"):
+    with pytest.raises(ConfigError, match="ran out after 14 of 30"):
         list(probe.sequences(iter(range(12)), 30, 10, bos=-1))
     assert probe.count_tokens(iter(range(12)), 30, 10, has_bos=True) == 14  # 10 + (1 + 3)
     assert probe.count_tokens(iter(range(12)), None, 10, has_bos=False) == 12

@@ -36,13 +36,16 @@ def test_outliers_writes_every_artifact(ckpts, tmp_path, capsys):
     assert quant == [(m, b) for m in ("transformer", "diff") for b in (16, 8, 4)]
     for label in ("transformer", "diff"):
         met = results["metrics"][label]
-        assert met["n_tokens"] == 600 and met["n_sequences"] == 5  # 4 x 128 + 88
-        row = met["activations"]["attention_logits"]
-        assert row["top1"] >= row["top2"] >= row["top3"] >= row["top10"] >= row["top100"] >= row["median"] > 0
-        assert len(met["per_layer_top1"]["hidden_states"]) == 2
-        assert results["timing"][label]["stats_tokens"] == 600 * 3  # the 16-bit pass is the statistics pass
+        assert met["n_tokens"]["value"] == 600 and met["n_tokens"]["n"] == 5  # 5 sequences: 4 x 128 + 88
+        top = [met[f"attention_logits.{k}"]["value"] for k in ("top1", "top2", "top3", "top10", "top100", "median")]
+        assert top == sorted(top, reverse=True) and top[-1] > 0
+        layers = [c for c in results["cells"] if c["model"] == label and c["kind"] == "layer"
+                  and c["activation"] == "hidden_states"]
+        assert [c["layer"] for c in layers] == [0, 1]
+        # the 16-bit pass is the statistics pass: 3 passes of 600 tokens for bits 16, 8, 4
+        assert results["timing"]["models"][label]["prefilled_tokens"] == 600 * 3
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-    assert len(rows) == 2 * 5 and sum(r["n_tokens"] for r in rows) == 2 * 600
+    assert len(rows) == 2 * 5 and sum(r["n_tokens"][0] for r in rows) == 2 * 600
     assert set(rows[0]["nll"]) == {"16", "8", "4"}
     figures = results["artifacts"]["figures"]
     assert sorted(figures) == ["outliers_by_layer.pdf", "outliers_by_layer.png", "quant_curve.pdf", "quant_curve.png"]
@@ -54,8 +57,9 @@ def test_outliers_writes_every_artifact(ckpts, tmp_path, capsys):
 
 def test_16_bit_nll_equals_the_model_without_a_hook(ckpts, tmp_path):
     """Rebuild the sequences from the recorded hashes' source and score them independently."""
-    from diffeval.outliers_run import _ids_hash, text_blocks
-    from diffeval.probes import outliers as probe
+    from diffeval.engine import ids_sha256 as _ids_hash
+    from diffeval.probes import activations as probe
+    from diffeval.probes.outliers import text_blocks
 
     out = tmp_path / "run"
     assert run(["outliers", "--ckpt", ckpts[1], *BASE, "--quant-bits", "16,6", "--out", str(out)]) == 0
@@ -72,9 +76,9 @@ def test_16_bit_nll_equals_the_model_without_a_hook(ckpts, tmp_path):
             logits = loaded.model(ids)  # the fast path: no hook, no statistics
         nll = torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="sum")
         total, n = total + float(nll), n + len(seq) - 1
-    by_bits = results["metrics"]["diff"]["quantization"]["by_bits"]
-    assert by_bits["16"]["value"] == pytest.approx(total / n, abs=1e-5)
-    assert by_bits["16"]["n"] == n
+    nll16 = results["metrics"]["diff"]["nll@bits=16"]
+    assert nll16["value"] == pytest.approx(total / n, abs=1e-5)
+    assert nll16["n"] == n and nll16["higher_is_better"] is False
 
 
 def test_needle_metric_and_a_data_file(ckpts, tmp_path):
@@ -87,8 +91,8 @@ def test_needle_metric_and_a_data_file(ckpts, tmp_path):
     results = json.loads((out / "results.json").read_text())
     size = len(text.read_text().encode()) + 1  # byte tokenizer: every byte plus the closing blank line
     n_seq = -(-size // 255)
-    assert results["metrics"]["transformer"]["n_tokens"] == size + n_seq  # the real count, BOS included
-    assert results["provenance"]["data"]["kind"] == "path" and len(results["provenance"]["data"]["sha256"]) == 64
+    assert results["metrics"]["transformer"]["n_tokens"]["value"] == size + n_seq  # the real count, BOS included
+    assert results["data"]["text"]["kind"] == "path" and len(results["data"]["text"]["sha256"]) == 64
     quant = [c for c in results["cells"] if c["kind"] == "quant"]
     assert [(c["bits"], c["metric"], c["n"]) for c in quant] == [(16, "needle", 2), (4, "needle", 2)]
     assert all(0 <= c["ci95"][0] <= c["value"] <= c["ci95"][1] <= 1 for c in quant)
@@ -105,7 +109,7 @@ def test_needle_metric_and_a_data_file(ckpts, tmp_path):
     (["--tokens", "0"], "--tokens"),
     (["--tokens", "lots"], "lots"),
     (["--len", "4k"], "1024"),  # beyond the model's position limit
-    (["--len", "128,256"], "one sequence length"),
+    (["--len", "128,256"], "give one length"),
     (["--data", "/no/such/corpus.txt"], "/no/such/corpus.txt"),
     (["--device", "tpu"], "tpu"),
     (["--tokens", "all"], "synthetic text never ends"),
@@ -125,7 +129,7 @@ def test_too_little_data_is_an_error_naming_the_count(ckpts, tmp_path, capsys):
     empty.mkdir()
     assert run(["outliers", "--ckpt", ckpts[0], "--data", str(text), *BASE, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "holds 25 tokens" in err and "--tokens 600" in err
+    assert len(err.splitlines()) == 1 and "holds 25 tokens" in err and "600" in err and "--data" in err
     assert run(["outliers", "--ckpt", ckpts[0], "--data", str(empty), *BASE, "--out", str(tmp_path / "o")]) == 2
     assert "no .txt files" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -4,11 +4,11 @@ baseline, and the hook inside real tiny models (full forward, KV cache, engine).
 import pytest
 import torch
 
-from diffeval.engine import Engine
-from diffeval.errors import UsageError
+from diffeval.engine import Engine, Generate, Hook
+from diffeval.errors import ConfigError
 from diffeval.kernels.common import causal_valid
-from diffeval.outliers_run import HookedModel
-from diffeval.probes.outliers import parse_bits, quant_hook, quantize_absmax
+from diffeval.probes.activations import quant_hook, quantize_absmax
+from diffeval.probes.specs import parse_bits
 from helpers import tiny_model
 
 
@@ -119,21 +119,23 @@ def test_engine_under_the_16_bit_hook_generates_what_it_does_without():
     prompts = [torch.randint(0, 256, (n,), generator=g).tolist() for n in (20, 25, 25)]
     prompts.append(prompts[1][:22] + [5, 6, 7])  # shares a prefix with prompt 1
 
-    def run(m):
+    def run(hook):
         got = {}
-        Engine(m, max_new_tokens=5, stop_text=None).run(prompts, lambda i, ids: got.__setitem__(i, ids))
+        work = [[Generate(tuple(p), 5, None, hook)] for p in prompts]
+        Engine(model).run(work, lambda i, outs: got.__setitem__(i, outs[0]))
         return got
 
-    plain = run(model)
-    assert run(HookedModel(model, quant_hook(16))) == plain
-    assert len(run(HookedModel(model, quant_hook(2)))) == len(prompts)
+    plain = run(None)
+    assert run(Hook("absmax-16", quant_hook(16))) == plain
+    coarse = run(Hook("absmax-2", quant_hook(2)))
+    assert len(coarse) == len(prompts) and coarse != plain  # 2 bits changes what the model says
 
 
 @pytest.mark.parametrize("spec,needle", [
     ("1", "1 bits"), ("17", "17"), ("8,8", "twice"), ("8,x", "'x'"), ("", "bit widths"),
 ])
 def test_bad_bit_widths_are_refused_with_the_value(spec, needle):
-    with pytest.raises(UsageError, match=needle):
+    with pytest.raises(ConfigError, match=needle):
         parse_bits(spec)
 
 

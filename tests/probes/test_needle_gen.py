@@ -100,8 +100,9 @@ def test_parse_lengths_units_lists_and_ranges():
     ("4k:12k", "power of two"), ("1:2:3:4", "start:stop"),
 ])
 def test_parse_lengths_rejects_junk_with_the_value(spec, needle):
-    with pytest.raises(UsageError, match=re.escape(needle)):
+    with pytest.raises(ConfigError, match=re.escape(needle)) as err:
         N.parse_lengths(spec)
+    assert err.value.field == "lengths"
 
 
 def test_parse_depths_lists_and_linspace():
@@ -118,8 +119,9 @@ def test_parse_depths_lists_and_linspace():
     ("0:100:0", "count (0)"), ("0:100:a", "'a'"), ("0,0", "0 twice"), ("", "''"),
 ])
 def test_parse_depths_rejects_junk_with_the_value(spec, needle):
-    with pytest.raises(UsageError, match=re.escape(needle)):
+    with pytest.raises(ConfigError, match=re.escape(needle)) as err:
         N.parse_depths(spec)
+    assert err.value.field == "depths"
 
 
 def test_length_label():
@@ -129,25 +131,26 @@ def test_length_label():
 # --- config ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kwargs, needle", [
-    ({"n_needles": 2, "n_queries": 3}, "n_queries (3) must not exceed n_needles (2)"),
-    ({"n_queries": 0}, "n_queries (0)"),
-    ({"n_needles": 0}, "n_needles (0)"),
-    ({"samples": 0}, "samples (0)"),
-    ({"seed": -1}, "seed (-1)"),
-    ({"needle_kind": "cty"}, "did you mean 'city'"),
-    ({"lengths": ()}, "lengths is empty"),
-    ({"lengths": (0,)}, "length (0)"),
-    ({"lengths": (512, 512)}, "repeat"),
-    ({"depths": (120.0,)}, "depth 120"),
-    ({"depths": ()}, "depths is empty"),
-    ({"haystack": " "}, "haystack"),
-    ({"n_needles": 10_000}, "n_needles (10000) exceeds"),
+@pytest.mark.parametrize("kwargs, field, needle", [
+    ({"n_needles": 2, "n_queries": 3}, "n_queries", "3 must not exceed the number of needles (2)"),
+    ({"n_queries": 0}, "n_queries", "0 must be an integer >= 1"),
+    ({"n_needles": 0}, "n_needles", "0 must be"),
+    ({"samples": 0}, "samples", "0 must be"),
+    ({"seed": -1}, "seed", "-1 must be an integer >= 0"),
+    ({"needle_kind": "cty"}, "needle_kind", "did you mean 'city'"),
+    ({"lengths": ()}, "lengths", "is empty"),
+    ({"lengths": (0,)}, "lengths", "0 must be"),
+    ({"lengths": (512, 512)}, "lengths", "repeat"),
+    ({"depths": (120.0,)}, "depths", "120 must lie between 0 and 100"),
+    ({"depths": ()}, "depths", "is empty"),
+    ({"haystack": " "}, "haystack", "' ' must be"),
+    ({"n_needles": 10_000}, "n_needles", "10000 exceeds"),
 ])
-def test_config_validation_messages(kwargs, needle):
+def test_config_validation_messages(kwargs, field, needle):
     base = {"lengths": (512,), "depths": (0.0, 50.0)}
-    with pytest.raises(ConfigError, match=re.escape(needle)):
+    with pytest.raises(ConfigError, match=re.escape(needle)) as err:
         N.NeedleConfig(**{**base, **kwargs})
+    assert err.value.field == field
 
 
 def test_config_to_dict_is_json_and_complete():
@@ -198,10 +201,12 @@ def test_needle_values_have_their_formats():
             if kind == "city":
                 assert n.key in N.CITIES and n.sentence == f"The magic number for {n.key} is {n.value}."
             else:
-                noun = {"kv-number": "numbers", "kv-word": "words", "uuid": "uuids"}[kind]
+                noun = {"kv-number": "number", "kv-word": "word", "uuid": "uuid"}[kind]
                 assert re.fullmatch(r"[a-z]+-[a-z]+", n.key)
-                assert n.sentence == f"One of the special magic {noun} for {n.key} is: {n.value}."
+                # RULER's forms: "one of the ... numbers" in the text, one "number" asked
+                assert n.sentence == f"One of the special magic {noun}s for {n.key} is: {n.value}."
                 assert n.question == f"What is the special magic {noun} for {n.key} mentioned in the provided text?"
+                assert n.answer == f"The special magic {noun} for {n.key} mentioned in the provided text is"
 
 
 # --- generator properties --------------------------------------------------------------------
@@ -413,15 +418,16 @@ def test_haystack_path_errors_name_the_path(tmp_path):
         load_haystack(str(missing))
     empty_dir = tmp_path / "empty"
     empty_dir.mkdir()
-    with pytest.raises(UsageError, match=re.escape(f"haystack folder {empty_dir} holds no .txt files")):
+    with pytest.raises(ConfigError, match=re.escape(f"folder {empty_dir} holds no .txt files")) as err:
         load_haystack(str(empty_dir))
+    assert err.value.field == "haystack"
     blank = tmp_path / "blank.txt"
     blank.write_text("  \n\n ")
     with pytest.raises(UsageError, match=re.escape(f"haystack {blank}: no text found")):
         load_haystack(str(blank))
     binary = tmp_path / "bin.txt"
     binary.write_bytes(b"\xff\xfe\x00bad")
-    with pytest.raises(UsageError, match=re.escape(f"haystack file {binary}: not UTF-8 text")):
+    with pytest.raises(ConfigError, match=re.escape(f"file {binary}: not UTF-8 text")):
         load_haystack(str(binary))
 
 

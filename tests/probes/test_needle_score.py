@@ -44,7 +44,7 @@ def test_score_any_is_string_match_part():
     ([], "at least one"), ([""], "at least one"), ("1234567", "not the string '1234567'"),
 ])
 def test_score_rejects_bad_expected(expected, needle):
-    with pytest.raises(UsageError, match=needle):
+    with pytest.raises(ValueError, match=needle):  # a bug in a caller, not user input
         N.score_prediction(expected, "anything")
 
 
@@ -63,14 +63,15 @@ def test_score_sample_averages_queries_and_keeps_the_record():
     right, wrong = f" {sample.expected[0]}.", " 0000000."
     record = N.score_sample(sample, [right, wrong])
     assert record["query_scores"] == [1.0, 0.0] and record["score"] == 0.5
-    assert record["predictions"] == [right, wrong] and record["id"] == sample.id
+    assert record["prediction"] == [right, wrong] and record["id"] == sample.id
+    assert record["all_correct"] is False
     json.dumps(record)
     assert N.score_sample(sample, [right, f" {sample.expected[1].upper()}"])["score"] == 1.0
     # The other needle's value is a distractor, not an answer.
     assert N.score_sample(sample, [f" {sample.expected[1]}.", f" {sample.expected[0]}."])["score"] == 0.0
-    with pytest.raises(UsageError, match="2 queries need as many predictions, got 1"):
+    with pytest.raises(ValueError, match="2 queries need as many predictions, got 1"):
         N.score_sample(sample, [right])
-    with pytest.raises(UsageError, match="got ' 1'"):
+    with pytest.raises(ValueError, match="got ' 1'"):
         N.score_sample(sample, " 1")
 
 

@@ -1,0 +1,59 @@
+"""`diffeval info`: describe a checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from diffeval.commands import options as o
+
+
+def _human(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def info(
+    ckpt: str = typer.Option(..., "--ckpt", help="Checkpoint: zoo:NAME, a native or a Hugging Face directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    allow_pickle: bool = o.ALLOW_PICKLE,
+) -> None:
+    """Describe a checkpoint: family, sizes, RoPE, tokenizer, file sha256."""
+    from diffeval.checkpoints import load
+
+    loaded = load(ckpt, allow_pickle=allow_pickle)
+    data = loaded.info.to_dict()
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{ckpt}", show_header=False)
+    rope = data["rope"]
+    rope_text = f"theta={rope['theta']:g}, {rope['type']}" + (f" x{rope['factor']:g}" if rope["type"] != "default" else "")
+    rows = [
+        ("family", data["family"]),
+        ("format", f"{data['format']} ({data['architecture']})"),
+        ("parameters", f"{data['n_params']:,} ({_human(data['n_params'])})"),
+        ("layers", data["n_layers"]),
+        ("heads", data["n_heads"] if data["family"] != "diff" else f"{data['n_heads']} differential (2 maps each)"),
+        ("kv heads", data["n_kv_heads"]),
+        ("head size", f"{data['d_head']}" + (f" (value {data['d_value']})" if data["d_value"] != data["d_head"] else "")),
+        ("d_model / d_ff", f"{data['d_model']} / {data['d_ff']}"),
+        ("vocab", data["vocab_size"]),
+        ("max positions", data["max_seq_len"]),
+        ("RoPE", rope_text),
+        ("tied head", data["tie_embeddings"]),
+        ("dtype", data["dtype"]),
+        ("tokenizer", data["tokenizer"]),
+        ("chat template", "yes" if getattr(loaded.tokenizer, "chat_template", None) else "no"),
+        ("files", ", ".join(data["files"])),
+        ("sha256", data["sha256"]),
+    ]
+    for k, v in rows:
+        table.add_row(k, str(v))
+    Console().print(table)

@@ -1,0 +1,119 @@
+"""Option groups shared by the probe commands, declared once, and the one path every probe
+command takes: options -> probe config -> run_probe -> tables. Errors about a config field
+are shown with the command's flag for that field."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from diffeval.errors import DiffevalError, UsageError
+
+DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+          "float16": "float16", "fp16": "float16", "float64": "float64"}
+BACKENDS = ("auto", "reference", "sdpa", "triton")
+
+CKPT = typer.Option([], "--ckpt", help="Checkpoint (repeatable): zoo:NAME, a native or a Hugging Face directory. Default: the zoo models.")
+OUT = typer.Option(None, "--out", help="Output directory (default runs/<probe>-<UTC time>). Rerun the same command to resume.")
+DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda[:N].")
+DTYPE = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16, float64.")
+BACKEND = typer.Option("auto", "--backend", help="auto, reference, sdpa or triton (CUDA).")
+SEED = typer.Option(0, "--seed", help="Seed of the sample generator.")
+BATCH = typer.Option(1, "--batch-size", help="Prompts of equal length decoded together.")
+MAX_NEW = typer.Option(None, "--max-new-tokens", help="Generation budget (default: enough for the longest answer; 128 with --decode ruler).")
+PROMPT_FORMAT = typer.Option("plain", "--prompt-format", help="plain, or chat (the checkpoint's own chat template).")
+DECODE = typer.Option("default", "--decode", help="default (stop at a newline, score the first line) or ruler (up to 128 tokens, no newline stop, match anywhere).")
+SAVE_PROMPTS = typer.Option(False, "--save-prompts", help="Also write prompts.jsonl: the text of every prompt, to audit any cell.")
+ALLOW_BEYOND = typer.Option(False, "--allow-beyond-max-positions", help="Allow prompts longer than the model's position limit (length extrapolation).")
+ALLOW_PICKLE = typer.Option(False, "--allow-pickle", help="Load .bin/.pt weights (weights_only=True).")
+LENGTHS = typer.Option(None, "--len", help="Prompt lengths in tokens: 4096, 4k, 64K, lists 4k,8k, ranges 4k:64k. Default: 4k, or less when a model's position limit is shorter.")
+DEPTHS = typer.Option("0,25,50,75,100", "--depths", help="Needle depths in %: a list, or start:stop:count.")
+HAYSTACK = typer.Option("noise", "--haystack", help="noise, essay, or a text file / folder.")
+NEEDLE_KIND = typer.Option("city", "--needle-kind", help="city, kv-word, kv-number or uuid.")
+
+# Flags of the run options, by RunOptions field.
+RUN_FLAGS = {"batch_size": "--batch-size", "max_new_tokens": "--max-new-tokens", "decode": "--decode",
+             "prompt_format": "--prompt-format", "device": "--device", "dtype": "--dtype", "backend": "--backend"}
+
+
+def parse_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise UsageError(f"--device {name!r}: choose auto, cpu or cuda[:N]")
+    return name
+
+
+def parse_dtype(name: str, device: str):
+    """'auto' -> bfloat16 on CUDA, float32 on the CPU."""
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if name not in DTYPES:
+        raise UsageError(f"--dtype {name!r}: choose auto, float32, bfloat16, float16 or float64")
+    return getattr(torch, DTYPES[name])
+
+
+def run_options(device: str = "auto", dtype: str = "auto", backend: str = "auto", batch_size: int = 1,
+                max_new_tokens: Optional[int] = None, allow_beyond: bool = False, allow_pickle: bool = False,
+                prompt_format: str = "plain", decode: str = "default", save_prompts: bool = False):
+    from diffeval.run import RunOptions
+
+    dev = parse_device(device)
+    if backend not in BACKENDS:
+        raise UsageError(f"--backend {backend!r}: choose {', '.join(BACKENDS)}")
+    with flags(RUN_FLAGS):
+        return RunOptions(device=dev, dtype=parse_dtype(dtype, dev), backend=backend, batch_size=batch_size,
+                          max_new_tokens=max_new_tokens, allow_beyond_max_positions=allow_beyond,
+                          allow_pickle=allow_pickle, progress=True, prompt_format=prompt_format, decode=decode,
+                          save_prompts=save_prompts)
+
+
+@contextmanager
+def flags(mapping: dict[str, str]):
+    """Show errors about a config field with the command's flag for it (`--len: ...`)."""
+    try:
+        yield
+    except DiffevalError as exc:
+        flag = mapping.get(exc.field) if exc.field else None
+        if flag is None and exc.field:
+            flag = RUN_FLAGS.get(exc.field)
+        if flag is None:
+            raise
+        raise exc.located(flag) from None
+
+
+def default_lengths(ckpts: list[str]) -> list[int]:
+    """Without --len: 4k, or the largest multiple of 1024 (the limit itself when below 1024)
+    within every model's position limit."""
+    from diffeval.checkpoints import read_config, resolve_spec
+    from diffeval.run import default_specs
+
+    limit = min(read_config(resolve_spec(s))[1].max_seq_len for s in default_specs(list(ckpts)))
+    return [min(4096, limit // 1024 * 1024 or limit)]
+
+
+def run_command(probe_name: str, params: dict[str, Any], ckpt: list[str], out: Optional[str], opts,
+                field_flags: dict[str, str]) -> dict:
+    """Build the probe's config from command values, run it, print its tables."""
+    from diffeval.probes import get_probe
+    from diffeval.results import default_out
+    from diffeval.run import run_probe
+
+    probe = get_probe(probe_name)
+    out_dir = Path(out) if out else default_out(probe_name)
+    with flags({**field_flags, **RUN_FLAGS}):
+        cfg = probe.config(params)
+        results = run_probe(probe, cfg, list(ckpt), out_dir, opts)
+    probe.render(results)
+    print(f"results: {out_dir / 'results.json'}", file=sys.stderr)
+    return results

@@ -1,0 +1,52 @@
+"""`diffeval run TASK.yaml`: a task preset; each grid variant writes its own folder."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from diffeval.commands import options as o
+
+
+def run_task(
+    task_file: str = typer.Argument(..., metavar="TASK.yaml", help="A task preset (see tasks/)."),
+    ckpt: list[str] = o.CKPT,
+    out: Optional[str] = typer.Option(None, "--out", help="Output directory (default runs/<task>-<UTC time>). Rerun to resume."),
+    samples: Optional[int] = typer.Option(None, "--samples", help="Override samples per cell."),
+    length: Optional[str] = typer.Option(None, "--len", help="Override lengths."),
+    depths: Optional[str] = typer.Option(None, "--depths", help="Override depths."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Override the seed."),
+    device: str = o.DEVICE,
+    dtype: str = o.DTYPE,
+    backend: str = o.BACKEND,
+    batch_size: int = o.BATCH,
+    max_new_tokens: Optional[int] = o.MAX_NEW,
+    prompt_format: str = o.PROMPT_FORMAT,
+    decode: str = o.DECODE,
+    save_prompts: bool = o.SAVE_PROMPTS,
+    allow_beyond: bool = o.ALLOW_BEYOND,
+    allow_pickle: bool = o.ALLOW_PICKLE,
+) -> None:
+    """Run a task preset (YAML); each grid variant writes its own folder under --out."""
+    from diffeval.probes import get_probe
+    from diffeval.results import default_out
+    from diffeval.run import TaskInfo, run_probe
+    from diffeval.tasks import load_task
+
+    task = load_task(task_file)
+    overrides = {k: v for k, v in dict(samples=samples, lengths=length, depths=depths, seed=seed).items() if v is not None}
+    variants = task.variants(overrides)
+    opts = o.run_options(device, dtype, backend, batch_size, max_new_tokens, allow_beyond, allow_pickle,
+                         prompt_format, decode, save_prompts)
+    probe = get_probe(task.probe)
+    info = TaskInfo(task.name, task.version, str(Path(task.path).resolve()), task.sha256)
+    root = Path(out) if out else default_out(task.name)
+    for name, cfg in variants:
+        target = root / name if name else root
+        with o.flags(o.RUN_FLAGS):
+            results = run_probe(probe, cfg, list(ckpt), target, opts, task=info)
+        probe.render(results)
+        print(f"results: {target / 'results.json'}", file=sys.stderr)

@@ -1,0 +1,330 @@
+"""`attn-map`: where attention goes at long context (the DIFF paper's Table 3). Needle prompts
+(the first needle is asked), one prefill each with exact attention rows captured for the
+query tokens; allocation per category / depth / layer / head (see probes/attention.py);
+arrays per prompt and pooled maps of one representative prompt for the figures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffeval.errors import ConfigError
+from diffeval.probes import needle
+from diffeval.probes.attention import (
+    CATEGORIES,
+    QUERY_MODES,
+    allocation,
+    normalise_diff,
+    query_positions,
+    sample_spans,
+)
+from diffeval.probes.base import Probe, Scored, metric
+from diffeval.probes.specs import check_int, check_keys, parse_depths, parse_index_list, parse_lengths
+
+NAME = "attn-map"
+VERSION = 2  # 2: runs on the probe pipeline (needle samples v2)
+AGGREGATION = ("mean over the selected layers, heads and query tokens of each prompt, then over "
+               "the samples of each depth; DIFF headline rows are the differential rows "
+               "(A1 - lambda A2) divided by their sum 1 - lambda of their layer, so categories sum to 1")
+POOL_WINDOW_ROWS = 64
+POOL_WHOLE_ROWS = 128
+WHOLE_PROMPT_LIMIT = 16384  # pooled whole-prompt maps only up to this length (memory)
+DIRECTION = {"answer": True, "needle": True, "needle_total": True, "noise": False}  # others: descriptive
+
+
+@dataclass(frozen=True)
+class AttnMapConfig:
+    lengths: tuple[int, ...]
+    depths: tuple[float, ...] = (0.0, 25.0, 50.0, 75.0, 100.0)
+    samples: int = 2
+    n_needles: int = 1
+    haystack: str = "noise"
+    needle_kind: str = "city"
+    seed: int = 0
+    layers: str = "all"
+    heads: str = "all"
+    query: str = "answer"  # question | answer | last
+    sink: int = 4
+    arrays: str = "all"  # all: an .npz per prompt; figure: only the prompt the figures draw
+    log_scale: bool = True
+
+    def __post_init__(self) -> None:
+        self.needle_config()  # validates the needle fields
+        if self.query not in QUERY_MODES:
+            raise ConfigError(f"{self.query!r}: choose {', '.join(QUERY_MODES)}", "query")
+        check_int("sink", self.sink, 0)
+        if self.arrays not in ("all", "figure"):
+            raise ConfigError(f"{self.arrays!r}: choose all or figure", "arrays")
+        for name in ("layers", "heads"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"{value!r}: give 'all' or indices like 0,-1", name)
+
+    def needle_config(self) -> needle.NeedleConfig:
+        return needle.NeedleConfig(lengths=self.lengths, depths=self.depths, n_needles=self.n_needles, n_queries=1,
+                                   samples=self.samples, haystack=self.haystack, needle_kind=self.needle_kind,
+                                   seed=self.seed)
+
+    def to_dict(self) -> dict:
+        base = {k: v for k, v in self.needle_config().to_dict().items() if k not in ("task", "version", "n_queries")}
+        return {**base, "layers": self.layers, "heads": self.heads, "query": self.query, "sink": int(self.sink),
+                "arrays": self.arrays, "log_scale": bool(self.log_scale)}
+
+
+def config(params: dict) -> AttnMapConfig:
+    check_keys(params, {f.name for f in fields(AttnMapConfig)}, NAME)
+    values = dict(params)
+    if "lengths" in values:
+        values["lengths"] = tuple(parse_lengths(values["lengths"]))
+    if "depths" in values:
+        values["depths"] = tuple(parse_depths(values["depths"]))
+    for key in ("layers", "heads"):
+        if key in values and not isinstance(values[key], str):
+            values[key] = ",".join(str(v) for v in values[key]) if isinstance(values[key], list) else str(values[key])
+    return AttnMapConfig(**values)
+
+
+@dataclass(frozen=True)
+class _Item:
+    sample: needle.NeedleSample
+    representative: bool  # drawn in the per-prompt figures (pooled maps are computed for it)
+    layers: tuple[int, ...]
+    heads: tuple[int, ...]
+
+    @property
+    def id(self) -> str:
+        return self.sample.id
+
+
+def _representative(samples) -> int:
+    """Index of the sample drawn in the per-prompt figures: index 0 at the depth nearest 50%."""
+    return min(range(len(samples)), key=lambda i: (samples[i].index, abs(samples[i].depth - 50.0), samples[i].length))
+
+
+def _generate(cfg: AttnMapConfig, ctx) -> list[_Item]:
+    tok = ctx.need_tokenizer(NAME)
+    layers = tuple(parse_index_list(cfg.layers, ctx.n_layers, "layers"))
+    heads = tuple(parse_index_list(cfg.heads, ctx.n_heads, "heads"))
+    samples = needle.generate(cfg.needle_config(), tok, ctx.max_positions, ctx.allow_beyond, ctx.prompt_format)
+    rep = _representative(samples)
+    return [_Item(s, i == rep, layers, heads) for i, s in enumerate(samples)]
+
+
+def _pool_positions(sample, spans) -> dict[str, list[int]]:
+    n = sample.n_tokens[0]
+    s, e = spans.needle
+    pad = max(32, e - s)
+    a, b = max(0, s - pad), min(n, e + pad)
+    out = {"window": sorted(set(np.linspace(a, b - 1, min(POOL_WINDOW_ROWS, b - a)).round().astype(int).tolist()))}
+    if n <= WHOLE_PROMPT_LIMIT:
+        out["whole"] = sorted(set(np.linspace(0, n - 1, min(POOL_WHOLE_ROWS, n)).round().astype(int).tolist()))
+    out["window_keys"] = [a, b]
+    return out
+
+
+def _positions(cfg: AttnMapConfig, item: _Item, tok) -> tuple[list[int], list[int], dict]:
+    """(query positions, every captured position, pooling plan)."""
+    spans = sample_spans(item.sample, cfg.sink)
+    q_pos = query_positions(item.sample, cfg.query, tok)
+    pool = _pool_positions(item.sample, spans) if item.representative else {}
+    extra = sorted(set(pool.get("window", [])) | set(pool.get("whole", [])))
+    return q_pos, q_pos + [p for p in extra if p not in set(q_pos)], pool
+
+
+def _requests(cfg: AttnMapConfig, item: _Item, ctx) -> list:
+    from diffeval.engine import CaptureRows
+
+    _, positions, _ = _positions(cfg, item, ctx.tokenizer)
+    return [CaptureRows(tuple(item.sample.prompts[0]), tuple(positions), item.layers)]
+
+
+def _pool_keys(rows: np.ndarray, a: int, b: int, blocks: int) -> np.ndarray:
+    """rows (..., n) -> (..., blocks): summed mass of keys [a, b) in equal blocks."""
+    edges = np.linspace(a, b, blocks + 1).round().astype(int)
+    return np.stack([rows[..., edges[i]:max(edges[i + 1], edges[i] + 1)].sum(-1) for i in range(blocks)], -1)
+
+
+def _pool_layer(pooled: dict, name: str, full: np.ndarray, positions: list[int], pool: dict) -> None:
+    """Accumulate (per layer) pooled query-block x key-block maps, mean over heads."""
+    index = {p: j for j, p in enumerate(positions)}
+    a, b = pool["window_keys"]
+    rows = full[:, [index[p] for p in pool["window"]]]  # (h, Rw, n)
+    pooled.setdefault(f"{name}_window", []).append(_pool_keys(rows, a, b, min(POOL_WINDOW_ROWS, b - a)).mean(0))
+    if "whole" in pool:
+        rows = full[:, [index[p] for p in pool["whole"]]]
+        n = full.shape[-1]
+        pooled.setdefault(f"{name}_whole", []).append(_pool_keys(rows, 0, n, min(POOL_WHOLE_ROWS, n)).mean(0))
+
+
+def _as_dict(vec: np.ndarray) -> dict[str, float]:
+    out = {c: round(float(v), 6) for c, v in zip(CATEGORIES, vec)}
+    out["needle_total"] = round(out["answer"] + out["needle"], 6)
+    return out
+
+
+def _score(cfg: AttnMapConfig, item: _Item, outputs: list, ctx) -> Scored:
+    """Allocation of the captured rows -> the sample's record, its arrays and pooled maps."""
+    sample, layers, heads = item.sample, list(item.layers), list(item.heads)
+    rows_by_layer = outputs[0]
+    spans = sample_spans(sample, cfg.sink)
+    q_pos, positions, pool = _positions(cfg, item, ctx.tokenizer)
+    labels = spans.labels()
+    R = len(q_pos)
+    is_diff = ctx.family == "diff"
+    arrays: dict[str, np.ndarray] = {
+        "input_ids": np.asarray(sample.prompts[0], dtype=np.int64),
+        "query_positions": np.asarray(q_pos, dtype=np.int64),
+        "span_answer": np.asarray(spans.answer), "span_needle": np.asarray(spans.needle),
+        "span_others": np.asarray(spans.others, dtype=np.int64).reshape(-1, 2),
+        "span_sink": np.asarray([0, spans.sink]), "span_query": np.asarray([spans.n_context, spans.n_tokens]),
+        "layers": np.asarray(layers), "heads": np.asarray(heads),
+    }
+    per_lh: dict[str, list] = {}
+    lambdas: dict[str, float] = {}
+    names = ("diff", "map1", "map2") if is_diff else ("attn",)
+    pooled: dict[str, list] = {}
+    for L in layers:
+        rows = rows_by_layer[L]
+        arrays[f"layer{L}"] = rows["diff" if is_diff else "attn"][0][heads].numpy()[:, :R]  # (h, R, n)
+        if is_diff:
+            lam = float(rows["lambda"])
+            lambdas[str(L)] = lam
+            arrays[f"layer{L}_lambda"] = np.asarray(lam, dtype=np.float32)
+        for name in names:
+            full = rows[name][0][heads].numpy()  # (h, R_all, n)
+            if is_diff and name != "diff":
+                arrays[f"layer{L}_{name}"] = full[:, :R]
+            alloc = allocation(full[:, :R], labels).mean(axis=1)  # (h, C)
+            per_lh.setdefault(name, []).append(alloc)
+            if name == "diff":
+                norm = normalise_diff(alloc, lambdas[str(L)])
+                per_lh.setdefault("diff_norm", []).append(norm if norm is not None else np.full_like(alloc, np.nan))
+            if pool:
+                _pool_layer(pooled, name, full, positions, pool)
+    headline = "diff_norm" if is_diff else "attn"
+    lh = {k: np.stack(v) for k, v in per_lh.items()}  # (layers, h, C)
+    record: dict[str, Any] = {
+        **sample.to_record(), "prediction": [], "score": None, "representative": item.representative,
+        "query_positions": q_pos, "layers": layers, "heads": heads,
+        "allocation": _as_dict(np.nanmean(lh[headline], axis=(0, 1))),
+        "per_layer_head": {k: np.round(v, 6).tolist() for k, v in lh.items()},
+    }
+    if is_diff:
+        record["allocation_signed"] = _as_dict(lh["diff"].mean(axis=(0, 1)))
+        record["allocation_map1"] = _as_dict(lh["map1"].mean(axis=(0, 1)))
+        record["allocation_map2"] = _as_dict(lh["map2"].mean(axis=(0, 1)))
+        record["lambda"] = lambdas
+    out: dict[str, dict[str, np.ndarray]] = {}
+    if item.representative or cfg.arrays == "all":
+        out[""] = arrays
+    if pooled:
+        meta = {"window_keys": np.asarray(pool["window_keys"]), "window_rows": np.asarray(pool["window"]),
+                "span_needle": np.asarray(spans.needle), "span_answer": np.asarray(spans.answer),
+                "span_others": arrays["span_others"], "n_tokens": np.asarray(spans.n_tokens)}
+        if "whole" in pool:
+            meta["whole_rows"] = np.asarray(pool["whole"])
+        out["__pooled"] = {**{k: np.mean(v, axis=0) for k, v in pooled.items()}, **meta}
+    return Scored(record, out)
+
+
+def _cells(records: list[dict], labels: list[str]) -> list[dict]:
+    """Per (model, length, depth, layer, head): headline category masses, mean over samples."""
+    cells = []
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["model"], r["length"], r["depth"]), []).append(r)
+    for (model, length, depth), rows in sorted(groups.items(), key=lambda kv: (labels.index(kv[0][0]), kv[0][1], kv[0][2])):
+        name = "diff_norm" if "diff_norm" in rows[0]["per_layer_head"] else "attn"
+        arr = np.nanmean(np.stack([np.asarray(r["per_layer_head"][name], dtype=float) for r in rows]), axis=0)
+        signed = (np.mean(np.stack([np.asarray(r["per_layer_head"]["diff"], dtype=float) for r in rows]), axis=0)
+                  if name == "diff_norm" else None)
+        layer_ids, head_ids = rows[0]["layers"], rows[0]["heads"]
+        for li in range(arr.shape[0]):
+            for hi in range(arr.shape[1]):
+                cell = {"model": model, "length": length, "depth": depth, "layer": layer_ids[li], "head": head_ids[hi],
+                        "n": len(rows), **{c: round(float(arr[li, hi, k]), 6) for k, c in enumerate(CATEGORIES)}}
+                if signed is not None:
+                    cell["signed"] = {c: round(float(signed[li, hi, k]), 6) for k, c in enumerate(CATEGORIES)}
+                cells.append(cell)
+    return cells
+
+
+VIEWS = {"allocation": "", "allocation_signed": "signed.", "allocation_map1": "map1.", "allocation_map2": "map2."}
+
+
+def _metrics(records: list[dict], label: str) -> dict[str, Any]:
+    """Flat metrics: "<view><category>" over all samples and "...@depth=<d>" per depth; views
+    are the headline rows, and for DIFF "signed.", "map1.", "map2."; "lambda@layer=<L>"."""
+    mine = [r for r in records if r["model"] == label]
+    out: dict[str, Any] = {}
+    for key, prefix in VIEWS.items():
+        if key not in mine[0]:
+            continue
+        for c in mine[0][key]:
+            out[f"{prefix}{c}"] = metric(np.mean([r[key][c] for r in mine]), len(mine), DIRECTION.get(c))
+        for depth in sorted({r["depth"] for r in mine}):
+            rows = [r[key] for r in mine if r["depth"] == depth]
+            for c in rows[0]:
+                out[f"{prefix}{c}@depth={depth:g}"] = metric(np.mean([x[c] for x in rows]), len(rows), DIRECTION.get(c))
+    for layer, lam in mine[0].get("lambda", {}).items():
+        out[f"lambda@layer={layer}"] = metric(lam, 1, None)
+    return out
+
+
+def _aggregate(cfg: AttnMapConfig, records: list[dict], models: list[dict], extra: dict):
+    labels = [m["label"] for m in models]
+    return _cells(records, labels), {label: _metrics(records, label) for label in labels}
+
+
+def by_depth(metrics: dict[str, Any], prefix: str = "") -> dict[str, dict[str, float]]:
+    """{depth: {category: value}} from one model's flat metrics (headline view by default)."""
+    out: dict[str, dict[str, float]] = {}
+    for name, m in metrics.items():
+        head, _, depth = name.partition("@depth=")
+        if depth and head.startswith(prefix) and "." not in head[len(prefix):]:
+            out.setdefault(depth, {})[head[len(prefix):]] = m["value"]
+    return out
+
+
+def _figures(run_dir: Path) -> list:
+    from diffeval.plotting.attention import draw_all
+    from diffeval.results import read_results, read_samples, safe_name
+
+    results = read_results(run_dir)
+    family = {m["label"]: m["family"] for m in results["models"]}
+    reps = {r["model"]: (f"{safe_name(r['model'])}__{r['id']}", family[r["model"]])
+            for r in read_samples(run_dir) if r.get("representative")}
+    view = {label: {"by_depth": by_depth(m)} for label, m in results["metrics"].items()}
+    return draw_all(Path(run_dir), results["cells"], view, results["models"], reps,
+                    log_scale=results["task"]["params"].get("log_scale", True))
+
+
+def _render(results: dict) -> None:
+    """The DIFF paper's Table 3 layout: answer-span and noise-context mass by depth per model."""
+    from rich.console import Console
+    from rich.table import Table
+
+    views = {m["label"]: by_depth(results["metrics"][m["label"]]) for m in results["models"]}
+    depths = sorted({float(d) for v in views.values() for d in v})
+    table = Table(title="attention allocation by needle depth\n(mean over layers, heads, query tokens; DIFF: differential rows / (1 - λ))")
+    table.add_column("model")
+    table.add_column("span")
+    for d in depths:
+        table.add_column(f"{d:g}%", justify="right")
+    for m in results["models"]:
+        by = views[m["label"]]
+        for cat, name in (("answer", "answer"), ("noise", "noise context")):
+            table.add_row(f"{m['label']} ({m['family']})" if cat == "answer" else "", name,
+                          *[f"{by[f'{d:g}'][cat]:.3f}" for d in depths])
+    Console().print(table)
+
+
+PROBE = Probe(name=NAME, version=VERSION, config=config, generate=_generate, requests=_requests, score=_score,
+              aggregate=_aggregate, figures=_figures, render=_render,
+              cell_keys=("length", "depth", "layer", "head"),
+              grid_params=("lengths", "depths", "samples", "arrays", "log_scale"), data=needle.haystack_data,
+              description="attention allocation on the answer span vs noise, per depth / layer / head",
+              method=f"categories {', '.join(CATEGORIES)} (needle_total = answer + needle); {AGGREGATION}")

@@ -1,0 +1,114 @@
+"""The probe interface: what a probe module declares so that `run_probe` can run it.
+
+A probe is data plus pure functions:
+
+    config(params)                      -> Config      validated, frozen; `to_dict()` for results
+    generate(cfg, ctx)                  -> [Sample]    pure, seeded, exact token lengths
+    requests(cfg, sample, ctx)          -> [Request]   what the engine must compute
+    score(cfg, sample, outputs, ctx)    -> Scored      one record (+ arrays to save)
+    aggregate(cfg, records, models, extra) -> (cells, metrics)
+    figures(run_dir)                    -> [Path]      drawn from the run's files only
+    render(results)                                    terminal tables (stdout)
+
+Samples need an `id` (unique within a model's run) and `to_record()`; records must hold
+`n_tokens` (list) and, for generating probes, `prediction` (list, one per question) and
+`score`. A probe that accumulates state across samples (activation statistics) declares
+`state`: it is created per model, handed to the engine, saved with the resume cache after
+each sample, and finalised into `extra[label]` for `aggregate`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from diffeval.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelContext:
+    """What generate / requests / score may know about the model being run."""
+
+    label: str
+    tokenizer: Any  # None when the checkpoint has no tokenizer
+    max_positions: int
+    allow_beyond: bool = False
+    n_layers: int = 0
+    n_heads: int = 0
+    family: str = "transformer"
+    max_new_tokens: Optional[int] = None  # user override of the generation budget
+    prompt_format: Any = None  # diffeval.probes.prompts.PromptFormat
+    decode: str = "default"  # default | ruler
+
+    def check_length(self, n: int, what: str = "prompt") -> None:
+        """Refuse a prompt longer than the model's position limit unless allowed."""
+        if n > self.max_positions and not self.allow_beyond:
+            raise ConfigError(f"a {what} of {n} tokens exceeds the position limit of {self.label} "
+                              f"({self.max_positions} tokens); use shorter lengths or "
+                              "--allow-beyond-max-positions", field="lengths")
+
+    def need_tokenizer(self, probe: str):
+        if self.tokenizer is None:
+            raise ConfigError(f"{self.label} has no tokenizer.json; the {probe} probe needs one to build text prompts")
+        return self.tokenizer
+
+
+@dataclass
+class Scored:
+    """One sample's record, and arrays to save as arrays/<model>__<sample id><suffix>.npz."""
+
+    record: dict
+    arrays: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # suffix -> arrays
+
+
+@dataclass(frozen=True)
+class Probe:
+    name: str
+    version: int  # bump when samples or scores for the same config change
+    config: Callable[[dict], Any]
+    generate: Callable
+    requests: Callable
+    score: Callable
+    aggregate: Callable
+    figures: Callable[[Path], list]
+    render: Callable[[dict], None]
+    cell_keys: tuple[str, ...]  # besides "model"
+    grid_params: tuple[str, ...] = ()  # params that only choose which samples exist (not in resume keys)
+    data: Optional[Callable[[Any], dict]] = None  # content hashes of data files / folders
+    state: Optional[Callable] = None  # (cfg, ctx) -> ProbeState
+    aliases: dict = field(default_factory=dict)  # generic override name -> this probe's field
+    description: str = ""
+    method: str = ""  # how samples are scored and aggregated, written into results.json
+
+
+class ProbeState:
+    """Per-model accumulator of a stateful probe (see module doc)."""
+
+    stats: Any = None  # handed to the engine as its activation statistics
+
+    def save(self, path: Path, keys: list[str]) -> None:
+        raise NotImplementedError
+
+    def load(self, path: Path) -> list[str]:
+        """Restore from `path`; returns the sample keys the saved state holds."""
+        raise NotImplementedError
+
+    def finalise(self) -> dict:
+        raise NotImplementedError
+
+
+def metric(value: Optional[float], n: int, higher_is_better: Optional[bool], ci95=None, **extra) -> dict:
+    """One metric in the results contract: value, n, direction (None: descriptive, no
+    better or worse), optional 95% interval."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = int(value)
+    else:
+        value = None if value is None or not np.isfinite(value) else round(float(value), 6)
+    out: dict[str, Any] = {"value": value, "n": int(n),
+                           "higher_is_better": None if higher_is_better is None else bool(higher_is_better)}
+    if ci95 is not None:
+        out["ci95"] = [round(float(x), 6) for x in ci95]
+    out.update(extra)
+    return out

@@ -1,0 +1,190 @@
+"""Parsers for the values every probe takes: token counts and lengths, depths, bit widths,
+index lists. Each raises ConfigError naming its field; the CLI shows the flag instead."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Optional
+
+import numpy as np
+
+from diffeval.errors import ConfigError
+
+_COUNT = re.compile(r"^(\d+(?:\.\d+)?)([kKmM]?)$")
+_SCALE = {"": 1, "k": 1024, "m": 1024 * 1024}
+
+
+def as_text(value: Any) -> str:
+    """A YAML value (string, number or list) as the text the parsers take."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def token_count(text: str, field: str = "lengths") -> int:
+    """"4096", "4k", "64K", "1.5k", "1m" -> tokens (k = 1024)."""
+    t = str(text).strip()
+    if t.startswith("-"):
+        raise ConfigError(f"{text!r} must be a positive token count", field)
+    m = _COUNT.match(t)
+    if not m:
+        raise ConfigError(f"{text!r} is not a token count like 4096, 4k or 64K", field)
+    value = float(m.group(1)) * _SCALE[m.group(2).lower()]
+    if value != int(value):
+        raise ConfigError(f"{text!r} is not a whole number of tokens ({value:g})", field)
+    if value <= 0:
+        raise ConfigError(f"{text!r} must be a positive token count", field)
+    return int(value)
+
+
+def _length_range(part: str, field: str) -> list[int]:
+    bits = part.split(":")
+    if len(bits) not in (2, 3):
+        raise ConfigError(f"range {part!r} must be start:stop (doubling) or start:stop:step", field)
+    start, stop = token_count(bits[0], field), token_count(bits[1], field)
+    if stop < start:
+        raise ConfigError(f"range {part!r}: stop ({stop}) is below start ({start})", field)
+    if len(bits) == 3:
+        return list(range(start, stop + 1, token_count(bits[2], field)))
+    out = [start]
+    while out[-1] * 2 <= stop:
+        out.append(out[-1] * 2)
+    if out[-1] != stop:
+        raise ConfigError(f"range {part!r}: {stop} is not {start} times a power of two; "
+                          "use start:stop:step for even steps", field)
+    return out
+
+
+def parse_lengths(spec: Any, field: str = "lengths") -> list[int]:
+    """"4k,8K,16384" -> [4096, 8192, 16384]; k = 1024, m = 1024^2. Ranges: "4k:64k" doubles
+    (4k, 8k, ..., 64k); "1000:4000:1000" steps evenly. Order is kept; repeats are refused."""
+    spec = as_text(spec) if spec is not None else ""
+    if not spec.strip():
+        raise ConfigError(f"{spec!r}: give token counts like 4k,8k,16k", field)
+    out: list[int] = []
+    for part in spec.split(","):
+        if not part.strip():
+            raise ConfigError(f"{spec!r} has an empty item", field)
+        for n in (_length_range(part, field) if ":" in part else [token_count(part, field)]):
+            if n in out:
+                raise ConfigError(f"{spec!r} gives {n} twice", field)
+            out.append(n)
+    return out
+
+
+def parse_length(spec: Any, field: str = "length") -> int:
+    """Exactly one length."""
+    values = parse_lengths(spec, field)
+    if len(values) != 1:
+        raise ConfigError(f"{as_text(spec)!r}: give one length, not {len(values)}", field)
+    return values[0]
+
+
+def _one_depth(text: str, field: str) -> float:
+    t = text.strip().removesuffix("%")
+    try:
+        value = float(t)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a percentage between 0 and 100", field) from None
+    if not 0.0 <= value <= 100.0:
+        raise ConfigError(f"{text!r} must lie between 0 and 100 (percent of the context)", field)
+    return value
+
+
+def parse_depths(spec: Any, field: str = "depths") -> list[float]:
+    """"0,25,50" -> [0.0, 25.0, 50.0]; "0:100:11" -> 11 evenly spaced depths 0, 10, ..., 100
+    (start:stop:count, both ends included). Each depth is a percentage in [0, 100]."""
+    spec = as_text(spec) if spec is not None else ""
+    if not spec.strip():
+        raise ConfigError(f"{spec!r}: give percentages like 0,25,50,75,100 or 0:100:5", field)
+    out: list[float] = []
+    for part in spec.split(","):
+        if ":" in part:
+            bits = part.split(":")
+            if len(bits) != 3:
+                raise ConfigError(f"range {part!r} must be start:stop:count, e.g. 0:100:11", field)
+            start, stop = _one_depth(bits[0], field), _one_depth(bits[1], field)
+            try:
+                count = int(bits[2])
+            except ValueError:
+                raise ConfigError(f"range {part!r}: count {bits[2]!r} is not an integer", field) from None
+            if count < 1:
+                raise ConfigError(f"range {part!r}: count ({count}) must be at least 1", field)
+            values = [start] if count == 1 else np.linspace(start, stop, count).tolist()
+        else:
+            values = [_one_depth(part, field)]
+        for v in values:
+            v = round(float(v), 6)
+            if v in out:
+                raise ConfigError(f"{spec!r} gives {v:g} twice", field)
+            out.append(v)
+    return out
+
+
+def parse_tokens(spec: Any, field: str = "n_tokens") -> Optional[int]:
+    """"65536", "64k", "1m" -> a token count (k = 1024); "all" -> None (every token of the data)."""
+    text = as_text(spec).strip().lower() if spec is not None else ""
+    if text == "all":
+        return None
+    return token_count(text, field)
+
+
+def parse_bits(spec: Any, low: int = 2, high: int = 16, field: str = "bits") -> tuple[int, ...]:
+    """"16,8,6,4" -> (16, 8, 6, 4); "none" -> (). Integers in [low, high]; no repeats."""
+    text = as_text(spec).strip().lower() if spec is not None else ""
+    if text in ("none", ""):
+        if text == "none" or (isinstance(spec, (list, tuple)) and not spec):
+            return ()
+        raise ConfigError(f"{spec!r}: give bit widths like 16,8,6,4 (or none)", field)
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not re.fullmatch(r"\d+", part):
+            raise ConfigError(f"{spec!r}: {part!r} is not a whole number of bits", field)
+        k = int(part)
+        if not low <= k <= high:
+            raise ConfigError(f"{spec!r}: {k} bits is outside [{low}, {high}]", field)
+        if k in out:
+            raise ConfigError(f"{spec!r} gives {k} twice", field)
+        out.append(k)
+    return tuple(out)
+
+
+def parse_index_list(spec: Any, size: int, field: str) -> list[int]:
+    """'all' or a comma list of indices (negatives count from the end) -> sorted indices."""
+    text = as_text(spec)
+    if text.strip().lower() == "all":
+        return list(range(size))
+    out = set()
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            i = int(part)
+        except ValueError:
+            raise ConfigError(f"{text!r}: {part!r} is not an integer (or use 'all')", field) from None
+        if not -size <= i < size:
+            raise ConfigError(f"{text!r}: index {i} out of range for {size} {field}", field)
+        out.add(i % size)
+    return sorted(out)
+
+
+def length_label(n: int) -> str:
+    """4096 -> "4K", 1536 -> "1.5K", 1000 -> "1000"."""
+    if n >= 1024 and n % 1024 == 0:
+        return f"{n // 1024}K"
+    return f"{n / 1024:.1f}K" if n >= 1024 else str(n)
+
+
+def check_int(field: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ConfigError(f"{value!r} must be an integer >= {low}", field)
+
+
+def check_keys(params: dict, allowed, probe: str) -> None:
+    """Unknown parameter names are refused with the valid ones."""
+    from diffeval.errors import did_you_mean
+
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ConfigError(f"unknown {probe} parameter {unknown[0]!r}: {did_you_mean(unknown[0], allowed)}",
+                          field=None)

@@ -1,0 +1,88 @@
+"""Needle, attn-map and outliers give the same numbers on the probe pipeline as they gave
+before it: each fixture in tests/fixtures/before_pipeline/ holds the command that was run
+(on the shipped zoo models, fixed seeds) and its metrics and per-sample results."""
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+
+from helpers import run_cli
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "before_pipeline"
+
+
+def _run(name: str, tmp_path: Path) -> tuple[dict, list[dict], dict]:
+    before = json.loads((FIXTURES / f"{name}.json").read_text())
+    argv = shlex.split(before["command"])[1:] + ["--out", str(tmp_path)]
+    assert run_cli(argv) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    return before, samples, results
+
+
+def test_needle_predictions_scores_and_cells_unchanged(tmp_path):
+    before, samples, results = _run("needle", tmp_path)
+    now = {(s["model"], s["id"]): s for s in samples}
+    assert len(now) == len(before["samples"])
+    for old in before["samples"]:
+        new = now[(old["model"], old["id"])]
+        assert new["prediction"] == old["prediction"] and new["score"] == old["score"]
+    assert [(c["model"], c["length"], c["depth"], c["mean"], c["ci95"]) for c in results["cells"]] == \
+        [(c["model"], c["length"], c["depth"], c["mean"], c["ci95"]) for c in before["cells"]]
+    for label, m in before["metrics"].items():
+        assert results["metrics"][label]["accuracy"]["value"] == m["accuracy"]
+        assert results["metrics"][label]["accuracy"]["ci95"] == m["ci95"]
+        assert results["metrics"][label]["all_correct"]["value"] == m["all_correct"]
+        assert {k: results["metrics"][label][f"accuracy@depth={k}"]["value"] for k in m["by_depth"]} == m["by_depth"]
+
+
+def test_attn_map_allocations_and_cells_unchanged(tmp_path):
+    before, samples, results = _run("attn-map", tmp_path)
+    now = {(s["model"], s["id"]): s for s in samples}
+    for old in before["samples"]:
+        new = now[(old["model"], old["id"])]
+        for key in ("allocation", "allocation_signed"):
+            if key in old:
+                assert new[key] == pytest.approx(old[key], abs=1e-6)
+    strip = lambda c: {k: v for k, v in c.items() if k != "signed"}  # noqa: E731
+    assert len(results["cells"]) == len(before["cells"])
+    for a, b in zip(results["cells"], before["cells"]):
+        assert strip(a) == pytest.approx(strip(b), abs=1e-6)
+    for label, m in before["metrics"].items():
+        for depth, cats in m["by_depth"].items():
+            for cat, value in cats.items():
+                assert results["metrics"][label][f"{cat}@depth={depth}"]["value"] == pytest.approx(value, abs=1e-6)
+
+
+def test_outliers_statistics_and_nll_unchanged(tmp_path):
+    before, samples, results = _run("outliers-nll", tmp_path)
+    now = {(s["model"], s["index"]): s for s in samples if s["kind"] == "sequence"}
+    for old in before["samples"]:
+        new = now[(old["model"], old["index"])]
+        assert new["ids_sha256"] == old["ids_sha256"] and new["nll"] == old["nll"]
+    old_act = {(c["model"], c["activation"]): c for c in before["cells"] if c["kind"] == "activation"}
+    new_act = {(c["model"], c["activation"]): c for c in results["cells"] if c["kind"] == "activation"}
+    assert old_act.keys() == new_act.keys()
+    for key, c in old_act.items():
+        for stat in ("top1", "top2", "top3", "top10", "top100", "median"):
+            assert new_act[key][stat] == c[stat], (key, stat)
+    for label, m in before["metrics"].items():
+        for bits, v in m["quantization"]["by_bits"].items():
+            assert results["metrics"][label][f"nll@bits={bits}"]["value"] == v["value"]
+            assert results["metrics"][label][f"nll@bits={bits}"]["n"] == v["n"]
+
+
+def test_outliers_needle_metric_unchanged(tmp_path):
+    before, samples, results = _run("outliers-needle", tmp_path)
+    now = {(s["model"], s["bits"], s["index"], s["id"].split("-", 1)[1]): s for s in samples if s["kind"] == "needle"}
+    olds = [s for s in before["samples"] if s["kind"] == "needle"]
+    assert len(now) == len(olds)
+    for old in olds:
+        new = now[(old["model"], old["bits"], old["index"], old["id"])]
+        assert new["prediction"] == [old["prediction"]] and new["score"] == old["score"]
+    for label, m in before["metrics"].items():
+        for bits, v in m["quantization"]["by_bits"].items():
+            got = results["metrics"][label][f"accuracy@bits={bits}"]
+            assert (got["value"], got["n"], got["ci95"]) == (v["value"], v["n"], v["ci95"])
