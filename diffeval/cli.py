@@ -80,6 +80,15 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def _given(exc, args: list[str]) -> str:
+    """The value the user gave to the option a parser error is about, when the message lacks it."""
+    opts = getattr(getattr(exc, "param", None), "opts", None) or []
+    for i, arg in enumerate(args[:-1]):
+        if arg in opts and args[i + 1] not in exc.format_message():
+            return f" (got {args[i + 1]!r})"
+    return ""
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: bad input -> one line on stderr and exit 2; Ctrl-C -> exit 130."""
     args = sys.argv[1:] if argv is None else list(argv)
@@ -96,7 +105,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         rc = 130
     except _parser_errors() as exc:
         hint = f" (see diffeval {args[0]} --help)" if args[0] in COMMANDS else " (see diffeval --help)"
-        print(f"diffeval: error: {_one_line(exc.format_message())}{hint}", file=sys.stderr)
+        print(f"diffeval: error: {_one_line(exc.format_message())}{_given(exc, args)}{hint}", file=sys.stderr)
         sys.exit(2)
     except DiffevalError as exc:
         print(f"diffeval: error: {_one_line(exc)}", file=sys.stderr)

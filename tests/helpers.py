@@ -47,3 +47,19 @@ def run_cli(argv) -> int:
     except SystemExit as exc:
         return exc.code
     return 0
+
+
+def interrupt_after(monkeypatch, n: int) -> None:
+    """Make the n-th finished sample raise KeyboardInterrupt right after it is saved (Ctrl-C)."""
+    import diffeval.results as results_mod
+
+    original = results_mod.ResumeCache.put
+    calls = {"n": 0}
+
+    def put_then_stop(self, key, value):
+        original(self, key, value)
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(results_mod.ResumeCache, "put", put_then_stop)

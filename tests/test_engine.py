@@ -1,5 +1,6 @@
 """The engine: prefix reuse and batching give the same generations as plain greedy decoding."""
 
+import pytest
 import torch
 
 from diffeval.engine import Engine, Generate, common_prefix
@@ -53,3 +54,62 @@ def test_common_prefix():
     assert common_prefix([1, 2, 3], [1, 2, 4]) == 2
     assert common_prefix([], [1]) == 0
     assert common_prefix([1, 2], [1, 2]) == 2
+
+
+def _naive_logprob(model, prompt, cand):
+    """Sum of log p(cand | prompt) from one full forward pass of prompt + cand."""
+    ids = torch.tensor([prompt + cand])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids)[0].double(), dim=-1)  # (T, V)
+    return sum(float(logp[len(prompt) - 1 + k, t]) for k, t in enumerate(cand))
+
+
+def test_choice_scores_equal_full_forward_log_likelihoods_with_reuse():
+    from diffeval.engine import Choice
+
+    model = tiny_model("diff", vocab_size=259)
+    g = torch.Generator().manual_seed(3)
+    shared = torch.randint(0, 256, (90,), generator=g).tolist()
+    queries = [shared + torch.randint(0, 256, (n,), generator=g).tolist() for n in (4, 7)]
+    cands = [tuple(torch.randint(0, 256, (n,), generator=g).tolist()) for n in (1, 3, 2)]
+    work = [[Choice(tuple(q), tuple(cands))] for q in queries]
+    got = {}
+    engine = Engine(model)
+    engine.run(work, lambda i, out: got.__setitem__(i, out[0]))
+    for i, q in enumerate(queries):
+        for score, cand in zip(got[i], cands):
+            assert score.logprob == pytest.approx(_naive_logprob(model, q, list(cand)), abs=1e-4)
+            assert score.n_tokens == len(cand)
+            assert score.mean_logprob == pytest.approx(score.logprob / len(cand))
+    # the second query reuses the shared prefix: far fewer than every token is prefilled
+    assert engine.counters.prefilled_tokens < 0.7 * engine.counters.prompt_tokens
+
+
+def test_greedy_flag_marks_the_model_own_continuation():
+    from diffeval.engine import Choice
+
+    model = tiny_model("transformer", vocab_size=259)
+    prompt = list(range(30, 70))
+    with torch.no_grad():
+        own = greedy_generate(model, prompt, model.new_cache(), 3)
+    other = [(own[0] + 1) % 256, *own[1:]]
+    got = {}
+    Engine(model).run([[Choice(tuple(prompt), (tuple(own), tuple(other)))]], lambda i, out: got.__setitem__(i, out[0]))
+    assert got[0][0].greedy and not got[0][1].greedy
+    assert got[0][0].logprob > got[0][1].logprob
+
+
+def test_mixed_requests_finish_each_item_once_in_request_order():
+    from diffeval.engine import CaptureRows, TokenNLL
+
+    model = tiny_model("transformer", vocab_size=259)
+    ids = tuple(range(40, 80))
+    done = []
+    work = [[TokenNLL(ids), Generate(ids, 2, None), CaptureRows(ids, (5, 39), (1,))], []]
+    Engine(model).run(work, lambda i, out: done.append((i, out)))
+    assert sorted(i for i, _ in done) == [0, 1]
+    nll, gen, rows = dict(done)[0]
+    with torch.no_grad():
+        want = model.token_nll(torch.tensor([ids]))[0].numpy()
+    assert nll.shape == (39,) and abs(nll - want).max() < 1e-5
+    assert len(gen) == 2 and set(rows) == {1} and rows[1]["attn"].shape[2] == 2

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from diffeval.cli import main
-from helpers import run_cli as run, saved_tiny_models
+from helpers import interrupt_after, run_cli as run, saved_tiny_models
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
@@ -63,26 +63,15 @@ def test_heatmap_data_equals_cells(ckpts, tmp_path):
 
 
 def test_resume_after_interrupt_gives_the_same_results(ckpts, tmp_path, monkeypatch):
-    import diffeval.results as results_mod
-
     whole = tmp_path / "whole"
     main(["needle", "--ckpt", ckpts[0], *ARGS, "--out", str(whole)])
 
-    original = results_mod.ResumeCache.put
-    calls = {"n": 0}
-
-    def put_then_stop(self, key, value):
-        original(self, key, value)
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-
     part = tmp_path / "part"
-    monkeypatch.setattr(results_mod.ResumeCache, "put", put_then_stop)
-    assert run(["needle", "--ckpt", ckpts[0], *ARGS, "--out", str(part)]) == 130
+    with monkeypatch.context() as m:
+        interrupt_after(m, 3)
+        assert run(["needle", "--ckpt", ckpts[0], *ARGS, "--out", str(part)]) == 130
     assert not (part / "results.json").exists()
     assert len((part / ".resume" / "transformer.jsonl").read_text().splitlines()) == 3
-    monkeypatch.setattr(results_mod.ResumeCache, "put", original)
     main(["needle", "--ckpt", ckpts[0], *ARGS, "--out", str(part)])
     a = json.loads((whole / "results.json").read_text())
     b = json.loads((part / "results.json").read_text())

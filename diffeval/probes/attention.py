@@ -20,7 +20,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from diffeval.errors import UsageError
 
 CATEGORIES = ("answer", "needle", "other_needles", "sink", "query", "noise")
 QUERY_MODES = ("question", "answer", "last")
@@ -77,15 +76,18 @@ def query_positions(sample, mode: str, tokenizer) -> list[int]:
     prompt = sample.prompts[0]
     text_tail = tokenizer.decode(list(prompt[sample.n_context:]))
     marker = "\nAnswer:"
-    if marker not in text_tail:
-        raise UsageError(f"sample {sample.id}: cannot find the answer prefix in the prompt")
-    answer_text = text_tail[text_tail.index(marker) + 1:]
+    if marker in text_tail:  # plain prompts: "Answer: <answer prefix>"
+        answer_text = text_tail[text_tail.index(marker) + 1:]
+    elif sample.answer_prefix and text_tail.endswith(sample.answer_prefix):  # chat: after the assistant header
+        answer_text = sample.answer_prefix
+    else:
+        raise ValueError(f"sample {sample.id}: cannot find the answer prefix in the prompt")
     k = min(len(tokenizer.encode(answer_text)), n - sample.n_context)
     if mode == "answer":
         return list(range(n - k, n))
     if mode == "question":
         return list(range(sample.n_context, n - k))
-    raise UsageError(f"--query {mode!r}: choose {', '.join(QUERY_MODES)}")
+    raise ValueError(f"query mode {mode!r}: choose {', '.join(QUERY_MODES)}")
 
 
 def allocation(rows: np.ndarray, labels: np.ndarray) -> np.ndarray:

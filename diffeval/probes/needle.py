@@ -202,6 +202,7 @@ class NeedleSample:
     expected: tuple[str, ...]  # (R,) values
     answer_spans: tuple[tuple[int, int], ...]  # (R,) [start, end) of each asked value
     n_context: int = 0  # tokens before the question (BOS included): the shared context
+    answer_prefix: str = ""  # text that closes the first prompt ("The magic number for X is")
 
     def __post_init__(self) -> None:
         r = len(self.queries)
@@ -489,7 +490,7 @@ def _make_sample(tok, enc: PieceEncoder, bos: list[int], built: _Built, needles:
         prompts=tuple(prompts), n_tokens=tuple(len(p) for p in prompts), needles=tuple(records),
         queries=tuple(n.key for n in needles[:r]), expected=tuple(n.value for n in needles[:r]),
         answer_spans=tuple((int(spans[k][2]), int(spans[k][3])) for k in range(r)),
-        n_context=len(bos) + int(n_ctx))
+        n_context=len(bos) + int(n_ctx), answer_prefix=needles[0].answer)
 
 
 def generate_group(cfg: NeedleConfig, tokenizer, length: int, index: int,
