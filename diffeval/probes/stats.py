@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from typing import Iterable, Mapping, Sequence
 
-from diffeval.errors import UsageError
 
 
 def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -18,11 +17,11 @@ def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
     k may be fractional (a sum of partial scores). n = 0 carries no information: (0.0, 1.0).
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise UsageError(f"wilson: n ({n!r}) must be a non-negative integer")
+        raise ValueError(f"wilson: n ({n!r}) must be a non-negative integer")
     if not 0 <= k <= n:
-        raise UsageError(f"wilson: k ({k!r}) must lie in [0, n] with n = {n}")
+        raise ValueError(f"wilson: k ({k!r}) must lie in [0, n] with n = {n}")
     if not z > 0:
-        raise UsageError(f"wilson: z ({z!r}) must be positive")
+        raise ValueError(f"wilson: z ({z!r}) must be positive")
     if n == 0:
         return 0.0, 1.0
     p = k / n
@@ -41,7 +40,7 @@ def _group(rows: Iterable[Mapping], keys: Sequence[str], value: str) -> dict[tup
     for i, row in enumerate(rows):
         missing = [k for k in (*keys, value) if k not in row]
         if missing:
-            raise UsageError(f"row {i} lacks {', '.join(missing)} (has {', '.join(sorted(row))})")
+            raise ValueError(f"row {i} lacks {', '.join(missing)} (has {', '.join(sorted(row))})")
         groups.setdefault(tuple(row[k] for k in keys), []).append(float(row[value]))
     return groups
 
@@ -63,7 +62,7 @@ def mean_per_cell(rows: Iterable[Mapping], keys: Sequence[str] = ("length", "dep
     for key, vals in sorted(_group(rows, keys, value).items(), key=lambda kv: _sort_key(kv[0])):
         bad = [v for v in vals if not 0.0 <= v <= 1.0]
         if bad:
-            raise UsageError(f"cell {dict(zip(keys, key))}: {value} {bad[0]} is outside [0, 1]")
+            raise ValueError(f"cell {dict(zip(keys, key))}: {value} {bad[0]} is outside [0, 1]")
         total = math.fsum(vals)
         lo, hi = wilson(min(total, len(vals)), len(vals), z)
         cells.append({**dict(zip(keys, key)), "mean": total / len(vals), "n": len(vals), "ci95": [lo, hi]})

@@ -8,7 +8,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from diffeval.errors import UsageError
 from diffeval.probes import needle as N
 from diffeval.probes.stats import average_by, mean_per_cell, wilson
 from diffeval.tokenizers import ByteTokenizer
@@ -114,7 +113,7 @@ def test_wilson_edges_and_errors():
     for args, needle in (((11, 10), r"k \(11\) must lie in \[0, n\] with n = 10"),
                          ((-1, 10), r"k \(-1\)"), ((1, -2), r"n \(-2\)"), ((1, 2.5), r"n \(2.5\)"),
                          ((1, 2, 0.0), r"z \(0.0\)")):
-        with pytest.raises(UsageError, match=needle):
+        with pytest.raises(ValueError, match=needle):
             wilson(*args)
 
 
@@ -155,7 +154,7 @@ def test_average_by_gives_the_avg_row():
 
 
 def test_aggregation_errors_name_the_problem():
-    with pytest.raises(UsageError, match=r"row 0 lacks depth"):
+    with pytest.raises(ValueError, match=r"row 0 lacks depth"):
         mean_per_cell([{"length": 1, "score": 1.0}])
-    with pytest.raises(UsageError, match=r"score 1.5 is outside \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"score 1.5 is outside \[0, 1\]"):
         mean_per_cell([{"length": 1, "depth": 0, "score": 1.5}])
