@@ -11,6 +11,7 @@ import typer
 from diffeval.commands.attn_map import attn_map
 from diffeval.commands.info import info
 from diffeval.commands.needle import needle
+from diffeval.commands.nll import nll
 from diffeval.commands.outliers import outliers
 from diffeval.commands.run import run_task
 from diffeval.commands.train import train, zoo
@@ -41,7 +42,7 @@ def root(
 
 
 COMMANDS = {"info": info, "zoo": zoo, "train": train, "needle": needle, "attn-map": attn_map,
-            "outliers": outliers, "run": run_task}
+            "outliers": outliers, "nll": nll, "run": run_task}
 for _name, _fn in COMMANDS.items():
     app.command(_name)(_fn)
 

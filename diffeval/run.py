@@ -206,8 +206,8 @@ def run_probe(probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions,
         if opts.save_prompts and tok is not None:
             prompts_rows.extend(_prompt_rows(label, samples, work, tok))
         per_model[label] = _timing(engine.counters, wall, len(samples), len(samples) - len(todo), opts.device)
-        models.append(model_record(label, loaded, opts))
-        del loaded, engine, state
+        models.append({**model_record(label, loaded, opts), **({"notes": ctx.notes} if ctx.notes else {})})
+        del loaded, engine
     cells, metrics = probe.aggregate(cfg, records, models, extra)
     artifacts: dict[str, Any] = {"samples": "samples.jsonl", "figures": []}
     write_jsonl(out / "samples.jsonl", records)

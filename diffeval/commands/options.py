@@ -92,13 +92,13 @@ def flags(mapping: dict[str, str]):
         raise exc.located(flag) from None
 
 
-def default_lengths(ckpts: list[str]) -> list[int]:
+def default_lengths(ckpts: list[str], reserve: int = 0) -> list[int]:
     """Without --len: 4k, or the largest multiple of 1024 (the limit itself when below 1024)
-    within every model's position limit."""
+    within every model's position limit less `reserve` positions (e.g. BOS)."""
     from diffeval.checkpoints import read_config, resolve_spec
     from diffeval.run import default_specs
 
-    limit = min(read_config(resolve_spec(s))[1].max_seq_len for s in default_specs(list(ckpts)))
+    limit = min(read_config(resolve_spec(s))[1].max_seq_len for s in default_specs(list(ckpts))) - reserve
     return [min(4096, limit // 1024 * 1024 or limit)]
 
 

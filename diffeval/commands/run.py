@@ -19,6 +19,7 @@ def run_task(
     length: Optional[str] = typer.Option(None, "--len", help="Override lengths."),
     depths: Optional[str] = typer.Option(None, "--depths", help="Override depths."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the seed."),
+    data: Optional[str] = typer.Option(None, "--data", help="Override the data (probes that read text: nll, outliers)."),
     device: str = o.DEVICE,
     dtype: str = o.DTYPE,
     backend: str = o.BACKEND,
@@ -37,7 +38,8 @@ def run_task(
     from diffeval.tasks import load_task
 
     task = load_task(task_file)
-    overrides = {k: v for k, v in dict(samples=samples, lengths=length, depths=depths, seed=seed).items() if v is not None}
+    overrides = {k: v for k, v in dict(samples=samples, lengths=length, depths=depths, seed=seed, data=data).items()
+                 if v is not None}
     variants = task.variants(overrides)
     opts = o.run_options(device, dtype, backend, batch_size, max_new_tokens, allow_beyond, allow_pickle,
                          prompt_format, decode, save_prompts)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-
+from diffeval.plotting import save_figure
 
 def _figure(w: float, h: float, rows: int = 1, cols: int = 1, **kw):
     from matplotlib.figure import Figure
@@ -16,17 +16,6 @@ def _figure(w: float, h: float, rows: int = 1, cols: int = 1, **kw):
     fig = Figure(figsize=(w, h), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False, **kw)
     return fig, axes
-
-
-def _save(fig, stem: Path) -> list[Path]:
-    paths = []
-    for ext in ("png", "pdf"):
-        path = stem.with_suffix(f".{ext}")
-        tmp = path.with_name(path.stem + ".tmp." + ext)
-        fig.savefig(tmp, dpi=150)
-        tmp.replace(path)
-        paths.append(path)
-    return paths
 
 
 def _shade(ax, npz, horizontal: bool = False) -> None:
@@ -168,11 +157,11 @@ def draw_all(out: Path, cells, metrics, models, reps, log_scale: bool = True) ->
         pooled_path = out / "arrays" / f"{stem}__pooled.npz"
         if pooled_path.exists():
             pooled[label] = (np.load(pooled_path), family)
-    paths += _save(profile_figure(arrays, log_scale), out / "attn_profile")
-    paths += _save(layer_head_figure(cells, labels), out / "attn_layer_head")
+    paths += save_figure(profile_figure(arrays, log_scale), out / "attn_profile")
+    paths += save_figure(layer_head_figure(cells, labels), out / "attn_layer_head")
     for part in ("window", "whole"):
         fig = pooled_figure(pooled, part)
         if fig is not None:
-            paths += _save(fig, out / f"attn_pooled_{part}")
-    paths += _save(allocation_figure(metrics, labels), out / "attn_allocation")
+            paths += save_figure(fig, out / f"attn_pooled_{part}")
+    paths += save_figure(allocation_figure(metrics, labels), out / "attn_allocation")
     return paths

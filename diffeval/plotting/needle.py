@@ -7,7 +7,6 @@ DIFF paper's figure. Cells are results.json rows {"model", "length", "depth", "m
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
@@ -17,7 +16,8 @@ from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
 
 from diffeval.errors import UsageError
-from diffeval.probes.needle import length_label
+from diffeval.plotting import save_figure
+from diffeval.probes.specs import length_label
 
 # red (0) -> yellow (0.5) -> green (1); missing cells are light grey
 CMAP = LinearSegmentedColormap.from_list("needle", ["#d7301f", "#f7d348", "#1a9850"]).with_extremes(bad="#dddddd")
@@ -92,22 +92,8 @@ def needle_figure(cells: Sequence[Mapping], models: Sequence[str], title: Option
     return fig
 
 
-def _save(fig: Figure, path: Path, fmt: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    # No timestamps in the PDF, so reruns give identical files.
-    meta = {"CreationDate": None} if fmt == "pdf" else {}
-    fig.savefig(tmp, format=fmt, dpi=200, metadata=meta)
-    os.replace(tmp, path)
-
-
 def needle_heatmap(cells: Sequence[Mapping], models: Sequence[str], out_stem: str | Path,
                    title: Optional[str] = None, value: str = "mean") -> list[Path]:
     """Draw the depth x length heatmap and write `out_stem`.png and `out_stem`.pdf (atomic,
     parent folder created) -> [png path, pdf path]."""
-    stem = Path(out_stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    fig = needle_figure(cells, models, title, value)
-    paths = [stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".pdf")]
-    for path in paths:
-        _save(fig, path, path.suffix[1:])
-    return paths
+    return save_figure(needle_figure(cells, models, title, value), out_stem)

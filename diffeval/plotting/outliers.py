@@ -5,7 +5,6 @@ data: quant cells {"model", "kind": "quant", "bits", "value", "n", ("ci95")} and
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -15,6 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from diffeval.errors import UsageError
+from diffeval.plotting import save_figure
 
 METRIC_LABELS = {"nll": "Mean token NLL (nats, lower is better)",
                  "needle": "Needle accuracy (higher is better)"}
@@ -120,22 +120,11 @@ def _log_labels(ax, values: np.ndarray) -> None:
     ax.tick_params(axis="y", which="both", labelsize=8)
 
 
-def _save(fig: Figure, stem: Path) -> list[Path]:
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".pdf")]
-    for path in paths:
-        fmt = path.suffix[1:]
-        tmp = path.with_name(path.name + ".tmp")
-        fig.savefig(tmp, format=fmt, dpi=200, metadata={"CreationDate": None} if fmt == "pdf" else {})
-        os.replace(tmp, path)
-    return paths
-
-
 def quant_curve(cells: Sequence[Mapping], models: Sequence[str], metric: str, out_stem: str | Path) -> list[Path]:
     """Draw the quantization curve; write `out_stem`.png and .pdf -> [png, pdf]."""
-    return _save(quant_figure(cells, models, metric), Path(out_stem))
+    return save_figure(quant_figure(cells, models, metric), Path(out_stem))
 
 
 def layer_outlier_figure(per_layer: Mapping[str, Mapping[str, Sequence[float]]], out_stem: str | Path) -> list[Path]:
     """Draw top-1 |activation| per layer; write `out_stem`.png and .pdf -> [png, pdf]."""
-    return _save(layer_figure(per_layer), Path(out_stem))
+    return save_figure(layer_figure(per_layer), Path(out_stem))

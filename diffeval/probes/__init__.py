@@ -13,6 +13,7 @@ PROBES: dict[str, str] = {
     "needle": "diffeval.probes.needle",
     "attn-map": "diffeval.probes.attn_map",
     "outliers": "diffeval.probes.outliers",
+    "nll": "diffeval.probes.nll",
 }
 
 

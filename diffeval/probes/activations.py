@@ -26,7 +26,6 @@ which still routes attention through the reference path, like every quantized ru
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np

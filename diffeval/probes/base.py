@@ -41,6 +41,7 @@ class ModelContext:
     max_new_tokens: Optional[int] = None  # user override of the generation budget
     prompt_format: Any = None  # diffeval.probes.prompts.PromptFormat
     decode: str = "default"  # default | ruler
+    notes: dict = field(default_factory=dict)  # what generation decided for this model -> results models[].notes
 
     def check_length(self, n: int, what: str = "prompt") -> None:
         """Refuse a prompt longer than the model's position limit unless allowed."""

@@ -7,7 +7,7 @@ rows (e.g. one model, length and depth) with its "mean", count "n" and 95% Wilso
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 
 
@@ -79,3 +79,32 @@ def average_by(cells: Iterable[Mapping], by: Sequence[str], value: str = "mean")
         counts[tuple(cell[k] for k in by)] += int(cell.get("n", 0))
     return [{**dict(zip(by, key)), "mean": math.fsum(vals) / len(vals), "n_cells": len(vals), "n": counts[key]}
             for key, vals in sorted(groups.items(), key=lambda kv: _sort_key(kv[0]))]
+
+
+# Student t quantiles t_{0.975, df} for df = 1..30 (standard table values).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+         2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+         2.052, 2.048, 2.045, 2.042)
+
+
+def t975(df: int) -> float:
+    """Two-sided 95% Student t quantile; beyond the table a Cornish-Fisher expansion (error < 1e-4)."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom ({df}) must be >= 1")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def mean_ci(values: Sequence[float]) -> tuple[float, Optional[tuple[float, float]]]:
+    """Mean and its 95% t interval across independent values (None for fewer than two)."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("mean_ci of no values")
+    mean = math.fsum(values) / n
+    if n < 2:
+        return mean, None
+    var = math.fsum((v - mean) ** 2 for v in values) / (n - 1)
+    half = t975(n - 1) * math.sqrt(var / n)
+    return mean, (mean - half, mean + half)

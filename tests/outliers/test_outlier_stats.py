@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from diffeval.errors import ConfigError, UsageError
+from diffeval.errors import ConfigError
 from diffeval.kernels.common import expand_kv
 from diffeval.models.layers import apply_rotary
 from diffeval.probes import activations as probe

@@ -19,6 +19,7 @@ CASES = {
     "needle": {"lengths": [200], "depths": [0, 100], "samples": 2, "n_needles": 2, "n_queries": 2},
     "attn-map": {"lengths": [200], "depths": "0,100", "samples": 1, "n_needles": 2, "layers": "0,-1"},
     "outliers": {"n_tokens": "500", "seq_len": 128, "bits": [16, 4], "metric": "nll"},
+    "nll": {"length": 160, "docs": 4},
 }
 OPTS = RunOptions(device="cpu", max_new_tokens=3, progress=False)
 

@@ -1,0 +1,333 @@
+"""`nll`: long-sequence negative log-likelihood by position (the DIFF paper's section 3.3).
+
+Each sequence is BOS + `length` tokens of one document (or, with `pack`, of documents joined
+by EOS / a blank line). Position p is the p-th text token after BOS; its NLL is
+-log p(token_p | BOS, tokens_1..p-1). The curve is the cumulative average NLL up to p, at
+log-spaced positions (1, 2, 4, ..., length, and the end), and the mean NLL per position
+bucket between those points; each with n (sequences) and a 95% t interval across sequences.
+NLL is computed in chunks through the engine's TokenNLL request: no (n x vocab) logits."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+
+from diffeval.errors import ConfigError
+from diffeval.probes.base import Probe, metric
+from diffeval.probes.specs import as_text, check_int, check_keys, parse_length, token_count
+from diffeval.probes.text import describe_files, file_blocks, jsonl_rows, text_files
+
+NAME = "nll"
+VERSION = 1
+SYNTHETIC_DOCS = 8  # sequences drawn from the generated prose when `docs` is not given
+_TASK_KEY = int.from_bytes(NAME.encode("ascii"), "big")
+_REPEAT = 0.3  # synthetic documents: chance that a sentence repeats an earlier one of the document
+
+
+@dataclass(frozen=True)
+class NllConfig:
+    length: int  # text tokens per sequence (after BOS)
+    data: str = "synthetic"  # synthetic | a .txt file | a folder of .txt files | a .jsonl file
+    text_field: str = "text"  # the JSONL field holding a document's text
+    docs: Optional[int] = None  # sequences to evaluate (None: every document; synthetic: SYNTHETIC_DOCS)
+    pack: bool = False  # join documents (EOS / blank line between) instead of skipping short ones;
+    # each sequence still starts at a document, and the rest of its last document is dropped
+    positions: tuple[int, ...] = ()  # curve points; () = log-spaced 1, 2, 4, ..., length
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_int("length", self.length, 1)
+        if not isinstance(self.data, str) or not self.data.strip():
+            raise ConfigError(f"{self.data!r} must be 'synthetic' or a path", "data")
+        if not isinstance(self.text_field, str) or not self.text_field:
+            raise ConfigError(f"{self.text_field!r} must name a JSONL field", "text_field")
+        if self.docs is not None:
+            check_int("docs", self.docs, 1)
+        if not isinstance(self.pack, bool):
+            raise ConfigError(f"{self.pack!r} must be true or false", "pack")
+        object.__setattr__(self, "positions", tuple(int(p) for p in self.positions))
+        bad = [p for p in self.positions if not 1 <= p <= self.length]
+        if bad:
+            raise ConfigError(f"{bad[0]} lies outside 1..{self.length} (the sequence length)", "positions")
+        if list(self.positions) != sorted(set(self.positions)):
+            raise ConfigError(f"{list(self.positions)} must be increasing without repeats", "positions")
+        check_int("seed", self.seed, 0)
+
+    def curve_positions(self) -> list[int]:
+        if self.positions:
+            out = list(self.positions)
+        else:
+            out = [1 << k for k in range(self.length.bit_length()) if 1 << k <= self.length]
+        return out if out[-1] == self.length else out + [self.length]
+
+    def to_dict(self) -> dict:
+        return {"length": int(self.length), "data": self.data, "text_field": self.text_field,
+                "docs": self.docs, "pack": self.pack, "positions": self.curve_positions(),
+                "short_documents": "packed" if self.pack else "skipped", "seed": int(self.seed)}
+
+
+def _positions(value: Any) -> tuple[int, ...]:
+    text = as_text(value).strip().lower()
+    if text in ("", "log"):
+        return ()
+    return tuple(token_count(p, "positions") for p in text.split(","))
+
+
+def config(params: dict) -> NllConfig:
+    check_keys(params, {f.name for f in fields(NllConfig)}, NAME)
+    values = dict(params)
+    if "length" in values:
+        values["length"] = parse_length(values["length"], "length")
+    if "positions" in values:
+        values["positions"] = _positions(values["positions"])
+    if isinstance(values.get("docs"), str):
+        values["docs"] = None if values["docs"].strip().lower() == "all" else token_count(values["docs"], "docs")
+    return NllConfig(**values)
+
+
+# --- documents ------------------------------------------------------------------------------
+
+
+def _files(cfg: NllConfig) -> Optional[list[Path]]:
+    if cfg.data == "synthetic":
+        return None
+    path = Path(cfg.data).expanduser()
+    if path.is_file() and path.suffix == ".jsonl":
+        return [path]
+    return text_files(path, "data")
+
+
+def _data(cfg: NllConfig) -> dict:
+    files = _files(cfg)
+    if files is None:
+        return {"text": {"kind": "synthetic", "generator": "diffeval essay documents with repeated sentences",
+                         "seed": cfg.seed}}
+    return {"text": describe_files(cfg.data, files)}
+
+
+def synthetic_document(seed: int, index: int) -> Iterator[str]:
+    """Endless text of one generated document: essay sentences in paragraphs, where a sentence
+    repeats an earlier one of the same document with probability 0.3 (long-range structure a
+    model can use); seeded by (seed, index)."""
+    from diffeval.probes.haystack import essay_sentence
+
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, _TASK_KEY, index])))
+    said: list[str] = []
+    while True:
+        para = []
+        for _ in range(int(rng.integers(4, 10))):
+            s = said[int(rng.integers(len(said)))] if said and rng.random() < _REPEAT else essay_sentence(rng)
+            said.append(s)
+            para.append(s)
+        yield " ".join(para) + "\n\n"
+
+
+def _documents(cfg: NllConfig, files: Optional[list[Path]]) -> Iterator[tuple[str, Iterator[str]]]:
+    """(name, text blocks) per document, in order."""
+    if files is None:
+        index = 0
+        while True:
+            yield f"synthetic-{index}", synthetic_document(cfg.seed, index)
+            index += 1
+    for path in files:
+        if path.suffix == ".jsonl":
+            for n, row in enumerate(jsonl_rows(path, "data"), start=1):
+                if cfg.text_field not in row:
+                    raise ConfigError(f"file {path} line {n}: no field {cfg.text_field!r} "
+                                      f"(has {', '.join(sorted(row)) or 'nothing'})", "text_field")
+                text = row[cfg.text_field]
+                if not isinstance(text, str):
+                    raise ConfigError(f"file {path} line {n}: field {cfg.text_field!r} is not text", "text_field")
+                yield f"{path.name}:{n}", iter([text])
+        else:
+            yield path.name, file_blocks(path, "data")
+
+
+def _take(blocks: Iterator[str], encode, n: int) -> list[int]:
+    """The first n tokens of a document's blocks (fewer when it is shorter); stops reading early."""
+    ids: list[int] = []
+    for block in blocks:
+        ids.extend(encode(block))
+        if len(ids) >= n:
+            return ids[:n]
+    return ids
+
+
+@dataclass(frozen=True)
+class _Seq:
+    index: int
+    doc: str
+    ids: tuple[int, ...]  # BOS + text tokens
+
+    @property
+    def id(self) -> str:
+        return f"seq{self.index}"
+
+
+def _generate(cfg: NllConfig, ctx) -> list[_Seq]:
+    tok = ctx.need_tokenizer(NAME)
+    bos = [] if tok.bos_id is None else [int(tok.bos_id)]
+    ctx.check_length(len(bos) + cfg.length, "sequence")
+    want = cfg.docs if cfg.docs is not None else (SYNTHETIC_DOCS if cfg.data == "synthetic" else None)
+    files = _files(cfg)
+    out: list[_Seq] = []
+    skipped = 0
+    if cfg.pack:  # each sequence starts at a document; documents follow one another until it is full
+        sep = [int(tok.eos_id)] if tok.eos_id is not None else list(tok.encode("\n\n"))
+        ids: list[int] = []
+        names: list[str] = []
+        for name, blocks in _documents(cfg, files):
+            if want is not None and len(out) >= want:
+                break
+            ids.extend(_take(blocks, tok.encode, cfg.length - len(ids)) + sep)
+            names.append(name)
+            if len(ids) >= cfg.length:
+                out.append(_Seq(len(out), "+".join(names), tuple(bos + ids[:cfg.length])))
+                ids, names = [], []
+    else:
+        for name, blocks in _documents(cfg, files):
+            if want is not None and len(out) >= want:
+                break
+            ids = _take(blocks, tok.encode, cfg.length)
+            if len(ids) < cfg.length:
+                skipped += 1
+                continue
+            out.append(_Seq(len(out), name, tuple(bos + ids)))
+    ctx.notes.update({"sequences": len(out), "short_documents_skipped": skipped, "packed": cfg.pack})
+    if not out or (want is not None and len(out) < want):
+        how = "joined" if cfg.pack else f"of at least {cfg.length} tokens ({skipped} shorter skipped)"
+        asked = f"the {want} asked for" if want is not None else "one"
+        raise ConfigError(f"{cfg.data} holds {len(out)} sequences {how} under the tokenizer of {ctx.label}, "
+                          f"fewer than {asked}; use fewer docs, a shorter length, or pack", "data")
+    return out
+
+
+def _requests(cfg: NllConfig, seq: _Seq, ctx) -> list:
+    from diffeval.engine import TokenNLL
+
+    return [TokenNLL(seq.ids)]
+
+
+# --- scoring and aggregation ----------------------------------------------------------------
+
+
+def curve(nll: np.ndarray, first: int, points: list[int]) -> tuple[list[float], list[list[float]]]:
+    """nll (T,) of text positions first, first+1, ... -> (cumulative average NLL at each point,
+    [[start, end, mean NLL, count] per bucket (previous point, point]]); points before `first`
+    are dropped."""
+    pos = np.arange(first, first + nll.size)
+    csum = np.cumsum(nll.astype(np.float64))
+    cum, buckets, prev = [], [], 0
+    for p in points:
+        if p < first:
+            continue
+        k = int(np.searchsorted(pos, p, side="right"))  # tokens at positions <= p
+        cum.append(float(csum[k - 1] / k))
+        lo = int(np.searchsorted(pos, prev, side="right"))
+        count = k - lo
+        buckets.append([prev + 1, p, float((csum[k - 1] - (csum[lo - 1] if lo else 0.0)) / count), count])
+        prev = p
+    return cum, buckets
+
+
+def _score(cfg: NllConfig, seq: _Seq, outputs: list, ctx) -> dict:
+    from diffeval.engine import ids_sha256
+
+    nll = outputs[0]  # (len(ids) - 1,)
+    first = 1 if ctx.tokenizer.bos_id is not None else 2  # without BOS the first token is not predicted
+    points = [p for p in cfg.curve_positions() if p >= first]
+    cum, buckets = curve(nll, first, points)
+    return {"id": seq.id, "doc": seq.doc, "n_tokens": [len(seq.ids)], "prediction": [], "score": None,
+            "ids_sha256": ids_sha256(seq.ids), "n_targets": int(nll.size), "nll_sum": float(nll.astype(np.float64).sum()),
+            "positions": points, "cumulative": [round(v, 6) for v in cum],
+            "buckets": [[s, e, round(m, 6), c] for s, e, m, c in buckets]}
+
+
+def _aggregate(cfg: NllConfig, records: list[dict], models: list[dict], extra: dict):
+    from diffeval.probes.stats import mean_ci
+
+    cells: list[dict] = []
+    metrics: dict[str, dict] = {}
+    for m in models:
+        label = m["label"]
+        mine = [r for r in records if r["model"] == label]
+        n = len(mine)
+        bos = 1 if mine[0]["n_tokens"][0] == cfg.length + 1 else 0
+        limit = m["max_positions"] - bos  # text positions the model was trained for
+        out: dict[str, Any] = {}
+        for j, p in enumerate(mine[0]["positions"]):
+            mean, ci = mean_ci([r["cumulative"][j] for r in mine])
+            cells.append({"model": label, "kind": "cumulative", "position": p, "start": 1, "n": n,
+                          "mean": round(mean, 6), **({"ci95": [round(x, 6) for x in ci]} if ci else {}),
+                          "beyond_limit": p > limit})
+            out[f"cum_nll@position={p}"] = metric(mean, n, False, ci)
+            s, e, _, count = mine[0]["buckets"][j]
+            mean_b, ci_b = mean_ci([r["buckets"][j][2] for r in mine])
+            cells.append({"model": label, "kind": "bucket", "position": e, "start": s, "n": n, "tokens": count,
+                          "mean": round(mean_b, 6), **({"ci95": [round(x, 6) for x in ci_b]} if ci_b else {}),
+                          "beyond_limit": e > limit})
+            out[f"nll@bucket={s}-{e}"] = metric(mean_b, n, False, ci_b)
+        mean, ci = mean_ci([r["nll_sum"] / r["n_targets"] for r in mine])
+        out["nll"] = metric(mean, n, False, ci)
+        out["ppl"] = metric(math.exp(mean), n, False, None if ci is None else [math.exp(x) for x in ci])
+        out["position_limit"] = metric(limit, n, None)
+        metrics[label] = out
+    return cells, metrics
+
+
+def _figures(run_dir: Path) -> list:
+    from diffeval.plotting.nll import nll_curve_figure
+    from diffeval.plotting import save_figure
+    from diffeval.results import read_results, read_samples
+
+    results = read_results(run_dir)
+    fig = nll_curve_figure(results, read_samples(run_dir))
+    return save_figure(fig, Path(run_dir) / "nll_curve")
+
+
+def _pos(p: int) -> str:
+    return f"{p // 1024}K" if p >= 1024 and p % 1024 == 0 else str(p)
+
+
+def _render(results: dict) -> None:
+    """Mean NLL per position bucket, models side by side (mean ± half-width of the 95% interval)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    labels = [m["label"] for m in results["models"]]
+    cells = {(c["model"], c["position"]): c for c in results["cells"] if c["kind"] == "bucket"}
+    ends = sorted({c["position"] for c in results["cells"] if c["kind"] == "bucket"})
+    table = Table(title="mean NLL per position bucket (nats; ± 95% interval across sequences; * beyond the position limit)")
+    table.add_column("positions", justify="right")
+    for label in labels:
+        table.add_column(label, justify="right")
+
+    def fmt(c):
+        if c is None:
+            return "-"
+        half = f" ± {(c['ci95'][1] - c['ci95'][0]) / 2:.3f}" if "ci95" in c else ""
+        return f"{c['mean']:.3f}{half}{' *' if c['beyond_limit'] else ''}"
+
+    for e in ends:
+        any_cell = next(cells[(m, e)] for m in labels if (m, e) in cells)
+        span = _pos(e) if any_cell["start"] == e else f"{_pos(any_cell['start'])}-{_pos(e)}"
+        table.add_row(span, *[fmt(cells.get((m, e))) for m in labels])
+    console = Console()
+    console.print(table)
+    for m in results["models"]:
+        met = results["metrics"][m["label"]]
+        console.print(f"{m['label']} ({m['family']}): mean NLL {met['nll']['value']:.4f}, perplexity "
+                      f"{met['ppl']['value']:.3f} over {met['nll']['n']} sequences")
+
+
+PROBE = Probe(name=NAME, version=VERSION, config=config, generate=_generate, requests=_requests, score=_score,
+              aggregate=_aggregate, figures=_figures, render=_render, cell_keys=("kind", "position"),
+              grid_params=("docs",), data=_data, aliases={"lengths": "length", "samples": "docs"},
+              description="cumulative average NLL by position up to the full length",
+              method="token NLL (nats) of every text position after BOS, chunked (no n x vocab logits); "
+                     "per sequence the cumulative average up to each point and the mean per bucket between "
+                     "points; across sequences the mean and a 95% Student t interval; ppl = exp(mean NLL)")
