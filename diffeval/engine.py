@@ -12,8 +12,11 @@ Requests:
 Generate and Choice requests are run in lexicographic order of their prompts (per hook), so
 that prompts sharing a prefix (the R questions over one haystack; the depths of one haystack
 up to the needle; ICL queries after one demonstration block) are neighbours. One cache is
-kept: before each prompt it is rolled back to the longest common prefix with what it holds,
-and only the rest is prefilled. The other requests run in the order given."""
+kept, in aligned chunks of `align` tokens: before each prompt it is rolled back to the last
+chunk boundary within the common prefix, the prompt's further whole chunks are prefilled one
+chunk per call, and its last partial chunk in one more call. So every logit is a function of
+the prompt alone (not of the prompts before it): reuse on or off, a resumed run or a fresh
+one, give the same numbers. The other requests run in the order given."""
 
 from __future__ import annotations
 
@@ -141,6 +144,7 @@ class Engine:
     batch_size: int = 1
     reuse: bool = True
     stats: Optional[ActivationStats] = None
+    align: int = 256  # prefix-cache granularity (tokens): see _extend_to
     counters: EngineStats = field(default_factory=EngineStats)
 
     def __post_init__(self) -> None:
@@ -234,18 +238,21 @@ class Engine:
         return self.model(ids, cache, logits=logits, logit_hook=hook)
 
     @torch.no_grad()
-    def _prefill_shared(self, prefix: list[int], hook: Optional[Hook]) -> None:
-        """Make the batch-1 cache hold exactly `prefix` (roll back, then extend)."""
+    def _extend_to(self, tokens: list[int], hook: Optional[Hook]) -> int:
+        """Make the batch-1 cache hold tokens[:b], b the largest multiple of `align` <= len(tokens),
+        reusing what it holds. Every cached position is computed in the call of its own aligned
+        chunk, so its keys and values (and hence every later logit) do not depend on which
+        prompts ran before: a resumed run, or one with more samples, gives the same numbers."""
         if self._cache is None or not self.reuse or hook != self._hook:
             self._cache, self._tokens, self._hook = self.model.new_cache(), [], hook
-        keep = common_prefix(self._tokens, prefix)
+        keep = common_prefix(self._tokens, tokens) // self.align * self.align
         self._cache.truncate(keep)
-        self._tokens = self._tokens[:keep]
-        rest = prefix[keep:]
-        if rest:
-            self._call(self._ids(rest), self._cache, logits="none")
-            self.counters.prefilled_tokens += len(rest)
-            self._tokens.extend(rest)
+        b = len(tokens) // self.align * self.align
+        for s in range(keep, b, self.align):
+            self._call(self._ids(tokens[s:s + self.align]), self._cache, logits="none")
+            self.counters.prefilled_tokens += self.align
+        self._tokens = list(tokens[:b])
+        return b
 
     @torch.no_grad()
     def _generate(self, reqs: list[Generate]) -> list[list[int]]:
@@ -254,20 +261,19 @@ class Engine:
         shared = n - 1  # at least the last token is run with logits
         for p in prompts[1:]:
             shared = min(shared, common_prefix(prompts[0], p))
-        self._prefill_shared(prompts[0][:shared], reqs[0].hook)
+        b = self._extend_to(prompts[0][:shared], reqs[0].hook)
         self.counters.requests += len(prompts)
         self.counters.prompt_tokens += sum(len(p) for p in prompts)
         max_new = reqs[0].max_new_tokens
         if len(prompts) == 1:
             cache = self._cache
         else:
-            cache = self._cache.fork(batch=len(prompts), extra=n - shared + max_new + 1)
-        suffix = torch.tensor([p[shared:] for p in prompts], dtype=torch.long, device=self.device)
+            cache = self._cache.fork(batch=len(prompts), extra=n - b + max_new + 1)
+        suffix = torch.tensor([p[b:] for p in prompts], dtype=torch.long, device=self.device)  # (B, n - b)
         logits = self._call(suffix, cache)  # (B, 1, V)
         self.counters.prefilled_tokens += suffix.numel()
         outs = self._decode(logits, cache, len(prompts), max_new, reqs[0].stop_text)
-        if len(prompts) == 1:
-            self._tokens = (prompts[0] + outs[0])[: cache.length]
+        self._cache.truncate(b)  # keep only the aligned prefix
         return outs
 
     def _decode(self, logits: torch.Tensor, cache: KVCache, batch: int, max_new: int,
@@ -297,15 +303,17 @@ class Engine:
         """Prefill the prompt once (reusing the cache), then score each candidate after it,
         rolling the cache back between candidates: O(prompt + sum of candidates) tokens."""
         prompt = list(req.prompt)
-        self._prefill_shared(prompt[:-1], req.hook)
+        b = self._extend_to(prompt[:-1], req.hook)
         self.counters.requests += 1
         self.counters.prompt_tokens += len(prompt) + sum(len(c) for c in req.candidates)
-        base = len(self._tokens)
+        if len(prompt) - 1 > b:  # the rest of the prompt but its last token, in one call
+            self._call(self._ids(prompt[b:-1]), self._cache, logits="none")
+            self.counters.prefilled_tokens += len(prompt) - 1 - b
+        base = len(prompt) - 1
         scores = []
         for cand in req.candidates:
             ids = [prompt[-1], *cand]  # the last prompt token predicts the first candidate token
             self._cache.truncate(base)
-            self._tokens = self._tokens[:base]
             logits = self._call(self._ids(ids[:-1]), self._cache, logits="all")  # (1, len(cand), V)
             logp = F.log_softmax(logits[0].float(), dim=-1)  # (len(cand), V)
             target = torch.tensor(cand, device=logp.device)
@@ -313,9 +321,7 @@ class Engine:
             greedy = bool((logp.argmax(-1) == target).all())
             scores.append(ChoiceScore(float(picked.double().sum()), len(cand), greedy))
             self.counters.prefilled_tokens += len(cand)
-            self._tokens = self._tokens + ids[:-1]
-        self._cache.truncate(base)
-        self._tokens = self._tokens[:base]
+        self._cache.truncate(b)  # keep only the aligned prefix
         return scores
 
 

@@ -18,7 +18,7 @@ def _prompts():
 
 def _run(model, prompts, **kw):
     outs = {}
-    engine = Engine(model, stop_ids=frozenset({3}), **kw)
+    engine = Engine(model, stop_ids=frozenset({3}), align=16, **kw)
     engine.run([[Generate(tuple(p), 6, None)] for p in prompts], lambda i, out: outs.__setitem__(i, out[0]))
     return [outs[i] for i in range(len(prompts))], engine.counters
 
@@ -74,7 +74,7 @@ def test_choice_scores_equal_full_forward_log_likelihoods_with_reuse():
     cands = [tuple(torch.randint(0, 256, (n,), generator=g).tolist()) for n in (1, 3, 2)]
     work = [[Choice(tuple(q), tuple(cands))] for q in queries]
     got = {}
-    engine = Engine(model)
+    engine = Engine(model, align=16)
     engine.run(work, lambda i, out: got.__setitem__(i, out[0]))
     for i, q in enumerate(queries):
         for score, cand in zip(got[i], cands):
@@ -113,3 +113,26 @@ def test_mixed_requests_finish_each_item_once_in_request_order():
         want = model.token_nll(torch.tensor([ids]))[0].numpy()
     assert nll.shape == (39,) and abs(nll - want).max() < 1e-5
     assert len(gen) == 2 and set(rows) == {1} and rows[1]["attn"].shape[2] == 2
+
+
+def test_numbers_do_not_depend_on_the_prompts_run_before():
+    """Aligned prefix chunks: a prompt's scores are the same alone, after others, with reuse
+    off, and in a resumed subset, to the last bit."""
+    from diffeval.engine import Choice
+
+    model = tiny_model("diff", vocab_size=259)
+    g = torch.Generator().manual_seed(5)
+    shared = torch.randint(0, 256, (300,), generator=g).tolist()
+    queries = [shared[: 250 + 20 * i] + torch.randint(0, 256, (9,), generator=g).tolist() for i in range(4)]
+    cands = ((7,), (8, 9), (10, 11, 12))
+    work = [[Choice(tuple(q), cands)] for q in queries]
+
+    def run(items, **kw):
+        got = {}
+        Engine(model, align=64, **kw).run(items, lambda i, out: got.__setitem__(i, [s.logprob for s in out[0]]))
+        return got
+
+    whole = run(work)
+    assert run(work, reuse=False) == whole
+    assert run(work[2:]) == {i - 2: whole[i] for i in (2, 3)}
+    assert run(work[::-1]) == {3 - i: whole[i] for i in range(4)}

@@ -57,7 +57,7 @@ def nll_curve_figure(results: dict, samples: list[dict]) -> Figure:
             limits.setdefault(limit, []).append((label, colour))
     for limit, owners in limits.items():
         for ax in (top, bottom):
-            ax.axvline(limit, color=owners[0][1], ls=":", lw=1.2)
+            ax.axvline(limit, color=owners[0][1] if len(owners) == 1 else "0.3", ls=":", lw=1.2)
         names = ", ".join(n for n, _ in owners)
         top.annotate(f"position limit\n{names}", (limit, 1), xycoords=("data", "axes fraction"),
                      xytext=(-3, -3), textcoords="offset points", va="top", ha="right", fontsize=7)

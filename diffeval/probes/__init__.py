@@ -14,6 +14,7 @@ PROBES: dict[str, str] = {
     "attn-map": "diffeval.probes.attn_map",
     "outliers": "diffeval.probes.outliers",
     "nll": "diffeval.probes.nll",
+    "icl": "diffeval.probes.icl",
 }
 
 

@@ -43,12 +43,13 @@ class ModelContext:
     decode: str = "default"  # default | ruler
     notes: dict = field(default_factory=dict)  # what generation decided for this model -> results models[].notes
 
-    def check_length(self, n: int, what: str = "prompt") -> None:
-        """Refuse a prompt longer than the model's position limit unless allowed."""
+    def check_length(self, n: int, what: str = "prompt", field: str = "lengths") -> None:
+        """Refuse a prompt longer than the model's position limit unless allowed; `field` is
+        the parameter that made it long."""
         if n > self.max_positions and not self.allow_beyond:
             raise ConfigError(f"a {what} of {n} tokens exceeds the position limit of {self.label} "
-                              f"({self.max_positions} tokens); use shorter lengths or "
-                              "--allow-beyond-max-positions", field="lengths")
+                              f"({self.max_positions} tokens); ask for less or use "
+                              "--allow-beyond-max-positions", field=field)
 
     def need_tokenizer(self, probe: str):
         if self.tokenizer is None:

@@ -105,6 +105,11 @@ _ADVERBS = (
 )
 
 
+# The essay vocabularies, for other generators that need neutral words (e.g. ICL tasks).
+ESSAY_WORDS: dict[str, tuple] = {"people": _PEOPLE, "person_adjectives": _PERSON_ADJ, "things": _THINGS,
+                                 "verbs": _VERBS, "places": _PLACES, "times": _TIMES}
+
+
 def _pick(rng: np.random.Generator, words: tuple[str, ...]) -> str:
     return words[int(rng.integers(len(words)))]
 

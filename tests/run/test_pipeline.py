@@ -20,6 +20,7 @@ CASES = {
     "attn-map": {"lengths": [200], "depths": "0,100", "samples": 1, "n_needles": 2, "layers": "0,-1"},
     "outliers": {"n_tokens": "500", "seq_len": 128, "bits": [16, 4], "metric": "nll"},
     "nll": {"length": 160, "docs": 4},
+    "icl": {"shots": "2,4", "n_test": 4, "permutations": 2, "arrangements": "random,grouped"},
 }
 OPTS = RunOptions(device="cpu", max_new_tokens=3, progress=False)
 

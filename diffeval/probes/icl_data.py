@@ -1,0 +1,140 @@
+"""Classification data for the `icl` probe: a user's .jsonl / .csv file, or a built-in
+synthetic task; and the seeded split into a demonstration pool and a balanced test set.
+
+Synthetic tasks (6, 50, 77 or 150 classes) are generated from the project's own word lists:
+each class has a label word and two cue phrases ("the patient gardener"); an input is a
+short sentence about one of its class's cues doing something somewhere, so that the mapping
+from cue to label can only be learnt from the demonstrations."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from diffeval.errors import ConfigError
+from diffeval.probes.text import jsonl_rows
+
+SYNTHETIC = {"synthetic-6": 6, "synthetic-50": 50, "synthetic-77": 77, "synthetic-150": 150}
+_TASK_KEY = int.from_bytes(b"icl-data", "big")
+SYNTHETIC_EXAMPLES = 6000  # about this many synthetic examples per task: enough demonstrations for 64K
+MIN_PER_CLASS = 40
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Dataset:
+    source: str
+    examples: tuple[Example, ...]
+    labels: tuple[str, ...]  # distinct labels in order of first appearance
+
+
+def _label_words() -> list[str]:
+    from diffeval.probes.needle import KEY_ADJECTIVES, KEY_NOUNS, VALUE_WORDS
+
+    return list(dict.fromkeys([*VALUE_WORDS, *KEY_NOUNS, *KEY_ADJECTIVES]))
+
+
+def synthetic_task(name: str, seed: int = 0, per_class: Optional[int] = None) -> Dataset:
+    """The built-in task `name` (synthetic-6/50/77/150): per_class examples of each class
+    (default: max(40, 6000 // classes), enough demonstrations to fill 64K tokens)."""
+    from diffeval.probes.haystack import ESSAY_WORDS
+
+    n = SYNTHETIC[name]
+    per_class = per_class or max(MIN_PER_CLASS, SYNTHETIC_EXAMPLES // n)
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, _TASK_KEY, n])))
+    words = _label_words()
+    labels = [words[i] for i in rng.choice(len(words), size=n, replace=False)]
+    adjs, people = ESSAY_WORDS["person_adjectives"], ESSAY_WORDS["people"]
+    cues = rng.choice(len(adjs) * len(people), size=2 * n, replace=False)
+    cue_text = [f"the {adjs[c // len(people)]} {people[c % len(people)]}" for c in cues]
+    verbs, things, places = ESSAY_WORDS["verbs"], ESSAY_WORDS["things"], ESSAY_WORDS["places"]
+    examples = []
+    for k in range(n):
+        for _ in range(per_class):
+            who = cue_text[2 * k + int(rng.integers(2))]
+            text = (f"{who[0].upper()}{who[1:]} {verbs[int(rng.integers(len(verbs)))][0]} "
+                    f"the {things[int(rng.integers(len(things)))]} {places[int(rng.integers(len(places)))]}.")
+            examples.append(Example(text, labels[k]))
+    return Dataset(name, tuple(examples), tuple(labels))
+
+
+def load_examples(path: Path, text_field: str, label_field: str) -> Dataset:
+    """Examples of a .jsonl (one object a line) or .csv (a header row) file; errors name the
+    file, line and field."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{str(path)!r}: no such file (give synthetic-6/50/77/150 or a .jsonl / .csv file)", "data")
+    rows: list[tuple[int, dict]] = []
+    if path.suffix == ".jsonl":
+        rows = list(enumerate(jsonl_rows(path, "data"), start=1))
+    elif path.suffix == ".csv":
+        try:
+            with open(path, encoding="utf-8", newline="") as f:
+                rows = [(n, row) for n, row in enumerate(csv.DictReader(f), start=2)]
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise ConfigError(f"file {path}: not a readable UTF-8 CSV ({exc})", "data") from None
+    else:
+        raise ConfigError(f"file {path}: expected a .jsonl or .csv file", "data")
+    examples = []
+    for n, row in rows:
+        for field, option in ((text_field, "text_field"), (label_field, "label_field")):
+            if row.get(field) in (None, ""):
+                raise ConfigError(f"file {path} line {n}: no {field!r} value "
+                                  f"(has {', '.join(sorted(k for k in row if k)) or 'nothing'})", option)
+        examples.append(Example(str(row[text_field]).strip(), str(row[label_field]).strip()))
+    labels = tuple(dict.fromkeys(e.label for e in examples))
+    if len(labels) < 2:
+        raise ConfigError(f"file {path}: {len(examples)} examples but {len(labels)} class; "
+                          "classification needs at least two", "data")
+    return Dataset(str(path), tuple(examples), labels)
+
+
+def load_dataset(data: str, text_field: str, label_field: str, seed: int) -> Dataset:
+    if data in SYNTHETIC:
+        return synthetic_task(data, seed)
+    if data.startswith("synthetic"):
+        raise ConfigError(f"{data!r}: the synthetic tasks are {', '.join(SYNTHETIC)}", "data")
+    return load_examples(Path(data), text_field, label_field)
+
+
+def split(ds: Dataset, n_test: int, seed: int, need_pool: int = 1) -> tuple[list[Example], list[Example]]:
+    """(demonstration pool, test set). Test queries are taken class by class in turn (a seeded
+    class order, a seeded order within each class), so class counts in the test set differ by
+    at most one where every class has enough examples; the pool is everything else."""
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, _TASK_KEY, 1])))
+    by_class: dict[str, list[int]] = {}
+    for i, e in enumerate(ds.examples):
+        by_class.setdefault(e.label, []).append(i)
+    order = [ds.labels[i] for i in rng.permutation(len(ds.labels))]
+    queues = {c: [by_class[c][j] for j in rng.permutation(len(by_class[c]))] for c in order}
+    test: list[int] = []
+    while len(test) < n_test and any(len(q) > 1 for q in queues.values()):
+        for c in order:  # keep at least one example of each class for the pool
+            if len(test) < n_test and len(queues[c]) > 1:
+                test.append(queues[c].pop())
+    if len(test) < n_test:
+        raise ConfigError(f"{ds.source} has {len(ds.examples)} examples: {len(test)} test queries at most "
+                          f"(one of each class stays for demonstrations), fewer than the {n_test} asked", "n_test")
+    taken = set(test)
+    pool_idx = [i for c in order for i in queues[c] if i not in taken]
+    pool_idx = [pool_idx[j] for j in rng.permutation(len(pool_idx))]
+    if len(pool_idx) < need_pool:
+        raise ConfigError(f"{ds.source}: {len(pool_idx)} examples left for demonstrations, fewer than the "
+                          f"{need_pool} asked", "shots")
+    return [ds.examples[i] for i in pool_idx], [ds.examples[i] for i in test]
+
+
+def class_counts(examples: list[Example], labels: Optional[tuple[str, ...]] = None) -> dict[str, int]:
+    out: dict[str, int] = {c: 0 for c in labels or ()}
+    for e in examples:
+        out[e.label] = out.get(e.label, 0) + 1
+    return out
