@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from diffeval.commands.attn_map import attn_map
+from diffeval.commands.halluc import halluc
 from diffeval.commands.icl import icl
 from diffeval.commands.info import info
 from diffeval.commands.needle import needle
@@ -43,7 +44,8 @@ def root(
 
 
 COMMANDS = {"info": info, "zoo": zoo, "train": train, "needle": needle, "attn-map": attn_map,
-            "outliers": outliers, "nll": nll, "icl": icl, "run": run_task}
+            "outliers": outliers, "nll": nll, "icl": icl, "halluc": halluc,
+            "run": run_task}
 for _name, _fn in COMMANDS.items():
     app.command(_name)(_fn)
 

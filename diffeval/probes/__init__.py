@@ -15,6 +15,7 @@ PROBES: dict[str, str] = {
     "outliers": "diffeval.probes.outliers",
     "nll": "diffeval.probes.nll",
     "icl": "diffeval.probes.icl",
+    "halluc": "diffeval.probes.halluc",
 }
 
 

@@ -243,7 +243,7 @@ class _Needle:
         return self.sentence[: self.value_at]
 
 
-def _make_needle(kind: NeedleKind, key: str, value: str) -> _Needle:
+def make_needle(kind: NeedleKind, key: str, value: str) -> _Needle:
     head = kind.needle.split("{value}")[0].format(key=key)
     return _Needle(key, value, kind.needle.format(key=key, value=value), len(head),
                    kind.question.format(key=key), kind.answer.format(key=key))
@@ -262,7 +262,7 @@ def _draw_needles(kind: NeedleKind, n: int, rng: np.random.Generator) -> list[_N
         values = [VALUE_WORDS[i] for i in rng.choice(len(VALUE_WORDS), size=n, replace=False)]
     else:
         values = [str(uuid.UUID(bytes=rng.bytes(16), version=4)) for _ in range(n)]
-    return [_make_needle(kind, k, v) for k, v in zip(keys, values)]
+    return [make_needle(kind, k, v) for k, v in zip(keys, values)]
 
 
 # --- layout and assembly ---------------------------------------------------------------------
@@ -389,7 +389,7 @@ def _clean(context: str, needles: list[_Needle], suffixes: list[str]) -> bool:
     return True
 
 
-def _spans(tok, enc: PieceEncoder, bos: list[int], built: _Built, needles: list[_Needle]):
+def needle_spans(tok, enc: PieceEncoder, bos: list[int], built: _Built, needles: list[_Needle]):
     """-> ({needle index: (start, end, value start, value end)}, context token count);
     positions index the prompt, BOS included."""
     out: dict[int, tuple[int, int, int, int]] = {}
@@ -435,6 +435,38 @@ def question_suffix(question: str, answer: str, fmt: Optional[PromptFormat] = No
     return f"\n\nQuestion: {question}{fmt.answer_lead()}{answer}"
 
 
+def assemble(tok, enc: PieceEncoder, bos: list[int], hay: Haystack, needles: list[_Needle], suffixes: list[str],
+             length: int, depths: Sequence[float], ss_hay: np.random.SeedSequence,
+             ss_place: np.random.SeedSequence) -> Optional[list[_Built]]:
+    """One context per depth: the first needle at that depth%, the others at seeded sentence
+    boundaries of one seeded haystack, the first suffix's prompt exactly `length` tokens.
+    None when a value or key phrase of the needles also occurs elsewhere (draw others)."""
+    fixed = len(bos) + enc.cost(suffixes[0]) + sum(enc.cost(" " + n.sentence) for n in needles)
+    if fixed > length:
+        raise UsageError(f"length {length} is too short: {len(needles)} needle(s) and the question "
+                         f"already take {fixed} tokens under this tokenizer")
+    # Piece costs are exact for most tokenizers (bias 0, one pass). Otherwise measure the
+    # real - nominal count on a whole prompt and rebuild the layout with that correction.
+    bias = 0
+    for _ in range(_CALIBRATE):
+        layout = _lay_out(hay, needles, length - fixed - bias, enc, ss_hay, ss_place)
+        built = _assemble(tok, enc, bos, needles[0], suffixes[0], layout, _slot(layout, depths[0]), length, bias)
+        if built.offsets is not None or len(built.ids) - built.nominal == bias:
+            break
+        bias = len(built.ids) - built.nominal
+    out = []
+    for depth in depths:
+        if depth != depths[0]:
+            built = _assemble(tok, enc, bos, needles[0], suffixes[0], layout, _slot(layout, depth), length, bias)
+        if not _clean(built.context, needles, suffixes):
+            return None
+        if abs(len(built.ids) - length) > _MAX_MISS:
+            raise UsageError(f"cannot build a {length}-token prompt with this tokenizer "
+                             f"(closest: {len(built.ids)} tokens)")
+        out.append(built)
+    return out
+
+
 def _group(cfg: NeedleConfig, tok, enc: PieceEncoder, hay: Haystack, length: int, index: int,
            fmt: Optional[PromptFormat] = None) -> list[NeedleSample]:
     kind = NEEDLE_KINDS[cfg.needle_kind]
@@ -445,38 +477,16 @@ def _group(cfg: NeedleConfig, tok, enc: PieceEncoder, hay: Haystack, length: int
     for _ in range(_MAX_ATTEMPTS):
         needles = _draw_needles(kind, cfg.n_needles, needle_rng)
         suffixes = [question_suffix(n.question, n.answer, fmt) for n in needles[: cfg.n_queries]]
-        fixed = len(bos) + enc.cost(suffixes[0]) + sum(enc.cost(" " + n.sentence) for n in needles)
-        if fixed > length:
-            raise UsageError(f"length {length} is too short: {cfg.n_needles} needle(s) and the question "
-                             f"already take {fixed} tokens under this tokenizer")
-        # Piece costs are exact for most tokenizers (bias 0, one pass). Otherwise measure the
-        # real - nominal count on a whole prompt and rebuild the layout with that correction.
-        bias = 0
-        for _ in range(_CALIBRATE):
-            layout = _lay_out(hay, needles, length - fixed - bias, enc, ss_hay, ss_place)
-            built = _assemble(tok, enc, bos, needles[0], suffixes[0], layout, _slot(layout, depths[0]), length, bias)
-            if built.offsets is not None or len(built.ids) - built.nominal == bias:
-                break
-            bias = len(built.ids) - built.nominal
-        group = []
-        for depth in depths:
-            if depth != depths[0]:
-                built = _assemble(tok, enc, bos, needles[0], suffixes[0], layout, _slot(layout, depth), length, bias)
-            if not _clean(built.context, needles, suffixes):
-                break
-            if abs(len(built.ids) - length) > _MAX_MISS:
-                raise UsageError(f"cannot build a {length}-token prompt with this tokenizer "
-                                 f"(closest: {len(built.ids)} tokens)")
-            group.append(_make_sample(tok, enc, bos, built, needles, suffixes, length, depth, index))
-        else:
-            return group
+        built = assemble(tok, enc, bos, hay, needles, suffixes, length, depths, ss_hay, ss_place)
+        if built is not None:
+            return [_make_sample(tok, enc, bos, b, needles, suffixes, length, d, index) for b, d in zip(built, depths)]
     raise UsageError(f"haystack {hay.source!r}: after {_MAX_ATTEMPTS} draws, a needle value or key "
                      f"phrase still also occurs in the text (length {length}, sample {index})")
 
 
 def _make_sample(tok, enc: PieceEncoder, bos: list[int], built: _Built, needles: list[_Needle],
                  suffixes: list[str], length: int, depth: float, index: int) -> NeedleSample:
-    spans, n_ctx = _spans(tok, enc, bos, built, needles)
+    spans, n_ctx = needle_spans(tok, enc, bos, built, needles)
     prompts = [built.ids] + [tuple(bos + list(tok.encode(built.context + s))) for s in suffixes[1:]]
     records = []
     for k, n in enumerate(needles):

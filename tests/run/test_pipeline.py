@@ -21,6 +21,7 @@ CASES = {
     "outliers": {"n_tokens": "500", "seq_len": 128, "bits": [16, 4], "metric": "nll"},
     "nll": {"length": 160, "docs": 4},
     "icl": {"shots": "2,4", "n_test": 4, "permutations": 2, "arrangements": "random,grouped"},
+    "halluc": {"lengths": [500], "samples": 3, "n_facts": 4},
 }
 OPTS = RunOptions(device="cpu", max_new_tokens=3, progress=False)
 

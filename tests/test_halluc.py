@@ -1,0 +1,172 @@
+"""`diffeval halluc`: outcome labels, the generator's guarantees, summaries' support, the
+judge against a local server (verdicts, cache, a timeout, a malformed reply), bad data."""
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+import diffeval
+from diffeval.probes import halluc as P
+from diffeval.probes.judge import Judge
+from diffeval.run import RunOptions, model_context, run_probe
+from helpers import run_cli, saved_tiny_models
+
+OPTS = RunOptions(device="cpu", progress=False)
+CONTEXT = "Notes. The magic number for brave-falcon is 1234567. The magic number for bold-falcon is 7654321. Paris is far."
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    return saved_tiny_models(tmp_path_factory.mktemp("hal"))
+
+
+@pytest.mark.parametrize("prediction,answers,others,want", [
+    (" 1234567.", ("1234567",), ("7654321",), "correct"),
+    ("It is 7654321.", ("1234567",), ("7654321",), "confused"),  # another key's value
+    (" unknown.", ("1234567",), ("7654321",), "abstained"),  # a false abstention
+    (" unknown", (), ("1234567", "7654321"), "abstained"),  # the right call on an unanswerable key
+    (" 1234567.", (), ("1234567", "7654321"), "confused"),  # unanswerable, answered with a context value
+    (" 5550123.", ("1234567",), ("7654321",), "hallucinated"),  # a number absent from the context
+    (" 1234.", ("1234567",), ("7654321",), "wrong"),  # a partial answer
+    ("", ("1234567",), ("7654321",), "wrong"),
+    (" Berlin", ("1234567",), ("7654321",), "hallucinated"),  # a name the context does not contain
+    (" Paris", ("1234567",), (), "confused"),  # user data: supported but not the answer
+])
+def test_outcome_labels(prediction, answers, others, want):
+    assert P.outcome(prediction, answers, others, "unknown", CONTEXT, "What is the magic number for brave-falcon?") == want
+
+
+def test_echoing_the_question_is_not_hallucination():
+    q = "What is the magic number for tiny-heron?"
+    assert P.outcome("The magic number for tiny-heron is unknown.", (), ("1234567",), "unknown", CONTEXT, q) == "abstained"
+
+
+def test_summary_support_lists_unsupported_units():
+    score, missing = P.support("The magic number for brave-falcon is 1234567, said Napoleon in Berlin.", CONTEXT)
+    assert missing == ["Napoleon", "Berlin"]
+    assert score == pytest.approx(1 - 2 / len(P.content_units("The magic number for brave-falcon is 1234567, "
+                                                                 "said Napoleon in Berlin.")))
+
+
+def test_generator_guarantees(ckpts):
+    loaded = diffeval.load(ckpts[0])
+    cfg = P.config({"lengths": "400,600", "samples": 3, "n_facts": 5})
+    samples = P.PROBE.generate(cfg, model_context("m", loaded, OPTS))
+    tok = loaded.tokenizer
+    assert len(samples) == 6
+    for s in samples:
+        assert len(s.prompts[0]) == s.length  # exact length
+        assert s.kinds == P.KINDS
+        facts = dict(s.facts)
+        asked, confusable, absent = s.questions
+        sentence = f"The magic number for {asked} is {facts[asked]}."
+        assert s.context.count(sentence) == 1 and s.context.count(facts[asked]) == 1
+        assert absent not in s.context.lower() and absent not in facts
+        twins = [k for k in facts if k != confusable and k.split("-")[1] == confusable.split("-")[1]]
+        assert len(twins) == 1 and facts[twins[0]] != facts[confusable]  # differs only in the key
+        assert all(k.split("-")[1] != asked.split("-")[1] for k in facts if k != asked)
+        assert all(k.split("-")[1] != absent.split("-")[1] for k in facts)
+        for p, q in zip(s.prompts, s.questions):
+            assert tok.decode(list(p)).endswith(f"Answer: The magic number for {q} is")
+
+
+class _Server:
+    """A loopback OpenAI-compatible endpoint: answers from a script of replies."""
+
+    def __init__(self, replies):
+        self.replies, self.calls = list(replies), 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                outer.calls += 1
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                assert body["messages"][0]["role"] == "user"
+                reply = outer.replies.pop(0) if outer.replies else "yes"
+                if reply == "sleep":
+                    time.sleep(1.5)
+                    reply = "yes"
+                data = reply.encode() if reply.startswith("{") or reply == "garbage" else json.dumps(
+                    {"choices": [{"message": {"content": reply}}]}).encode()
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except BrokenPipeError:  # the client gave up waiting (the timeout case)
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+def test_judge_verdicts_cache_timeout_and_malformed_reply(tmp_path):
+    server = _Server(["Yes.", "no", "sleep", "yes", "garbage", "garbage", "maybe", "{}"])
+    try:
+        judge = Judge(server.url, "judge-1", timeout=0.5, retries=2, backoff=0.01, cache_dir=tmp_path)
+        assert judge.verdict("ctx", "q?", "a1") == {"free": True}
+        assert judge.verdict("ctx", "q?", "a2") == {"free": False}
+        assert judge.verdict("ctx", "q?", "a1") == {"free": True} and server.calls == 2  # cached
+        assert judge.verdict("ctx", "q?", "slow") == {"free": True}  # timed out once, then answered
+        bad = judge.verdict("ctx", "q?", "a3")
+        assert bad == {"error": "malformed reply after 2 attempt(s)"}
+        assert "error" in judge.verdict("ctx", None, "summary text")  # "maybe", then {}
+        assert not any("error" in json.loads(p.read_text()) for p in tmp_path.glob("*.json"))  # errors not cached
+    finally:
+        server.close()
+
+
+def test_judge_end_to_end_counts_errors_apart(ckpts, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # the verdict cache lives under ~/.cache
+    server = _Server(["yes", "no", "garbage", "garbage", "garbage"] + ["yes"] * 20)
+    try:
+        cfg = P.config({"lengths": "500", "samples": 2, "n_facts": 4, "judge_url": server.url,
+                        "judge_model": "j", "judge_timeout": 5})
+        results = run_probe(P.PROBE, cfg, ckpts[:1], tmp_path / "r", RunOptions(device="cpu", progress=False))
+    finally:
+        server.close()
+    met = results["metrics"]["transformer"]
+    assert met["judge_errors"]["value"] == 1 and met["judge_free_rate"]["n"] == 5
+    assert met["judge_free_rate"]["value"] == pytest.approx(4 / 5)
+
+
+def test_user_jsonl_qa_and_summaries(ckpts, tmp_path):
+    data = tmp_path / "qa.jsonl"
+    rows = [{"context": "The bridge opened in 1932 in Sydney.", "question": "When did the bridge open?", "answers": ["1932"]},
+            {"context": "The bridge opened in 1932.", "question": "Who built it?", "answerable": False},
+            {"context": "A long report about rivers and mills. " * 5}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    results = run_probe(P.PROBE, P.config({"data": str(data)}), ckpts[:1], tmp_path / "u", OPTS)
+    kinds = {c["kind"] for c in results["cells"]}
+    assert kinds == {"answerable", "unanswerable", "summary"}
+    assert "support@kind=summary" in results["metrics"]["transformer"]
+    rec = [json.loads(x) for x in (tmp_path / "u" / "samples.jsonl").read_text().splitlines()][2]
+    assert rec["answers"][0]["outcome"] is None and 0 <= rec["answers"][0]["support"] <= 1
+
+
+def test_bad_data_exits_2_with_one_line(ckpts, tmp_path, capsys):
+    cases = [({"question": "q"}, "no 'context'"), ({"context": "c", "question": "q", "answers": "x"}, "list of strings"),
+             ({"context": "c", "question": "q", "answerable": True}, "needs 'answers'")]
+    for row, needle in cases:
+        data = tmp_path / "bad.jsonl"
+        data.write_text(json.dumps(row) + "\n")
+        assert run_cli(["halluc", "--ckpt", ckpts[0], "--data", str(data), "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and needle in err and "--data" in err
+        assert not (tmp_path / "o").exists()
+    (tmp_path / "empty.jsonl").write_text("")
+    assert run_cli(["halluc", "--ckpt", ckpts[0], "--data", str(tmp_path / "empty.jsonl")]) == 2
+    assert "no examples" in capsys.readouterr().err
+    assert run_cli(["halluc", "--ckpt", ckpts[0], "--judge-url", "http://127.0.0.1:9"]) == 2
+    assert "--judge-model" in capsys.readouterr().err
