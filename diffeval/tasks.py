@@ -62,8 +62,14 @@ def build_config(probe_name: str, params: dict[str, Any], where: str):
     except DiffevalError as exc:
         field = f".{exc.field}" if exc.field else ""
         raise UsageError(f"{where}{field}: {exc}") from None
-    except TypeError as exc:  # a value of the wrong type reaching a dataclass
-        raise UsageError(f"{where}: {exc}") from None
+    except TypeError as exc:  # a missing field, or a value of the wrong type reaching a dataclass
+        import re
+
+        text = str(exc)
+        if "required positional argument" in text:
+            names = ", ".join(re.findall(r"'(\w+)'", text.split(":", 1)[-1]))
+            raise UsageError(f"{where}: missing required parameter(s): {names}") from None
+        raise UsageError(f"{where}: {text}") from None
 
 
 def load_task(path: str | Path) -> Task:

@@ -669,7 +669,8 @@ def model_metrics(cells: list[dict], records: list[dict], label: str) -> dict:
     own = [c for c in cells if c["model"] == label]
     for key in ("length", "depth"):
         for row in average_by(own, by=(key,)):
-            out[f"accuracy@{key}={row[key]:g}"] = metric(row["mean"], row["n"], True)
+            out[f"accuracy@{key}={row[key]:g}"] = metric(row["mean"], row["n"], True,
+                                                         wilson(row["mean"] * row["n"], row["n"]))
     return out
 
 

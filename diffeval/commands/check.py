@@ -1,0 +1,74 @@
+"""`diffeval check`: the regression suite against stored reference scores."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from diffeval.commands import options as o
+from diffeval.errors import UsageError
+
+
+def check(
+    suite_file: str = typer.Argument(..., metavar="SUITE.yaml", help="A suite of small tasks (see tasks/ci/)."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="Reference scores (default: the suite's `reference`)."),
+    runs: Optional[str] = typer.Option(None, "--runs", help="Run folder per task (finished runs are read, not rerun). Default: a temporary folder."),
+    ckpt: list[str] = typer.Option([], "--ckpt", help="Checkpoints instead of the suite's models (labels must match the reference)."),
+    update: bool = typer.Option(False, "--update", help="Rewrite the reference with these results (on purpose)."),
+    junit: Optional[str] = typer.Option(None, "--junit", help="Write JUnit XML here for CI systems."),
+    summary: Optional[str] = typer.Option(None, "--summary", help="Write a markdown summary here (also appended to $GITHUB_STEP_SUMMARY when set)."),
+    device: str = o.DEVICE,
+    dtype: str = o.DTYPE,
+    backend: str = o.BACKEND,
+) -> None:
+    """Run (or read) a suite and compare every metric with the reference: exit 0 when nothing
+    regressed, 1 on a regression, 2 on bad input."""
+    from rich.console import Console
+
+    from diffeval.report.check import (
+        compare,
+        junit_xml,
+        line,
+        load_suite,
+        markdown_summary,
+        read_reference,
+        reference_of,
+        run_suite,
+        write_reference,
+    )
+    from diffeval.results import write_atomic
+
+    suite = load_suite(suite_file, reference)
+    if not update and not suite.reference.is_file():
+        raise UsageError(f"reference {suite.reference}: no such file (create it with --update)")
+    opts = o.run_options(device, dtype, backend)
+    with tempfile.TemporaryDirectory() as tmp:
+        results = run_suite(suite, Path(runs) if runs else Path(tmp), opts, list(ckpt) or None)
+    if update:
+        write_reference(suite.reference, reference_of(results, suite))
+        print(f"reference written: {suite.reference}", file=sys.stderr)
+        return
+    rows = compare(read_reference(suite.reference), results)
+    console = Console(highlight=False, soft_wrap=True)
+    colour = {"regressed": "red", "missing": "red", "improved": "green", "moved": "yellow"}
+    for r in rows:
+        if r.status != "ok":
+            console.print(f"[{colour[r.status]}]{r.status.upper():9}[/] {line(r)}")
+    failed = [r for r in rows if r.status in ("regressed", "missing")]
+    console.print(f"{suite.name}: {len(rows)} metrics compared: {len(failed)} regressed or missing, "
+                  f"{sum(r.status in ('improved', 'moved') for r in rows)} improved or moved")
+    if junit:
+        write_atomic(Path(junit), junit_xml(suite, rows))
+    md = markdown_summary(suite, rows)
+    if summary:
+        write_atomic(Path(summary), md)
+    if os.environ.get("GITHUB_STEP_SUMMARY"):
+        with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as f:
+            f.write(md)
+    if failed:
+        raise typer.Exit(1)
