@@ -92,18 +92,18 @@ def test_attn_map_end_to_end_writes_everything(ckpts, tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert results["probe"] == "attn-map" and "1 - lambda" in results["method"]
     assert [m["label"] for m in results["models"]] == ["transformer", "diff"]
-    for label in ("transformer", "diff"):
-        m = results["metrics"][label]
-        assert set(by_depth(m)) == {"0", "50", "100"}
-        for alloc in by_depth(m).values():
-            assert sum(alloc[c] for c in CATEGORIES) == pytest.approx(1.0, abs=1e-4)
-        assert m["answer"]["higher_is_better"] is True and m["noise"]["higher_is_better"] is False
     diff = results["metrics"]["diff"]
     lam = {k.split("=")[1]: v["value"] for k, v in diff.items() if k.startswith("lambda@layer=")}
     assert set(lam) == {"0", "1"}
     mean_one_minus_lam = np.mean([1 - v for v in lam.values()])
-    for alloc in by_depth(diff, "signed.").values():  # signed differential rows sum to 1 - lambda
-        assert sum(alloc[c] for c in CATEGORIES) == pytest.approx(mean_one_minus_lam, abs=1e-4)
+    for label, total in (("transformer", 1.0), ("diff", mean_one_minus_lam)):
+        m = results["metrics"][label]
+        assert set(by_depth(m)) == {"0", "50", "100"}
+        for alloc in by_depth(m).values():  # softmax rows sum to 1; DIFF's signed rows to 1 - lambda
+            assert sum(alloc[c] for c in CATEGORIES) == pytest.approx(total, abs=1e-4)
+        assert m["answer"]["higher_is_better"] is True and m["noise"]["higher_is_better"] is False
+    for alloc in by_depth(diff, "normalised.").values():  # the labelled alternative: divided by 1 - lambda
+        assert sum(alloc[c] for c in CATEGORIES) == pytest.approx(1.0, abs=1e-4)
     for alloc in by_depth(diff, "map1.").values():
         assert sum(alloc[c] for c in CATEGORIES) == pytest.approx(1.0, abs=1e-4)
     # per layer x head cells: 2 layers x heads per model x depths

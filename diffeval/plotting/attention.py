@@ -4,7 +4,7 @@ pooled query-block x key-block maps (DIFF: map 1, map 2, differential), allocati
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -27,9 +27,11 @@ def _shade(ax, npz, horizontal: bool = False) -> None:
         span(a, b, color="0.5", alpha=0.25, lw=0, label="other needles" if k == 0 else None)
 
 
-def profile_figure(arrays: dict[str, Any], log_scale: bool = True):
+def profile_figure(arrays: dict[str, Any], log_scale: bool = True, query: str = "answer",
+                   prompts: Optional[dict[str, str]] = None):
     """Attention over context positions for the representative prompt of each model: up to
     three captured layers, mean over the selected heads and query tokens."""
+    who = "last token" if query == "last" else f"{query} tokens"
     fig, axes = _figure(10, 2.6 * len(arrays), rows=len(arrays))
     for ax, (label, (npz, family)) in zip(axes[:, 0], arrays.items()):
         layers = [int(x) for x in npz["layers"]]
@@ -44,9 +46,10 @@ def profile_figure(arrays: dict[str, Any], log_scale: bool = True):
                 ax.set_yscale("symlog", linthresh=1e-5)
             else:
                 ax.set_yscale("log")
-                ax.set_ylim(bottom=1e-7)
+                ax.set_ylim(1e-7, 1.0)  # attention weights: at most 1
         what = "differential row A1 - λA2" if family == "diff" else "attention"
-        ax.set_title(f"{label}: {what} of the query tokens over the context")
+        prompt = f" (prompt {prompts[label]})" if prompts and label in prompts else ""
+        ax.set_title(f"{label}: {what} of the {who} over the context{prompt}", fontsize=9)
         ax.set_xlabel("key position (token)")
         ax.set_ylabel("attention")
         ax.set_xlim(0, n)
@@ -55,9 +58,10 @@ def profile_figure(arrays: dict[str, Any], log_scale: bool = True):
 
 
 def layer_head_figure(cells: list[dict], labels: list[str], category: str = "answer"):
-    """Layer x head heatmap of one category's mass (mean over depths and samples)."""
-    fig, axes = _figure(3.2 * len(labels) + 1, 4, cols=len(labels))
-    for ax, label in zip(axes[0], labels):
+    """Layer x head heatmap of one category's share (mean over depths and samples), one colour
+    scale shared by every model (diverging around 0 when a DIFF row is negative)."""
+    grids = {}
+    for label in labels:
         mine = [c for c in cells if c["model"] == label]
         layers = sorted({c["layer"] for c in mine})
         heads = sorted({c["head"] for c in mine})
@@ -67,15 +71,25 @@ def layer_head_figure(cells: list[dict], labels: list[str], category: str = "ans
             i, j = layers.index(c["layer"]), heads.index(c["head"])
             grid[i, j] += c[category]
             count[i, j] += 1
-        grid = grid / np.maximum(count, 1)
-        im = ax.imshow(grid, aspect="auto", cmap="viridis", origin="lower", interpolation="nearest")
-        ax.set_title(f"{label}: {category} mass")
+        grids[label] = (layers, heads, grid / np.maximum(count, 1))
+    lo = min(float(g.min()) for _, _, g in grids.values())
+    hi = max(float(g.max()) for _, _, g in grids.values())
+    signed = lo < 0
+    vmax = max(abs(lo), abs(hi)) or 1.0
+    fig, axes = _figure(3.2 * len(labels) + 1.2, 4, cols=len(labels))
+    for ax, label in zip(axes[0], labels):
+        layers, heads, grid = grids[label]
+        im = ax.imshow(grid, aspect="auto", cmap="RdBu_r" if signed else "viridis", origin="lower",
+                       interpolation="nearest", vmin=-vmax if signed else 0.0, vmax=vmax if signed else hi or 1.0)
+        ax.set_title(label, fontsize=9)
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
         ax.set_xticks(range(len(heads)), [str(h) for h in heads])
         step = max(1, len(layers) // 12)
         ax.set_yticks(range(0, len(layers), step), [str(layers[i]) for i in range(0, len(layers), step)])
-        fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.colorbar(im, ax=list(axes[0]), shrink=0.8, label=f"{category} share")
+    fig.suptitle(f"{category} share per layer and head (mean over depths, samples and query tokens; "
+                 "DIFF: signed A1 - λA2)", fontsize=9)
     return fig
 
 
@@ -127,26 +141,33 @@ def pooled_figure(pooled: dict[str, Any], part: str = "window"):
     return fig
 
 
-def allocation_figure(metrics: dict[str, Any], labels: list[str]):
-    """Answer-span and noise-context mass by depth, one bar per model (the paper's Table 3)."""
-    fig, axes = _figure(11, 3.6, cols=2)
+def allocation_figure(metrics: dict[str, Any], labels: list[str], families: Optional[dict[str, str]] = None):
+    """Answer-span and noise-context share by depth, one bar per model (the paper's Table 3).
+    Softmax rows are masses; DIFF rows are the signed differential rows A1 - λA2 (summing to
+    1 - λ, possibly negative), said so in the legend."""
+    fig, axes = _figure(11, 4.0, cols=2)
+    families = families or {}
     depths = sorted({float(d) for m in metrics.values() for d in m["by_depth"]})
     width = 0.8 / max(1, len(labels))
     for ax, cat, title in ((axes[0, 0], "answer", "answer span"), (axes[0, 1], "noise", "noise context")):
         for k, label in enumerate(labels):
             vals = [metrics[label]["by_depth"][f"{d:g}"][cat] for d in depths]
-            bars = ax.bar(np.arange(len(depths)) + (k - (len(labels) - 1) / 2) * width, vals, width, label=label)
-            ax.bar_label(bars, fmt="%.3f", fontsize=6, padding=1)
+            name = label + (" (A1 - λA2)" if families.get(label) == "diff" else "")
+            bars = ax.bar(np.arange(len(depths)) + (k - (len(labels) - 1) / 2) * width, vals, width, label=name)
+            if len(labels) <= 2:
+                ax.bar_label(bars, fmt="%.3f", fontsize=6, padding=1)
         ax.set_xticks(range(len(depths)), [f"{d:g}%" for d in depths])
         ax.set_xlabel("needle depth")
-        ax.set_ylabel("attention mass")
+        ax.set_ylabel("share of the attention row")
         ax.set_title(title)
         ax.axhline(0, color="black", lw=0.6)
-        ax.legend(fontsize=8)
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncols=min(4, len(names)), fontsize=8, frameon=False)
+    fig.suptitle("attention allocation by depth (mean over layers, heads, query tokens and samples)", fontsize=10)
     return fig
 
 
-def draw_all(out: Path, cells, metrics, models, reps, log_scale: bool = True) -> list[Path]:
+def draw_all(out: Path, cells, metrics, models, reps, log_scale: bool = True, query: str = "answer") -> list[Path]:
     """Every attn-map figure of a run folder. `reps`: model label -> (file stem of its
     representative prompt's arrays, family); `metrics`: label -> {"by_depth": ...}."""
     labels = [m["label"] for m in models]
@@ -157,11 +178,13 @@ def draw_all(out: Path, cells, metrics, models, reps, log_scale: bool = True) ->
         pooled_path = out / "arrays" / f"{stem}__pooled.npz"
         if pooled_path.exists():
             pooled[label] = (np.load(pooled_path), family)
-    paths += save_figure(profile_figure(arrays, log_scale), out / "attn_profile")
+    prompts = {label: stem.split("__", 1)[1] for label, (stem, _) in reps.items()}
+    paths += save_figure(profile_figure(arrays, log_scale, query, prompts), out / "attn_profile")
     paths += save_figure(layer_head_figure(cells, labels), out / "attn_layer_head")
     for part in ("window", "whole"):
         fig = pooled_figure(pooled, part)
         if fig is not None:
             paths += save_figure(fig, out / f"attn_pooled_{part}")
-    paths += save_figure(allocation_figure(metrics, labels), out / "attn_allocation")
+    paths += save_figure(allocation_figure(metrics, labels, {m["label"]: m["family"] for m in models}),
+                         out / "attn_allocation")
     return paths

@@ -25,10 +25,12 @@ from diffeval.probes.base import Probe, Scored, metric
 from diffeval.probes.specs import check_int, check_keys, parse_depths, parse_index_list, parse_lengths
 
 NAME = "attn-map"
-VERSION = 2  # 2: runs on the probe pipeline (needle samples v2)
+VERSION = 3  # 3: the DIFF headline is the signed differential row (2: the pipeline)
 AGGREGATION = ("mean over the selected layers, heads and query tokens of each prompt, then over "
-               "the samples of each depth; DIFF headline rows are the differential rows "
-               "(A1 - lambda A2) divided by their sum 1 - lambda of their layer, so categories sum to 1")
+               "the samples of each depth; DIFF headline rows are the differential rows A1 - lambda A2 as "
+               "the layer computes them (categories sum to 1 - lambda, and can be negative: not a mass); "
+               "'normalised.' metrics divide each layer's rows by 1 - lambda (unbounded where lambda is "
+               "near 1); 'map1.' and 'map2.' are the two softmax maps (true masses)")
 POOL_WINDOW_ROWS = 64
 POOL_WHOLE_ROWS = 128
 WHOLE_PROMPT_LIMIT = 16384  # pooled whole-prompt maps only up to this length (memory)
@@ -204,7 +206,7 @@ def _score(cfg: AttnMapConfig, item: _Item, outputs: list, ctx) -> Scored:
                 per_lh.setdefault("diff_norm", []).append(norm if norm is not None else np.full_like(alloc, np.nan))
             if pool:
                 _pool_layer(pooled, name, full, positions, pool)
-    headline = "diff_norm" if is_diff else "attn"
+    headline = "diff" if is_diff else "attn"
     lh = {k: np.stack(v) for k, v in per_lh.items()}  # (layers, h, C)
     record: dict[str, Any] = {
         **sample.to_record(), "prediction": [], "score": None, "representative": item.representative,
@@ -213,7 +215,7 @@ def _score(cfg: AttnMapConfig, item: _Item, outputs: list, ctx) -> Scored:
         "per_layer_head": {k: np.round(v, 6).tolist() for k, v in lh.items()},
     }
     if is_diff:
-        record["allocation_signed"] = _as_dict(lh["diff"].mean(axis=(0, 1)))
+        record["allocation_normalised"] = _as_dict(np.nanmean(lh["diff_norm"], axis=(0, 1)))
         record["allocation_map1"] = _as_dict(lh["map1"].mean(axis=(0, 1)))
         record["allocation_map2"] = _as_dict(lh["map2"].mean(axis=(0, 1)))
         record["lambda"] = lambdas
@@ -237,27 +239,28 @@ def _cells(records: list[dict], labels: list[str]) -> list[dict]:
     for r in records:
         groups.setdefault((r["model"], r["length"], r["depth"]), []).append(r)
     for (model, length, depth), rows in sorted(groups.items(), key=lambda kv: (labels.index(kv[0][0]), kv[0][1], kv[0][2])):
-        name = "diff_norm" if "diff_norm" in rows[0]["per_layer_head"] else "attn"
-        arr = np.nanmean(np.stack([np.asarray(r["per_layer_head"][name], dtype=float) for r in rows]), axis=0)
-        signed = (np.mean(np.stack([np.asarray(r["per_layer_head"]["diff"], dtype=float) for r in rows]), axis=0)
-                  if name == "diff_norm" else None)
+        name = "diff" if "diff" in rows[0]["per_layer_head"] else "attn"
+        arr = np.mean(np.stack([np.asarray(r["per_layer_head"][name], dtype=float) for r in rows]), axis=0)
+        normalised = (np.nanmean(np.stack([np.asarray(r["per_layer_head"]["diff_norm"], dtype=float) for r in rows]),
+                                 axis=0) if name == "diff" else None)
         layer_ids, head_ids = rows[0]["layers"], rows[0]["heads"]
         for li in range(arr.shape[0]):
             for hi in range(arr.shape[1]):
                 cell = {"model": model, "length": length, "depth": depth, "layer": layer_ids[li], "head": head_ids[hi],
                         "n": len(rows), **{c: round(float(arr[li, hi, k]), 6) for k, c in enumerate(CATEGORIES)}}
-                if signed is not None:
-                    cell["signed"] = {c: round(float(signed[li, hi, k]), 6) for k, c in enumerate(CATEGORIES)}
+                if normalised is not None:
+                    cell["normalised"] = {c: round(float(normalised[li, hi, k]), 6) for k, c in enumerate(CATEGORIES)}
                 cells.append(cell)
     return cells
 
 
-VIEWS = {"allocation": "", "allocation_signed": "signed.", "allocation_map1": "map1.", "allocation_map2": "map2."}
+VIEWS = {"allocation": "", "allocation_normalised": "normalised.", "allocation_map1": "map1.", "allocation_map2": "map2."}
 
 
 def _metrics(records: list[dict], label: str) -> dict[str, Any]:
     """Flat metrics: "<view><category>" over all samples and "...@depth=<d>" per depth; views
-    are the headline rows, and for DIFF "signed.", "map1.", "map2."; "lambda@layer=<L>"."""
+    are the headline rows (DIFF: signed differential rows), and for DIFF "normalised.",
+    "map1.", "map2."; "lambda@layer=<L>"."""
     mine = [r for r in records if r["model"] == label]
     out: dict[str, Any] = {}
     for key, prefix in VIEWS.items():
@@ -298,8 +301,9 @@ def _figures(run_dir: Path) -> list:
     reps = {r["model"]: (f"{safe_name(r['model'])}__{r['id']}", family[r["model"]])
             for r in read_samples(run_dir) if r.get("representative")}
     view = {label: {"by_depth": by_depth(m)} for label, m in results["metrics"].items()}
+    params = results["task"]["params"]
     return draw_all(Path(run_dir), results["cells"], view, results["models"], reps,
-                    log_scale=results["task"]["params"].get("log_scale", True))
+                    log_scale=params.get("log_scale", True), query=params.get("query", "answer"))
 
 
 def _render(results: dict) -> None:
@@ -309,7 +313,8 @@ def _render(results: dict) -> None:
 
     views = {m["label"]: by_depth(results["metrics"][m["label"]]) for m in results["models"]}
     depths = sorted({float(d) for v in views.values() for d in v})
-    table = Table(title="attention allocation by needle depth\n(mean over layers, heads, query tokens; DIFF: differential rows / (1 - λ))")
+    table = Table(title="attention allocation by needle depth\n(mean over layers, heads, query tokens; DIFF: signed "
+                        "differential rows A1 - λA2, summing to 1 - λ)")
     table.add_column("model")
     table.add_column("span")
     for d in depths:

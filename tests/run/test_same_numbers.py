@@ -39,21 +39,31 @@ def test_needle_predictions_scores_and_cells_unchanged(tmp_path):
 
 
 def test_attn_map_allocations_and_cells_unchanged(tmp_path):
+    """Same numbers; since attn-map v3 the DIFF headline is the signed differential row (v1's
+    `allocation_signed`) and v1's normalised headline is the `normalised` view."""
     before, samples, results = _run("attn-map", tmp_path)
     now = {(s["model"], s["id"]): s for s in samples}
     for old in before["samples"]:
         new = now[(old["model"], old["id"])]
-        for key in ("allocation", "allocation_signed"):
-            if key in old:
-                assert new[key] == pytest.approx(old[key], abs=1e-6)
-    strip = lambda c: {k: v for k, v in c.items() if k != "signed"}  # noqa: E731
+        if "allocation_signed" in old:
+            assert new["allocation"] == pytest.approx(old["allocation_signed"], abs=1e-6)
+            assert new["allocation_normalised"] == pytest.approx(old["allocation"], abs=1e-6)
+        else:
+            assert new["allocation"] == pytest.approx(old["allocation"], abs=1e-6)
     assert len(results["cells"]) == len(before["cells"])
+    cats = ("answer", "needle", "other_needles", "sink", "query", "noise")
     for a, b in zip(results["cells"], before["cells"]):
-        assert strip(a) == pytest.approx(strip(b), abs=1e-6)
+        headline = b.get("signed", {c: b[c] for c in cats})
+        assert {c: a[c] for c in cats} == pytest.approx(headline, abs=1e-6)
+        if "signed" in b:
+            assert a["normalised"] == pytest.approx({c: b[c] for c in cats}, abs=1e-6)
     for label, m in before["metrics"].items():
-        for depth, cats in m["by_depth"].items():
-            for cat, value in cats.items():
-                assert results["metrics"][label][f"{cat}@depth={depth}"]["value"] == pytest.approx(value, abs=1e-6)
+        for view, prefix in (("by_depth_signed" if "by_depth_signed" in m else "by_depth", ""),
+                             *((("by_depth", "normalised."),) if "by_depth_signed" in m else ())):
+            for depth, values in m[view].items():
+                for cat, value in values.items():
+                    got = results["metrics"][label][f"{prefix}{cat}@depth={depth}"]["value"]
+                    assert got == pytest.approx(value, abs=1e-6)
 
 
 def test_outliers_statistics_and_nll_unchanged(tmp_path):
