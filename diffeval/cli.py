@@ -11,6 +11,7 @@ import typer
 from diffeval.commands.attn_map import attn_map
 from diffeval.commands.check import check
 from diffeval.commands.compare import compare
+from diffeval.commands.figures import figures
 from diffeval.commands.halluc import halluc
 from diffeval.commands.icl import icl
 from diffeval.commands.info import info
@@ -47,7 +48,7 @@ def root(
 
 COMMANDS = {"info": info, "zoo": zoo, "train": train, "needle": needle, "attn-map": attn_map,
             "outliers": outliers, "nll": nll, "icl": icl, "halluc": halluc,
-            "run": run_task, "check": check, "compare": compare}
+            "run": run_task, "check": check, "compare": compare, "figures": figures}
 for _name, _fn in COMMANDS.items():
     app.command(_name)(_fn)
 

@@ -232,7 +232,10 @@ def run_probe(probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions,
         "artifacts": artifacts,
     }
     write_json(out / "results.json", results)
-    results["artifacts"]["figures"] = [p.name for p in probe.figures(out)]
+    from diffeval.plotting.style import styled
+
+    with styled():
+        results["artifacts"]["figures"] = [p.name for p in probe.figures(out)]
     write_json(out / "results.json", results)
     return results
 

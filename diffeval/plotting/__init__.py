@@ -6,19 +6,27 @@ import os
 from pathlib import Path
 
 
-def save_figure(fig, stem: str | Path, dpi: int = 200) -> list[Path]:
-    """Write `stem`.png and `stem`.pdf atomically (parent folder created; no timestamp in the
-    PDF, so reruns give identical files) -> [png path, pdf path]."""
+def save_figure(fig, stem: str | Path, dpi: int = 200, formats: tuple[str, ...] = ("png", "pdf")) -> list[Path]:
+    """Write `stem`.png and `stem`.pdf (and .svg when asked) atomically, parent folder created;
+    no timestamps, so reruns give identical files -> the paths, in `formats` order."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     if fig.canvas is None or not isinstance(fig.canvas, FigureCanvasAgg):
         FigureCanvasAgg(fig)
-    paths = [stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".pdf")]
+    paths = [stem.with_name(f"{stem.name}.{fmt}") for fmt in formats]
+    meta = {"pdf": {"CreationDate": None}, "svg": {"Date": None}, "png": {}}
     for path in paths:
         fmt = path.suffix[1:]
         tmp = path.with_name(path.name + ".tmp")
-        fig.savefig(tmp, format=fmt, dpi=dpi, metadata={"CreationDate": None} if fmt == "pdf" else {})
+        with _rc({"svg.hashsalt": "diffeval"}):
+            fig.savefig(tmp, format=fmt, dpi=dpi, metadata=meta.get(fmt, {}))
         os.replace(tmp, path)
     return paths
+
+
+def _rc(values: dict):
+    import matplotlib as mpl
+
+    return mpl.rc_context(values)

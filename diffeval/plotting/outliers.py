@@ -55,14 +55,20 @@ def quant_figure(cells: Sequence[Mapping], models: Sequence[str], metric: str) -
     fig = Figure(figsize=(max(3.8, 1.0 * len(all_bits) + 1.6), 3.4), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
+    # NLL effects of a few hundredths of a nat vanish on an absolute axis: draw the change
+    # relative to each model's 16-bit (unquantized) NLL when there is one.
+    relative = metric == "nll" and all(16 in bits for bits, _, _ in series)
     for i, (model, (bits, values, ci)) in enumerate(zip(models, series)):
         x = np.array([x_of[b] for b in bits])
-        ax.plot(x, values, label=model, linewidth=1.8, markersize=6 - min(i, 3), **_style(i))
+        shift = values[bits.index(16)] if relative else 0.0
+        ax.plot(x, values - shift, label=model, linewidth=1.8, markersize=6 - min(i, 3), **_style(i))
         if ci is not None:
-            ax.fill_between(x, ci[:, 0], ci[:, 1], color=_style(i)["color"], alpha=0.12, linewidth=0)
+            ax.fill_between(x, ci[:, 0] - shift, ci[:, 1] - shift, color=_style(i)["color"], alpha=0.12, linewidth=0)
     ax.set_xticks(range(len(all_bits)), [f"{b}" if b != 16 else "16\n(float)" for b in all_bits])
     ax.set_xlabel("Attention-logit bits (absmax, per query row)")
-    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    ax.set_ylabel("NLL change vs 16-bit (nats, lower is better)" if relative else METRIC_LABELS.get(metric, metric))
+    if relative:
+        ax.axhline(0, color="0.3", lw=0.8)
     if metric == "needle":
         ax.set_ylim(-0.03, 1.03)
     ax.grid(True, alpha=0.3)

@@ -1,0 +1,65 @@
+"""`diffeval figures`: every shipped recipe renders from committed fixture runs (zoo models),
+figures in three formats with reproducible bytes, tables in LaTeX and markdown."""
+
+from pathlib import Path
+
+import pytest
+
+from diffeval.report.figures import KINDS, find_runs, latex, load_recipe, merge
+from helpers import run_cli
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures" / "runs"
+RECIPES = sorted((ROOT / "plots").glob("*.yaml"))
+
+
+def test_fixtures_cover_every_probe_a_kind_needs():
+    probes = {r.probe for r in find_runs([str(FIXTURES)])}
+    assert {probe for probe, _, _ in KINDS.values()} <= probes
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_every_recipe_renders_reproducibly(recipe, tmp_path, capsys):
+    entries = load_recipe(recipe)["figures"]
+    for out in (tmp_path / "a", tmp_path / "b"):
+        assert run_cli(["figures", str(recipe), "--results", str(FIXTURES), "--out", str(out)]) == 0
+    assert "skipped" not in capsys.readouterr().err
+    for e in entries:
+        name = e.get("name", e["kind"])
+        suffixes = (".png", ".pdf", ".svg") if KINDS[e["kind"]][1] == "figure" else (".tex", ".md")
+        for suffix in suffixes:
+            a, b = tmp_path / "a" / f"{name}{suffix}", tmp_path / "b" / f"{name}{suffix}"
+            assert a.stat().st_size > 200, a
+            assert a.read_bytes() == b.read_bytes(), f"{a.name} differs between two renders"
+        if suffixes[0] == ".tex":
+            tex = (tmp_path / "a" / f"{name}.tex").read_text()
+            assert "\\toprule" in tex and "\\bottomrule" in tex and tex.count("\\\\") >= 2
+
+
+def test_merge_prefixes_shared_labels_with_the_run():
+    runs = [r for r in find_runs([str(FIXTURES)]) if r.probe == "needle"]
+    res, _ = merge(runs)
+    labels = [m["label"] for m in res["models"]]
+    assert len(labels) == len(set(labels)) == 6 and all("/" in x for x in labels)
+    assert {c["model"] for c in res["cells"]} == set(labels)
+    picked, _ = merge(runs, ["needle-n4r2/diff-tiny"])
+    assert [m["label"] for m in picked["models"]] == ["needle-n4r2/diff-tiny"]
+
+
+def test_latex_escapes():
+    tex = latex(["model", "a_b"], [["x & y", "50%"]], "cap")
+    assert "x \\& y" in tex and "50\\%" in tex and "a\\_b" in tex
+
+
+def test_bad_recipes_and_results_exit_2(tmp_path, capsys):
+    bad = tmp_path / "r.yaml"
+    bad.write_text("figures:\n  - {kind: needle_hetmap}\n")
+    assert run_cli(["figures", str(bad), "--results", str(FIXTURES), "--out", str(tmp_path / "o")]) == 2
+    assert "did you mean 'needle_heatmap'" in capsys.readouterr().err
+    good = tmp_path / "g.yaml"
+    good.write_text("figures:\n  - {kind: nll_curve}\n")
+    assert run_cli(["figures", str(good), "--results", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    only = FIXTURES / "needle-n1r1"
+    assert run_cli(["figures", str(good), "--results", str(only), "--out", str(tmp_path / "o")]) == 2
+    assert "no nll runs" in capsys.readouterr().err
