@@ -10,42 +10,22 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from diffeval.errors import UsageError
+from diffeval.report.runs import RunFolder, read_run
 
 
-@dataclass(frozen=True)
-class Run:
-    path: Path
-    results: dict
-
-    @property
-    def name(self) -> str:
-        return self.path.name
+Run = RunFolder
 
 
 def load_runs(paths: list[str]) -> list[Run]:
     if not paths:
         raise UsageError("give at least one run folder")
-    runs = []
-    for p in paths:
-        path = Path(p)
-        file = path / "results.json"
-        if not file.is_file():
-            raise UsageError(f"{path}: not a run folder (no results.json)")
-        try:
-            results = json.loads(file.read_text())
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"{file}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
-        if results.get("schema_version") != 2:
-            raise UsageError(f"{file}: schema_version {results.get('schema_version')!r}; this diffeval reads 2")
-        runs.append(Run(path, results))
-    probes = {r.results["probe"] for r in runs}
+    runs = [read_run(Path(p)) for p in paths]
+    probes = {r.probe for r in runs}
     if len(probes) > 1:
         raise UsageError(f"runs of different probes cannot be aligned: {', '.join(sorted(probes))}")
     return runs

@@ -15,28 +15,14 @@ from __future__ import annotations
 
 import fnmatch
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from diffeval.errors import UsageError
+from diffeval.report.runs import RunFolder, read_run
 
 RECIPE_KEYS = {"name", "description", "figures"}
 ENTRY_KEYS = {"kind", "name", "models", "runs", "title"}
-
-
-@dataclass(frozen=True)
-class RunFolder:
-    path: Path
-    results: dict
-
-    @property
-    def probe(self) -> str:
-        return self.results["probe"]
-
-    def samples(self) -> list[dict]:
-        file = self.path / "samples.jsonl"
-        return [json.loads(x) for x in file.read_text().splitlines() if x.strip()] if file.is_file() else []
 
 
 def find_runs(roots: list[str]) -> list[RunFolder]:
@@ -47,13 +33,7 @@ def find_runs(roots: list[str]) -> list[RunFolder]:
         if not path.exists():
             raise UsageError(f"--results {root}: no such folder")
         files = [path / "results.json"] if (path / "results.json").is_file() else sorted(path.rglob("results.json"))
-        for f in files:
-            try:
-                res = json.loads(f.read_text())
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"{f}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
-            if res.get("schema_version") == 2:
-                out.append(RunFolder(f.parent, res))
+        out += [r for r in (read_run(f.parent, strict=False) for f in files) if r is not None]
     if not out:
         raise UsageError(f"no run folders (results.json, schema 2) under {', '.join(roots)}")
     return out
