@@ -50,5 +50,7 @@ def run_task(
         target = root / name if name else root
         with o.flags(o.RUN_FLAGS):
             results = run_probe(probe, cfg, list(ckpt), target, opts, task=info)
+        if name:
+            print(f"\n{task.name}: variant {name}", file=sys.stderr)
         probe.render(results)
         print(f"results: {target / 'results.json'}", file=sys.stderr)

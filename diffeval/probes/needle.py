@@ -685,7 +685,14 @@ def _figures(run_dir: Path) -> list:
     from diffeval.results import read_results
 
     results = read_results(run_dir)
-    return needle_heatmap(results["cells"], [m["label"] for m in results["models"]], run_dir / "needle_heatmap")
+    return needle_heatmap(results["cells"], [m["label"] for m in results["models"]], run_dir / "needle_heatmap",
+                          title=experiment(results["task"]["params"]))
+
+
+def experiment(p: dict) -> str:
+    """The experiment in words, for figure and table titles."""
+    return (f"needle: {p['needle_kind']} needles, N={p['n_needles']}, R={p['n_queries']}, haystack "
+            f"{p['haystack']}, {p['samples']} samples per cell")
 
 
 def _render(results: dict) -> None:
@@ -698,7 +705,7 @@ def _render(results: dict) -> None:
     depths = sorted({c["depth"] for c in results["cells"]})
     cells = {(c["model"], c["length"], c["depth"]): c for c in results["cells"]}
     labels = [m["label"] for m in results["models"]]
-    table = Table(title="needle retrieval accuracy by depth")
+    table = Table(title=f"retrieval accuracy by depth\n({experiment(results['task']['params'])})")
     table.add_column("depth %", justify="right")
     for label in labels:
         for L in lengths:
