@@ -102,42 +102,53 @@ def pooled_figure(pooled: dict[str, Any], part: str = "window"):
     rows = [(label, npz, fam) for label, (npz, fam) in pooled.items() if f"{'diff' if fam == 'diff' else 'attn'}_{part}" in npz]
     if not rows:
         return None
-    cols = max(3 if fam == "diff" else 1 for _, _, fam in rows)
-    fig, axes = _figure(4.2 * cols, 3.8 * len(rows), rows=len(rows), cols=cols)
-    for r, (label, npz, fam) in enumerate(rows):
+    # Panels in rows of three: a DIFF model's three maps share a row; softmax models fill rows.
+    panels: list[list[tuple]] = []
+    for label, npz, fam in rows:
         names = ("map1", "map2", "diff") if fam == "diff" else ("attn",)
-        titles = {"map1": "softmax map 1", "map2": "softmax map 2", "diff": "differential A1 - λA2", "attn": "attention"}
-        if part == "window":
-            a, b = (int(x) for x in npz["window_keys"])
-            qrows = npz["window_rows"]
-        else:
-            a, b = 0, int(npz["n_tokens"])
-            qrows = npz["whole_rows"]
+        if fam == "diff" or not panels or len(panels[-1]) >= 3 or panels[-1][0][2] == "diff":
+            panels.append([])
+        panels[-1].extend((label, npz, n) for n in names)
+    cols = max(len(p) for p in panels)
+    fig, axes = _figure(4.2 * cols, 3.8 * len(panels), rows=len(panels), cols=cols)
+    titles = {"map1": "softmax map 1", "map2": "softmax map 2", "diff": "differential A1 - λA2", "attn": "attention"}
+    for r, row in enumerate(panels):
         for c in range(cols):
             ax = axes[r, c]
-            if c >= len(names):
+            if c >= len(row):
                 ax.axis("off")
                 continue
-            m = npz[f"{names[c]}_{part}"]  # (rows, key blocks)
-            signed = names[c] == "diff"
+            label, npz, name = row[c]
+            if part == "window":
+                a, b = (int(x) for x in npz["window_keys"])
+                qrows = npz["window_rows"]
+            else:
+                a, b = 0, int(npz["n_tokens"])
+                qrows = npz["whole_rows"]
+            m = npz[f"{name}_{part}"]  # (rows, key blocks)
+            signed = name == "diff"
             vmax = float(np.abs(m).max()) or 1.0
             # Log colour scales: a few sharp entries (the first rows, the sink) would
-            # otherwise hide everything else.
+            # otherwise hide everything else. Exact zeros are keys a query cannot see (grey).
             norm = (SymLogNorm(linthresh=vmax * 1e-3, vmin=-vmax, vmax=vmax) if signed
                     else LogNorm(vmin=vmax * 1e-4, vmax=vmax))
-            cmap = colormaps["RdBu_r" if signed else "magma"].with_extremes(bad="black")
-            shown = m if signed else np.ma.masked_less_equal(m, 0)
+            cmap = colormaps["RdBu_r" if signed else "magma"].with_extremes(bad="0.82")
+            shown = np.ma.masked_equal(m, 0) if signed else np.ma.masked_less_equal(m, 0)
             im = ax.imshow(shown, aspect="auto", origin="upper", interpolation="nearest", cmap=cmap,
                            norm=norm, extent=(a, b, float(qrows[-1]), float(qrows[0])))
             s, e = (int(x) for x in npz["span_needle"])
             for x in (s, e):
                 ax.axvline(x, color="lime", lw=0.8, ls="--")
                 ax.axhline(x, color="lime", lw=0.8, ls="--")
-            ax.set_title(f"{label}: {titles[names[c]]}", fontsize=9)
+            ax.set_title(f"{label}: {titles[name]}", fontsize=9)
             ax.set_xlabel("key position (pooled blocks)")
             ax.set_ylabel("query position")
-            fig.colorbar(im, ax=ax, shrink=0.8)
-    fig.suptitle("around the asked needle (dashed)" if part == "window" else "whole prompt", fontsize=10)
+            bar = fig.colorbar(im, ax=ax, shrink=0.8)
+            if signed:  # few ticks: symlog labels near 0 would print over each other
+                bar.set_ticks([-vmax, -vmax * 1e-2, 0.0, vmax * 1e-2, vmax])
+                bar.set_ticklabels([f"{t:.0e}" if t else "0" for t in (-vmax, -vmax * 1e-2, 0.0, vmax * 1e-2, vmax)])
+    where = "around the asked needle (dashed)" if part == "window" else "whole prompt"
+    fig.suptitle(f"{where}: mean over the captured layers and heads; grey: keys the query cannot see", fontsize=10)
     return fig
 
 

@@ -95,13 +95,21 @@ def layer_figure(per_layer: Mapping[str, Mapping[str, Sequence[float]]]) -> Figu
         for i, (model, rows) in enumerate(per_layer.items()):
             if name not in rows:
                 continue
-            y = np.asarray(rows[name], dtype=float)  # (n_layers,)
-            x = np.arange(len(y)) / max(1, len(y) - 1) if relative else np.arange(len(y))
-            style = _style(i)
-            if len(y) > 40:  # deep stacks: lines only
-                style["marker"] = None
-            ax.plot(x, y, label=model, linewidth=1.5, markersize=3.5, **style)
-            drawn.append(y[y > 0])
+            # DIFF: each softmax map's logits on its own line (the pooled row is their max)
+            maps = [m for m in (f"{name}_map1", f"{name}_map2") if m in rows]
+            series = [(f"{model}, map {k + 1}", rows[m], ("-", "--")[k]) for k, m in enumerate(maps)] if maps \
+                else [(model, rows[name], None)]
+            for j, (legend, values, dash) in enumerate(series):
+                y = np.asarray(values, dtype=float)  # (n_layers,)
+                x = np.arange(len(y)) / max(1, len(y) - 1) if relative else np.arange(len(y))
+                style = _style(i)
+                if dash is not None:
+                    style["linestyle"] = dash
+                    style["marker"] = ("o", "s")[j]
+                if len(y) > 40:  # deep stacks: lines only
+                    style["marker"] = None
+                ax.plot(x, y, label=legend, linewidth=1.5, markersize=3.5, **style)
+                drawn.append(y[y > 0])
         ax.set_yscale("log")
         _log_labels(ax, np.concatenate(drawn) if drawn else np.ones(1))
         ax.set_xlabel("Relative depth (layer / last layer)" if relative else "Layer")
@@ -111,7 +119,12 @@ def layer_figure(per_layer: Mapping[str, Mapping[str, Sequence[float]]]) -> Figu
         if not relative:
             ax.xaxis.get_major_locator().set_params(integer=True)
     axes[0].set_ylabel("Top-1 |activation|")
-    handles, labels = axes[0].get_legend_handles_labels()
+    handles, labels = [], []
+    for ax in axes:  # map lines appear in the first panel only; hidden states name every model
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
     fig.legend(handles, labels, loc="outside right upper", frameon=False, fontsize=8)
     return fig
 
