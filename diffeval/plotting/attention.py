@@ -9,6 +9,7 @@ from typing import Any, Optional
 import numpy as np
 
 from diffeval.plotting import save_figure
+from diffeval.plotting.style import model_colour
 
 def _figure(w: float, h: float, rows: int = 1, cols: int = 1, **kw):
     from matplotlib.figure import Figure
@@ -164,7 +165,8 @@ def allocation_figure(metrics: dict[str, Any], labels: list[str], families: Opti
         for k, label in enumerate(labels):
             vals = [metrics[label]["by_depth"][f"{d:g}"][cat] for d in depths]
             name = label + (" (A1 - λA2)" if families.get(label) == "diff" else "")
-            bars = ax.bar(np.arange(len(depths)) + (k - (len(labels) - 1) / 2) * width, vals, width, label=name)
+            bars = ax.bar(np.arange(len(depths)) + (k - (len(labels) - 1) / 2) * width, vals, width, label=name,
+                          color=model_colour(label, k))
             if len(labels) <= 2:
                 ax.bar_label(bars, fmt="%.3f", fontsize=6, padding=1)
         ax.set_xticks(range(len(depths)), [f"{d:g}%" for d in depths])

@@ -7,7 +7,9 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, NullFormatter
+
+from diffeval.plotting.style import model_colour
 
 
 def _models(results: dict) -> list[str]:
@@ -30,7 +32,7 @@ def icl_curve_figure(results: dict) -> Figure:
     ax = fig.subplots()
     for i, label in enumerate(_models(results)):
         x, y, ci = curve_series(results, label)
-        colour = f"C{i % 10}"
+        colour = model_colour(label, i)
         ax.plot(x, y, color=colour, marker="o", lw=1.8, ms=4, label=label)
         ax.fill_between(x, ci[:, 0], ci[:, 1], color=colour, alpha=0.18, lw=0)
     params = results["task"]["params"]
@@ -41,7 +43,10 @@ def icl_curve_figure(results: dict) -> Figure:
         ax.annotate("chance", (1, chance), xycoords=("axes fraction", "data"), xytext=(-3, 3),
                     textcoords="offset points", ha="right", fontsize=7, color="0.3")
     ax.set_xscale("log")
+    shots = sorted({int(v) for label in _models(results) for v in curve_series(results, label)[0]})
+    ax.set_xticks(shots)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("Demonstrations in the context (log scale)")
     ax.set_ylabel("Accuracy")
     ax.set_ylim(-0.02, 1.02)
@@ -64,7 +69,7 @@ def icl_order_figure(results: dict) -> Figure:
     ax = fig.subplots()
     models = _models(results)
     for x, c in enumerate(cols):
-        colour = f"C{models.index(c['model']) % 10}"
+        colour = model_colour(c["model"], models.index(c["model"]))
         accs = [p["accuracy"] for p in perm if (p["model"], p["arrangement"], p["shots"]) == (c["model"], c["arrangement"], top)]
         ax.vlines(x, c["worst"], c["best"], color=colour, lw=6, alpha=0.35)
         ax.scatter(np.full(len(accs), x), accs, color=colour, s=18, zorder=3)

@@ -12,6 +12,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
+from diffeval.plotting.style import model_colour
 from diffeval.probes.specs import length_label
 from diffeval.probes.stats import mean_ci
 
@@ -48,7 +49,7 @@ def nll_curve_figure(results: dict, samples: list[dict]) -> Figure:
     limits = {}
     for i, label in enumerate(labels):
         pos, mean, ci = cumulative_series(results, label)
-        colour = f"C{i % 10}"
+        colour = model_colour(label, i)
         top.plot(pos, mean, color=colour, lw=1.8, marker="o", ms=3, label=label)
         if ci is not None:  # drawn from 0 up: an NLL is never negative, though a t interval can be
             top.fill_between(pos, np.maximum(ci[:, 0], 0), ci[:, 1], color=colour, alpha=0.18, lw=0)
@@ -71,7 +72,7 @@ def nll_curve_figure(results: dict, samples: list[dict]) -> Figure:
     bottom.axhline(0, color="black", lw=0.8)
     bpos, bmean, _ = cumulative_series(results, base)
     for i, label in enumerate(labels[1:], start=1):
-        colour = f"C{i % 10}"
+        colour = model_colour(label, i)
         paired = paired_difference(samples, label, base)
         if paired is not None:
             pos, mean, ci = paired

@@ -15,6 +15,7 @@ from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from diffeval.errors import UsageError
 from diffeval.plotting import save_figure
+from diffeval.plotting.style import model_colour
 
 METRIC_LABELS = {"nll": "Mean token NLL (nats, lower is better)",
                  "needle": "Needle accuracy (higher is better)"}
@@ -26,9 +27,10 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 LINESTYLES = ("-", "--", ":", "-.")
 
 
-def _style(i: int) -> dict:
+def _style(i: int, label: str = "") -> dict:
     """Colour, marker and dash per model, so lines that coincide stay distinguishable."""
-    return {"color": f"C{i % 10}", "marker": MARKERS[i % len(MARKERS)], "linestyle": LINESTYLES[i % len(LINESTYLES)]}
+    return {"color": model_colour(label, i), "marker": MARKERS[i % len(MARKERS)],
+            "linestyle": LINESTYLES[i % len(LINESTYLES)]}
 
 
 def quant_series(cells: Sequence[Mapping], model: str) -> tuple[list[int], np.ndarray, Optional[np.ndarray]]:
@@ -61,9 +63,10 @@ def quant_figure(cells: Sequence[Mapping], models: Sequence[str], metric: str) -
     for i, (model, (bits, values, ci)) in enumerate(zip(models, series)):
         x = np.array([x_of[b] for b in bits])
         shift = values[bits.index(16)] if relative else 0.0
-        ax.plot(x, values - shift, label=model, linewidth=1.8, markersize=6 - min(i, 3), **_style(i))
+        ax.plot(x, values - shift, label=model, linewidth=1.8, markersize=6 - min(i, 3), **_style(i, model))
         if ci is not None:
-            ax.fill_between(x, ci[:, 0] - shift, ci[:, 1] - shift, color=_style(i)["color"], alpha=0.12, linewidth=0)
+            ax.fill_between(x, ci[:, 0] - shift, ci[:, 1] - shift, color=_style(i, model)["color"], alpha=0.12,
+                            linewidth=0)
     ax.set_xticks(range(len(all_bits)), [f"{b}" if b != 16 else "16\n(float)" for b in all_bits])
     ax.set_xlabel("Attention-logit bits (absmax, per query row)")
     ax.set_ylabel("NLL change vs 16-bit (nats, lower is better)" if relative else METRIC_LABELS.get(metric, metric))
@@ -102,7 +105,7 @@ def layer_figure(per_layer: Mapping[str, Mapping[str, Sequence[float]]]) -> Figu
             for j, (legend, values, dash) in enumerate(series):
                 y = np.asarray(values, dtype=float)  # (n_layers,)
                 x = np.arange(len(y)) / max(1, len(y) - 1) if relative else np.arange(len(y))
-                style = _style(i)
+                style = _style(i, model)
                 if dash is not None:
                     style["linestyle"] = dash
                     style["marker"] = ("o", "s")[j]

@@ -255,6 +255,9 @@ def render(recipe: dict, runs: list[RunFolder], out: Path) -> tuple[list[Path], 
 
     written: list[Path] = []
     skipped: list[str] = []
+    # one colour per model across every figure of the report (labels as merged runs show them)
+    labels = list(dict.fromkeys(m["label"] for probe in dict.fromkeys(r.probe for r in runs)
+                                for m in merge([r for r in runs if r.probe == probe])[0]["models"]))
     for e in recipe["figures"]:
         probe, form, fn = KINDS[e["kind"]]
         name = str(e.get("name", e["kind"]))
@@ -264,7 +267,7 @@ def render(recipe: dict, runs: list[RunFolder], out: Path) -> tuple[list[Path], 
             continue
         models = e.get("models")
         if form == "figure":
-            with styled():
+            with styled(labels):
                 fig = fn(mine, models)
                 if e.get("title"):
                     fig.suptitle(str(e["title"]))
