@@ -36,6 +36,9 @@ def outcome_figure(results: dict) -> Figure:
     ax.set_ylim(0, 1.35)
     ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_ylabel("Share of answers")
-    ax.set_title(f"Answer outcomes per question kind (n = {', '.join(map(str, n))} per bar)", fontsize=10)
+    p = results["task"]["params"]
+    what = (f"synthetic, {','.join(map(str, p['lengths']))} tokens, {p['n_facts']} facts" if p["data"] == "synthetic"
+            else p["data"])
+    ax.set_title(f"Answer outcomes per question kind: {what} (n = {', '.join(map(str, n))} per bar)", fontsize=9)
     ax.legend(ncols=5, fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.08))
     return fig

@@ -65,7 +65,9 @@ def nll_curve_figure(results: dict, samples: list[dict]) -> Figure:
     top.set_xscale("log", base=2)
     top.set_ylabel("Cumulative average NLL (nats)")
     n = {results["metrics"][m]["nll"]["n"] for m in labels}
-    top.set_title(f"NLL by position ({', '.join(map(str, sorted(n)))} sequences; band: 95% interval)", fontsize=10)
+    p = results["task"]["params"]
+    top.set_title(f"NLL by position: {p['data']}, {', '.join(map(str, sorted(n)))} sequences of {p['length']} tokens "
+                  f"(short documents {p['short_documents']}; band: 95% interval)", fontsize=9)
     top.legend(fontsize=8, frameon=False)
     top.grid(True, which="major", alpha=0.3)
     base = labels[0]

@@ -313,8 +313,10 @@ def _render(results: dict) -> None:
 
     views = {m["label"]: by_depth(results["metrics"][m["label"]]) for m in results["models"]}
     depths = sorted({float(d) for v in views.values() for d in v})
-    table = Table(title="attention allocation by needle depth\n(mean over layers, heads, query tokens; DIFF: signed "
-                        "differential rows A1 - λA2, summing to 1 - λ)")
+    p = results["task"]["params"]
+    table = Table(title=f"attention allocation by needle depth ({p['needle_kind']} needles, {p['n_needles']} in the "
+                        f"context, haystack {p['haystack']}, {p['samples']} samples per depth)\n(mean over layers, "
+                        "heads, query tokens; DIFF: signed differential rows A1 - λA2, summing to 1 - λ)")
     table.add_column("model")
     table.add_column("span")
     for d in depths:

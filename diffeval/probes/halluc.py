@@ -360,7 +360,10 @@ def _render(results: dict) -> None:
     labels = [m["label"] for m in results["models"]]
     by = {(c["model"], c["kind"]): c for c in results["cells"]}
     kinds = list(dict.fromkeys(c["kind"] for c in results["cells"]))
-    table = Table(title="contextual hallucination: outcome rates per question kind")
+    p = results["task"]["params"]
+    what = (f"synthetic, {','.join(map(str, p['lengths']))} tokens, {p['n_facts']} facts, {p['samples']} contexts"
+            if p["data"] == "synthetic" else p["data"])
+    table = Table(title=f"contextual hallucination: outcome rates per question kind ({what})")
     table.add_column("kind")
     table.add_column("outcome")
     for label in labels:

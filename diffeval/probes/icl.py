@@ -342,7 +342,9 @@ def _render(results: dict) -> None:
     budgets = list(dict.fromkeys((c["length"], c["shots"]) for c in cells))
     by = {(c["model"], c["arrangement"], c["length"], c["shots"]): c for c in cells}
     p = results["task"]["params"]["permutations"]
-    table = Table(title=f"ICL accuracy by demonstrations (mean ± std over {p} permutation(s))")
+    params = results["task"]["params"]
+    table = Table(title=f"ICL accuracy by demonstrations: {params['data']}, {params['mode']}, {params['n_test']} queries "
+                        f"(mean ± std over {p} permutation(s))")
     table.add_column("model", no_wrap=True)
     table.add_column("order", no_wrap=True)
     for length, shots in budgets:

@@ -301,7 +301,9 @@ def _render(results: dict) -> None:
     labels = [m["label"] for m in results["models"]]
     cells = {(c["model"], c["position"]): c for c in results["cells"] if c["kind"] == "bucket"}
     ends = sorted({c["position"] for c in results["cells"] if c["kind"] == "bucket"})
-    table = Table(title="mean NLL per position bucket (nats; ± 95% interval across sequences; * beyond the position limit)")
+    p = results["task"]["params"]
+    table = Table(title=f"mean NLL per position bucket: {p['data']}, {p['length']} tokens (nats; ± 95% interval across "
+                        "sequences; * beyond the position limit)")
     table.add_column("positions", justify="right")
     for label in labels:
         table.add_column(label, justify="right")

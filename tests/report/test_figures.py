@@ -63,3 +63,26 @@ def test_bad_recipes_and_results_exit_2(tmp_path, capsys):
     only = FIXTURES / "needle-n1r1"
     assert run_cli(["figures", str(good), "--results", str(only), "--out", str(tmp_path / "o")]) == 2
     assert "no nll runs" in capsys.readouterr().err
+
+
+def test_reports_read_runs_of_hugging_face_checkpoints(hf_dir, tmp_path, capsys):
+    """compare, figures and check work the same on runs of Hugging Face directories."""
+    from diffeval.probes.nll import PROBE, config
+    from diffeval.run import RunOptions, run_probe
+
+    text = tmp_path / "doc.txt"
+    text.write_text("The river bends near the old mill, and the miller counts his sacks. " * 30)
+    models = [str(hf_dir("llama")), str(hf_dir("diffllama"))]
+    run = tmp_path / "nll-hf"
+    run_probe(PROBE, config({"length": 128, "data": str(text)}), models, run, RunOptions(device="cpu", progress=False))
+    assert run_cli(["compare", str(run), "--out", str(tmp_path / "rep")]) == 0
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("figures:\n  - {kind: nll_curve}\n  - {kind: nll_table}\n")
+    assert run_cli(["figures", str(recipe), "--results", str(run), "--out", str(tmp_path / "fig")]) == 0
+    assert (tmp_path / "fig" / "nll_curve.svg").is_file() and (tmp_path / "fig" / "nll_table.tex").is_file()
+    suite = tmp_path / "s.yaml"
+    suite.write_text(f"name: hf\nreference: ref.yaml\nmodels: {models}\ntasks:\n"
+                     f"  - {{name: nll, probe: nll, params: {{length: 128, data: '{text}'}}}}\n")
+    assert run_cli(["check", str(suite), "--runs", str(tmp_path / "runs"), "--update"]) == 0
+    assert run_cli(["check", str(suite), "--runs", str(tmp_path / "runs")]) == 0
+    assert "0 regressed" in capsys.readouterr().out
