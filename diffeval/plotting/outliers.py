@@ -62,14 +62,18 @@ def quant_figure(cells: Sequence[Mapping], models: Sequence[str], metric: str) -
     relative = metric == "nll" and all(16 in bits for bits, _, _ in series)
     for i, (model, (bits, values, ci)) in enumerate(zip(models, series)):
         x = np.array([x_of[b] for b in bits])
-        shift = values[bits.index(16)] if relative else 0.0
-        ax.plot(x, values - shift, label=model, linewidth=1.8, markersize=6 - min(i, 3), **_style(i, model))
+        if relative:  # the paired change over the same sequences, and its interval when recorded
+            rows = {int(c["bits"]): c for c in cells if c.get("kind") == "quant" and c.get("model") == model}
+            values = np.array([rows[b].get("delta", values[k] - values[bits.index(16)]) for k, b in enumerate(bits)])
+            have = all("delta_ci95" in rows[b] for b in bits)
+            ci = np.array([rows[b]["delta_ci95"] for b in bits]) if have else None
+        ax.plot(x, values, label=model, linewidth=1.8, markersize=6 - min(i, 3), **_style(i, model))
         if ci is not None:
-            ax.fill_between(x, ci[:, 0] - shift, ci[:, 1] - shift, color=_style(i, model)["color"], alpha=0.12,
-                            linewidth=0)
+            ax.fill_between(x, ci[:, 0], ci[:, 1], color=_style(i, model)["color"], alpha=0.12, linewidth=0)
     ax.set_xticks(range(len(all_bits)), [f"{b}" if b != 16 else "16\n(float)" for b in all_bits])
     ax.set_xlabel("Attention-logit bits (absmax, per query row)")
-    ax.set_ylabel("NLL change vs 16-bit (nats, lower is better)" if relative else METRIC_LABELS.get(metric, metric))
+    ax.set_ylabel("NLL change vs 16-bit (nats, lower is better;\nband: 95% paired over sequences)" if relative
+                  else METRIC_LABELS.get(metric, metric))
     if relative:
         ax.axhline(0, color="0.3", lw=0.8)
     if metric == "needle":

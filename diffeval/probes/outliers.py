@@ -219,7 +219,7 @@ class _StatsState(ProbeState):
 
 
 def _aggregate(cfg: OutliersConfig, records: list[dict], models: list[dict], extra: dict):
-    from diffeval.probes.stats import wilson
+    from diffeval.probes.stats import mean_ci, wilson
 
     cells: list[dict] = []
     metrics: dict[str, dict] = {}
@@ -244,8 +244,20 @@ def _aggregate(cfg: OutliersConfig, records: list[dict], models: list[dict], ext
             if cfg.metric == "nll":
                 n = sum(r["n_targets"] for r in seqs)
                 value = act.mean_nll(_ordered_sum(seqs, b), n)
-                cell = {"value": round(value, 6), "n": n}
-                out[f"nll@bits={b}"] = metric(value, n, False)
+                # 95% interval: the t half-width of the per-sequence means around the token mean
+                _, ci = mean_ci([r["nll_sum"][str(b)] / r["n_targets"] for r in seqs])
+                ci = None if ci is None else (value - (ci[1] - ci[0]) / 2, value + (ci[1] - ci[0]) / 2)
+                cell = {"value": round(value, 6), "n": n, **({"ci95": [round(x, 6) for x in ci]} if ci else {})}
+                out[f"nll@bits={b}"] = metric(value, n, False, ci)
+                if act.BASELINE_BITS in cfg.bits:  # the change vs 16 bits, paired over the same sequences
+                    base = str(act.BASELINE_BITS)
+                    diffs = [(r["nll_sum"][str(b)] - r["nll_sum"][base]) / r["n_targets"] for r in seqs]
+                    delta = value - act.mean_nll(_ordered_sum(seqs, act.BASELINE_BITS), n)
+                    _, dci = mean_ci(diffs)
+                    cell["delta"] = round(delta, 6)
+                    if dci is not None:
+                        h = (dci[1] - dci[0]) / 2
+                        cell["delta_ci95"] = [round(delta - h, 6), round(delta + h, 6)]
             else:
                 rows = [r for r in records if r["model"] == label and r["kind"] == "needle" and r["bits"] == b]
                 n = len(rows)
