@@ -132,6 +132,8 @@ def run_probe(probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions,
     """Run `probe` with config `cfg` on every checkpoint; write the run folder `out`.
     Returns the results dict (as written to results.json)."""
     from diffeval.checkpoints import load
+    from diffeval.engine import Engine, Stats, fingerprint
+    from diffeval.tokenizers import stop_ids
 
     specs = default_specs(list(specs))
     labels = model_labels(specs)
@@ -154,14 +156,12 @@ def run_probe(probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions,
         assert len(set(ids)) == len(ids), f"{probe.name}: sample ids repeat"
         work = [probe.requests(cfg, s, ctx) for s in samples]
         fp = {**loaded.info.fingerprint(), "device": torch.device(opts.device).type}
-        from diffeval.engine import Engine, Stats, fingerprint
-
         keys = [content_key(fp, identity, s.id, [fingerprint(r) for r in reqs]) for s, reqs in zip(samples, work)]
-        stem = out / ".resume" / safe_name(label)
-        cache = ResumeCache(stem.with_suffix(".jsonl"))
+        stem = out / ".resume" / safe_name(label)  # labels may hold dots (Llama-3.1-8B): no with_suffix
+        cache = ResumeCache(stem.parent / f"{stem.name}.jsonl")
         state = probe.state(cfg, ctx) if probe.state else None
         held: set[str] = set()
-        state_path = stem.with_suffix(".state.npz")
+        state_path = stem.parent / f"{stem.name}.state.npz"
         if state is not None and state_path.exists():
             saved = set(state.load(state_path))
             if saved <= set(keys):
@@ -172,8 +172,6 @@ def run_probe(probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions,
                     for reqs in work]
         todo = [i for i, k in enumerate(keys) if k not in cache or (stateful[i] and k not in held)]
         tok = loaded.tokenizer
-        from diffeval.tokenizers import stop_ids
-
         engine = Engine(loaded.model, stop_ids=stop_ids(tok) if tok is not None else frozenset(),
                         decode=tok.decode if tok is not None else None, batch_size=opts.batch_size,
                         stats=state.stats if state is not None else None)

@@ -13,6 +13,8 @@ FLAGS = {"lengths": "--len", "depths": "--depths", "samples": "--samples", "n_ne
          "needle_kind": "--needle-kind", "seed": "--seed", "arrays": "--arrays"}
 
 
+@o.with_run_options("device", "dtype", "backend", "prompt_format",
+                    "save_prompts", "allow_beyond", "allow_pickle")
 def attn_map(
     ckpt: list[str] = o.CKPT,
     length: Optional[str] = o.LENGTHS,
@@ -29,18 +31,10 @@ def attn_map(
     log_scale: bool = typer.Option(True, "--log-scale/--linear-scale", help="Log y axis in the profile figure."),
     arrays: str = typer.Option("all", "--arrays", help="all: an .npz of captured rows per prompt; figure: only the prompt drawn in the figures."),
     out: Optional[str] = o.OUT,
-    device: str = o.DEVICE,
-    dtype: str = o.DTYPE,
-    backend: str = o.BACKEND,
-    prompt_format: str = o.PROMPT_FORMAT,
-    save_prompts: bool = o.SAVE_PROMPTS,
-    allow_beyond: bool = o.ALLOW_BEYOND,
-    allow_pickle: bool = o.ALLOW_PICKLE,
+    opts=None,
 ) -> None:
     """Where attention goes: mass on the answer, needles, sink, question and noise, per depth,
     layer and head (DIFF: differential, map 1, map 2); arrays and figures."""
-    opts = o.run_options(device, dtype, backend, 1, None, allow_beyond, allow_pickle, prompt_format,
-                         "default", save_prompts)
     params = dict(lengths=length if length is not None else o.default_lengths(ckpt), depths=depths,
                   samples=samples, n_needles=needles, layers=layers, heads=heads, query=query, sink=sink,
                   haystack=haystack, needle_kind=needle_kind, seed=seed, arrays=arrays, log_scale=log_scale)

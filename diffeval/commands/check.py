@@ -14,6 +14,7 @@ from diffeval.commands import options as o
 from diffeval.errors import UsageError
 
 
+@o.with_run_options("device", "dtype", "backend")
 def check(
     suite_file: str = typer.Argument(..., metavar="SUITE.yaml", help="A suite of small tasks (see tasks/ci/)."),
     reference: Optional[str] = typer.Option(None, "--reference", help="Reference scores (default: the suite's `reference`)."),
@@ -22,9 +23,7 @@ def check(
     update: bool = typer.Option(False, "--update", help="Rewrite the reference with these results (on purpose)."),
     junit: Optional[str] = typer.Option(None, "--junit", help="Write JUnit XML here for CI systems."),
     summary: Optional[str] = typer.Option(None, "--summary", help="Write a markdown summary here (also appended to $GITHUB_STEP_SUMMARY when set)."),
-    device: str = o.DEVICE,
-    dtype: str = o.DTYPE,
-    backend: str = o.BACKEND,
+    opts=None,
 ) -> None:
     """Run (or read) a suite and compare every metric with the reference: exit 0 when nothing
     regressed, 1 on a regression, 2 on bad input."""
@@ -46,7 +45,6 @@ def check(
     suite = load_suite(suite_file, reference)
     if not update and not suite.reference.is_file():
         raise UsageError(f"reference {suite.reference}: no such file (create it with --update)")
-    opts = o.run_options(device, dtype, backend)
     with tempfile.TemporaryDirectory() as tmp:
         results = run_suite(suite, Path(runs) if runs else Path(tmp), opts, list(ckpt) or None)
     if update:

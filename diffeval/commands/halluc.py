@@ -13,6 +13,8 @@ FLAGS = {"data": "--data", "lengths": "--len", "samples": "--samples", "n_facts"
          "judge_model": "--judge-model", "judge_timeout": "--judge-timeout", "seed": "--seed"}
 
 
+@o.with_run_options("device", "dtype", "backend", "batch_size",
+                    "prompt_format", "save_prompts", "allow_beyond", "allow_pickle")
 def halluc(
     ckpt: list[str] = o.CKPT,
     data: str = typer.Option("synthetic", "--data", help="synthetic (generated long-context QA) or a .jsonl file (context, question, answers, answerable)."),
@@ -27,19 +29,10 @@ def halluc(
     judge_timeout: float = typer.Option(60.0, "--judge-timeout", help="Seconds per judge request."),
     seed: int = o.SEED,
     out: Optional[str] = o.OUT,
-    device: str = o.DEVICE,
-    dtype: str = o.DTYPE,
-    backend: str = o.BACKEND,
-    batch_size: int = o.BATCH,
-    prompt_format: str = o.PROMPT_FORMAT,
-    save_prompts: bool = o.SAVE_PROMPTS,
-    allow_beyond: bool = o.ALLOW_BEYOND,
-    allow_pickle: bool = o.ALLOW_PICKLE,
+    opts=None,
 ) -> None:
     """Contextual hallucination (DIFF paper 3.6): answerable, confusable and unanswerable
     questions over long contexts, or your QA / summaries; judge-free labels, optional judge."""
-    opts = o.run_options(device, dtype, backend, batch_size, None, allow_beyond, allow_pickle, prompt_format,
-                         "default", save_prompts)
     params = dict(data=data, lengths=length if length is not None else o.default_lengths(ckpt), samples=samples,
                   n_facts=facts, haystack=haystack, abstain=abstain, max_new_tokens=max_new_tokens,
                   judge_url=judge_url, judge_model=judge_model, judge_timeout=judge_timeout, seed=seed)

@@ -14,6 +14,8 @@ FLAGS = {"data": "--data", "text_field": "--text-field", "label_field": "--label
          "seed": "--seed"}
 
 
+@o.with_run_options("device", "dtype", "backend", "batch_size",
+                    "prompt_format", "save_prompts", "allow_beyond", "allow_pickle")
 def icl(
     ckpt: list[str] = o.CKPT,
     data: str = typer.Option("synthetic-6", "--data", help="synthetic-6, synthetic-50, synthetic-77, synthetic-150, or a .jsonl / .csv file."),
@@ -31,19 +33,10 @@ def icl(
     separator: str = typer.Option("\n\n", "--separator", help="Between demonstrations."),
     seed: int = o.SEED,
     out: Optional[str] = o.OUT,
-    device: str = o.DEVICE,
-    dtype: str = o.DTYPE,
-    backend: str = o.BACKEND,
-    batch_size: int = o.BATCH,
-    prompt_format: str = o.PROMPT_FORMAT,
-    save_prompts: bool = o.SAVE_PROMPTS,
-    allow_beyond: bool = o.ALLOW_BEYOND,
-    allow_pickle: bool = o.ALLOW_PICKLE,
+    opts=None,
 ) -> None:
     """Many-shot in-context classification (DIFF paper 3.5): accuracy vs demonstrations, and
     the spread over orderings of the same demonstrations."""
-    opts = o.run_options(device, dtype, backend, batch_size, None, allow_beyond, allow_pickle, prompt_format,
-                         "default", save_prompts)
     if shots is None and length is None:
         length = str(o.default_lengths(ckpt)[0])
     params = dict(data=data, text_field=text_field, label_field=label_field, lengths=length, shots=shots,

@@ -12,6 +12,7 @@ FLAGS = {"length": "--len", "data": "--data", "text_field": "--text-field", "doc
          "positions": "--positions", "seed": "--seed"}
 
 
+@o.with_run_options("device", "dtype", "backend", "allow_beyond", "allow_pickle")
 def nll(
     ckpt: list[str] = o.CKPT,
     data: str = typer.Option("synthetic", "--data", help="synthetic (generated documents), a .txt file, a folder of .txt files (one document each), or a .jsonl file."),
@@ -22,15 +23,10 @@ def nll(
     positions: str = typer.Option("log", "--positions", help="Curve points: log (1, 2, 4, ..., len) or a list like 1k,4k,16k (the end is always added)."),
     seed: int = o.SEED,
     out: Optional[str] = o.OUT,
-    device: str = o.DEVICE,
-    dtype: str = o.DTYPE,
-    backend: str = o.BACKEND,
-    allow_beyond: bool = o.ALLOW_BEYOND,
-    allow_pickle: bool = o.ALLOW_PICKLE,
+    opts=None,
 ) -> None:
     """Cumulative average NLL by position (DIFF paper 3.3): curve with 95% bands, per-bucket
     table, perplexity; past the trained length with --allow-beyond-max-positions."""
-    opts = o.run_options(device, dtype, backend, 1, None, allow_beyond, allow_pickle)
     if length is None:  # 4k, or the largest multiple of 1024 that fits with BOS
         length = str(o.default_lengths(ckpt, reserve=1)[0])
     params = dict(length=length, data=data, text_field=text_field, docs=docs, pack=pack, positions=positions,

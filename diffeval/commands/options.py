@@ -63,6 +63,39 @@ def parse_dtype(name: str, device: str):
     return getattr(torch, DTYPES[name])
 
 
+# The run options a command may take, by RunOptions-builder argument name: (type, option).
+RUN_PARAMS = {
+    "device": (str, DEVICE), "dtype": (str, DTYPE), "backend": (str, BACKEND), "batch_size": (int, BATCH),
+    "max_new_tokens": (Optional[int], MAX_NEW), "prompt_format": (str, PROMPT_FORMAT), "decode": (str, DECODE),
+    "save_prompts": (bool, SAVE_PROMPTS), "allow_beyond": (bool, ALLOW_BEYOND), "allow_pickle": (bool, ALLOW_PICKLE),
+}
+
+
+def with_run_options(*names: str):
+    """Give a command the shared run options `names` (declared once, in RUN_PARAMS); the
+    command receives them built into one `opts` (RunOptions) argument instead."""
+    import functools
+    import inspect
+
+    def wrap(fn):
+        sig = inspect.signature(fn)
+        own = [p for p in sig.parameters.values() if p.name != "opts"]
+        extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=RUN_PARAMS[n][1],
+                                   annotation=RUN_PARAMS[n][0]) for n in names]
+
+        @functools.wraps(fn)
+        def command(**kwargs):
+            opts = run_options(**{n: kwargs.pop(n) for n in names})
+            return fn(**kwargs, opts=opts)
+
+        command.__signature__ = sig.replace(parameters=own + extra)
+        command.__annotations__ = {k: v for k, v in fn.__annotations__.items() if k != "opts"}
+        command.__annotations__.update({n: RUN_PARAMS[n][0] for n in names})
+        return command
+
+    return wrap
+
+
 def run_options(device: str = "auto", dtype: str = "auto", backend: str = "auto", batch_size: int = 1,
                 max_new_tokens: Optional[int] = None, allow_beyond: bool = False, allow_pickle: bool = False,
                 prompt_format: str = "plain", decode: str = "default", save_prompts: bool = False):

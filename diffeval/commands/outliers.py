@@ -13,6 +13,7 @@ FLAGS = {"n_tokens": "--tokens", "seq_len": "--len", "bits": "--quant-bits", "me
          "needle_samples": "--samples", "depths": "--depths", "seed": "--seed", "lengths": "--len"}
 
 
+@o.with_run_options(*o.RUN_PARAMS)
 def outliers(
     ckpt: list[str] = o.CKPT,
     data: str = typer.Option("synthetic", "--data", help="synthetic (generated essay prose), or a .txt file / folder of them."),
@@ -24,21 +25,11 @@ def outliers(
     depths: str = o.DEPTHS,
     seed: int = o.SEED,
     out: Optional[str] = o.OUT,
-    device: str = o.DEVICE,
-    dtype: str = o.DTYPE,
-    backend: str = typer.Option("auto", "--backend", help="auto, reference or sdpa (statistics and quantization always use reference)."),
-    batch_size: int = o.BATCH,
-    max_new_tokens: Optional[int] = o.MAX_NEW,
-    prompt_format: str = o.PROMPT_FORMAT,
-    decode: str = o.DECODE,
-    save_prompts: bool = o.SAVE_PROMPTS,
-    allow_beyond: bool = o.ALLOW_BEYOND,
-    allow_pickle: bool = o.ALLOW_PICKLE,
+    opts=None,
 ) -> None:
     """Activation outliers: top-k / median of |attention logits| and |hidden states|, and the
-    metric with attention logits quantized to fewer bits."""
-    opts = o.run_options(device, dtype, backend, batch_size, max_new_tokens, allow_beyond, allow_pickle,
-                         prompt_format, decode, save_prompts)
+    metric with attention logits quantized to fewer bits (statistics and quantization always
+    run on the reference attention path, whatever --backend says)."""
     params = dict(data=data, n_tokens=tokens, seq_len=length, bits=quant_bits, metric=metric,
                   needle_samples=samples, depths=depths, seed=seed)
     o.run_command("outliers", params, ckpt, out, opts, FLAGS)

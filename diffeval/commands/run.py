@@ -11,6 +11,7 @@ import typer
 from diffeval.commands import options as o
 
 
+@o.with_run_options(*o.RUN_PARAMS)
 def run_task(
     task_file: str = typer.Argument(..., metavar="TASK.yaml", help="A task preset (see tasks/)."),
     ckpt: list[str] = o.CKPT,
@@ -20,16 +21,7 @@ def run_task(
     depths: Optional[str] = typer.Option(None, "--depths", help="Override depths."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the seed."),
     data: Optional[str] = typer.Option(None, "--data", help="Override the data (probes that read text: nll, outliers)."),
-    device: str = o.DEVICE,
-    dtype: str = o.DTYPE,
-    backend: str = o.BACKEND,
-    batch_size: int = o.BATCH,
-    max_new_tokens: Optional[int] = o.MAX_NEW,
-    prompt_format: str = o.PROMPT_FORMAT,
-    decode: str = o.DECODE,
-    save_prompts: bool = o.SAVE_PROMPTS,
-    allow_beyond: bool = o.ALLOW_BEYOND,
-    allow_pickle: bool = o.ALLOW_PICKLE,
+    opts=None,
 ) -> None:
     """Run a task preset (YAML); each grid variant writes its own folder under --out."""
     from diffeval.probes import get_probe
@@ -41,8 +33,6 @@ def run_task(
     overrides = {k: v for k, v in dict(samples=samples, lengths=length, depths=depths, seed=seed, data=data).items()
                  if v is not None}
     variants = task.variants(overrides)
-    opts = o.run_options(device, dtype, backend, batch_size, max_new_tokens, allow_beyond, allow_pickle,
-                         prompt_format, decode, save_prompts)
     probe = get_probe(task.probe)
     info = TaskInfo(task.name, task.version, str(Path(task.path).resolve()), task.sha256)
     root = Path(out) if out else default_out(task.name)

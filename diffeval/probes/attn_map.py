@@ -5,7 +5,7 @@ arrays per prompt and pooled maps of one representative prompt for the figures."
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from diffeval.probes.attention import (
     sample_spans,
 )
 from diffeval.probes.base import Probe, Scored, metric
-from diffeval.probes.specs import check_int, check_keys, parse_depths, parse_index_list, parse_lengths
+from diffeval.probes.specs import check_int, check_keys, parse_grid, parse_index_list
 
 NAME = "attn-map"
 VERSION = 3  # 3: the DIFF headline is the signed differential row (2: the pipeline)
@@ -78,11 +78,7 @@ class AttnMapConfig:
 
 def config(params: dict) -> AttnMapConfig:
     check_keys(params, {f.name for f in fields(AttnMapConfig)}, NAME)
-    values = dict(params)
-    if "lengths" in values:
-        values["lengths"] = tuple(parse_lengths(values["lengths"]))
-    if "depths" in values:
-        values["depths"] = tuple(parse_depths(values["depths"]))
+    values = parse_grid(params)
     for key in ("layers", "heads"):
         if key in values and not isinstance(values[key], str):
             values[key] = ",".join(str(v) for v in values[key]) if isinstance(values[key], list) else str(values[key])
@@ -95,6 +91,9 @@ class _Item:
     representative: bool  # drawn in the per-prompt figures (pooled maps are computed for it)
     layers: tuple[int, ...]
     heads: tuple[int, ...]
+    query: tuple[int, ...] = ()  # the query positions whose rows are analysed
+    positions: tuple[int, ...] = ()  # every captured position (query first, then pooling rows)
+    pool: dict = field(default_factory=dict)  # pooling plan (representative prompt only)
 
     @property
     def id(self) -> str:
@@ -112,7 +111,7 @@ def _generate(cfg: AttnMapConfig, ctx) -> list[_Item]:
     heads = tuple(parse_index_list(cfg.heads, ctx.n_heads, "heads"))
     samples = needle.generate(cfg.needle_config(), tok, ctx.max_positions, ctx.allow_beyond, ctx.prompt_format)
     rep = _representative(samples)
-    return [_Item(s, i == rep, layers, heads) for i, s in enumerate(samples)]
+    return [_Item(s, i == rep, layers, heads, *_positions(cfg, s, i == rep, tok)) for i, s in enumerate(samples)]
 
 
 def _pool_positions(sample, spans) -> dict[str, list[int]]:
@@ -127,20 +126,18 @@ def _pool_positions(sample, spans) -> dict[str, list[int]]:
     return out
 
 
-def _positions(cfg: AttnMapConfig, item: _Item, tok) -> tuple[list[int], list[int], dict]:
-    """(query positions, every captured position, pooling plan)."""
-    spans = sample_spans(item.sample, cfg.sink)
-    q_pos = query_positions(item.sample, cfg.query, tok)
-    pool = _pool_positions(item.sample, spans) if item.representative else {}
+def _positions(cfg: AttnMapConfig, sample, representative: bool, tok) -> tuple[tuple, tuple, dict]:
+    """(query positions, every captured position, pooling plan) of one prompt."""
+    q_pos = query_positions(sample, cfg.query, tok)
+    pool = _pool_positions(sample, sample_spans(sample, cfg.sink)) if representative else {}
     extra = sorted(set(pool.get("window", [])) | set(pool.get("whole", [])))
-    return q_pos, q_pos + [p for p in extra if p not in set(q_pos)], pool
+    return tuple(q_pos), tuple(q_pos + [p for p in extra if p not in set(q_pos)]), pool
 
 
 def _requests(cfg: AttnMapConfig, item: _Item, ctx) -> list:
     from diffeval.engine import CaptureRows
 
-    _, positions, _ = _positions(cfg, item, ctx.tokenizer)
-    return [CaptureRows(tuple(item.sample.prompts[0]), tuple(positions), item.layers)]
+    return [CaptureRows(tuple(item.sample.prompts[0]), item.positions, item.layers)]
 
 
 def _pool_keys(rows: np.ndarray, a: int, b: int, blocks: int) -> np.ndarray:
@@ -172,7 +169,7 @@ def _score(cfg: AttnMapConfig, item: _Item, outputs: list, ctx) -> Scored:
     sample, layers, heads = item.sample, list(item.layers), list(item.heads)
     rows_by_layer = outputs[0]
     spans = sample_spans(sample, cfg.sink)
-    q_pos, positions, pool = _positions(cfg, item, ctx.tokenizer)
+    q_pos, positions, pool = list(item.query), list(item.positions), item.pool
     labels = spans.labels()
     R = len(q_pos)
     is_diff = ctx.family == "diff"

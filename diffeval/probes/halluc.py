@@ -34,7 +34,7 @@ import numpy as np
 from diffeval.errors import ConfigError
 from diffeval.probes import needle as N
 from diffeval.probes.base import Probe, metric
-from diffeval.probes.specs import check_int, check_keys, parse_lengths
+from diffeval.probes.specs import check_int, check_keys, parse_grid
 
 NAME = "halluc"
 VERSION = 1
@@ -95,10 +95,7 @@ class HallucConfig:
 
 def config(params: dict) -> HallucConfig:
     check_keys(params, {f.name for f in fields(HallucConfig)}, NAME)
-    values = dict(params)
-    if "lengths" in values:
-        values["lengths"] = tuple(parse_lengths(values["lengths"]))
-    return HallucConfig(**values)
+    return HallucConfig(**parse_grid(params))
 
 
 # --- samples ----------------------------------------------------------------------------------

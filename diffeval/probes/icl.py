@@ -208,8 +208,9 @@ def _generate(cfg: IclConfig, ctx) -> list[_Query]:
         return max(len(q) for _, q in queries) + max(len(pieces.label(queries[0][0], mapping[c])) for c in labels)
 
     budgets: list[tuple[Optional[int], int]] = [(None, k) for k in cfg.shots]
-    for length in cfg.lengths:
+    if cfg.lengths:  # tokens of the first k demonstrations, for every k
         costs = np.cumsum([len(pieces.demo(e, e.label, i == 0)) for i, e in enumerate(pool)])
+    for length in cfg.lengths:
         room = length - len(prefix) - tail_cost({c: c for c in labels})
         k = int(np.searchsorted(costs, room, side="right"))
         if k == len(pool):

@@ -26,7 +26,7 @@ import numpy as np
 from diffeval.errors import ConfigError, UsageError, did_you_mean
 from diffeval.probes.haystack import Haystack, load_haystack
 from diffeval.probes.prompts import PieceEncoder, PromptFormat, char_span, common_prefix, fit_fragment
-from diffeval.probes.specs import check_int, length_label, parse_depths, parse_lengths
+from diffeval.probes.specs import check_int, length_label, parse_grid
 
 TASK = "needle"
 VERSION = 2  # bump when samples for the same config change (2: RULER kinds ask in the singular)
@@ -583,12 +583,7 @@ def config(params: dict) -> NeedleConfig:
     from diffeval.probes.specs import check_keys
 
     check_keys(params, {f.name for f in fields(NeedleConfig)}, TASK)
-    values = dict(params)
-    if "lengths" in values:
-        values["lengths"] = tuple(parse_lengths(values["lengths"]))
-    if "depths" in values:
-        values["depths"] = tuple(parse_depths(values["depths"]))
-    return NeedleConfig(**values)
+    return NeedleConfig(**parse_grid(params))
 
 
 def answer_budget(samples: Sequence[NeedleSample], tok) -> int:

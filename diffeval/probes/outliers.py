@@ -19,7 +19,7 @@ from diffeval.errors import ConfigError
 from diffeval.probes import activations as act
 from diffeval.probes import needle
 from diffeval.probes.base import Probe, ProbeState, metric
-from diffeval.probes.specs import check_int, check_keys, parse_bits, parse_depths, parse_length, parse_tokens
+from diffeval.probes.specs import check_int, check_keys, parse_bits, parse_grid, parse_length, parse_tokens
 from diffeval.probes.text import describe_files, file_blocks, text_files
 
 NAME = "outliers"
@@ -84,9 +84,7 @@ def config(params: dict) -> OutliersConfig:
         values["seq_len"] = parse_length(values["seq_len"], "seq_len")
     if "bits" in values:
         values["bits"] = parse_bits(values["bits"], act.MIN_BITS, act.BASELINE_BITS)
-    if "depths" in values:
-        values["depths"] = tuple(parse_depths(values["depths"]))
-    return OutliersConfig(**values)
+    return OutliersConfig(**parse_grid(values))
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -240,6 +238,9 @@ def _aggregate(cfg: OutliersConfig, records: list[dict], models: list[dict], ext
         for name, tops in extra[label]["per_layer_top1"].items():
             cells.extend({"model": label, **blank, "kind": "layer", "activation": name, "layer": i,
                           "n": n_seq, "top1": round(float(v), 6)} for i, v in enumerate(tops))
+        if cfg.metric == "nll":
+            base_value = act.mean_nll(_ordered_sum(seqs, act.BASELINE_BITS), sum(r["n_targets"] for r in seqs)) \
+                if act.BASELINE_BITS in cfg.bits else None
         for b in cfg.bits:
             if cfg.metric == "nll":
                 n = sum(r["n_targets"] for r in seqs)
@@ -252,7 +253,7 @@ def _aggregate(cfg: OutliersConfig, records: list[dict], models: list[dict], ext
                 if act.BASELINE_BITS in cfg.bits:  # the change vs 16 bits, paired over the same sequences
                     base = str(act.BASELINE_BITS)
                     diffs = [(r["nll_sum"][str(b)] - r["nll_sum"][base]) / r["n_targets"] for r in seqs]
-                    delta = value - act.mean_nll(_ordered_sum(seqs, act.BASELINE_BITS), n)
+                    delta = value - base_value
                     _, dci = mean_ci(diffs)
                     cell["delta"] = round(delta, 6)
                     if dci is not None:

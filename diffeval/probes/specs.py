@@ -168,6 +168,17 @@ def parse_index_list(spec: Any, size: int, field: str) -> list[int]:
     return sorted(out)
 
 
+def parse_grid(params: dict) -> dict:
+    """A copy of plain parameter values with `lengths` and `depths` (text like "4k,8k" and
+    "0:100:5", or lists) parsed into tuples, for every probe config that takes them."""
+    values = dict(params)
+    if "lengths" in values:
+        values["lengths"] = tuple(parse_lengths(values["lengths"]))
+    if "depths" in values:
+        values["depths"] = tuple(parse_depths(values["depths"]))
+    return values
+
+
 def length_label(n: int) -> str:
     """4096 -> "4K", 1536 -> "1.5K", 1000 -> "1000"."""
     if n >= 1024 and n % 1024 == 0:

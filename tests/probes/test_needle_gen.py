@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from diffeval.errors import ConfigError, UsageError
 from diffeval.probes import needle as N
+from diffeval.probes import specs as S
 from diffeval.probes.haystack import NOISE_SENTENCES, essay_sentence, load_haystack, split_sentences
 from diffeval.tokenizers import ByteTokenizer, HFTokenizer
 
@@ -86,12 +87,12 @@ def _context_text(tok, sample, kind) -> str:
 
 
 def test_parse_lengths_units_lists_and_ranges():
-    assert N.parse_lengths("4k,8K,16384") == [4096, 8192, 16384]
-    assert N.parse_lengths("64K") == [65536]
-    assert N.parse_lengths(" 1.5k ") == [1536]
-    assert N.parse_lengths("1m") == [1048576]
-    assert N.parse_lengths("4k:32k") == [4096, 8192, 16384, 32768]
-    assert N.parse_lengths("1000:4000:1000,8k") == [1000, 2000, 3000, 4000, 8192]
+    assert S.parse_lengths("4k,8K,16384") == [4096, 8192, 16384]
+    assert S.parse_lengths("64K") == [65536]
+    assert S.parse_lengths(" 1.5k ") == [1536]
+    assert S.parse_lengths("1m") == [1048576]
+    assert S.parse_lengths("4k:32k") == [4096, 8192, 16384, 32768]
+    assert S.parse_lengths("1000:4000:1000,8k") == [1000, 2000, 3000, 4000, 8192]
 
 
 @pytest.mark.parametrize("spec, needle", [
@@ -101,17 +102,17 @@ def test_parse_lengths_units_lists_and_ranges():
 ])
 def test_parse_lengths_rejects_junk_with_the_value(spec, needle):
     with pytest.raises(ConfigError, match=re.escape(needle)) as err:
-        N.parse_lengths(spec)
+        S.parse_lengths(spec)
     assert err.value.field == "lengths"
 
 
 def test_parse_depths_lists_and_linspace():
-    assert N.parse_depths("0,25,50") == [0.0, 25.0, 50.0]
-    assert N.parse_depths("0:100:11") == [float(x) for x in range(0, 101, 10)]
-    assert N.parse_depths("0:100:3") == [0.0, 50.0, 100.0]
-    assert N.parse_depths("0:100:7")[1] == round(100 / 6, 6)
-    assert N.parse_depths("50%, 100") == [50.0, 100.0]
-    assert N.parse_depths("10:10:1") == [10.0]
+    assert S.parse_depths("0,25,50") == [0.0, 25.0, 50.0]
+    assert S.parse_depths("0:100:11") == [float(x) for x in range(0, 101, 10)]
+    assert S.parse_depths("0:100:3") == [0.0, 50.0, 100.0]
+    assert S.parse_depths("0:100:7")[1] == round(100 / 6, 6)
+    assert S.parse_depths("50%, 100") == [50.0, 100.0]
+    assert S.parse_depths("10:10:1") == [10.0]
 
 
 @pytest.mark.parametrize("spec, needle", [
@@ -120,7 +121,7 @@ def test_parse_depths_lists_and_linspace():
 ])
 def test_parse_depths_rejects_junk_with_the_value(spec, needle):
     with pytest.raises(ConfigError, match=re.escape(needle)) as err:
-        N.parse_depths(spec)
+        S.parse_depths(spec)
     assert err.value.field == "depths"
 
 

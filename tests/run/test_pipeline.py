@@ -141,3 +141,15 @@ def test_task_grid_folder_names_stay_inside_out(ckpts, tmp_path):
     names = [n for n, _ in load_task(task).variants({})]
     assert all("/" not in n and ".." not in n and len(n) <= 49 for n in names)
     assert names[1] == "haystacknoise" and len(set(names)) == 2
+
+
+def test_resume_files_keep_labels_with_dots_apart(ckpts, tmp_path):
+    """Model labels like Llama-3.1-8B and Llama-3.2-1B must not share a resume file."""
+    models = []
+    for name, src in (("tiny-3.1-a", ckpts[0]), ("tiny-3.2-b", ckpts[1])):
+        shutil.copytree(src, tmp_path / name)
+        models.append(str(tmp_path / name))
+    probe = get_probe("needle")
+    run_probe(probe, probe.config(CASES["needle"]), models, tmp_path / "run", OPTS)
+    names = sorted(p.name for p in (tmp_path / "run" / ".resume").iterdir())
+    assert names == ["tiny-3.1-a.jsonl", "tiny-3.2-b.jsonl"]
