@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Union
 
@@ -121,7 +122,9 @@ class EngineStats:
     prompt_tokens: int = 0  # sum of request lengths
     prefilled_tokens: int = 0  # tokens actually run through the model (after prefix reuse)
     generated_tokens: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole of run(), callbacks included
+    prefill_seconds: float = 0.0  # model calls over prompt tokens (and Choice candidates)
+    decode_seconds: float = 0.0  # token-by-token generation after a prefill
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -181,7 +184,9 @@ class Engine:
         start = time.perf_counter()
         try:
             for i, j, req in seq:
-                finish(i, j, self._one(req))
+                with self._timed("prefill"):
+                    out = self._one(req)
+                finish(i, j, out)
             k = 0
             while k < len(pre):
                 batch = [pre[k]]
@@ -192,12 +197,25 @@ class Engine:
                         batch.append(pre[k + len(batch)])
                     outs = self._generate([x[2] for x in batch])
                 else:
-                    outs = [self._choice(first)]
+                    with self._timed("prefill"):
+                        outs = [self._choice(first)]
                 for (i, j, _), out in zip(batch, outs):
                     finish(i, j, out)
                 k += len(batch)
         finally:
             self.counters.seconds += time.perf_counter() - start
+
+    @contextmanager
+    def _timed(self, phase: str):
+        """Add the block's wall time to counters.<phase>_seconds (CUDA work finished inside it)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            key = f"{phase}_seconds"
+            setattr(self.counters, key, getattr(self.counters, key) + time.perf_counter() - start)
 
     # --- one request at a time -------------------------------------------------------------
 
@@ -261,18 +279,20 @@ class Engine:
         shared = n - 1  # at least the last token is run with logits
         for p in prompts[1:]:
             shared = min(shared, common_prefix(prompts[0], p))
-        b = self._extend_to(prompts[0][:shared], reqs[0].hook)
         self.counters.requests += len(prompts)
         self.counters.prompt_tokens += sum(len(p) for p in prompts)
         max_new = reqs[0].max_new_tokens
-        if len(prompts) == 1:
-            cache = self._cache
-        else:
-            cache = self._cache.fork(batch=len(prompts), extra=n - b + max_new + 1)
-        suffix = torch.tensor([p[b:] for p in prompts], dtype=torch.long, device=self.device)  # (B, n - b)
-        logits = self._call(suffix, cache)  # (B, 1, V)
-        self.counters.prefilled_tokens += suffix.numel()
-        outs = self._decode(logits, cache, len(prompts), max_new, reqs[0].stop_text)
+        with self._timed("prefill"):
+            b = self._extend_to(prompts[0][:shared], reqs[0].hook)
+            if len(prompts) == 1:
+                cache = self._cache
+            else:
+                cache = self._cache.fork(batch=len(prompts), extra=n - b + max_new + 1)
+            suffix = torch.tensor([p[b:] for p in prompts], dtype=torch.long, device=self.device)  # (B, n - b)
+            logits = self._call(suffix, cache)  # (B, 1, V)
+            self.counters.prefilled_tokens += suffix.numel()
+        with self._timed("decode"):
+            outs = self._decode(logits, cache, len(prompts), max_new, reqs[0].stop_text)
         self._cache.truncate(b)  # keep only the aligned prefix
         return outs
 

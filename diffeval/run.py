@@ -146,10 +146,16 @@ def run_probe(probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions,
                            {k: v for k, v in params.items() if k not in probe.grid_params})
     out = Path(out)  # created by the first write: bad input leaves nothing behind
     models, records, extra, per_model = [], [], {}, {}
+    hashed: dict[str, str] = {}  # label -> "read" | "cache": how the weights' sha256 was had
     started_all = time.perf_counter()
     prompts_rows: list[dict] = []
+    phases: dict[str, float] = {}  # wall seconds of the run's phases, summed over models
+    warming = None  # matplotlib imported in the background while the first model runs
     for label, spec in zip(labels, specs):
+        clock = _Clock()
         loaded = load(spec, device=opts.device, dtype=opts.dtype, backend=opts.backend, allow_pickle=opts.allow_pickle)
+        clock.lap("load")
+        hashed[label] = loaded.info.sha256_from
         ctx = model_context(label, loaded, opts)
         samples = probe.generate(cfg, ctx)
         ids = [s.id for s in samples]
@@ -177,8 +183,11 @@ def run_probe(probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions,
                         stats=state.stats if state is not None else None)
         bar = progress_bar(sum(len(work[i]) for i in todo), label, opts.progress)
         arrays_dir = out / "arrays"
+        clock.lap("generate")
+        scoring = _Clock()
 
         def done(t: int, outputs: list) -> None:
+            scoring.restart()
             i = todo[t]
             scored = probe.score(cfg, samples[i], outputs, ctx)
             if not isinstance(scored, Scored):
@@ -189,7 +198,12 @@ def run_probe(probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions,
             if stateful[i]:
                 held.add(keys[i])
                 state.save(state_path, sorted(held))
+            scoring.lap("score")
 
+        if warming is None:
+            from diffeval.plotting import prewarm
+
+            warming = prewarm()
         started = time.perf_counter()
         try:
             engine.run([work[i] for i in todo], done, on_request=lambda: bar.update(1))
@@ -203,10 +217,16 @@ def run_probe(probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions,
             extra[label] = state.finalise()
         if opts.save_prompts and tok is not None:
             prompts_rows.extend(_prompt_rows(label, samples, work, tok))
-        per_model[label] = _timing(engine.counters, wall, len(samples), len(samples) - len(todo), opts.device)
+        c = engine.counters
+        clock.laps.update(prefill=c.prefill_seconds, decode=c.decode_seconds, score=scoring.laps.get("score", 0.0))
+        per_model[label] = _timing(c, wall, len(samples), len(samples) - len(todo), opts.device, clock.laps)
+        for name, seconds in clock.laps.items():
+            phases[name] = phases.get(name, 0.0) + seconds
         models.append({**model_record(label, loaded, opts), **({"notes": ctx.notes} if ctx.notes else {})})
         del loaded, engine
+    clock = _Clock()
     cells, metrics = probe.aggregate(cfg, records, models, extra)
+    clock.lap("aggregate")
     artifacts: dict[str, Any] = {"samples": "samples.jsonl", "figures": []}
     write_jsonl(out / "samples.jsonl", records)
     if prompts_rows:
@@ -225,17 +245,45 @@ def run_probe(probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions,
         "cell_keys": ["model", *probe.cell_keys],
         "metrics": metrics,
         "cells": cells,
-        "timing": {"world_size": 1, "wall_seconds": round(time.perf_counter() - started_all, 3), "models": per_model},
-        "provenance": provenance(params.get("seed"), opts.device),
+        "timing": {"world_size": 1, "wall_seconds": 0.0, "phases": phases, "models": per_model},
+        "provenance": {**provenance(params.get("seed"), opts.device), "weights_sha256_from": hashed},
         "artifacts": artifacts,
     }
+    _finish_timing(results["timing"], started_all, clock, "write")
     write_json(out / "results.json", results)
+    if warming is not None:
+        warming.join()
+    clock.restart()
     from diffeval.plotting.style import styled
 
     with styled():
         results["artifacts"]["figures"] = [p.name for p in probe.figures(out)]
+    _finish_timing(results["timing"], started_all, clock, "figures")
     write_json(out / "results.json", results)
     return results
+
+
+class _Clock:
+    """Wall time by phase: `lap(name)` adds the time since the last lap (or restart) to laps[name]."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self.restart()
+
+    def restart(self) -> None:
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = self.laps.get(name, 0.0) + now - self._last
+        self._last = now
+
+
+def _finish_timing(timing: dict, started: float, clock: _Clock, phase: str) -> None:
+    clock.lap(phase)
+    timing["phases"].update(clock.laps)
+    timing["phases"] = {k: round(v, 3) for k, v in timing["phases"].items()}
+    timing["wall_seconds"] = round(time.perf_counter() - started, 3)
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -245,12 +293,18 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     tmp.replace(path)
 
 
-def _timing(c, wall: float, n_samples: int, resumed: int, device: str) -> dict[str, Any]:
+def _timing(c, wall: float, n_samples: int, resumed: int, device: str, phases: dict[str, float]) -> dict[str, Any]:
+    def rate(n: int, seconds: float) -> Optional[float]:
+        return round(n / seconds, 1) if n and seconds > 0 else None
+
     return {"wall_seconds": round(wall, 3), "samples": n_samples, "resumed_samples": resumed,
             "requests": c.requests, "prompt_tokens": c.prompt_tokens, "prefilled_tokens": c.prefilled_tokens,
             "generated_tokens": c.generated_tokens,
             "reuse_ratio": round(c.prefilled_tokens / c.prompt_tokens, 4) if c.prompt_tokens else None,
-            "tokens_per_s": round(c.prefilled_tokens / wall, 1) if wall > 0 and c.prefilled_tokens else None,
+            "tokens_per_s": rate(c.prefilled_tokens, wall),
+            "prefill_tokens_per_s": rate(c.prefilled_tokens, c.prefill_seconds),
+            "decode_tokens_per_s": rate(c.generated_tokens, c.decode_seconds),
+            "phases": {k: round(v, 3) for k, v in phases.items()},
             **peak_memory_mb(device)}
 
 

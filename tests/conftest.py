@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -7,6 +8,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))  # tests/hf_models.py and tests/helpers.py
 
 torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_cache_dir(tmp_path_factory):
+    """Weight-hash and judge caches of the test session, not the user's."""
+    os.environ["DIFFEVAL_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,15 @@ def test_needle_writes_every_artifact(ckpts, tmp_path, capsys):
             assert key in t
         assert t["requests"] == 2 * 3 * 2  # samples x depths x queries
         assert t["prefilled_tokens"] < t["prompt_tokens"]  # the R questions share their context
+        phases = t["phases"]
+        assert set(phases) == {"load", "generate", "prefill", "decode", "score"}
+        assert phases["prefill"] > 0 and phases["decode"] > 0 and t["prefill_tokens_per_s"] > 0
+        assert phases["prefill"] + phases["decode"] + phases["score"] <= t["wall_seconds"] + 1e-3
+    run_phases = results["timing"]["phases"]
+    assert set(run_phases) == {"load", "generate", "prefill", "decode", "score", "aggregate", "write", "figures"}
+    assert sum(run_phases.values()) <= results["timing"]["wall_seconds"] + 1e-2
     assert results["provenance"]["seed"] == 0 and results["provenance"]["argv"]
+    assert set(results["provenance"]["weights_sha256_from"].values()) <= {"read", "cache"}
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * 3 * 2
     for r in rows:

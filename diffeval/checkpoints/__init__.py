@@ -44,6 +44,7 @@ class CheckpointInfo:
     tokenizer: str
     files: list[str]
     sha256: str
+    sha256_from: str = "read"  # "cache": taken from the hash cache (path, size, mtime, ctime, inode unchanged)
     config: dict[str, Any] = field(default_factory=dict)
     config_sha256: Optional[str] = None  # of config.json: edits that keep the weights still count
     tokenizer_sha256: Optional[str] = None  # of tokenizer.json and tokenizer_config.json
@@ -185,6 +186,7 @@ instead when `require_tokenizer`); probes that need text say so in one line."""
         tokenizer=tokenizer.name if tokenizer is not None else "none",
         files=[p.name for p in weights.files],
         sha256=weights.sha256(),
+        sha256_from=weights.sha256_from,
         config=cfg.to_dict(),
         config_sha256=_files_sha256([directory / "config.json"]),
         tokenizer_sha256=(None if tokenizer is None else _files_sha256([directory / n for n in TOKENIZER_FILES])

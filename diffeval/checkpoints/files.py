@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,29 +22,58 @@ class WeightFiles:
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     origin: dict[str, Path] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
+    sha256_from: str = "read"
 
     def sha256(self) -> str:
-        """One digest for the whole set: sha256 of the single file, or of 'name:digest' lines."""
-        digests = {p.name: file_sha256(p) for p in self.files}
+        """One digest for the whole set: sha256 of the single file, or of 'name:digest' lines.
+        Sets `sha256_from`: "cache" when every file's digest came from the hash cache."""
+        hashed = {p.name: cached_sha256(p) for p in self.files}
+        self.sha256_from = "cache" if all(src == "cache" for _, src in hashed.values()) else "read"
+        digests = {name: digest for name, (digest, _) in hashed.items()}
         if len(digests) == 1:
             return next(iter(digests.values()))
         joined = "\n".join(f"{n}:{d}" for n, d in sorted(digests.items()))
         return hashlib.sha256(joined.encode()).hexdigest()
 
 
-_SHA_CACHE: dict[tuple[str, float, int], str] = {}
+def cache_dir() -> Path:
+    """diffeval's cache folder: $DIFFEVAL_CACHE_DIR, else $XDG_CACHE_HOME/diffeval, else ~/.cache/diffeval."""
+    if os.environ.get("DIFFEVAL_CACHE_DIR"):
+        return Path(os.environ["DIFFEVAL_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "diffeval"
 
 
-def file_sha256(path: Path) -> str:
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_mtime, stat.st_size)
-    if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        _SHA_CACHE[key] = h.hexdigest()
-    return _SHA_CACHE[key]
+def cached_sha256(path: Path) -> tuple[str, str]:
+    """(sha256 of a weight file, "cache" | "read"). Reading gigabytes on every run is most of
+    the fixed cost of a short one, so digests are kept under cache_dir()/sha256, keyed by the
+    resolved path and valid while size, mtime, ctime and inode are unchanged (a rewrite
+    changes ctime even when it keeps size and mtime)."""
+    from diffeval.results import file_sha256
+
+    path = path.resolve()
+    st = path.stat()
+    stamp = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+             "inode": st.st_ino}
+    entry = cache_dir() / "sha256" / f"{hashlib.sha256(str(path).encode()).hexdigest()[:32]}.json"
+    try:
+        saved = json.loads(entry.read_text())
+        if isinstance(saved, dict) and {k: saved.get(k) for k in stamp} == stamp and _is_sha256(saved.get("sha256")):
+            return saved["sha256"], "cache"
+    except (OSError, ValueError):
+        pass  # no entry, or an unreadable one: hash the file
+    digest = file_sha256(path)
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = entry.with_name(f"{entry.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**stamp, "sha256": digest}))
+        tmp.replace(entry)
+    except OSError:
+        pass  # a read-only cache only costs the next run a re-read
+    return digest, "read"
+
+
+def _is_sha256(value) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def _read_safetensors(path: Path, out: WeightFiles) -> None:

@@ -3,7 +3,29 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
+
+
+def prewarm() -> threading.Thread:
+    """Import matplotlib and load its font list in a background thread (about a second that
+    would otherwise come after the model loop): runs call it before the loop, join after."""
+
+    def work() -> None:
+        try:
+            import matplotlib.backends.backend_agg  # noqa: F401
+            import matplotlib.backends.backend_pdf  # noqa: F401
+            import matplotlib.backends.backend_svg  # noqa: F401
+            import matplotlib.figure  # noqa: F401
+            from matplotlib import font_manager
+
+            font_manager.fontManager.findfont("DejaVu Sans")
+        except Exception:  # only a head start: drawing the figures meets and reports any real problem
+            pass
+
+    thread = threading.Thread(target=work, name="diffeval-prewarm-plotting", daemon=True)
+    thread.start()
+    return thread
 
 
 def save_figure(fig, stem: str | Path, dpi: int = 200, formats: tuple[str, ...] = ("png", "pdf")) -> list[Path]:

@@ -258,10 +258,10 @@ def outcome(prediction: str, answers: tuple[str, ...], others: tuple[str, ...], 
 def _judge(cfg: HallucConfig):
     if cfg.judge_url is None:
         return None
+    from diffeval.checkpoints.files import cache_dir
     from diffeval.probes.judge import Judge
 
-    cache = Path.home() / ".cache" / "diffeval" / "judge"
-    return Judge(cfg.judge_url, cfg.judge_model, timeout=cfg.judge_timeout, cache_dir=cache)
+    return Judge(cfg.judge_url, cfg.judge_model, timeout=cfg.judge_timeout, cache_dir=cache_dir() / "judge")
 
 
 def _score(cfg: HallucConfig, s: _Sample, outputs: list, ctx) -> dict:

@@ -54,6 +54,37 @@ def test_queries_after_a_prefix_match_reference(backend, q_len):
     assert (out - ref).abs().max().item() <= 1e-5
 
 
+@pytest.mark.parametrize("n_kv", [4, 2])
+@pytest.mark.parametrize("q_len", [3, 64])
+def test_prefix_paths_match_reference(n_kv, q_len, monkeypatch):
+    """Every sdpa path for queries after a cached prefix: one kept mask (asked for again with
+    another shape and dtype in between), query blocks with their own masks, the CPU split into
+    cached and new keys merged by log-sum-exp, and the CUDA lower-right bias (run here with its
+    materialised fallback)."""
+    import diffeval.kernels.sdpa as sdpa
+
+    q, k, v = _qkv(1, 4, n_kv, 150, 16, seed=q_len + n_kv, q_len=q_len)
+    ref = resolve_backend("reference").attend(q, k, v, scale=0.25)
+    backend = sdpa.SdpaBackend()
+    first = backend.attend(q, k, v, scale=0.25)
+    other = backend.attend(q[:, :, :2].double(), k[:, :, :100].double(), v[:, :, :100].double(), scale=0.25)
+    assert other.dtype == torch.float64
+    again = backend.attend(q, k, v, scale=0.25)
+    assert (first - ref).abs().max().item() <= 1e-5 and torch.equal(first, again)
+    assert (sdpa.lower_right_attend(q, k, v, 0.25) - ref).abs().max().item() <= 1e-5
+    assert (sdpa.split_attend(q, k, v, 0.25) - ref).abs().max().item() <= 1e-5
+    monkeypatch.setattr(sdpa, "SPLIT_MIN_PREFIX", 1)  # through attend, softmax and DIFF
+    assert (sdpa.SdpaBackend().attend(q, k, v, scale=0.25) - ref).abs().max().item() <= 1e-5
+    lam = torch.tensor(0.4)
+    d_ref = resolve_backend("reference").diff_attend(q, k, v, lam, scale=0.25)
+    assert (sdpa.SdpaBackend().diff_attend(q, k, v, lam, scale=0.25) - d_ref).abs().max().item() <= 1e-5
+    monkeypatch.setattr(sdpa, "SPLIT_MIN_PREFIX", 10**9)
+    monkeypatch.setattr(sdpa, "MASK_ELEMENTS", 150 * 2)  # query blocks of 2 rows
+    blocked = sdpa.SdpaBackend().attend(q, k, v, scale=0.25)
+    assert (blocked - ref).abs().max().item() <= 1e-5
+    assert (sdpa.SdpaBackend().diff_attend(q, k, v, lam, scale=0.25) - d_ref).abs().max().item() <= 1e-5
+
+
 def test_reference_matches_dense_softmax_in_float64():
     q, k, v = (t.double() for t in _qkv(1, 2, 2, 50, 8, seed=7))
     mask = torch.ones(50, 50, dtype=torch.bool).tril()

@@ -80,19 +80,23 @@ import sys, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from diffeval.kernels.triton_diff import _diff_attn_fwd
-sig = {n: ("*fp16" if n in ("Q", "K", "V", "Out") else "*fp32" if n == "NW"
+dtype, prec = sys.argv[2], {"fp16": "tf32", "fp32": "ieee"}[sys.argv[2]]
+sig = {n: (f"*{dtype}" if n in ("Q", "K", "V", "Out") else "*fp32" if n == "NW"
            else "fp32" if n in ("lam", "scale", "eps", "out_scale")
-           else "constexpr" if n.startswith("BLOCK") or n in ("NORM", "HAS_W") else "i32")
+           else "constexpr" if n.startswith("BLOCK") or n in ("NORM", "HAS_W", "PREC") else "i32")
        for n in _diff_attn_fwd.arg_names}
-src = ASTSource(fn=_diff_attn_fwd, signature=sig, constexprs={"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": 64, "NORM": True, "HAS_W": True})
+src = ASTSource(fn=_diff_attn_fwd, signature=sig, constexprs={"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": 64, "NORM": True,
+                                                              "HAS_W": True, "PREC": prec})
 print(len(triton.compile(src, target=GPUTarget("cuda", int(sys.argv[1]), 32)).asm["cubin"]))
 """
 
 
-@pytest.mark.parametrize("arch", [80, 90])
-def test_kernel_compiles_for_real_gpus(arch):
-    """Ahead-of-time compilation to a cubin (no GPU needed), outside the interpreter."""
+@pytest.mark.parametrize("arch,dtype", [(80, "fp16"), (90, "fp16"), (90, "fp32")])
+def test_kernel_compiles_for_real_gpus(arch, dtype):
+    """Ahead-of-time compilation to a cubin (no GPU needed), outside the interpreter; float32
+    with exact ("ieee") products."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", AOT, str(arch)], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", AOT, str(arch), dtype], capture_output=True, text=True, env=env,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert int(proc.stdout.split()[-1]) > 10000

@@ -23,6 +23,39 @@ def test_sdpa_model_matches_reference_model(family, n_kv, T):
     assert (fast - ref).abs().max().item() <= 1e-5
 
 
+@pytest.mark.parametrize("path", ["mask", "split", "lower-right"])
+@pytest.mark.parametrize("family,n_kv", [("transformer", 2), ("transformer", None), ("sha", None), ("diff", 1),
+                                         ("diff", None)])
+def test_cached_prefix_paths_match_reference_model(family, n_kv, path, monkeypatch):
+    """Fresh, chunked-after-a-prefix and decode calls through each sdpa path for queries that
+    continue a cache equal the reference model's full forward (<= 1e-5, fp32)."""
+    import diffeval.kernels.sdpa as sdpa
+
+    if path == "split":
+        monkeypatch.setattr(sdpa, "SPLIT_MIN_PREFIX", 1)
+    elif path == "lower-right":  # the CUDA branch; on the CPU its bias materialises the mask
+        monkeypatch.setattr(sdpa.SdpaBackend, "attend", _lower_right_attend)
+    model = tiny_model(family, n_kv_heads=n_kv)
+    ids = torch.randint(0, 300, (1, 90), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        model.set_backend("reference")
+        want = model(ids)
+        model.set_backend("sdpa")
+        cache = model.new_cache()
+        parts = [model(ids[:, :32], cache), model(ids[:, 32:64], cache), model(ids[:, 64:85], cache)]
+        parts += [model(ids[:, t:t + 1], cache) for t in range(85, 90)]
+    assert (torch.cat(parts, dim=1) - want).abs().max().item() <= 1e-5
+
+
+def _lower_right_attend(self, q, k, v, *, scale, logit_fn=None):
+    import diffeval.kernels.sdpa as sdpa
+
+    if q.shape[2] in (1, k.shape[2]):
+        return sdpa.F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1, scale=scale,
+                                                   enable_gqa=k.shape[1] != q.shape[1])
+    return sdpa.lower_right_attend(q, k, v, scale)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_prefill_then_decode_equals_full_forward(family):
     model = tiny_model(family, n_kv_heads=1 if family != "sha" else None)
