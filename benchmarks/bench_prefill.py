@@ -165,16 +165,16 @@ def needle_table(directory: Path, length: int, threads: int) -> None:
     pairs = [(a, b) for sid, answers in theirs.items() for a, b in zip(answers, ours_pred[sid])]
     agree = sum(a == b for a, b in pairs)
     timing = results["timing"]
+    per_model = next(iter(timing["models"].values()))
     print(f"\n(b) needle grid: {len(pairs)} prompts of {length} tokens (5 depths x N=2, R=2), "
           f"{threads} threads")
     print(f"{'implementation':<44} {'wall s':>8} {'prompt tokens':>14} {'prefilled':>10}")
     print(f"{'transformers generate loop (no reuse)':<44} {hf_s:>8.1f} {tokens:>14} {tokens:>10}")
-    print(f"{'diffeval needle (whole command)':<44} {ours_s:>8.1f} {timing.get('prompt_tokens', '-'):>14} "
-          f"{timing.get('prefilled_tokens', '-'):>10}")
+    print(f"{'diffeval needle (whole command)':<44} {ours_s:>8.1f} {per_model['prompt_tokens']:>14} "
+          f"{per_model['prefilled_tokens']:>10}")
     print(f"speed-up {hf_s / ours_s:.2f}x; answers identical for {agree}/{len(pairs)} prompts")
-    phases = timing.get("phases")
-    if phases:
-        print("diffeval phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()))
+    print("diffeval phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in timing["phases"].items())
+          + f"; prefill {per_model['prefill_tokens_per_s']:.0f} tokens/s")
 
 
 def main() -> None:
