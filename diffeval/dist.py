@@ -114,6 +114,7 @@ class World:
     size: int = 1
     local_rank: int = 0
     backend: Optional[str] = None
+    group: Any = None  # the gloo group the records travel in (None: the default group)
     ranks: dict[int, dict] = field(default_factory=dict)  # rank -> accumulated timing (rank 0 holds all)
 
     @classmethod
@@ -131,7 +132,8 @@ class World:
                 raise UsageError(f"LOCAL_RANK {local} but this node has {torch.cuda.device_count()} GPU(s); "
                                  "use --nproc-per-node <= the GPU count")
             torch.cuda.set_device(local)  # "cuda" now means cuda:LOCAL_RANK for this process
-        return cls(rank, size, local, _init_group("nccl" if device.startswith("cuda") else "gloo"))
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        return cls(rank, size, local, backend, _init_group(backend))
 
     @property
     def is_main(self) -> bool:
@@ -155,7 +157,7 @@ class World:
         import torch.distributed as tdist
 
         views: list = [None] * self.size
-        _collective("agreeing on the unfinished samples", tdist.all_gather_object, views, todo)
+        _collective("agreeing on the unfinished samples", tdist.all_gather_object, views, todo, group=self.group)
         todo = sorted(set().union(*views))  # unfinished for any rank: every rank agrees on the list
         of: dict[int, str] = {}
         groups: dict[str, tuple[int, str]] = {}
@@ -180,7 +182,8 @@ class World:
             import torch.distributed as tdist
 
             parts = [None] * self.size if self.is_main else None
-            _collective("gathering the records", tdist.gather_object, part, parts, dst=0)
+            _collective("gathering the records", tdist.gather_object, part, parts, dst=0,
+                        group=self.group)
             if not self.is_main:
                 return None
         total = {}
@@ -197,7 +200,8 @@ class World:
         import torch.distributed as tdist
 
         box = [results]
-        _collective("waiting for rank 0's results", tdist.broadcast_object_list, box, src=0)
+        _collective("waiting for rank 0's results", tdist.broadcast_object_list, box, src=0,
+                    group=self.group)
         return box[0]
 
     def timing(self) -> list[dict]:
@@ -229,24 +233,32 @@ def _collective(what: str, fn, *args, **kwargs) -> None:
                          "its own message names it; finished samples are kept (rerun to resume)") from exc
 
 
-def _init_group(backend: str) -> str:
-    """Initialise the default process group from torchrun's environment (once per process)."""
+_OBJECTS: dict[str, Any] = {}  # backend -> the group for Python objects, made once per process
+
+
+def _init_group(backend: str):
+    """Initialise the default process group from torchrun's environment (once per process) and
+    return the group the records travel in: the default group with gloo; with NCCL a gloo group
+    beside it, since records are Python objects on the CPU and gloo notices a vanished peer
+    (its connection closes) where NCCL waits for the timeout."""
     import atexit
     import datetime
 
     import torch.distributed as tdist
 
+    try:
+        timeout = datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)))
+    except ValueError:
+        raise UsageError(f"{TIMEOUT_ENV}={os.environ[TIMEOUT_ENV]!r}: give seconds, e.g. 3600") from None
     if not tdist.is_initialized():
-        try:
-            seconds = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
-        except ValueError:
-            raise UsageError(f"{TIMEOUT_ENV}={os.environ[TIMEOUT_ENV]!r}: give seconds, e.g. 3600") from None
-        tdist.init_process_group(backend, timeout=datetime.timedelta(seconds=seconds))
+        tdist.init_process_group(backend, timeout=timeout)
         atexit.register(tdist.destroy_process_group)
-    elif tdist.get_backend() != backend:
-        raise UsageError(f"this job's process group uses {tdist.get_backend()}; a run on another device "
-                         f"type would need {backend}: use one --device per torchrun job")
-    return backend
+    if backend not in _OBJECTS:
+        if tdist.get_backend() != backend:
+            raise UsageError(f"this job's process group uses {tdist.get_backend()}; a run on another device "
+                             f"type would need {backend}: use one --device per torchrun job")
+        _OBJECTS[backend] = tdist.new_group(backend="gloo", timeout=timeout) if backend == "nccl" else None
+    return _OBJECTS[backend]
 
 
 def _numbers(obj) -> dict:

@@ -202,6 +202,7 @@ def run_probe(probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions,
         wall = time.perf_counter() - started
         merged = world.gather(cache, [keys[i] for i in todo], engine.counters, wall, opts.device)
         if merged is None:  # not rank 0: its records went to rank 0
+            del loaded, engine
             continue
         for s, k in zip(samples, keys):
             records.append({"model": label, **cache.get(k)})
