@@ -23,17 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def make_model(directory: Path, family: str, max_len: int) -> None:
-    import diffeval
-    from diffeval.models import Decoder, ModelConfig
-
-    heads = 2 if family == "diff" else 4
-    cfg = ModelConfig(family=family, vocab_size=259, d_model=256, n_layers=4, n_heads=heads, d_ff=688,
-                      max_seq_len=max_len)
-    model = Decoder(cfg)
-    model.init_weights(0)
-    diffeval.save(model.eval(), directory)
+from bench_outliers import make_model  # the same random 4 x 256 model (benchmarks/ is on sys.path)
 
 
 def run(cmd: list[str], threads: int) -> float:
