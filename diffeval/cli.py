@@ -20,6 +20,7 @@ from diffeval.commands.nll import nll
 from diffeval.commands.outliers import outliers
 from diffeval.commands.run import run_task
 from diffeval.commands.train import train, zoo
+from diffeval.dist import PeerFailed, rank_tag
 from diffeval.errors import DiffevalError
 
 app = typer.Typer(
@@ -115,12 +116,21 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"diffeval: error: {_one_line(exc.format_message())}{_given(exc, args)}{hint}", file=sys.stderr)
         sys.exit(2)
     except DiffevalError as exc:
-        print(f"diffeval: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"diffeval: error{rank_tag()}: {_one_line(exc)}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         rc = 130
+    except PeerFailed as exc:  # not this rank's failure: one line, no traceback
+        print(f"diffeval: stopped{rank_tag()}: {_one_line(exc)}", file=sys.stderr)
+        sys.exit(1)
+    except Exception as exc:  # a bug, or a failed file or device: keep the traceback, name the rank
+        if rank_tag():
+            print(f"diffeval: failed{rank_tag()}: {type(exc).__name__}: {_one_line(exc)}; finished samples "
+                  "are kept (rerun the same command to resume)", file=sys.stderr)
+        raise
     if rc == 130:
-        print("diffeval: interrupted; finished work is kept (rerun the same command to resume)", file=sys.stderr)
+        print(f"diffeval: interrupted{rank_tag()}; finished work is kept (rerun the same command to resume)",
+              file=sys.stderr)
     if isinstance(rc, int) and rc:
         sys.exit(rc)
 

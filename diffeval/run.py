@@ -7,7 +7,8 @@
 Finished samples are appended to `<out>/.resume/<model>.jsonl` as they complete, keyed by
 the content of everything that changes them (weights, config, tokenizer, dtype, backend,
 the probe's parameters, the sample and its exact requests), so an interrupted run resumes
-and a rerun with other settings never reuses stale outputs."""
+and a rerun with other settings never reuses stale outputs. Under torchrun each rank runs a
+share of the samples and writes `<model>.rank<k>.jsonl`; rank 0 writes the files (dist.py)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ from diffeval.errors import ConfigError, UsageError
 from diffeval.probes.base import ModelContext, Probe, Scored
 from diffeval.results import (
     SCHEMA_VERSION,
-    ResumeCache,
     content_key,
     peak_memory_mb,
     provenance,
@@ -132,6 +132,7 @@ def run_probe(probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions,
     """Run `probe` with config `cfg` on every checkpoint; write the run folder `out`.
     Returns the results dict (as written to results.json)."""
     from diffeval.checkpoints import load
+    from diffeval.dist import World
     from diffeval.engine import Engine, Stats, fingerprint
     from diffeval.tokenizers import stop_ids
 
@@ -145,6 +146,7 @@ def run_probe(probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions,
     identity = content_key(probe.name, probe.version, data, opts.prompt_format, opts.decode,
                            {k: v for k, v in params.items() if k not in probe.grid_params})
     out = Path(out)  # created by the first write: bad input leaves nothing behind
+    world = World.join(opts.device)  # torchrun: this rank's share of the samples (diffeval/dist.py)
     models, records, extra, per_model = [], [], {}, {}
     hashed: dict[str, str] = {}  # label -> "read" | "cache": how the weights' sha256 was had
     started_all = time.perf_counter()
@@ -164,7 +166,7 @@ def run_probe(probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions,
         fp = {**loaded.info.fingerprint(), "device": torch.device(opts.device).type}
         keys = [content_key(fp, identity, s.id, [fingerprint(r) for r in reqs]) for s, reqs in zip(samples, work)]
         stem = out / ".resume" / safe_name(label)  # labels may hold dots (Llama-3.1-8B): no with_suffix
-        cache = ResumeCache(stem.parent / f"{stem.name}.jsonl")
+        cache = world.resume_cache(stem)
         state = probe.state(cfg, ctx) if probe.state else None
         held: set[str] = set()
         state_path = stem.parent / f"{stem.name}.state.npz"
@@ -177,11 +179,12 @@ def run_probe(probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions,
         stateful = [state is not None and any(isinstance(r, Stats) or getattr(r, "stats", False) for r in reqs)
                     for reqs in work]
         todo = [i for i, k in enumerate(keys) if k not in cache or (stateful[i] and k not in held)]
+        todo, n_todo = world.assign(todo, keys, samples, work, probe.group, stateful)
         tok = loaded.tokenizer
         engine = Engine(loaded.model, stop_ids=stop_ids(tok) if tok is not None else frozenset(),
                         decode=tok.decode if tok is not None else None, batch_size=opts.batch_size,
                         stats=state.stats if state is not None else None)
-        bar = progress_bar(sum(len(work[i]) for i in todo), label, opts.progress)
+        bar = progress_bar(sum(len(work[i]) for i in todo), label, opts.progress and world.is_main)
         arrays_dir = out / "arrays"
         clock.lap("generate")
         scoring = _Clock()
@@ -200,7 +203,7 @@ def run_probe(probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions,
                 state.save(state_path, sorted(held))
             scoring.lap("score")
 
-        if warming is None:
+        if warming is None and world.is_main:
             from diffeval.plotting import prewarm
 
             warming = prewarm()
@@ -211,19 +214,25 @@ def run_probe(probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions,
             bar.close()
             cache.close()
         wall = time.perf_counter() - started
+        merged = world.gather(cache, [keys[i] for i in todo], engine.counters, wall, opts.device)
+        if merged is None:  # not rank 0: its records went to rank 0
+            del loaded, engine
+            continue
         for s, k in zip(samples, keys):
             records.append({"model": label, **cache.get(k)})
         if state is not None:
             extra[label] = state.finalise()
         if opts.save_prompts and tok is not None:
             prompts_rows.extend(_prompt_rows(label, samples, work, tok))
-        c = engine.counters
+        c, wall = merged  # engine counters summed over ranks; the slowest rank's wall time
         clock.laps.update(prefill=c.prefill_seconds, decode=c.decode_seconds, score=scoring.laps.get("score", 0.0))
-        per_model[label] = _timing(c, wall, len(samples), len(samples) - len(todo), opts.device, clock.laps)
+        per_model[label] = _timing(c, wall, len(samples), len(samples) - n_todo, opts.device, clock.laps)
         for name, seconds in clock.laps.items():
             phases[name] = phases.get(name, 0.0) + seconds
         models.append({**model_record(label, loaded, opts), **({"notes": ctx.notes} if ctx.notes else {})})
         del loaded, engine
+    if not world.is_main:
+        return world.share(None)
     clock = _Clock()
     cells, metrics = probe.aggregate(cfg, records, models, extra)
     clock.lap("aggregate")
@@ -245,8 +254,10 @@ def run_probe(probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions,
         "cell_keys": ["model", *probe.cell_keys],
         "metrics": metrics,
         "cells": cells,
-        "timing": {"world_size": 1, "wall_seconds": 0.0, "phases": phases, "models": per_model},
-        "provenance": {**provenance(params.get("seed"), opts.device), "weights_sha256_from": hashed},
+        "timing": {"world_size": world.size, "wall_seconds": 0.0, "phases": phases, "models": per_model,
+                   "ranks": world.timing()},
+        "provenance": {**provenance(params.get("seed"), opts.device), **world.provenance(),
+                       "weights_sha256_from": hashed},
         "artifacts": artifacts,
     }
     _finish_timing(results["timing"], started_all, clock, "write")
@@ -260,7 +271,7 @@ def run_probe(probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions,
         results["artifacts"]["figures"] = [p.name for p in probe.figures(out)]
     _finish_timing(results["timing"], started_all, clock, "figures")
     write_json(out / "results.json", results)
-    return results
+    return world.share(results)
 
 
 class _Clock:

@@ -40,6 +40,7 @@ def check(
         run_suite,
         write_reference,
     )
+    from diffeval.dist import is_main
     from diffeval.results import write_atomic
 
     suite = load_suite(suite_file, reference)
@@ -47,6 +48,8 @@ def check(
         raise UsageError(f"reference {suite.reference}: no such file (create it with --update)")
     with tempfile.TemporaryDirectory() as tmp:
         results = run_suite(suite, Path(runs) if runs else Path(tmp), opts, list(ckpt) or None)
+    if not is_main():  # under torchrun, rank 0 compares, prints and writes
+        return
     if update:
         write_reference(suite.reference, reference_of(results, suite))
         print(f"reference written: {suite.reference}", file=sys.stderr)

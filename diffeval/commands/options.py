@@ -138,6 +138,7 @@ def default_lengths(ckpts: list[str], reserve: int = 0) -> list[int]:
 def run_command(probe_name: str, params: dict[str, Any], ckpt: list[str], out: Optional[str], opts,
                 field_flags: dict[str, str]) -> dict:
     """Build the probe's config from command values, run it, print its tables."""
+    from diffeval.dist import is_main
     from diffeval.probes import get_probe
     from diffeval.results import default_out
     from diffeval.run import run_probe
@@ -147,6 +148,7 @@ def run_command(probe_name: str, params: dict[str, Any], ckpt: list[str], out: O
     with flags({**field_flags, **RUN_FLAGS}):
         cfg = probe.config(params)
         results = run_probe(probe, cfg, list(ckpt), out_dir, opts)
-    probe.render(results)
-    print(f"results: {out_dir / 'results.json'}", file=sys.stderr)
+    if is_main():  # under torchrun, rank 0 speaks for the job
+        probe.render(results)
+        print(f"results: {out_dir / 'results.json'}", file=sys.stderr)
     return results

@@ -24,6 +24,7 @@ def run_task(
     opts=None,
 ) -> None:
     """Run a task preset (YAML); each grid variant writes its own folder under --out."""
+    from diffeval.dist import is_main
     from diffeval.probes import get_probe
     from diffeval.results import default_out
     from diffeval.run import TaskInfo, run_probe
@@ -40,6 +41,8 @@ def run_task(
         target = root / name if name else root
         with o.flags(o.RUN_FLAGS):
             results = run_probe(probe, cfg, list(ckpt), target, opts, task=info)
+        if not is_main():  # under torchrun, rank 0 speaks for the job
+            continue
         if name:
             print(f"\n{task.name}: variant {name}", file=sys.stderr)
         probe.render(results)

@@ -80,6 +80,8 @@ class Probe:
     grid_params: tuple[str, ...] = ()  # params that only choose which samples exist (not in resume keys)
     data: Optional[Callable[[Any], dict]] = None  # content hashes of data files / folders
     state: Optional[Callable] = None  # (cfg, ctx) -> ProbeState
+    group: Optional[Callable[[Any], Optional[str]]] = None  # sample -> key of the samples sharing a prompt
+    # prefix (one rank under torchrun, so the prefix KV cache is reused); None: the sample alone
     aliases: dict = field(default_factory=dict)  # generic override name -> this probe's field
     description: str = ""
     method: str = ""  # how samples are scored and aggregated, written into results.json

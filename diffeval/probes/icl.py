@@ -375,7 +375,7 @@ PROBE = Probe(name=NAME, version=VERSION, config=config, generate=_generate, req
               aggregate=_aggregate, figures=_figures, render=_render,
               cell_keys=("kind", "length", "shots", "arrangement", "permutation"),
               grid_params=("lengths", "shots", "permutations", "arrangements"), data=_data,
-              aliases={"samples": "n_test"},
+              aliases={"samples": "n_test"}, group=lambda q: f"{q.length}/{q.shots}/{q.arrangement}/{q.permutation}",
               description="many-shot in-context classification and order robustness",
               method="choice: the label with the highest log-likelihood after the prompt (score_by: sum or "
                      "per-token mean over the label's tokens) among all labels; generate: greedy, exact match of "

@@ -611,6 +611,11 @@ def _generate(cfg: NeedleConfig, ctx) -> list[_Item]:
     return [_Item(s, budget) for s in samples]
 
 
+def haystack_group(item: _Item) -> str:
+    """The samples over one haystack (its depths share the prompt prefix up to the needle)."""
+    return f"{item.sample.length}/{item.sample.index}"
+
+
 def generate_requests(item: _Item, ctx, hook=None) -> list:
     """One greedy generation per asked needle; `ruler` decoding has no newline stop."""
     from diffeval.engine import Generate
@@ -730,7 +735,7 @@ def _make_probe():
     return Probe(name=TASK, version=VERSION, config=config, generate=_generate,
                  requests=lambda cfg, item, ctx: generate_requests(item, ctx), score=_score,
                  aggregate=_aggregate, figures=_figures, render=_render, cell_keys=("length", "depth"),
-                 grid_params=("lengths", "depths", "samples"), data=haystack_data,
+                 grid_params=("lengths", "depths", "samples"), data=haystack_data, group=haystack_group,
                  description="needle / multi-needle retrieval over a depth x length grid",
                  method="greedy answer per asked needle; score = fraction of the expected value found as a "
                         "case-insensitive substring (first line; --decode ruler: the whole answer); sample score = "

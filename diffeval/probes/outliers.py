@@ -354,6 +354,7 @@ PROBE = Probe(name=NAME, version=VERSION, config=config, generate=_generate, req
               cell_keys=("kind", "activation", "layer", "bits"),
               grid_params=("n_tokens", "needle_samples", "depths"), data=_data,
               state=lambda cfg, ctx: _StatsState(ctx.n_layers),
+              group=lambda s: f"b{s.bits}/{needle.haystack_group(s.item)}" if isinstance(s, _Needle) else None,
               aliases={"samples": "needle_samples", "lengths": "seq_len"},
               description="activation outliers (Table 5) and the metric under attention-logit quantization",
               method="top-k and median of |attention logits| (scaled, pre-softmax, causally visible) and |hidden "
