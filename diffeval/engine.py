@@ -274,25 +274,25 @@ class Engine:
 
     @torch.no_grad()
     def _generate(self, reqs: list[Generate]) -> list[list[int]]:
-        prompts = [list(r.prompt) for r in reqs]
-        n = len(prompts[0])
-        shared = n - 1  # at least the last token is run with logits
-        for p in prompts[1:]:
-            shared = min(shared, common_prefix(prompts[0], p))
-        self.counters.requests += len(prompts)
-        self.counters.prompt_tokens += sum(len(p) for p in prompts)
+        """Prefill each prompt through the shared cache (prefix reuse across the batch and beyond
+        it), then decode the batch together: a batch of B > 1 copies each prompt's keys and values
+        into one row of a (B, ...) cache, so that every step runs B tokens in one call."""
         max_new = reqs[0].max_new_tokens
+        self.counters.requests += len(reqs)
+        self.counters.prompt_tokens += sum(len(r.prompt) for r in reqs)
+        batch = KVCache(0) if len(reqs) > 1 else None
+        firsts = []
         with self._timed("prefill"):
-            b = self._extend_to(prompts[0][:shared], reqs[0].hook)
-            if len(prompts) == 1:
-                cache = self._cache
-            else:
-                cache = self._cache.fork(batch=len(prompts), extra=n - b + max_new + 1)
-            suffix = torch.tensor([p[b:] for p in prompts], dtype=torch.long, device=self.device)  # (B, n - b)
-            logits = self._call(suffix, cache)  # (B, 1, V)
-            self.counters.prefilled_tokens += suffix.numel()
+            for row, req in enumerate(reqs):
+                prompt = list(req.prompt)
+                b = self._extend_to(prompt[:-1], req.hook)  # at least the last token runs with logits
+                firsts.append(self._call(self._ids(prompt[b:]), self._cache))  # (1, 1, V)
+                self.counters.prefilled_tokens += len(prompt) - b
+                if batch is not None:
+                    batch.put_row(row, self._cache, len(reqs), extra=max_new + 1)
+                    self._cache.truncate(b)
         with self._timed("decode"):
-            outs = self._decode(logits, cache, len(prompts), max_new, reqs[0].stop_text)
+            outs = self._decode(torch.cat(firsts), batch or self._cache, len(reqs), max_new, reqs[0].stop_text)
         self._cache.truncate(b)  # keep only the aligned prefix
         return outs
 

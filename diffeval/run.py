@@ -143,7 +143,8 @@ def run_probe(probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions,
     task_rec = {"name": task.name if task else probe.name, "version": task.version if task else probe.version,
                 "probe_version": probe.version, "preset": task.preset if task else None,
                 "preset_sha256": task.preset_sha256 if task else None, "params": params}
-    identity = content_key(probe.name, probe.version, data, opts.prompt_format, opts.decode,
+    batched = (("batch_size", opts.batch_size),) if opts.batch_size > 1 else ()  # batched rows may round apart
+    identity = content_key(probe.name, probe.version, data, opts.prompt_format, opts.decode, *batched,
                            {k: v for k, v in params.items() if k not in probe.grid_params})
     out = Path(out)  # created by the first write: bad input leaves nothing behind
     world = World.join(opts.device)  # torchrun: this rank's share of the samples (diffeval/dist.py)

@@ -30,11 +30,24 @@ def test_reuse_and_batching_match_independent_greedy_decoding():
         want = [greedy_generate(model, p, model.new_cache(), 6, stop_ids={3}) for p in prompts]
     plain, plain_stats = _run(model, prompts, reuse=False)
     reused, reuse_stats = _run(model, prompts)
-    batched, _ = _run(model, prompts, batch_size=3)
+    batched, batch_stats = _run(model, prompts, batch_size=3)
     assert plain == want and reused == want and batched == want
+    assert batch_stats.prefilled_tokens == reuse_stats.prefilled_tokens  # batches keep prefix reuse
     assert plain_stats.prefilled_tokens == sum(len(p) for p in prompts)
     assert reuse_stats.prefilled_tokens < 0.5 * plain_stats.prefilled_tokens
     assert reuse_stats.requests == len(prompts)
+
+
+def test_a_batch_of_unrelated_prompts_decodes_together_exactly():
+    """Prompts of one length that share nothing (the depths of a needle grid) are prefilled one
+    by one and decoded as one batch: the same tokens as one at a time."""
+    model = tiny_model("transformer", n_kv_heads=2, vocab_size=259)
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(0, 256, (70,), generator=g).tolist() for _ in range(4)]
+    with torch.no_grad():
+        want = [greedy_generate(model, p, model.new_cache(), 6, stop_ids={3}) for p in prompts]
+    got, stats = _run(model, prompts, batch_size=4)
+    assert got == want and stats.generated_tokens == sum(len(w) for w in want)
 
 
 def test_stop_text_ends_a_continuation():

@@ -35,6 +35,18 @@ class LayerCache:
             nv[:, :, : self.length] = self.v[:, :, : self.length]
         self.k, self.v = nk, nv
 
+    def put_row(self, row: int, src: "LayerCache", batch: int, extra: int) -> None:
+        """Copy a batch-1 cache's keys/values into row `row`; the first call allocates (batch, Hkv,
+        length + extra, D) and fixes the length every row must have."""
+        n = src.length
+        if self.k is None:
+            shape = (batch, src.k.shape[1], n + extra, src.k.shape[3])
+            self.k, self.v, self.length = src.k.new_empty(shape), src.v.new_empty(shape), n
+        if n != self.length:
+            raise ValueError(f"rows of a batch cache need one length: {n} != {self.length}")
+        self.k[row, :, :n] = src.k[0, :, :n]
+        self.v[row, :, :n] = src.v[0, :, :n]
+
     def clone(self, batch: int | None, extra: int) -> "LayerCache":
         out = LayerCache()
         if self.k is None:
@@ -68,6 +80,14 @@ class KVCache:
         out = KVCache(0)
         out.layers = [layer.clone(batch, extra) for layer in self.layers]
         return out
+
+    def put_row(self, row: int, src: "KVCache", batch: int, extra: int = HEADROOM) -> None:
+        """Make row `row` of this batch cache a copy of the batch-1 cache `src` (all rows must have
+        one length): prompts prefilled one by one, with prefix reuse, then decoded together."""
+        if not self.layers:
+            self.layers = [LayerCache() for _ in src.layers]
+        for mine, theirs in zip(self.layers, src.layers):
+            mine.put_row(row, theirs, batch, extra)
 
     def truncate(self, length: int) -> None:
         """Roll back to the first `length` tokens (for sequential branches sharing one buffer)."""
