@@ -140,15 +140,21 @@ def diff_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: float
     return out
 
 
-# Long query blocks with head size 128 go to the SDPA path (both maps as 2H padded heads): on an
-# H100 a 16K bf16 prefill took 7.5 ms there vs 15.6 ms in this kernel at its best tiles, while
-# 2K queries after 16K keys took 4.3 ms here vs 4.6 ms there, and 256 queries 0.87 vs 1.3 ms.
-SDPA_MIN_QUERIES = 4096
+def prefers_sdpa(q_len: int, n_keys: int, d_head: int) -> bool:
+    """Where SDPA (both maps as 2H padded heads, FlashAttention on CUDA) beat this kernel on an
+    H100 in bf16 (benchmarks/bench_prefix_attention.py, bench_triton.py): long query blocks
+    (a 16K prefill: 3.9 vs 6.0 ms at head size 64, 7.2 vs 15.6 ms at 128) and, at head size 64,
+    queries after more than 8K keys (256 after 16K: 0.36 vs 0.67 ms), where this kernel's one
+    program per 32 queries leaves most of the GPU idle. The kernel won short contexts (2K
+    prefill 0.22 vs 0.28 ms; 256 after 2K 0.16 vs 0.26 ms) and head size 128 after 16K keys
+    (256 queries 0.87 vs 1.26 ms; 2K queries 4.4 vs 4.6 ms)."""
+    return q_len >= 4096 or (d_head < 128 and n_keys > 8192)
 
 
 class TritonBackend:
     """Fused differential attention on CUDA. Softmax attention goes to torch SDPA, whose CUDA
-    kernels already fuse it, and so do DIFF query blocks of SDPA_MIN_QUERIES+ with head size 128."""
+    kernels already fuse it, and so do the DIFF shapes where SDPA was measured faster
+    (`prefers_sdpa`); `diff_attention` itself always runs the kernel."""
 
     name = "triton"
 
@@ -162,6 +168,6 @@ class TritonBackend:
 
     def diff_attend(self, q, k, v, lam, *, scale: float, logit_fn=None, norm=None):
         assert logit_fn is None, "logit transforms need the reference backend"
-        if q.shape[2] >= SDPA_MIN_QUERIES and q.shape[3] >= 128:
+        if prefers_sdpa(q.shape[2], k.shape[2], q.shape[3]):
             return self._sdpa.diff_attend(q, k, v, lam, scale=scale, norm=norm)
         return diff_attention(q, k, v, float(lam), scale, norm)
