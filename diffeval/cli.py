@@ -3,6 +3,9 @@ exit codes (bad input 2 with one line on stderr, Ctrl-C 130)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import sys
 from typing import Optional
 
@@ -20,7 +23,7 @@ from diffeval.commands.nll import nll
 from diffeval.commands.outliers import outliers
 from diffeval.commands.run import run_task
 from diffeval.commands.train import train, zoo
-from diffeval.errors import DiffevalError
+from diffeval.errors import DiffevalError, Interrupted, shorten
 
 app = typer.Typer(
     name="diffeval",
@@ -96,33 +99,73 @@ def _given(exc, args: list[str]) -> str:
     return ""
 
 
+def _resume_command(args: list[str], out) -> str:
+    """The command line that resumes an interrupted run: the same one, with --out OUT."""
+    import shlex
+
+    given = any(a == "--out" or a.startswith("--out=") for a in args)
+    return shlex.join(["diffeval", *args, *([] if given else ["--out", str(out)])])
+
+
+def _warnings_to_stderr() -> None:
+    """Library warnings (damaged resume records, ...) as one 'diffeval: warning:' line each."""
+    import logging
+
+    logger = logging.getLogger("diffeval")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("diffeval: warning: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: bad input -> one line on stderr and exit 2; Ctrl-C -> exit 130."""
     args = sys.argv[1:] if argv is None else list(argv)
     if not args:
         app(args=["--help"], standalone_mode=False)
         return
+    _warnings_to_stderr()
     exits, aborts = _exit_classes()
     rc = 0
     try:
         rc = app(args=args, standalone_mode=False)
+        sys.stdout.flush()
     except exits as exc:
         sys.exit(exc.exit_code)
     except aborts:
         rc = 130
     except _parser_errors() as exc:
         hint = f" (see diffeval {args[0]} --help)" if args[0] in COMMANDS else " (see diffeval --help)"
-        print(f"diffeval: error: {_one_line(exc.format_message())}{_given(exc, args)}{hint}", file=sys.stderr)
-        sys.exit(2)
+        _fail(f"{_one_line(exc.format_message())}{_given(exc, args)}{hint}")
     except DiffevalError as exc:
-        print(f"diffeval: error: {_one_line(exc)}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        _fail(_one_line(exc), exc.exit_code)
+    except Interrupted as exc:
+        print(f"diffeval: interrupted; finished work is kept in {exc.out}; resume with: "
+              f"{_resume_command(args, exc.out)}", file=sys.stderr)
+        sys.exit(130)
     except KeyboardInterrupt:
         rc = 130
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EPIPE, errno.EIO, errno.EROFS):
+            raise
+        _fail(f"cannot write to standard output ({exc.strerror})")
     if rc == 130:
         print("diffeval: interrupted; finished work is kept (rerun the same command to resume)", file=sys.stderr)
     if isinstance(rc, int) and rc:
         sys.exit(rc)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    """One error line on stderr, and stdout detached so that no failing flush follows at exit."""
+    print(f"diffeval: error: {shorten(message)}", file=sys.stderr)
+    try:
+        sys.stdout.flush()
+    except OSError:  # stdout itself is what failed (a full device, a closed pipe)
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -24,9 +24,12 @@ from diffeval.probes.base import ModelContext, Probe, Scored
 from diffeval.results import (
     SCHEMA_VERSION,
     ResumeCache,
+    atomic_path,
+    claimed_out,
     content_key,
     peak_memory_mb,
     provenance,
+    run_identity,
     safe_name,
     write_json,
     write_jsonl,
@@ -50,6 +53,8 @@ class RunOptions:
     prompt_format: str = "plain"  # plain | chat
     decode: str = "default"  # default | ruler
     save_prompts: bool = False
+    overwrite: bool = False  # replace another run's results in the output folder
+    allow_beyond_memory: bool = False  # load a model (and KV cache) larger than the device's memory
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -144,105 +149,127 @@ def run_probe(probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions,
                 "preset_sha256": task.preset_sha256 if task else None, "params": params}
     identity = content_key(probe.name, probe.version, data, opts.prompt_format, opts.decode,
                            {k: v for k, v in params.items() if k not in probe.grid_params})
-    out = Path(out)  # created by the first write: bad input leaves nothing behind
-    models, records, extra, per_model = [], [], {}, {}
-    started_all = time.perf_counter()
-    prompts_rows: list[dict] = []
-    for label, spec in zip(labels, specs):
-        loaded = load(spec, device=opts.device, dtype=opts.dtype, backend=opts.backend, allow_pickle=opts.allow_pickle)
-        ctx = model_context(label, loaded, opts)
-        samples = probe.generate(cfg, ctx)
-        ids = [s.id for s in samples]
-        assert len(set(ids)) == len(ids), f"{probe.name}: sample ids repeat"
-        work = [probe.requests(cfg, s, ctx) for s in samples]
-        fp = {**loaded.info.fingerprint(), "device": torch.device(opts.device).type}
-        keys = [content_key(fp, identity, s.id, [fingerprint(r) for r in reqs]) for s, reqs in zip(samples, work)]
-        stem = out / ".resume" / safe_name(label)  # labels may hold dots (Llama-3.1-8B): no with_suffix
-        cache = ResumeCache(stem.parent / f"{stem.name}.jsonl")
-        state = probe.state(cfg, ctx) if probe.state else None
-        held: set[str] = set()
-        state_path = stem.parent / f"{stem.name}.state.npz"
-        if state is not None and state_path.exists():
-            saved = set(state.load(state_path))
-            if saved <= set(keys):
-                held = saved
-            else:  # saved for other samples: start the statistics afresh
-                state = probe.state(cfg, ctx)
-        stateful = [state is not None and any(isinstance(r, Stats) or getattr(r, "stats", False) for r in reqs)
-                    for reqs in work]
-        todo = [i for i, k in enumerate(keys) if k not in cache or (stateful[i] and k not in held)]
-        tok = loaded.tokenizer
-        engine = Engine(loaded.model, stop_ids=stop_ids(tok) if tok is not None else frozenset(),
-                        decode=tok.decode if tok is not None else None, batch_size=opts.batch_size,
-                        stats=state.stats if state is not None else None)
-        bar = progress_bar(sum(len(work[i]) for i in todo), label, opts.progress)
-        arrays_dir = out / "arrays"
+    run_id = run_identity(probe.name, params, opts.settings(), specs)
+    with claimed_out(Path(out), run_id, opts.overwrite) as out:  # before any model loads
+        models, records, extra, per_model = [], [], {}, {}
+        started_all = time.perf_counter()
+        prompts_rows: list[dict] = []
+        for label, spec in zip(labels, specs):
+            loaded = load(spec, device=opts.device, dtype=opts.dtype, backend=opts.backend, allow_pickle=opts.allow_pickle,
+                          length=_longest(params), allow_beyond_memory=opts.allow_beyond_memory)
+            ctx = model_context(label, loaded, opts)
+            samples = probe.generate(cfg, ctx)
+            ids = [s.id for s in samples]
+            assert len(set(ids)) == len(ids), f"{probe.name}: sample ids repeat"
+            work = [probe.requests(cfg, s, ctx) for s in samples]
+            fp = {**loaded.info.fingerprint(), "device": torch.device(opts.device).type}
+            keys = [content_key(fp, identity, s.id, [fingerprint(r) for r in reqs]) for s, reqs in zip(samples, work)]
+            stem = out / ".resume" / safe_name(label)  # labels may hold dots (Llama-3.1-8B): no with_suffix
+            cache = ResumeCache(stem.parent / f"{stem.name}.jsonl")
+            state = probe.state(cfg, ctx) if probe.state else None
+            held: set[str] = set()
+            state_path = stem.parent / f"{stem.name}.state.npz"
+            if state is not None and state_path.exists():
+                saved = _load_state(state, state_path)
+                if saved is not None and saved <= set(keys):
+                    held = saved
+                else:  # damaged, or saved for other samples: start the statistics afresh
+                    state = probe.state(cfg, ctx)
+            stateful = [state is not None and any(isinstance(r, Stats) or getattr(r, "stats", False) for r in reqs)
+                        for reqs in work]
+            todo = [i for i, k in enumerate(keys) if k not in cache or (stateful[i] and k not in held)]
+            tok = loaded.tokenizer
+            engine = Engine(loaded.model, stop_ids=stop_ids(tok) if tok is not None else frozenset(),
+                            decode=tok.decode if tok is not None else None, batch_size=opts.batch_size,
+                            stats=state.stats if state is not None else None)
+            bar = progress_bar(sum(len(work[i]) for i in todo), label, opts.progress)
+            arrays_dir = out / "arrays"
 
-        def done(t: int, outputs: list) -> None:
-            i = todo[t]
-            scored = probe.score(cfg, samples[i], outputs, ctx)
-            if not isinstance(scored, Scored):
-                scored = Scored(scored)
-            for suffix, arrays in scored.arrays.items():
-                _save_npz(arrays_dir / f"{safe_name(label)}__{samples[i].id}{suffix}.npz", arrays)
-            cache.put(keys[i], scored.record)
-            if stateful[i]:
-                held.add(keys[i])
-                state.save(state_path, sorted(held))
+            def done(t: int, outputs: list) -> None:
+                i = todo[t]
+                scored = probe.score(cfg, samples[i], outputs, ctx)
+                if not isinstance(scored, Scored):
+                    scored = Scored(scored)
+                for suffix, arrays in scored.arrays.items():
+                    _save_npz(arrays_dir / f"{safe_name(label)}__{samples[i].id}{suffix}.npz", arrays)
+                cache.put(keys[i], scored.record)
+                if stateful[i]:
+                    held.add(keys[i])
+                    state.save(state_path, sorted(held))
 
-        started = time.perf_counter()
-        try:
-            engine.run([work[i] for i in todo], done, on_request=lambda: bar.update(1))
-        finally:
-            bar.close()
-            cache.close()
-        wall = time.perf_counter() - started
-        for s, k in zip(samples, keys):
-            records.append({"model": label, **cache.get(k)})
-        if state is not None:
-            extra[label] = state.finalise()
-        if opts.save_prompts and tok is not None:
-            prompts_rows.extend(_prompt_rows(label, samples, work, tok))
-        per_model[label] = _timing(engine.counters, wall, len(samples), len(samples) - len(todo), opts.device)
-        models.append({**model_record(label, loaded, opts), **({"notes": ctx.notes} if ctx.notes else {})})
-        del loaded, engine
-    cells, metrics = probe.aggregate(cfg, records, models, extra)
-    artifacts: dict[str, Any] = {"samples": "samples.jsonl", "figures": []}
-    write_jsonl(out / "samples.jsonl", records)
-    if prompts_rows:
-        write_jsonl(out / "prompts.jsonl", prompts_rows)
-        artifacts["prompts"] = "prompts.jsonl"
-    if arrays_dir.exists():
-        artifacts["arrays"] = sorted(f"arrays/{p.name}" for p in arrays_dir.glob("*.npz"))
-    results = {
-        "schema_version": SCHEMA_VERSION,
-        "probe": probe.name,
-        "task": task_rec,
-        "method": probe.method,
-        "run": opts.settings(),
-        "data": data,
-        "models": models,
-        "cell_keys": ["model", *probe.cell_keys],
-        "metrics": metrics,
-        "cells": cells,
-        "timing": {"world_size": 1, "wall_seconds": round(time.perf_counter() - started_all, 3), "models": per_model},
-        "provenance": provenance(params.get("seed"), opts.device),
-        "artifacts": artifacts,
-    }
-    write_json(out / "results.json", results)
-    from diffeval.plotting.style import styled
+            started = time.perf_counter()
+            try:
+                engine.run([work[i] for i in todo], done, on_request=lambda: bar.update(1))
+            finally:
+                bar.close()
+                cache.close()
+            wall = time.perf_counter() - started
+            for s, k in zip(samples, keys):
+                records.append({"model": label, **cache.get(k)})
+            if state is not None:
+                extra[label] = state.finalise()
+            if opts.save_prompts and tok is not None:
+                prompts_rows.extend(_prompt_rows(label, samples, work, tok))
+            per_model[label] = _timing(engine.counters, wall, len(samples), len(samples) - len(todo), opts.device)
+            models.append({**model_record(label, loaded, opts), **({"notes": ctx.notes} if ctx.notes else {})})
+            del loaded, engine
+        cells, metrics = probe.aggregate(cfg, records, models, extra)
+        artifacts: dict[str, Any] = {"samples": "samples.jsonl", "figures": []}
+        write_jsonl(out / "samples.jsonl", records)
+        if prompts_rows:
+            write_jsonl(out / "prompts.jsonl", prompts_rows)
+            artifacts["prompts"] = "prompts.jsonl"
+        if arrays_dir.exists():
+            artifacts["arrays"] = sorted(f"arrays/{p.name}" for p in arrays_dir.glob("*.npz"))
+        results = {
+            "schema_version": SCHEMA_VERSION,
+            "probe": probe.name,
+            "task": task_rec,
+            "method": probe.method,
+            "run": opts.settings(),
+            "data": data,
+            "models": models,
+            "cell_keys": ["model", *probe.cell_keys],
+            "metrics": metrics,
+            "cells": cells,
+            "timing": {"world_size": 1, "wall_seconds": round(time.perf_counter() - started_all, 3), "models": per_model},
+            "provenance": provenance(params.get("seed"), opts.device),
+            "artifacts": artifacts,
+        }
+        write_json(out / "results.json", results)
+        from diffeval.plotting.style import styled
 
-    with styled():
-        results["artifacts"]["figures"] = [p.name for p in probe.figures(out)]
-    write_json(out / "results.json", results)
-    return results
+        with styled():
+            results["artifacts"]["figures"] = [p.name for p in probe.figures(out)]
+        write_json(out / "results.json", results)
+        return results
+
+
+def _longest(params: dict[str, Any]) -> Optional[int]:
+    """The longest prompt or sequence a probe's parameters ask for (None when they name none)."""
+    values: list[int] = []
+    for key in ("lengths", "length", "seq_len"):
+        value = params.get(key)
+        values.extend(v for v in (value if isinstance(value, (list, tuple)) else [value]) if isinstance(v, int))
+    return max(values, default=None)
+
+
+def _load_state(state, path: Path) -> Optional[set[str]]:
+    """The sample keys a saved probe state covers, or None (one warning) when the file is damaged."""
+    import logging
+    import zipfile
+
+    try:
+        return set(state.load(path))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        logging.getLogger("diffeval").warning("%s: damaged (%s); its statistics are recomputed",
+                                              path, type(exc).__name__)
+        return None
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: numpy adds no suffix
+        np.savez_compressed(f, **arrays)
 
 
 def _timing(c, wall: float, n_samples: int, resumed: int, device: str) -> dict[str, Any]:

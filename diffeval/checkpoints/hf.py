@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from diffeval.errors import CheckpointError, ConfigError
+from diffeval.errors import CheckpointError, ConfigError, shown
 from diffeval.models.config import ROPE_TYPES, ModelConfig, RopeConfig
 
 ARCHITECTURES = {
@@ -49,6 +49,12 @@ def architecture(raw: dict[str, Any], path: Path) -> str:
     return arch
 
 
+def _number(value: Any, name: str, path: Path) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CheckpointError(f"{path}: {name} ({shown(value)}) must be a number")
+    return float(value)
+
+
 def _rope(raw: dict[str, Any], path: Path) -> RopeConfig:
     params = raw.get("rope_parameters")
     if isinstance(params, dict) and params:
@@ -65,11 +71,11 @@ def _rope(raw: dict[str, Any], path: Path) -> RopeConfig:
     partial = scaling.get("partial_rotary_factor", raw.get("partial_rotary_factor", 1.0))
     if partial not in (None, 1, 1.0):
         raise CheckpointError(f"{path}: partial_rotary_factor {partial} is not supported")
-    fields: dict[str, Any] = {"theta": float(theta), "type": kind}
+    fields: dict[str, Any] = {"theta": _number(theta, "rope_theta", path), "type": kind}
     if kind != "default":
         if "factor" not in scaling:
             raise CheckpointError(f"{path}: RoPE scaling {kind!r} needs a 'factor'")
-        fields["factor"] = float(scaling["factor"])
+        fields["factor"] = _number(scaling["factor"], "rope_scaling.factor", path)
     if kind == "llama3":
         for key in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
             if key not in scaling:

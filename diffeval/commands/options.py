@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import typer
 
-from diffeval.errors import DiffevalError, UsageError
+from diffeval.errors import DiffevalError, Interrupted, UsageError
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16", "float64": "float64"}
@@ -30,6 +30,8 @@ DECODE = typer.Option("default", "--decode", help="default (stop at a newline, s
 SAVE_PROMPTS = typer.Option(False, "--save-prompts", help="Also write prompts.jsonl: the text of every prompt, to audit any cell.")
 ALLOW_BEYOND = typer.Option(False, "--allow-beyond-max-positions", help="Allow prompts longer than the model's position limit (length extrapolation).")
 ALLOW_PICKLE = typer.Option(False, "--allow-pickle", help="Load .bin/.pt weights (weights_only=True).")
+ALLOW_MEMORY = typer.Option(False, "--allow-beyond-memory", help="Load a model whose estimated size (parameters x dtype + KV cache at the longest length) exceeds the device's memory.")
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace the results of another run (another probe, parameters, settings or models) found in --out.")
 LENGTHS = typer.Option(None, "--len", help="Prompt lengths in tokens: 4096, 4k, 64K, lists 4k,8k, ranges 4k:64k. Default: 4k, or less when a model's position limit is shorter.")
 DEPTHS = typer.Option("0,25,50,75,100", "--depths", help="Needle depths in %: a list, or start:stop:count.")
 HAYSTACK = typer.Option("noise", "--haystack", help="noise, essay, or a text file / folder.")
@@ -68,6 +70,7 @@ RUN_PARAMS = {
     "device": (str, DEVICE), "dtype": (str, DTYPE), "backend": (str, BACKEND), "batch_size": (int, BATCH),
     "max_new_tokens": (Optional[int], MAX_NEW), "prompt_format": (str, PROMPT_FORMAT), "decode": (str, DECODE),
     "save_prompts": (bool, SAVE_PROMPTS), "allow_beyond": (bool, ALLOW_BEYOND), "allow_pickle": (bool, ALLOW_PICKLE),
+    "allow_memory": (bool, ALLOW_MEMORY), "overwrite": (bool, OVERWRITE),
 }
 
 
@@ -98,7 +101,8 @@ def with_run_options(*names: str):
 
 def run_options(device: str = "auto", dtype: str = "auto", backend: str = "auto", batch_size: int = 1,
                 max_new_tokens: Optional[int] = None, allow_beyond: bool = False, allow_pickle: bool = False,
-                prompt_format: str = "plain", decode: str = "default", save_prompts: bool = False):
+                prompt_format: str = "plain", decode: str = "default", save_prompts: bool = False,
+                allow_memory: bool = False, overwrite: bool = False):
     from diffeval.run import RunOptions
 
     dev = parse_device(device)
@@ -108,7 +112,7 @@ def run_options(device: str = "auto", dtype: str = "auto", backend: str = "auto"
         return RunOptions(device=dev, dtype=parse_dtype(dtype, dev), backend=backend, batch_size=batch_size,
                           max_new_tokens=max_new_tokens, allow_beyond_max_positions=allow_beyond,
                           allow_pickle=allow_pickle, progress=True, prompt_format=prompt_format, decode=decode,
-                          save_prompts=save_prompts)
+                          save_prompts=save_prompts, allow_beyond_memory=allow_memory, overwrite=overwrite)
 
 
 @contextmanager
@@ -123,6 +127,15 @@ def flags(mapping: dict[str, str]):
         if flag is None:
             raise
         raise exc.located(flag) from None
+
+
+@contextmanager
+def interruptible(out: Path):
+    """Ctrl-C inside: Interrupted(out), so that the CLI prints the command that resumes it."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(out) from None
 
 
 def default_lengths(ckpts: list[str], reserve: int = 0) -> list[int]:
@@ -144,7 +157,7 @@ def run_command(probe_name: str, params: dict[str, Any], ckpt: list[str], out: O
 
     probe = get_probe(probe_name)
     out_dir = Path(out) if out else default_out(probe_name)
-    with flags({**field_flags, **RUN_FLAGS}):
+    with flags({**field_flags, **RUN_FLAGS}), interruptible(out_dir):
         cfg = probe.config(params)
         results = run_probe(probe, cfg, list(ckpt), out_dir, opts)
     probe.render(results)

@@ -38,7 +38,7 @@ def run_task(
     root = Path(out) if out else default_out(task.name)
     for name, cfg in variants:
         target = root / name if name else root
-        with o.flags(o.RUN_FLAGS):
+        with o.flags(o.RUN_FLAGS), o.interruptible(root):
             results = run_probe(probe, cfg, list(ckpt), target, opts, task=info)
         if name:
             print(f"\n{task.name}: variant {name}", file=sys.stderr)

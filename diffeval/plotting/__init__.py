@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 
@@ -10,6 +9,8 @@ def save_figure(fig, stem: str | Path, dpi: int = 200, formats: tuple[str, ...] 
     """Write `stem`.png and `stem`.pdf (and .svg when asked) atomically, parent folder created;
     no timestamps, so reruns give identical files -> the paths, in `formats` order."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from diffeval.results import atomic_path
 
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -19,10 +20,8 @@ def save_figure(fig, stem: str | Path, dpi: int = 200, formats: tuple[str, ...] 
     meta = {"pdf": {"CreationDate": None}, "svg": {"Date": None}, "png": {}}
     for path in paths:
         fmt = path.suffix[1:]
-        tmp = path.with_name(path.name + ".tmp")
-        with _rc({"svg.hashsalt": "diffeval"}):
+        with atomic_path(path) as tmp, _rc({"svg.hashsalt": "diffeval"}):
             fig.savefig(tmp, format=fmt, dpi=dpi, metadata=meta.get(fmt, {}))
-        os.replace(tmp, path)
     return paths
 
 
