@@ -31,6 +31,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: values like 0:100:5 stay text (rich would draw an emoji)
+    context_settings={"max_content_width": 120},
 )
 
 
@@ -52,8 +54,52 @@ def root(
 COMMANDS = {"info": info, "zoo": zoo, "train": train, "needle": needle, "attn-map": attn_map,
             "outliers": outliers, "nll": nll, "icl": icl, "halluc": halluc,
             "run": run_task, "check": check, "compare": compare, "figures": figures}
+def _metavars(fn):
+    """Help shows a word for each option's value (`--len LEN`, `--samples INT`) and nothing for
+    flags, instead of typer's Python types (`<list[str]>`, `<bool>`)."""
+    import inspect
+
+    from typer.models import OptionInfo
+
+    for param in inspect.signature(fn).parameters.values():
+        info = param.default
+        if isinstance(info, OptionInfo) and info.metavar is None:
+            kind = param.annotation if not isinstance(param.annotation, str) else eval(param.annotation)  # noqa: S307
+            name = (info.param_decls or ("--" + param.name,))[0].lstrip("-").split("/")[0]
+            info.metavar = ("" if kind is bool else "INT" if kind in (int, Optional[int]) else
+                            "NUM" if kind in (float, Optional[float]) else name.upper().replace("-", "_"))
+    return fn
+
+
+# Shown under each command's help. The first line of each runs as written on the shipped
+# zoo models (no download, no --ckpt).
+EXAMPLES = {
+    "info": ["diffeval info --ckpt zoo:diff-tiny", "diffeval info --ckpt path/to/hf-dir --json"],
+    "zoo": ["diffeval zoo"],
+    "train": ["diffeval train --recipe diffeval/train/recipes/transformer-tiny.yaml --out runs/my-tiny --max-minutes 5"],
+    "needle": ["diffeval needle  # the zoo models: 256, 512, 1K tokens x 5 depths, about 2 minutes",
+               "diffeval needle --depths 0:100:11 --samples 20  # 11 depths 0, 10, ..., 100",
+               "diffeval needle --ckpt path/to/model --len 4k,8k,16k --needles 4 --queries 2"],
+    "attn-map": ["diffeval attn-map --depths 0,50,100 --samples 2",
+                 "diffeval attn-map --ckpt path/to/model --len 8k --layers 0,-1 --heads all"],
+    "outliers": ["diffeval outliers --tokens 8k", "diffeval outliers --ckpt path/to/model --data corpus/ --tokens all"],
+    "nll": ["diffeval nll --docs 4", "diffeval nll --ckpt path/to/model --data books/ --len 32k --docs 20"],
+    "icl": ["diffeval icl --shots 1,4,16 --test 30", "diffeval icl --ckpt path/to/model --data synthetic-77 --len 4k,16k"],
+    "halluc": ["diffeval halluc --samples 5", "diffeval halluc --ckpt path/to/instruct --data qa.jsonl --prompt-format chat"],
+    "run": ["diffeval run tasks/outliers-paper.yaml --out runs/outliers",
+            "diffeval run tasks/needle-paper-4k.yaml --ckpt path/to/model --samples 10"],
+    "check": ["diffeval check tasks/ci/suite.yaml --junit ci.xml"],
+    "compare": ["diffeval compare runs/needle-a runs/needle-b --out report/"],
+    "figures": ["diffeval figures plots/paper.yaml --results runs/ --out figures/"],
+}
+
+
+def _epilog(name: str) -> str:
+    return "Examples:\n\n" + "\n\n".join(f"  {line}" for line in EXAMPLES[name])
+
+
 for _name, _fn in COMMANDS.items():
-    app.command(_name)(_fn)
+    app.command(_name, epilog=_epilog(_name))(_metavars(_fn))
 
 
 def _parser_errors() -> tuple[type, ...]:
@@ -107,6 +153,13 @@ def _resume_command(args: list[str], out) -> str:
     return shlex.join(["diffeval", *args, *([] if given else ["--out", str(out)])])
 
 
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 def _warnings_to_stderr() -> None:
     """Library warnings (damaged resume records, ...) as one 'diffeval: warning:' line each."""
     import logging
@@ -127,6 +180,11 @@ def main(argv: Optional[list[str]] = None) -> None:
         app(args=["--help"], standalone_mode=False)
         return
     _warnings_to_stderr()
+    if not _isatty(sys.stdout):  # piped: help and tables are not cut at 80 columns
+        os.environ.setdefault("COLUMNS", "160")
+    # Figures are drawn on Agg canvases, never on a GUI: a MPLBACKEND the environment sets for
+    # other tools (or a misspelt one, which matplotlib refuses at import) must not matter here.
+    os.environ["MPLBACKEND"] = "agg"
     exits, aborts = _exit_classes()
     rc = 0
     try:

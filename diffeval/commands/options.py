@@ -32,8 +32,8 @@ ALLOW_BEYOND = typer.Option(False, "--allow-beyond-max-positions", help="Allow p
 ALLOW_PICKLE = typer.Option(False, "--allow-pickle", help="Load .bin/.pt weights (weights_only=True).")
 ALLOW_MEMORY = typer.Option(False, "--allow-beyond-memory", help="Load a model whose estimated size (parameters x dtype + KV cache at the longest length) exceeds the device's memory.")
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace the results of another run (another probe, parameters, settings or models) found in --out.")
-LENGTHS = typer.Option(None, "--len", help="Prompt lengths in tokens: 4096, 4k, 64K, lists 4k,8k, ranges 4k:64k. Default: 4k, or less when a model's position limit is shorter.")
-DEPTHS = typer.Option("0,25,50,75,100", "--depths", help="Needle depths in %: a list, or start:stop:count.")
+LENGTHS = typer.Option(None, "--len", help="Prompt lengths in tokens: 4096, 4k, 64K (k = 1024), lists 4k,8k, ranges 4k:64k (doubling) or 1k:4k:1k (start:stop:step). Default: 4k, or the longest that fits every model's position limit (said on stderr).")
+DEPTHS = typer.Option("0,25,50,75,100", "--depths", help="Needle depths in % of the context: a list 0,25,50, or start:stop:count — the third number is a COUNT, not a step: 0:100:5 = 0, 25, 50, 75, 100.")
 HAYSTACK = typer.Option("noise", "--haystack", help="noise, essay, or a text file / folder.")
 NEEDLE_KIND = typer.Option("city", "--needle-kind", help="city, kv-word, kv-number or uuid.")
 
@@ -138,14 +138,21 @@ def interruptible(out: Path):
         raise Interrupted(out) from None
 
 
-def default_lengths(ckpts: list[str], reserve: int = 0) -> list[int]:
-    """Without --len: 4k, or the largest multiple of 1024 (the limit itself when below 1024)
-    within every model's position limit less `reserve` positions (e.g. BOS)."""
+def default_lengths(ckpts: list[str], command: str, reserve: int = 0, cap: int = 4096, grid: bool = False) -> str:
+    """The lengths a command uses without --len, said on stderr: the longest L <= `cap` that
+    fits every model's position limit less `reserve` positions (e.g. BOS) — a multiple of 1024,
+    or the limit itself below 1024 — and with `grid`, L/4, L/2 and L (256, 512, 1K on the zoo)."""
     from diffeval.checkpoints import read_config, resolve_spec
+    from diffeval.probes.specs import length_label
     from diffeval.run import default_specs
 
-    limit = min(read_config(resolve_spec(s))[1].max_seq_len for s in default_specs(list(ckpts))) - reserve
-    return [min(4096, limit // 1024 * 1024 or limit)]
+    limit = min(read_config(resolve_spec(s))[1].max_seq_len for s in default_specs(list(ckpts)))
+    longest = min(cap, (limit - reserve) // 1024 * 1024 or limit - reserve)
+    lengths = sorted({max(1, longest // 4), max(1, longest // 2), longest}) if grid else [longest]
+    text = ",".join(str(n) for n in lengths)
+    print(f"{command}: --len not given: using {', '.join(length_label(n) for n in lengths)} tokens "
+          f"(the longest {length_label(longest)} fits every model's position limit, {limit})", file=sys.stderr)
+    return text
 
 
 def run_command(probe_name: str, params: dict[str, Any], ckpt: list[str], out: Optional[str], opts,
