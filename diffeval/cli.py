@@ -164,9 +164,13 @@ def _warnings_to_stderr() -> None:
     """Library warnings (damaged resume records, ...) as one 'diffeval: warning:' line each."""
     import logging
 
+    class ToStderr(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            print(self.format(record), file=sys.stderr)  # the stderr of now, not of the first call
+
     logger = logging.getLogger("diffeval")
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = ToStderr()
         handler.setFormatter(logging.Formatter("diffeval: warning: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.WARNING)

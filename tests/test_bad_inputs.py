@@ -65,6 +65,33 @@ def _foreign_run(t: Path, ck: str) -> None:
     (t / "run" / "results.json").write_text(json.dumps({"schema_version": 2, "probe": "nll", "task": {"params": {}}}))
 
 
+HELD: list = []  # lock files a case holds while the command runs
+
+
+def _locked(t: Path, ck: str) -> None:
+    import fcntl
+
+    (t / "run").mkdir()
+    f = open(t / "run" / ".lock", "a+")
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a concurrent run into the same folder holds it
+    f.write("4242\n")
+    f.flush()
+    HELD.append(f)
+
+
+def _resume_dir(t: Path, ck: str) -> None:
+    (t / "run" / ".resume" / "transformer.jsonl").mkdir(parents=True)
+
+
+def _bad_state(t: Path, ck: str) -> None:
+    (t / "run").mkdir()
+    (t / "run" / "train_state.pt").write_bytes(b"PK\x03\x04 cut by a kill")
+
+
+MICRO_RECIPE = ("name: micro\nmodel: {family: transformer, d_model: 32, n_layers: 1, n_heads: 2, d_ff: 64, "
+                "max_seq_len: 128}\nstages: [{steps: 2, seq_len: 64, batch_size: 1}]\nmin_doc: 16\n")
+
+
 def _unwritable(t: Path, ck: str) -> None:
     (t / "ro").mkdir()
     os.chmod(t / "ro", 0o500)
@@ -131,6 +158,15 @@ CASES = [
     ("out-read-only", ["needle", *TINY[:-1], "{t}/ro/run"], _unwritable, "ro"),
     ("out-under-proc", ["needle", *TINY[:-1], "/proc/diffeval-run"], None, "/proc"),
     ("out-foreign-run", ["needle", *TINY[:-1], "{t}/run"], _foreign_run, "--overwrite"),
+    ("out-results-garbage", ["needle", *TINY[:-1], "{t}/run"], _write("run/results.json", "{not json"), "cannot read"),
+    ("out-locked-by-another-run", ["needle", *TINY[:-1], "{t}/run"], _locked, "4242"),
+    ("out-resume-file-is-a-dir", ["needle", *TINY[:-1], "{t}/run"], _resume_dir, "transformer.jsonl"),
+    ("train-state-truncated", ["train", "--recipe", "{t}/r.yaml", "--out", "{t}/run"],
+     lambda t, ck: (_write("r.yaml", MICRO_RECIPE)(t, ck), _bad_state(t, ck)), "train_state.pt"),
+    ("recipe-model-invalid", ["train", "--recipe", "{t}/r.yaml", "--out", "{out}"],
+     _write("r.yaml", MICRO_RECIPE.replace("n_heads: 2", "n_heads: 3")), "d_model"),
+    ("ckpt-too-large-for-memory", ["info", "--ckpt", "{t}/ck"],
+     _bad_ckpt(lambda p: _config(p, vocab_size=1 << 24, d_model=1 << 16, d_ff=64, max_seq_len=64)), "--allow-beyond-memory"),
     # task and recipe files (classes 8, 11)
     ("task-alias-bomb", ["run", "{t}/bomb.yaml", "--ckpt", "{ck}", "--out", "{out}"], _write("bomb.yaml", BOMB), "alias"),
     ("task-sink-text", ["run", "{t}/t.yaml", "--ckpt", "{ck}", "--out", "{out}"], _write("t.yaml", "name: t\nprobe: attn-map\nversion: 1\nparams: {lengths: [256], sink: four}\n"), "sink"),
@@ -173,6 +209,8 @@ def test_bad_input_is_one_line_exit_2(case, ck, tmp_path, capsys, monkeypatch):
     try:
         code = run_cli(args)
     finally:
+        while HELD:
+            HELD.pop().close()
         for p in (tmp_path, tmp_path / "ck", tmp_path / "ro"):
             if p.exists():
                 os.chmod(p, 0o700)
@@ -187,5 +225,103 @@ def test_bad_input_is_one_line_exit_2(case, ck, tmp_path, capsys, monkeypatch):
     assert "Traceback" not in err
     assert not (tmp_path / "out").exists(), "a refused run left its folder behind"
     assert not _leftovers(tmp_path)
-    if before is not None:
+    if before is not None:  # nothing added, nothing removed
         assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
+# --- damaged state is redone, interrupted runs say how to resume, stdout faults ------------
+
+def test_damaged_resume_records_are_skipped_with_one_warning_and_redone(ck, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["needle", "--len", "256", "--depths", "0,100", "--samples", "2", "--ckpt", ck, "--out", str(out)]
+    assert run_cli(argv) == 0
+    samples = (out / "samples.jsonl").read_text()
+    resume = out / ".resume" / "transformer.jsonl"
+    lines = resume.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 4
+    record = json.loads(lines[1])
+    del record["value"]["prediction"]
+    damaged = [b"42\n", json.dumps(record).encode() + b"\n", b"\xff\xfe{\n", lines[2], lines[3][:20]]
+    resume.write_bytes(lines[0] + b"".join(damaged))
+    capsys.readouterr()
+    assert run_cli(argv) == 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("diffeval:")]
+    assert len(err) == 1 and "4 damaged record(s) skipped" in err[0] and "transformer.jsonl" in err[0], err
+    results = json.loads((out / "results.json").read_text())
+    assert results["timing"]["models"]["transformer"]["resumed_samples"] == 2  # lines 0 and 2 survived
+    assert (out / "samples.jsonl").read_text() == samples
+
+
+def test_ctrl_c_prints_the_command_that_resumes_it(ck, tmp_path, capsys, monkeypatch):
+    import shlex
+
+    from helpers import interrupt_after
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["needle", "--len", "256", "--depths", "0,100", "--samples", "2", "--ckpt", ck]
+    with monkeypatch.context() as m:
+        interrupt_after(m, 2)
+        assert run_cli(argv) == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("diffeval: interrupted;") and "resume with: diffeval needle" in err, err
+    command = shlex.split(err.split("resume with: ", 1)[1])
+    out = Path(command[command.index("--out") + 1])
+    assert out.parent.name == "runs" and not (out / "results.json").exists()
+    assert run_cli(command[1:]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["timing"]["models"]["transformer"]["resumed_samples"] == 2
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == [out.name]  # no second folder
+
+
+def test_refused_run_leaves_no_default_folder(ck, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(["needle", "--len", "64k", "--ckpt", ck]) == 2
+    assert not (tmp_path / "runs").exists()
+
+
+def test_results_are_strict_json(tmp_path):
+    from diffeval.results import write_json, write_jsonl
+
+    write_json(tmp_path / "r.json", {"a": float("nan"), "b": [float("inf"), 1.5], "c": {"d": -float("inf")}})
+    write_jsonl(tmp_path / "s.jsonl", [{"x": float("nan")}])
+    strict = lambda text: json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))  # noqa: E731
+    assert strict((tmp_path / "r.json").read_text()) == {"a": None, "b": [None, 1.5], "c": {"d": None}}
+    assert strict((tmp_path / "s.jsonl").read_text()) == {"x": None}
+
+
+def test_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import errno
+
+    from diffeval.errors import UsageError
+    from diffeval.results import write_json
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(UsageError, match="r.json: cannot write .No space left on device."):
+        write_json(tmp_path / "r.json", {"a": 1})
+    assert list(tmp_path.iterdir()) == []
+
+
+def _cli(*args, env=None, stdout=None):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "diffeval.cli", *args], stdout=stdout or subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}, timeout=300)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_stdout_on_a_full_device_is_one_line_exit_2():
+    with open("/dev/full", "w") as full:
+        res = _cli("zoo", stdout=full)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        "diffeval: error: cannot write to standard output (No space left on device)"]
+
+
+def test_a_foreign_mplbackend_does_not_matter(ck, tmp_path):
+    res = _cli("needle", "--len", "256", "--depths", "50", "--samples", "1", "--ckpt", ck, "--out", str(tmp_path / "r"),
+               env={"MPLBACKEND": "nonexistent"})
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "r" / "needle_heatmap.png").is_file()

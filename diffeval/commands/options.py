@@ -138,8 +138,8 @@ def interruptible(out: Path):
         raise Interrupted(out) from None
 
 
-def default_lengths(ckpts: list[str], command: str, reserve: int = 0, cap: int = 4096, grid: bool = False) -> str:
-    """The lengths a command uses without --len, said on stderr: the longest L <= `cap` that
+def default_lengths(ckpts: list[str], command: str, reserve: int = 0, cap: int = 4096, grid: bool = False) -> "Chosen":
+    """The lengths a command uses without --len (and the line saying so): the longest L <= `cap` that
     fits every model's position limit less `reserve` positions (e.g. BOS) — a multiple of 1024,
     or the limit itself below 1024 — and with `grid`, L/4, L/2 and L (256, 512, 1K on the zoo)."""
     from diffeval.checkpoints import read_config, resolve_spec
@@ -149,10 +149,25 @@ def default_lengths(ckpts: list[str], command: str, reserve: int = 0, cap: int =
     limit = min(read_config(resolve_spec(s))[1].max_seq_len for s in default_specs(list(ckpts)))
     longest = min(cap, (limit - reserve) // 1024 * 1024 or limit - reserve)
     lengths = sorted({max(1, longest // 4), max(1, longest // 2), longest}) if grid else [longest]
-    text = ",".join(str(n) for n in lengths)
-    print(f"{command}: --len not given: using {', '.join(length_label(n) for n in lengths)} tokens "
-          f"(the longest {length_label(longest)} fits every model's position limit, {limit})", file=sys.stderr)
-    return text
+    return Chosen(",".join(str(n) for n in lengths),
+                  f"{command}: --len not given: using {', '.join(length_label(n) for n in lengths)} tokens "
+                  f"(the longest {length_label(longest)} fits every model's position limit, {limit})")
+
+
+class Chosen(str):
+    """A default value the command chose, with the line that says so (printed by run_command
+    once every option is valid, so that bad input still gets exactly one line)."""
+
+    def __new__(cls, value: str, note: str) -> "Chosen":
+        out = super().__new__(cls, value)
+        out.note = note
+        return out
+
+
+def say_chosen(params: dict[str, Any]) -> None:
+    for value in params.values():
+        if isinstance(value, Chosen):
+            print(value.note, file=sys.stderr)
 
 
 def run_command(probe_name: str, params: dict[str, Any], ckpt: list[str], out: Optional[str], opts,
@@ -166,6 +181,7 @@ def run_command(probe_name: str, params: dict[str, Any], ckpt: list[str], out: O
     out_dir = Path(out) if out else default_out(probe_name)
     with flags({**field_flags, **RUN_FLAGS}), interruptible(out_dir):
         cfg = probe.config(params)
+        say_chosen(params)
         results = run_probe(probe, cfg, list(ckpt), out_dir, opts)
     probe.render(results)
     print(f"results: {out_dir / 'results.json'}", file=sys.stderr)

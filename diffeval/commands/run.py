@@ -40,6 +40,7 @@ def run_task(
         default = variants[0][1].to_dict()[field]
         overrides["lengths"] = o.default_lengths(ckpt, task.name, cap=max(default) if isinstance(default, list) else default)
         variants = task.variants(overrides)
+        o.say_chosen(overrides)
     info = TaskInfo(task.name, task.version, str(Path(task.path).resolve()), task.sha256)
     root = Path(out) if out else default_out(task.name)
     for name, cfg in variants:

@@ -232,30 +232,42 @@ def _build(recipe: Recipe, out: Path):
     return tok, model, opt
 
 
-def _resume(recipe: Recipe, out: Path, model, opt, resume: bool) -> tuple[int, float]:
-    """Load out/train_state.pt when asked and present; cut log.jsonl to the restored step.
-    Returns (step, minutes already spent, in seconds)."""
-    import torch
-
-    step, elapsed = 0, 0.0
+def _saved_state(recipe: Recipe, out: Path, resume: bool) -> Optional[dict]:
+    """out/train_state.pt when asked and present (read before anything is written); an
+    unusable one is a UsageError naming it and what to do."""
     state_path = _state_path(out)
-    if resume and state_path.exists():
-        from diffeval.checkpoints.files import safe_torch_load
-        from diffeval.errors import CheckpointError
+    if not (resume and state_path.exists()):
+        return None
+    from diffeval.checkpoints.files import safe_torch_load
+    from diffeval.errors import CheckpointError
 
-        unusable = (f"{state_path}: unusable training state ({{}}); delete it to start again from step 0 "
-                    "(or rerun with --no-resume)")
+    try:
+        state = safe_torch_load(state_path)
+    except CheckpointError as exc:
+        raise UsageError(_unusable(state_path, str(exc).split(": ", 1)[-1])) from None
+    if not isinstance(state, dict) or not {"recipe", "model", "optimizer", "step", "elapsed"} <= set(state):
+        raise UsageError(_unusable(state_path, "not a diffeval training state"))
+    if state["recipe"] != json.dumps(recipe.to_dict(), sort_keys=True):
+        raise UsageError(f"{state_path}: written by a different recipe; use a new --out or --no-resume")
+    return state
+
+
+def _unusable(path: Path, why: str) -> str:
+    return f"{path}: unusable training state ({why}); delete it to start again from step 0 (or rerun with --no-resume)"
+
+
+def _resume(recipe: Recipe, out: Path, model, opt, state: Optional[dict]) -> tuple[int, float]:
+    """Restore `state` (from _saved_state) into model and optimizer; cut log.jsonl to the
+    restored step. Returns (step, seconds already spent)."""
+    step, elapsed = 0, 0.0
+    if state is not None:
         try:
-            state = safe_torch_load(state_path)
-            if state["recipe"] != json.dumps(recipe.to_dict(), sort_keys=True):
-                raise UsageError(f"{state_path}: written by a different recipe; use a new --out or --no-resume")
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             step, elapsed = int(state["step"]), float(state["elapsed"])
-        except CheckpointError as exc:
-            raise UsageError(unusable.format(str(exc).split(": ", 1)[-1])) from None
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # a state of another shape
-            raise UsageError(unusable.format(f"{type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''}")) from None
+            reason = str(exc).strip().splitlines()[0][:80] if str(exc).strip() else ""
+            raise UsageError(_unusable(_state_path(out), f"{type(exc).__name__}: {reason}")) from None
         log.info("resuming %s at step %d", recipe.name, step)
     log_path = out / "log.jsonl"
     rows = _log_rows(log_path) if log_path.exists() and step > 0 else []
@@ -340,8 +352,9 @@ def _train(recipe: Recipe, out: Path, resume: bool, progress: bool, max_minutes:
     from diffeval.checkpoints import save
     from diffeval.train.corpus import Packer
 
+    state = _saved_state(recipe, out, resume)
     tok, model, opt = _build(recipe, out)
-    step, elapsed = _resume(recipe, out, model, opt, resume)
+    step, elapsed = _resume(recipe, out, model, opt, state)
     packer = Packer(tok._tok, tok.bos_id, tok.eos_id, recipe.corpus, recipe.answer_weight)
     bar = tqdm(total=recipe.steps, initial=step, desc=recipe.name, disable=not progress, dynamic_ncols=True)
     started = time.perf_counter()
