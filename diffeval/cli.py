@@ -10,6 +10,7 @@ import sys
 from typing import Optional
 
 import typer
+from typer.core import TyperCommand
 
 from diffeval.commands.attn_map import attn_map
 from diffeval.commands.check import check
@@ -58,13 +59,16 @@ def _metavars(fn):
     """Help shows a word for each option's value (`--len LEN`, `--samples INT`) and nothing for
     flags, instead of typer's Python types (`<list[str]>`, `<bool>`)."""
     import inspect
+    import typing
 
     from typer.models import OptionInfo
 
+    hints = {**typing.get_type_hints(inspect.unwrap(fn)),
+             **{k: v for k, v in fn.__annotations__.items() if not isinstance(v, str)}}
     for param in inspect.signature(fn).parameters.values():
         info = param.default
         if isinstance(info, OptionInfo) and info.metavar is None:
-            kind = param.annotation if not isinstance(param.annotation, str) else eval(param.annotation)  # noqa: S307
+            kind = hints.get(param.name)
             name = (info.param_decls or ("--" + param.name,))[0].lstrip("-").split("/")[0]
             info.metavar = ("" if kind is bool else "INT" if kind in (int, Optional[int]) else
                             "NUM" if kind in (float, Optional[float]) else name.upper().replace("-", "_"))
@@ -94,12 +98,24 @@ EXAMPLES = {
 }
 
 
+class _Command(TyperCommand):
+    """Plain help with the arguments' value names as given (typer appends Python types such as
+    `<list[str]>` and wraps required arguments in braces)."""
+
+    def format_help(self, ctx, formatter) -> None:
+        import re
+
+        super().format_help(ctx, formatter)
+        formatter.buffer[:] = [re.sub(r"\{([^{}\s]+)\}", r"\1", re.sub(r" <[\w\[\], |]+>", "", part))
+                               for part in formatter.buffer]
+
+
 def _epilog(name: str) -> str:
     return "Examples:\n\n" + "\n\n".join(f"  {line}" for line in EXAMPLES[name])
 
 
 for _name, _fn in COMMANDS.items():
-    app.command(_name, epilog=_epilog(_name))(_metavars(_fn))
+    app.command(_name, epilog=_epilog(_name), cls=_Command)(_metavars(_fn))
 
 
 def _parser_errors() -> tuple[type, ...]:

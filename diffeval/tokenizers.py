@@ -56,7 +56,8 @@ class HFTokenizer:
 
         self.path = Path(path)
         try:
-            self._tok = _Tok.from_file(str(self.path))
+            # from the text, not the path: a path that is not UTF-8 (C locale) is still readable here
+            self._tok = _Tok.from_str(self.path.read_bytes().decode("utf-8"))
         except Exception as exc:  # tokenizers raises a bare Exception subclass on bad JSON
             lines = str(exc).splitlines() or [type(exc).__name__]
             raise TokenizerError(f"{self.path}: cannot read tokenizer: {lines[0]}") from None

@@ -165,6 +165,8 @@ CASES = [
      lambda t, ck: (_write("r.yaml", MICRO_RECIPE)(t, ck), _bad_state(t, ck)), "train_state.pt"),
     ("recipe-model-invalid", ["train", "--recipe", "{t}/r.yaml", "--out", "{out}"],
      _write("r.yaml", MICRO_RECIPE.replace("n_heads: 2", "n_heads: 3")), "d_model"),
+    ("recipe-too-large-for-memory", ["train", "--recipe", "{t}/r.yaml", "--out", "{out}"],
+     _write("r.yaml", MICRO_RECIPE.replace("d_model: 32", "d_model: 1048576").replace("d_ff: 64", "d_ff: 1048576")), "GiB"),
     ("ckpt-too-large-for-memory", ["info", "--ckpt", "{t}/ck"],
      _bad_ckpt(lambda p: _config(p, vocab_size=1 << 24, d_model=1 << 16, d_ff=64, max_seq_len=64)), "--allow-beyond-memory"),
     # task and recipe files (classes 8, 11)

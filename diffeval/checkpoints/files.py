@@ -46,11 +46,11 @@ def file_sha256(path: Path) -> str:
 
 
 def _read_safetensors(path: Path, out: WeightFiles) -> None:
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError
 
     readable(path, "weight file")
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with _opened(path) as f:
             for name in f.keys():
                 if name in out.tensors:
                     raise CheckpointError(f"{path}: tensor {name!r} also in {out.origin[name]}")
@@ -59,6 +59,33 @@ def _read_safetensors(path: Path, out: WeightFiles) -> None:
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc}); truncated or corrupt?") from None
     out.files.append(path)
+
+
+def _opened(path: Path):
+    """safe_open(path), also for a path the file system gave in bytes that are not UTF-8 (a
+    unicode name under a C locale): safetensors takes text paths only, so such a file is
+    opened here and handed over as /proc/self/fd/N where that exists."""
+    import os
+    from contextlib import contextmanager
+
+    from safetensors import safe_open
+
+    try:
+        str(path).encode("utf-8")
+        return safe_open(str(path), framework="pt")
+    except UnicodeEncodeError:
+        pass
+
+    @contextmanager
+    def by_descriptor():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            with safe_open(f"/proc/self/fd/{fd}", framework="pt") as f:
+                yield f
+        finally:
+            os.close(fd)
+
+    return by_descriptor()
 
 
 def readable(path: Path, what: str) -> None:

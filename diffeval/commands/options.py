@@ -155,8 +155,8 @@ def default_lengths(ckpts: list[str], command: str, reserve: int = 0, cap: int =
 
 
 class Chosen(str):
-    """A default value the command chose, with the line that says so (printed by run_command
-    once every option is valid, so that bad input still gets exactly one line)."""
+    """A default value the command chose, with the line that says so (printed with the
+    results, so that bad input, found before or after models load, still gets one line)."""
 
     def __new__(cls, value: str, note: str) -> "Chosen":
         out = super().__new__(cls, value)
@@ -181,8 +181,8 @@ def run_command(probe_name: str, params: dict[str, Any], ckpt: list[str], out: O
     out_dir = Path(out) if out else default_out(probe_name)
     with flags({**field_flags, **RUN_FLAGS}), interruptible(out_dir):
         cfg = probe.config(params)
-        say_chosen(params)
         results = run_probe(probe, cfg, list(ckpt), out_dir, opts)
     probe.render(results)
+    say_chosen(params)
     print(f"results: {out_dir / 'results.json'}", file=sys.stderr)
     return results

@@ -40,7 +40,6 @@ def run_task(
         default = variants[0][1].to_dict()[field]
         overrides["lengths"] = o.default_lengths(ckpt, task.name, cap=max(default) if isinstance(default, list) else default)
         variants = task.variants(overrides)
-        o.say_chosen(overrides)
     info = TaskInfo(task.name, task.version, str(Path(task.path).resolve()), task.sha256)
     root = Path(out) if out else default_out(task.name)
     for name, cfg in variants:
@@ -50,4 +49,5 @@ def run_task(
         if name:
             print(f"\n{task.name}: variant {name}", file=sys.stderr)
         probe.render(results)
+        o.say_chosen(overrides)
         print(f"results: {target / 'results.json'}", file=sys.stderr)

@@ -217,7 +217,7 @@ def check_keys(params: dict, allowed, probe: str) -> None:
     """Unknown parameter names are refused with the valid ones."""
     from diffeval.errors import did_you_mean
 
-    unknown = sorted(set(params) - set(allowed))
+    unknown = sorted(map(str, set(params) - set(allowed)))
     if unknown:
-        raise ConfigError(f"unknown {probe} parameter {unknown[0]!r}: {did_you_mean(unknown[0], allowed)}",
-                          field=None)
+        names = ", ".join(map(shown, unknown[:4])) + (", ..." if len(unknown) > 4 else "")
+        raise ConfigError(f"unknown {probe} parameter(s) {names}: {did_you_mean(unknown[0], allowed)}", field=None)

@@ -171,8 +171,21 @@ def load_recipe(path: str | Path) -> Recipe:
         recipe = Recipe(**raw)
     except TypeError as exc:
         raise UsageError(f"recipe {p}: {exc}") from None
-    model_config(recipe, 64)  # the model's fields are checked now, before anything is written
+    cfg = model_config(recipe, 64)  # the model's fields are checked now, before anything is written
+    _check_training_memory(recipe, cfg)
     return recipe
+
+
+def _check_training_memory(recipe: Recipe, cfg) -> None:
+    """Weights, gradients and two AdamW moments in float32 (16 bytes per parameter, the
+    vocabulary counted at the corpus's size) must fit the machine's memory."""
+    from diffeval.checkpoints import device_memory
+
+    n_params = dataclasses.replace(cfg, vocab_size=8192).n_params()
+    need, have = 16 * n_params, device_memory("cpu")
+    if have is not None and need > have:
+        raise UsageError(f"recipe {recipe.name}: training needs about {need / 2**30:,.1f} GiB ({n_params:,} "
+                         f"parameters x 16 bytes) but the machine has {have / 2**30:,.1f} GiB available")
 
 
 def model_config(recipe: Recipe, vocab_size: int):
