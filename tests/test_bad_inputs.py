@@ -152,7 +152,7 @@ CASES = [
     ("ckpt-tokenizer-config-list", ["info", "--ckpt", "{t}/ck"], _bad_ckpt(lambda p: (p / "tokenizer_config.json").write_text("[1, 2]"), zoo=True), "tokenizer_config.json"),
     ("ckpt-tokenizer-config-not-utf8", ["info", "--ckpt", "{t}/ck"], _bad_ckpt(lambda p: (p / "tokenizer_config.json").write_bytes(b"\xff\xff"), zoo=True), "tokenizer_config.json"),
     ("ckpt-tokenizer-beyond-vocab", ["info", "--ckpt", "{t}/ck"], _bad_ckpt(_big_tokenizer), "vocab_size"),
-    ("ckpt-evil-pickle", ["info", "--ckpt", "{t}/ck", "--allow-pickle"], _bad_ckpt(lambda p: ((p / "model.safetensors").unlink(), (p / "model.pt").write_bytes(b"\x80\x04cos\nsystem\n(S'true'\ntR."))), "model.pt"),
+    ("ckpt-evil-pickle", ["info", "--ckpt", "{t}/ck", "--allow-pickle"], _bad_ckpt(lambda p: ((p / "model.safetensors").unlink(), (p / "model.pt").write_bytes(b"\x80\x04cos\nsystem\n(S'true'\ntR."))), "os.system"),
     # output faults (class 6)
     ("out-is-a-file", ["needle", *TINY[:-1], "{t}/file"], _write("file", "x"), "file"),
     ("out-read-only", ["needle", *TINY[:-1], "{t}/ro/run"], _unwritable, "ro"),

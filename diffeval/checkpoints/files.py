@@ -120,9 +120,19 @@ def safe_torch_load(path: Path):
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for a bad, truncated or unsafe pickle
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(f"{path}: cannot load with weights_only=True ({type(exc).__name__}: "
-                                  f"{reason[:120]})") from None
+            raise CheckpointError(f"{path}: cannot load with weights_only=True ({_pickle_reason(exc)})") from None
+
+
+def _pickle_reason(exc: Exception) -> str:
+    """The line of torch's refusal that says why (its message is a page of advice)."""
+    import re
+
+    text = str(exc)
+    code = re.search(r"GLOBAL\s+([\w.]+)", text)
+    if code:
+        return f"it calls {code.group(1)}: code, not weights; refused"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[0][:100]}" if lines else type(exc).__name__
 
 
 def read_weights(directory: Path, allow_pickle: bool = False) -> WeightFiles:
