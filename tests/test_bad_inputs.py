@@ -60,6 +60,15 @@ def _nan_weights(target: Path) -> None:
     save_file(state, str(target / "model.safetensors"), metadata={"format": "pt"})
 
 
+def _overflowing_head(target: Path) -> None:
+    """Finite weights whose logits overflow float16 (the largest is 65504)."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(target / "model.safetensors"))
+    state["lm_head.weight"] = state["lm_head.weight"] / state["lm_head.weight"].abs().max() * 60000
+    save_file(state, str(target / "model.safetensors"), metadata={"format": "pt"})
+
+
 def _foreign_run(t: Path, ck: str) -> None:
     (t / "run").mkdir()
     (t / "run" / "results.json").write_text(json.dumps({"schema_version": 2, "probe": "nll", "task": {"params": {}}}))
@@ -149,6 +158,8 @@ CASES = [
     ("ckpt-layers-absurd", ["info", "--ckpt", "{t}/ck"], _bad_ckpt(lambda p: _config(p, n_layers=1000000000)), "n_layers"),
     ("ckpt-weights-dir", ["info", "--ckpt", "{t}/ck"], _bad_ckpt(lambda p: ((p / "model.safetensors").unlink(), (p / "model.safetensors").mkdir())), "model.safetensors"),
     ("ckpt-nan-weight", ["info", "--ckpt", "{t}/ck"], _bad_ckpt(_nan_weights), "non-finite"),
+    ("ckpt-logits-overflow-fp16", ["needle", "--dtype", "float16", "--len", "256", "--depths", "50", "--samples", "1",
+                                   "--ckpt", "{t}/ck", "--out", "{out}"], _bad_ckpt(_overflowing_head), "non-finite logits"),
     ("ckpt-tokenizer-config-list", ["info", "--ckpt", "{t}/ck"], _bad_ckpt(lambda p: (p / "tokenizer_config.json").write_text("[1, 2]"), zoo=True), "tokenizer_config.json"),
     ("ckpt-tokenizer-config-not-utf8", ["info", "--ckpt", "{t}/ck"], _bad_ckpt(lambda p: (p / "tokenizer_config.json").write_bytes(b"\xff\xff"), zoo=True), "tokenizer_config.json"),
     ("ckpt-tokenizer-beyond-vocab", ["info", "--ckpt", "{t}/ck"], _bad_ckpt(_big_tokenizer), "vocab_size"),
@@ -327,3 +338,31 @@ def test_a_foreign_mplbackend_does_not_matter(ck, tmp_path):
                env={"MPLBACKEND": "nonexistent"})
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "r" / "needle_heatmap.png").is_file()
+
+
+# Root reads and writes everything, so the permission cases above are skipped under root;
+# here the operating system's refusal is simulated at the call that meets it.
+def _denied(*args, **kwargs):
+    import errno
+
+    raise PermissionError(errno.EACCES, "Permission denied")
+
+
+@pytest.mark.parametrize("target, argv, culprit", [
+    ("pathlib.Path.read_text", ["info", "--ckpt", "{ck}"], "config.json: permission denied"),
+    ("pathlib.Path.mkdir", ["needle", *TINY], "cannot write there (Permission denied)"),
+])
+def test_permission_faults_are_reported_as_such(target, argv, culprit, ck, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(target, _denied)
+    args = [a.replace("{ck}", ck).replace("{out}", str(tmp_path / "out")) for a in argv]
+    assert run_cli(args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and culprit in lines[0], lines
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unlistable_checkpoint_folder_is_a_permission_error(ck, capsys, monkeypatch):
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    assert run_cli(["info", "--ckpt", ck]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("permission denied (cannot list the checkpoint directory)") and "No such" not in err
