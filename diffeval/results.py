@@ -75,7 +75,8 @@ def claimed_out(out: Path, identity: dict[str, Any], overwrite: bool = False, fl
     """Claim the run folder `out` before any model is loaded: it must be a folder this process
     can create and write; it must not hold another run's results (another probe, parameters,
     run settings or models) unless `overwrite`, which removes those files; and no other
-    diffeval run may be writing into it (a lock, released on exit). On failure, temporary files
+    diffeval run may be writing into it (a lock, released on exit). An empty `identity` (a
+    training run) skips the results check. On failure, temporary files
     are removed, and so are the folder and parents this call created when nothing was kept."""
     import fcntl
 
@@ -84,7 +85,7 @@ def claimed_out(out: Path, identity: dict[str, Any], overwrite: bool = False, fl
     if out.exists() and not out.is_dir():
         raise UsageError(f"{where}: exists and is not a folder")
     results = out / "results.json"
-    if results.exists():
+    if identity and results.exists():
         try:
             old = _identity_of(json.loads(results.read_text(encoding="utf-8")))
         except (OSError, ValueError, AttributeError):
@@ -119,7 +120,7 @@ def claimed_out(out: Path, identity: dict[str, Any], overwrite: bool = False, fl
     except BaseException:
         _release(lock, out, created)
         raise
-    if results.exists() and overwrite:
+    if identity and results.exists() and overwrite:
         _remove_run_files(out)
     try:
         yield out
