@@ -134,8 +134,17 @@ def model_context(label: str, loaded, opts: RunOptions) -> ModelContext:
 
 def run_probe(probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions,
               task: Optional[TaskInfo] = None) -> dict[str, Any]:
-    """Run `probe` with config `cfg` on every checkpoint; write the run folder `out`.
+    """Run `probe` with config `cfg` on every checkpoint; write the run folder `out`, claimed
+    (checked writable, locked, not another run's) before any model loads.
     Returns the results dict (as written to results.json)."""
+    specs = default_specs(list(specs))
+    run_id = run_identity(probe.name, cfg.to_dict(), opts.settings(), specs)
+    with claimed_out(Path(out), run_id, opts.overwrite) as claimed:
+        return _run_probe(probe, cfg, specs, claimed, opts, task)
+
+
+def _run_probe(probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions,
+               task: Optional[TaskInfo]) -> dict[str, Any]:
     from diffeval.checkpoints import load
     from diffeval.engine import Engine, Stats, fingerprint
     from diffeval.tokenizers import stop_ids
@@ -149,100 +158,98 @@ def run_probe(probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions,
                 "preset_sha256": task.preset_sha256 if task else None, "params": params}
     identity = content_key(probe.name, probe.version, data, opts.prompt_format, opts.decode,
                            {k: v for k, v in params.items() if k not in probe.grid_params})
-    run_id = run_identity(probe.name, params, opts.settings(), specs)
-    with claimed_out(Path(out), run_id, opts.overwrite) as out:  # before any model loads
-        models, records, extra, per_model = [], [], {}, {}
-        started_all = time.perf_counter()
-        prompts_rows: list[dict] = []
-        for label, spec in zip(labels, specs):
-            loaded = load(spec, device=opts.device, dtype=opts.dtype, backend=opts.backend, allow_pickle=opts.allow_pickle,
-                          length=_longest(params), allow_beyond_memory=opts.allow_beyond_memory)
-            ctx = model_context(label, loaded, opts)
-            samples = probe.generate(cfg, ctx)
-            ids = [s.id for s in samples]
-            assert len(set(ids)) == len(ids), f"{probe.name}: sample ids repeat"
-            work = [probe.requests(cfg, s, ctx) for s in samples]
-            fp = {**loaded.info.fingerprint(), "device": torch.device(opts.device).type}
-            keys = [content_key(fp, identity, s.id, [fingerprint(r) for r in reqs]) for s, reqs in zip(samples, work)]
-            stem = out / ".resume" / safe_name(label)  # labels may hold dots (Llama-3.1-8B): no with_suffix
-            cache = ResumeCache(stem.parent / f"{stem.name}.jsonl")
-            state = probe.state(cfg, ctx) if probe.state else None
-            held: set[str] = set()
-            state_path = stem.parent / f"{stem.name}.state.npz"
-            if state is not None and state_path.exists():
-                saved = _load_state(state, state_path)
-                if saved is not None and saved <= set(keys):
-                    held = saved
-                else:  # damaged, or saved for other samples: start the statistics afresh
-                    state = probe.state(cfg, ctx)
-            stateful = [state is not None and any(isinstance(r, Stats) or getattr(r, "stats", False) for r in reqs)
-                        for reqs in work]
-            todo = [i for i, k in enumerate(keys) if k not in cache or (stateful[i] and k not in held)]
-            tok = loaded.tokenizer
-            engine = Engine(loaded.model, stop_ids=stop_ids(tok) if tok is not None else frozenset(),
-                            decode=tok.decode if tok is not None else None, batch_size=opts.batch_size,
-                            stats=state.stats if state is not None else None)
-            bar = progress_bar(sum(len(work[i]) for i in todo), label, opts.progress)
-            arrays_dir = out / "arrays"
+    models, records, extra, per_model = [], [], {}, {}
+    started_all = time.perf_counter()
+    prompts_rows: list[dict] = []
+    for label, spec in zip(labels, specs):
+        loaded = load(spec, device=opts.device, dtype=opts.dtype, backend=opts.backend, allow_pickle=opts.allow_pickle,
+                      length=_longest(params), allow_beyond_memory=opts.allow_beyond_memory)
+        ctx = model_context(label, loaded, opts)
+        samples = probe.generate(cfg, ctx)
+        ids = [s.id for s in samples]
+        assert len(set(ids)) == len(ids), f"{probe.name}: sample ids repeat"
+        work = [probe.requests(cfg, s, ctx) for s in samples]
+        fp = {**loaded.info.fingerprint(), "device": torch.device(opts.device).type}
+        keys = [content_key(fp, identity, s.id, [fingerprint(r) for r in reqs]) for s, reqs in zip(samples, work)]
+        stem = out / ".resume" / safe_name(label)  # labels may hold dots (Llama-3.1-8B): no with_suffix
+        cache = ResumeCache(stem.parent / f"{stem.name}.jsonl")
+        state = probe.state(cfg, ctx) if probe.state else None
+        held: set[str] = set()
+        state_path = stem.parent / f"{stem.name}.state.npz"
+        if state is not None and state_path.exists():
+            saved = _load_state(state, state_path)
+            if saved is not None and saved <= set(keys):
+                held = saved
+            else:  # damaged, or saved for other samples: start the statistics afresh
+                state = probe.state(cfg, ctx)
+        stateful = [state is not None and any(isinstance(r, Stats) or getattr(r, "stats", False) for r in reqs)
+                    for reqs in work]
+        todo = [i for i, k in enumerate(keys) if k not in cache or (stateful[i] and k not in held)]
+        tok = loaded.tokenizer
+        engine = Engine(loaded.model, stop_ids=stop_ids(tok) if tok is not None else frozenset(),
+                        decode=tok.decode if tok is not None else None, batch_size=opts.batch_size,
+                        stats=state.stats if state is not None else None)
+        bar = progress_bar(sum(len(work[i]) for i in todo), label, opts.progress)
+        arrays_dir = out / "arrays"
 
-            def done(t: int, outputs: list) -> None:
-                i = todo[t]
-                scored = probe.score(cfg, samples[i], outputs, ctx)
-                if not isinstance(scored, Scored):
-                    scored = Scored(scored)
-                for suffix, arrays in scored.arrays.items():
-                    _save_npz(arrays_dir / f"{safe_name(label)}__{samples[i].id}{suffix}.npz", arrays)
-                cache.put(keys[i], scored.record)
-                if stateful[i]:
-                    held.add(keys[i])
-                    state.save(state_path, sorted(held))
+        def done(t: int, outputs: list) -> None:
+            i = todo[t]
+            scored = probe.score(cfg, samples[i], outputs, ctx)
+            if not isinstance(scored, Scored):
+                scored = Scored(scored)
+            for suffix, arrays in scored.arrays.items():
+                _save_npz(arrays_dir / f"{safe_name(label)}__{samples[i].id}{suffix}.npz", arrays)
+            cache.put(keys[i], scored.record)
+            if stateful[i]:
+                held.add(keys[i])
+                state.save(state_path, sorted(held))
 
-            started = time.perf_counter()
-            try:
-                engine.run([work[i] for i in todo], done, on_request=lambda: bar.update(1))
-            finally:
-                bar.close()
-                cache.close()
-            wall = time.perf_counter() - started
-            for s, k in zip(samples, keys):
-                records.append({"model": label, **cache.get(k)})
-            if state is not None:
-                extra[label] = state.finalise()
-            if opts.save_prompts and tok is not None:
-                prompts_rows.extend(_prompt_rows(label, samples, work, tok))
-            per_model[label] = _timing(engine.counters, wall, len(samples), len(samples) - len(todo), opts.device)
-            models.append({**model_record(label, loaded, opts), **({"notes": ctx.notes} if ctx.notes else {})})
-            del loaded, engine
-        cells, metrics = probe.aggregate(cfg, records, models, extra)
-        artifacts: dict[str, Any] = {"samples": "samples.jsonl", "figures": []}
-        write_jsonl(out / "samples.jsonl", records)
-        if prompts_rows:
-            write_jsonl(out / "prompts.jsonl", prompts_rows)
-            artifacts["prompts"] = "prompts.jsonl"
-        if arrays_dir.exists():
-            artifacts["arrays"] = sorted(f"arrays/{p.name}" for p in arrays_dir.glob("*.npz"))
-        results = {
-            "schema_version": SCHEMA_VERSION,
-            "probe": probe.name,
-            "task": task_rec,
-            "method": probe.method,
-            "run": opts.settings(),
-            "data": data,
-            "models": models,
-            "cell_keys": ["model", *probe.cell_keys],
-            "metrics": metrics,
-            "cells": cells,
-            "timing": {"world_size": 1, "wall_seconds": round(time.perf_counter() - started_all, 3), "models": per_model},
-            "provenance": provenance(params.get("seed"), opts.device),
-            "artifacts": artifacts,
-        }
-        write_json(out / "results.json", results)
-        from diffeval.plotting.style import styled
+        started = time.perf_counter()
+        try:
+            engine.run([work[i] for i in todo], done, on_request=lambda: bar.update(1))
+        finally:
+            bar.close()
+            cache.close()
+        wall = time.perf_counter() - started
+        for s, k in zip(samples, keys):
+            records.append({"model": label, **cache.get(k)})
+        if state is not None:
+            extra[label] = state.finalise()
+        if opts.save_prompts and tok is not None:
+            prompts_rows.extend(_prompt_rows(label, samples, work, tok))
+        per_model[label] = _timing(engine.counters, wall, len(samples), len(samples) - len(todo), opts.device)
+        models.append({**model_record(label, loaded, opts), **({"notes": ctx.notes} if ctx.notes else {})})
+        del loaded, engine
+    cells, metrics = probe.aggregate(cfg, records, models, extra)
+    artifacts: dict[str, Any] = {"samples": "samples.jsonl", "figures": []}
+    write_jsonl(out / "samples.jsonl", records)
+    if prompts_rows:
+        write_jsonl(out / "prompts.jsonl", prompts_rows)
+        artifacts["prompts"] = "prompts.jsonl"
+    if arrays_dir.exists():
+        artifacts["arrays"] = sorted(f"arrays/{p.name}" for p in arrays_dir.glob("*.npz"))
+    results = {
+        "schema_version": SCHEMA_VERSION,
+        "probe": probe.name,
+        "task": task_rec,
+        "method": probe.method,
+        "run": opts.settings(),
+        "data": data,
+        "models": models,
+        "cell_keys": ["model", *probe.cell_keys],
+        "metrics": metrics,
+        "cells": cells,
+        "timing": {"world_size": 1, "wall_seconds": round(time.perf_counter() - started_all, 3), "models": per_model},
+        "provenance": provenance(params.get("seed"), opts.device),
+        "artifacts": artifacts,
+    }
+    write_json(out / "results.json", results)
+    from diffeval.plotting.style import styled
 
-        with styled():
-            results["artifacts"]["figures"] = [p.name for p in probe.figures(out)]
-        write_json(out / "results.json", results)
-        return results
+    with styled():
+        results["artifacts"]["figures"] = [p.name for p in probe.figures(out)]
+    write_json(out / "results.json", results)
+    return results
 
 
 def _longest(params: dict[str, Any]) -> Optional[int]:
