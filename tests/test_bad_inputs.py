@@ -160,6 +160,10 @@ CASES = [
     ("ckpt-nan-weight", ["info", "--ckpt", "{t}/ck"], _bad_ckpt(_nan_weights), "non-finite"),
     ("ckpt-logits-overflow-fp16", ["needle", "--dtype", "float16", "--len", "256", "--depths", "50", "--samples", "1",
                                    "--ckpt", "{t}/ck", "--out", "{out}"], _bad_ckpt(_overflowing_head), "non-finite logits"),
+    ("ckpt-hf-fields-of-wrong-type", ["info", "--ckpt", "{t}/ck"],
+     _bad_ckpt(lambda p: (p / "config.json").write_text(json.dumps(
+         {"architectures": ["LlamaForCausalLM"], "hidden_size": "abc", "num_attention_heads": 4, "vocab_size": 259,
+          "num_hidden_layers": 2.5, "intermediate_size": 96}))), "hidden_size ('abc'), num_hidden_layers (2.5)"),
     ("ckpt-tokenizer-config-list", ["info", "--ckpt", "{t}/ck"], _bad_ckpt(lambda p: (p / "tokenizer_config.json").write_text("[1, 2]"), zoo=True), "tokenizer_config.json"),
     ("ckpt-tokenizer-config-not-utf8", ["info", "--ckpt", "{t}/ck"], _bad_ckpt(lambda p: (p / "tokenizer_config.json").write_bytes(b"\xff\xff"), zoo=True), "tokenizer_config.json"),
     ("ckpt-tokenizer-beyond-vocab", ["info", "--ckpt", "{t}/ck"], _bad_ckpt(_big_tokenizer), "vocab_size"),

@@ -93,8 +93,24 @@ def _require(raw: dict[str, Any], key: str, path: Path) -> Any:
     return raw[key]
 
 
+_INT_FIELDS = ("num_attention_heads", "num_key_value_heads", "hidden_size", "head_dim", "vocab_size",
+               "num_hidden_layers", "intermediate_size", "max_position_embeddings", "sliding_window")
+
+
+def _check_types(raw: dict[str, Any], path: Path) -> None:
+    """Every integer field an integer and rms_norm_eps a number, all wrong ones named at once."""
+    bad = [f"{k} ({shown(raw[k], 24)})" for k in _INT_FIELDS
+           if raw.get(k) is not None and (isinstance(raw[k], bool) or not isinstance(raw[k], int) or raw[k] < 1)]
+    eps = raw.get("rms_norm_eps", 1e-6)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        bad.append(f"rms_norm_eps ({shown(eps, 24)})")
+    if bad:
+        raise CheckpointError(f"{path}: {', '.join(bad)}: must be positive integers (rms_norm_eps a number)")
+
+
 def config_from(raw: dict[str, Any], path: Path) -> ModelConfig:
     arch = architecture(raw, path)
+    _check_types(raw, path)
     kind = ARCHITECTURES[arch]
     act = raw.get("hidden_act", "silu")
     if act != "silu":
