@@ -370,3 +370,18 @@ def test_an_unlistable_checkpoint_folder_is_a_permission_error(ck, capsys, monke
     assert run_cli(["info", "--ckpt", ck]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith("permission denied (cannot list the checkpoint directory)") and "No such" not in err
+
+
+def test_a_damaged_statistics_state_is_recomputed_with_one_warning(ck, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["outliers", "--tokens", "500", "--len", "128", "--quant-bits", "16,4", "--ckpt", ck, "--out", str(out)]
+    assert run_cli(argv) == 0
+    first = json.loads((out / "results.json").read_text())
+    state = out / ".resume" / "transformer.state.npz"
+    state.write_bytes(state.read_bytes()[:100])  # cut by a kill
+    capsys.readouterr()
+    assert run_cli(argv) == 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("diffeval:")]
+    assert len(err) == 1 and "transformer.state.npz: damaged" in err[0], err
+    again = json.loads((out / "results.json").read_text())
+    assert again["metrics"] == first["metrics"] and again["cells"] == first["cells"]
