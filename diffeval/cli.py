@@ -3,10 +3,14 @@ exit codes (bad input 2 with one line on stderr, Ctrl-C 130)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import sys
 from typing import Optional
 
 import typer
+from typer.core import TyperCommand
 
 from diffeval.commands.attn_map import attn_map
 from diffeval.commands.check import check
@@ -21,7 +25,7 @@ from diffeval.commands.outliers import outliers
 from diffeval.commands.run import run_task
 from diffeval.commands.train import train, zoo
 from diffeval.dist import PeerFailed, rank_tag
-from diffeval.errors import DiffevalError
+from diffeval.errors import DiffevalError, Interrupted, shorten
 
 app = typer.Typer(
     name="diffeval",
@@ -29,6 +33,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: values like 0:100:5 stay text (rich would draw an emoji)
+    context_settings={"max_content_width": 120},
 )
 
 
@@ -50,8 +56,67 @@ def root(
 COMMANDS = {"info": info, "zoo": zoo, "train": train, "needle": needle, "attn-map": attn_map,
             "outliers": outliers, "nll": nll, "icl": icl, "halluc": halluc,
             "run": run_task, "check": check, "compare": compare, "figures": figures}
+def _metavars(fn):
+    """Help shows a word for each option's value (`--len LEN`, `--samples INT`) and nothing for
+    flags, instead of typer's Python types (`<list[str]>`, `<bool>`)."""
+    import inspect
+    import typing
+
+    from typer.models import OptionInfo
+
+    hints = {**typing.get_type_hints(inspect.unwrap(fn)),
+             **{k: v for k, v in fn.__annotations__.items() if not isinstance(v, str)}}
+    for param in inspect.signature(fn).parameters.values():
+        info = param.default
+        if isinstance(info, OptionInfo) and info.metavar is None:
+            kind = hints.get(param.name)
+            name = (info.param_decls or ("--" + param.name,))[0].lstrip("-").split("/")[0]
+            info.metavar = ("" if kind is bool else "INT" if kind in (int, Optional[int]) else
+                            "NUM" if kind in (float, Optional[float]) else name.upper().replace("-", "_"))
+    return fn
+
+
+# Shown under each command's help. The first line of each runs as written on the shipped
+# zoo models (no download, no --ckpt).
+EXAMPLES = {
+    "info": ["diffeval info --ckpt zoo:diff-tiny", "diffeval info --ckpt path/to/hf-dir --json"],
+    "zoo": ["diffeval zoo"],
+    "train": ["diffeval train --recipe diffeval/train/recipes/transformer-tiny.yaml --out runs/my-tiny --max-minutes 5"],
+    "needle": ["diffeval needle  # the zoo models: 256, 512, 1K tokens x 5 depths, under a minute",
+               "diffeval needle --depths 0:100:11 --samples 20  # 11 depths 0, 10, ..., 100",
+               "diffeval needle --ckpt path/to/model --len 4k,8k,16k --needles 4 --queries 2"],
+    "attn-map": ["diffeval attn-map --depths 0,50,100 --samples 2",
+                 "diffeval attn-map --ckpt path/to/model --len 8k --layers 0,-1 --heads all"],
+    "outliers": ["diffeval outliers --tokens 8k", "diffeval outliers --ckpt path/to/model --data corpus/ --tokens all"],
+    "nll": ["diffeval nll --docs 4", "diffeval nll --ckpt path/to/model --data books/ --len 32k --docs 20"],
+    "icl": ["diffeval icl --shots 1,4,16 --test 30", "diffeval icl --ckpt path/to/model --data synthetic-77 --len 4k,16k"],
+    "halluc": ["diffeval halluc --samples 5", "diffeval halluc --ckpt path/to/instruct --data qa.jsonl --prompt-format chat"],
+    "run": ["diffeval run tasks/outliers-paper.yaml --out runs/outliers",
+            "diffeval run tasks/needle-paper-4k.yaml --ckpt path/to/model --samples 10"],
+    "check": ["diffeval check tasks/ci/suite.yaml --junit ci.xml"],
+    "compare": ["diffeval compare runs/needle-a runs/needle-b --out report/"],
+    "figures": ["diffeval figures plots/paper.yaml --results runs/ --out figures/"],
+}
+
+
+class _Command(TyperCommand):
+    """Plain help with the arguments' value names as given (typer appends Python types such as
+    `<list[str]>` and wraps required arguments in braces)."""
+
+    def format_help(self, ctx, formatter) -> None:
+        import re
+
+        super().format_help(ctx, formatter)
+        formatter.buffer[:] = [re.sub(r"\{([^{}\s]+)\}", r"\1", re.sub(r" <[\w\[\], |]+>", "", part))
+                               for part in formatter.buffer]
+
+
+def _epilog(name: str) -> str:
+    return "Examples:\n\n" + "\n\n".join(f"  {line}" for line in EXAMPLES[name])
+
+
 for _name, _fn in COMMANDS.items():
-    app.command(_name)(_fn)
+    app.command(_name, epilog=_epilog(_name), cls=_Command)(_metavars(_fn))
 
 
 def _parser_errors() -> tuple[type, ...]:
@@ -97,42 +162,104 @@ def _given(exc, args: list[str]) -> str:
     return ""
 
 
+def _resume_command(args: list[str], out) -> str:
+    """The command line that resumes an interrupted run: the same one, with --out OUT."""
+    import shlex
+
+    given = any(a == "--out" or a.startswith("--out=") for a in args)
+    return shlex.join(["diffeval", *args, *([] if given else ["--out", str(out)])])
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _warnings_to_stderr() -> None:
+    """Library warnings (damaged resume records, ...) as one 'diffeval: warning:' line each."""
+    import logging
+
+    class ToStderr(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            print(self.format(record), file=sys.stderr)  # the stderr of now, not of the first call
+
+    logger = logging.getLogger("diffeval")
+    if not logger.handlers:
+        handler = ToStderr()
+        handler.setFormatter(logging.Formatter("diffeval: warning: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: bad input -> one line on stderr and exit 2; Ctrl-C -> exit 130."""
     args = sys.argv[1:] if argv is None else list(argv)
     if not args:
         app(args=["--help"], standalone_mode=False)
         return
+    _warnings_to_stderr()
+    if not _isatty(sys.stdout):  # piped: help and tables are not cut at 80 columns
+        os.environ.setdefault("COLUMNS", "160")
+    # Figures are drawn on Agg canvases, never on a GUI: a MPLBACKEND the environment sets for
+    # other tools (or a misspelt one, which matplotlib refuses at import) must not matter here.
+    os.environ["MPLBACKEND"] = "agg"
     exits, aborts = _exit_classes()
     rc = 0
     try:
         rc = app(args=args, standalone_mode=False)
+        sys.stdout.flush()
     except exits as exc:
         sys.exit(exc.exit_code)
     except aborts:
         rc = 130
     except _parser_errors() as exc:
         hint = f" (see diffeval {args[0]} --help)" if args[0] in COMMANDS else " (see diffeval --help)"
-        print(f"diffeval: error: {_one_line(exc.format_message())}{_given(exc, args)}{hint}", file=sys.stderr)
-        sys.exit(2)
+        _fail(f"{_one_line(exc.format_message())}{_given(exc, args)}{hint}")
     except DiffevalError as exc:
-        print(f"diffeval: error{rank_tag()}: {_one_line(exc)}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        _fail(_one_line(exc), exc.exit_code)
+    except Interrupted as exc:
+        print(f"diffeval: interrupted{rank_tag()}; finished work is kept in {exc.out}; resume with: "
+              f"{_resume_command(args, exc.out)}", file=sys.stderr)
+        sys.exit(130)
     except KeyboardInterrupt:
         rc = 130
     except PeerFailed as exc:  # not this rank's failure: one line, no traceback
         print(f"diffeval: stopped{rank_tag()}: {_one_line(exc)}", file=sys.stderr)
         sys.exit(1)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EPIPE, errno.EIO, errno.EROFS):
+            _name_rank(exc)
+            raise
+        _fail(f"cannot write to standard output ({exc.strerror})")
     except Exception as exc:  # a bug, or a failed file or device: keep the traceback, name the rank
-        if rank_tag():
-            print(f"diffeval: failed{rank_tag()}: {type(exc).__name__}: {_one_line(exc)}; finished samples "
-                  "are kept (rerun the same command to resume)", file=sys.stderr)
+        _name_rank(exc)
         raise
     if rc == 130:
         print(f"diffeval: interrupted{rank_tag()}; finished work is kept (rerun the same command to resume)",
               file=sys.stderr)
     if isinstance(rc, int) and rc:
         sys.exit(rc)
+
+
+def _name_rank(exc: BaseException) -> None:
+    """Under torchrun, say which rank failed before the traceback."""
+    if rank_tag():
+        print(f"diffeval: failed{rank_tag()}: {type(exc).__name__}: {_one_line(exc)}; finished samples "
+              "are kept (rerun the same command to resume)", file=sys.stderr)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    """One error line on stderr, and stdout detached so that no failing flush follows at exit."""
+    print(f"diffeval: error{rank_tag()}: {shorten(message)}", file=sys.stderr)
+    try:
+        sys.stdout.flush()
+    except OSError:  # stdout itself is what failed (a full device, a closed pipe)
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(code)
 
 
 if __name__ == "__main__":

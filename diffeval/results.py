@@ -6,12 +6,20 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import logging
+import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Iterable, Optional
+
+from diffeval.errors import UsageError
+
+log = logging.getLogger("diffeval")
 
 SCHEMA_VERSION = 2
 SCHEMA_FILE = Path(__file__).with_name("results.schema.json")
@@ -25,23 +33,163 @@ def default_out(probe: str) -> Path:
     return Path("runs") / f"{probe}-{utc_stamp()}"
 
 
+@contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary path beside `path` to write; rename it over `path` on success,
+    remove it on any failure. A write that fails for the file system's reasons (no space,
+    no permission, read-only) is one UsageError naming the file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    finally:
+        with suppress(OSError):
+            tmp.unlink()
+
+
+RUN_FILES = ("results.json", "samples.jsonl", "prompts.jsonl")
+
+
+def run_identity(probe: str, params: dict, run: dict, specs: list[str]) -> dict[str, Any]:
+    """What a run folder's results are results of: the probe, its parameters, the run settings
+    and the checkpoints (as JSON would read them back)."""
+    return json.loads(json.dumps({"probe": probe, "params": params, "run": run, "models": list(specs)},
+                                 default=_json_default))
+
+
+IDENTITY_WORDS = {"probe": "probe", "params": "parameters", "run": "run settings", "models": "models"}
+
+
+def _identity_of(results: dict) -> dict[str, Any]:
+    return {"probe": results.get("probe"), "params": (results.get("task") or {}).get("params"),
+            "run": results.get("run"), "models": [m.get("spec") for m in results.get("models") or []
+                                                   if isinstance(m, dict)]}
+
+
+@contextmanager
+def claimed_out(out: Path, identity: dict[str, Any], overwrite: bool = False, flag: str = "--out"):
+    """Claim the run folder `out` before any model is loaded: it must be a folder this process
+    can create and write; it must not hold another run's results (another probe, parameters,
+    run settings or models) unless `overwrite`, which removes those files; and no other
+    diffeval run may be writing into it (a lock, released on exit). An empty `identity` (a
+    training run) skips the results check. On failure, temporary files
+    are removed, and so are the folder and parents this call created when nothing was kept."""
+    import fcntl
+
+    out = Path(out)
+    where = f"{flag} {out}"
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{where}: exists and is not a folder")
+    results = out / "results.json"
+    if identity and results.exists():
+        try:
+            old = _identity_of(json.loads(results.read_text(encoding="utf-8")))
+        except (OSError, ValueError, AttributeError):
+            old = None
+        if old != identity and not overwrite:
+            what = ("a results.json diffeval cannot read" if old is None else
+                    "results of another run (its " + ", ".join(IDENTITY_WORDS.get(k, k) for k in identity
+                                                              if old.get(k) != identity[k]) + " differ)")
+            raise UsageError(f"{where}: holds {what}; pass --overwrite to replace them, or choose another {flag}")
+    created = [p for p in (out, *out.parents) if not p.exists()]
+    lock = None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if shutil.disk_usage(out).free < MIN_FREE:
+            raise UsageError(f"{where}: no space left on the device ({shutil.disk_usage(out).free:,} bytes free)")
+        lock = open(out / ".lock", "a+", encoding="utf-8")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            lock.close()
+            lock = None
+            raise UsageError(f"{where}: another diffeval run (pid {holder[:20]}) is writing into it; "
+                             f"wait for it to finish or choose another {flag}") from None
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+    except OSError as exc:
+        _release(lock, out, created)
+        raise UsageError(f"{where}: cannot write there ({exc.strerror or exc})") from None
+    except BaseException:
+        _release(lock, out, created)
+        raise
+    if identity and results.exists() and overwrite:
+        _remove_run_files(out)
+    try:
+        yield out
+    except BaseException:
+        for tmp in out.rglob("*.tmp"):
+            with suppress(OSError):
+                tmp.unlink()
+        _release(lock, out, created)
+        raise
+    _release(lock, out, [])
+
+
+MIN_FREE = 1 << 20  # bytes: below this a run could not even write its results
+
+
+def _release(lock, out: Path, created: list[Path]) -> None:
+    """Unlock `out` and remove the lock file; remove the folders in `created` left empty."""
+    if lock is not None:
+        with suppress(OSError):
+            (out / ".lock").unlink()
+        lock.close()
+    for folder in created:
+        with suppress(OSError):
+            folder.rmdir()  # only when empty
+
+
+def _remove_run_files(out: Path) -> None:
+    """The files of the run that --overwrite replaces (the resume cache is keyed by content and
+    stays: it can never feed stale outputs)."""
+    try:
+        figures = json.loads((out / "results.json").read_text(encoding="utf-8"))["artifacts"]["figures"]
+    except (OSError, ValueError, KeyError, TypeError):
+        figures = []
+    for name in [*RUN_FILES, *(f for f in figures if isinstance(f, str))]:
+        target = out / name
+        if target.parent == out and target.is_file():
+            target.unlink()
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write text to a temporary file beside `path`, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def write_json(path: Path, data: Any) -> None:
-    write_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """Strict JSON (no NaN or Infinity: a number that is not finite is written as null)."""
+    write_atomic(path, json.dumps(finite(data), indent=2, sort_keys=False, default=_json_default,
+                                  allow_nan=False) + "\n")
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    write_atomic(path, "".join(json.dumps(r, default=_json_default) + "\n" for r in rows))
+    write_atomic(path, "".join(json.dumps(finite(r), default=_json_default, allow_nan=False) + "\n" for r in rows))
+
+
+def finite(obj: Any) -> Any:
+    """`obj` with every float that is NaN or infinite replaced by None (JSON null)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
+        return finite(obj.tolist())
+    return obj
 
 
 def _json_default(obj: Any) -> Any:
@@ -109,20 +257,34 @@ def content_key(*parts: Any) -> str:
 
 class ResumeCache:
     """Append-only JSONL of finished samples, keyed by content. Each line is flushed and
-    fsynced as it is written, so an interrupted run keeps every finished sample."""
+    fsynced as it is written, so an interrupted run keeps every finished sample. Damaged lines
+    (cut by a kill, not JSON, not UTF-8, a record without the sample fields) are skipped with
+    one warning and their samples recomputed."""
+
+    REQUIRED = ("id", "n_tokens", "prediction", "score")  # the sample fields of the results schema
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.done: dict[str, dict] = {}
-        if path.exists():
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # a line cut by a crash mid-write: that sample is redone
-                    self.done[row["key"]] = row["value"]
+        self.skipped = 0
         self._f = None
+        if path.is_dir():
+            raise UsageError(f"{path}: the resume file is a directory; move it away and rerun "
+                             "(its samples are recomputed)")
+        try:
+            data = path.read_bytes() if path.exists() else b""
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot read the resume file ({exc.strerror or exc}); move it away "
+                             "and rerun (its samples are recomputed)") from None
+        self._cut = bool(data) and not data.endswith(b"\n")
+        for line in data.splitlines():
+            row = _record(line)
+            if row is None or not all(k in row[1] for k in self.REQUIRED):
+                self.skipped += line.strip() != b""
+                continue
+            self.done[row[0]] = row[1]
+        if self.skipped:
+            log.warning("%s: %d damaged record(s) skipped; their samples are recomputed", path, self.skipped)
 
     def __contains__(self, key: str) -> bool:
         return key in self.done
@@ -131,18 +293,35 @@ class ResumeCache:
         return self.done[key]
 
     def put(self, key: str, value: dict) -> None:
-        if self._f is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._f = open(self.path, "a", encoding="utf-8")
-        self._f.write(json.dumps({"key": key, "value": value}, default=_json_default) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        try:
+            if self._f is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._f = open(self.path, "a", encoding="utf-8")
+                if self._cut:  # a line cut by a crash: end it so the next record starts clean
+                    self._f.write("\n")
+            self._f.write(json.dumps({"key": key, "value": value}, default=_json_default) + "\n")
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError as exc:
+            raise UsageError(f"{self.path}: cannot write ({exc.strerror or exc})") from None
         self.done[key] = value
 
     def close(self) -> None:
         if self._f is not None:
-            self._f.close()
+            with suppress(OSError):
+                self._f.close()
             self._f = None
+
+
+def _record(line: bytes) -> Optional[tuple[str, dict]]:
+    """(key, value) of one resume line, or None when the line is damaged."""
+    try:
+        row = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(row, dict) or not isinstance(row.get("key"), str) or not isinstance(row.get("value"), dict):
+        return None
+    return row["key"], row["value"]
 
 
 def peak_memory_mb(device: str) -> dict[str, float]:

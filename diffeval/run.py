@@ -24,9 +24,12 @@ from diffeval.errors import ConfigError, UsageError
 from diffeval.probes.base import ModelContext, Probe, Scored
 from diffeval.results import (
     SCHEMA_VERSION,
+    atomic_path,
+    claimed_out,
     content_key,
     peak_memory_mb,
     provenance,
+    run_identity,
     safe_name,
     write_json,
     write_jsonl,
@@ -50,6 +53,8 @@ class RunOptions:
     prompt_format: str = "plain"  # plain | chat
     decode: str = "default"  # default | ruler
     save_prompts: bool = False
+    overwrite: bool = False  # replace another run's results in the output folder
+    allow_beyond_memory: bool = False  # load a model (and KV cache) larger than the device's memory
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -129,8 +134,21 @@ def model_context(label: str, loaded, opts: RunOptions) -> ModelContext:
 
 def run_probe(probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions,
               task: Optional[TaskInfo] = None) -> dict[str, Any]:
-    """Run `probe` with config `cfg` on every checkpoint; write the run folder `out`.
+    """Run `probe` with config `cfg` on every checkpoint; write the run folder `out`, claimed
+    (checked writable, locked, not another run's) before any model loads.
     Returns the results dict (as written to results.json)."""
+    from diffeval.dist import is_main
+
+    specs = default_specs(list(specs))
+    if not is_main():  # under torchrun, rank 0 claims and locks the folder for the whole job
+        return _run_probe(probe, cfg, specs, Path(out), opts, task)
+    run_id = run_identity(probe.name, cfg.to_dict(), opts.settings(), specs)
+    with claimed_out(Path(out), run_id, opts.overwrite) as claimed:
+        return _run_probe(probe, cfg, specs, claimed, opts, task)
+
+
+def _run_probe(probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions,
+               task: Optional[TaskInfo]) -> dict[str, Any]:
     from diffeval.checkpoints import load
     from diffeval.dist import World
     from diffeval.engine import Engine, Stats, fingerprint
@@ -146,7 +164,6 @@ def run_probe(probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions,
     batched = (("batch_size", opts.batch_size),) if opts.batch_size > 1 else ()  # batched rows may round apart
     identity = content_key(probe.name, probe.version, data, opts.prompt_format, opts.decode, *batched,
                            {k: v for k, v in params.items() if k not in probe.grid_params})
-    out = Path(out)  # created by the first write: bad input leaves nothing behind
     world = World.join(opts.device)  # torchrun: this rank's share of the samples (diffeval/dist.py)
     models, records, extra, per_model = [], [], {}, {}
     hashed: dict[str, str] = {}  # label -> "read" | "cache": how the weights' sha256 was had
@@ -156,7 +173,8 @@ def run_probe(probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions,
     warming = None  # matplotlib imported in the background while the first model runs
     for label, spec in zip(labels, specs):
         clock = _Clock()
-        loaded = load(spec, device=opts.device, dtype=opts.dtype, backend=opts.backend, allow_pickle=opts.allow_pickle)
+        loaded = load(spec, device=opts.device, dtype=opts.dtype, backend=opts.backend, allow_pickle=opts.allow_pickle,
+                      length=_longest(params), allow_beyond_memory=opts.allow_beyond_memory)
         clock.lap("load")
         hashed[label] = loaded.info.sha256_from
         ctx = model_context(label, loaded, opts)
@@ -172,10 +190,10 @@ def run_probe(probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions,
         held: set[str] = set()
         state_path = stem.parent / f"{stem.name}.state.npz"
         if state is not None and state_path.exists():
-            saved = set(state.load(state_path))
-            if saved <= set(keys):
+            saved = _load_state(state, state_path)
+            if saved is not None and saved <= set(keys):
                 held = saved
-            else:  # saved for other samples: start the statistics afresh
+            else:  # damaged, or saved for other samples: start the statistics afresh
                 state = probe.state(cfg, ctx)
         stateful = [state is not None and any(isinstance(r, Stats) or getattr(r, "stats", False) for r in reqs)
                     for reqs in work]
@@ -298,11 +316,31 @@ def _finish_timing(timing: dict, started: float, clock: _Clock, phase: str) -> N
     timing["wall_seconds"] = round(time.perf_counter() - started, 3)
 
 
+def _longest(params: dict[str, Any]) -> Optional[int]:
+    """The longest prompt or sequence a probe's parameters ask for (None when they name none)."""
+    values: list[int] = []
+    for key in ("lengths", "length", "seq_len"):
+        value = params.get(key)
+        values.extend(v for v in (value if isinstance(value, (list, tuple)) else [value]) if isinstance(v, int))
+    return max(values, default=None)
+
+
+def _load_state(state, path: Path) -> Optional[set[str]]:
+    """The sample keys a saved probe state covers, or None (one warning) when the file is damaged."""
+    import logging
+    import zipfile
+
+    try:
+        return set(state.load(path))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        logging.getLogger("diffeval").warning("%s: damaged (%s); its statistics are recomputed",
+                                              path, type(exc).__name__)
+        return None
+
+
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: numpy adds no suffix
+        np.savez_compressed(f, **arrays)
 
 
 def _timing(c, wall: float, n_samples: int, resumed: int, device: str, phases: dict[str, float]) -> dict[str, Any]:

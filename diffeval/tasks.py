@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diffeval.errors import DiffevalError, UsageError
+from diffeval.errors import DiffevalError, UsageError, shown
 
 TOP_KEYS = {"name", "probe", "version", "description", "params", "grid"}
 
@@ -81,14 +81,14 @@ def load_task(path: str | Path) -> Task:
     raw = read_yaml_mapping(path, "task")
     unknown = sorted(set(raw) - TOP_KEYS)
     if unknown:
-        raise UsageError(f"{path}: unknown key {unknown[0]!r}; valid: {', '.join(sorted(TOP_KEYS))}")
-    for key in ("name", "probe", "version"):
-        if key not in raw:
-            raise UsageError(f"{path}: missing key {key!r}")
+        raise UsageError(f"{path}: unknown key(s) {', '.join(map(repr, unknown))}; valid: {', '.join(sorted(TOP_KEYS))}")
+    missing = [key for key in ("name", "probe", "version") if key not in raw]
+    if missing:
+        raise UsageError(f"{path}: missing key(s) {', '.join(map(repr, missing))}")
     if raw["probe"] not in PROBES:
-        raise UsageError(f"{path}: unknown probe {raw['probe']!r}; valid: {', '.join(PROBES)}")
+        raise UsageError(f"{path}: unknown probe {shown(raw['probe'])}; valid: {', '.join(PROBES)}")
     if not isinstance(raw["version"], int) or isinstance(raw["version"], bool):
-        raise UsageError(f"{path}: version must be an integer, not {raw['version']!r}")
+        raise UsageError(f"{path}: version must be an integer, not {shown(raw['version'])}")
     params = raw.get("params") or {}
     grid = raw.get("grid") or []
     if not isinstance(params, dict):

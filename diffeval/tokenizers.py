@@ -28,6 +28,7 @@ class ByteTokenizer:
     bos_id: Optional[int] = 256
     eos_id: Optional[int] = 257
     pad_id = 258
+    max_id = 258
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
@@ -49,23 +50,28 @@ class HFTokenizer:
     """A `tokenizer.json` (Hugging Face `tokenizers` format). encode() adds no special
     tokens; `bos_id` is set when the checkpoint asks for a BOS token at the start."""
 
-    def __init__(self, path: Path, config: Optional[dict] = None, eos_ids: tuple[int, ...] = ()) -> None:
+    def __init__(self, path: Path, config: Optional[dict] = None, eos_ids: tuple[int, ...] = (),
+                 chat_template: Optional[str] = None) -> None:
         from tokenizers import Tokenizer as _Tok
 
         self.path = Path(path)
         try:
-            self._tok = _Tok.from_file(str(self.path))
+            # from the text, not the path: a path that is not UTF-8 (C locale) is still readable here
+            self._tok = _Tok.from_str(self.path.read_bytes().decode("utf-8"))
         except Exception as exc:  # tokenizers raises a bare Exception subclass on bad JSON
-            raise TokenizerError(f"{self.path}: cannot read tokenizer: {str(exc).splitlines()[0]}") from None
+            lines = str(exc).splitlines() or [type(exc).__name__]
+            raise TokenizerError(f"{self.path}: cannot read tokenizer: {lines[0]}") from None
         self.name = f"tokenizer.json ({self.path.parent.name})"
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        vocab = self._tok.get_vocab(with_added_tokens=True)
+        self.max_id = max(vocab.values()) if vocab else -1  # ids need not be dense
         cfg = config or {}
         bos = _token_id(self._tok, cfg.get("bos_token"))
         self.bos_id = bos if cfg.get("add_bos_token", bos is not None) else None
         eos = _token_id(self._tok, cfg.get("eos_token"))
         self.eos_id = eos if eos is not None else (eos_ids[0] if eos_ids else None)
         self.stop_ids = frozenset(i for i in (*eos_ids, eos) if i is not None)
-        self.chat_template = _chat_template(cfg, self.path.parent)
+        self.chat_template = chat_template if chat_template and chat_template.strip() else _chat_template(cfg)
         self.special_tokens = {k: _token_text(cfg.get(k)) for k in ("eos_token", "pad_token", "unk_token")
                                if _token_text(cfg.get(k))}
 
@@ -82,12 +88,9 @@ def _token_text(value) -> Optional[str]:
     return value if isinstance(value, str) else None
 
 
-def _chat_template(cfg: dict, directory: Path) -> Optional[str]:
-    """The checkpoint's chat template: chat_template.jinja, else tokenizer_config.json's
-    'chat_template' (a string, or a list of named templates: the one named 'default')."""
-    path = directory / "chat_template.jinja"
-    if path.is_file():
-        return path.read_text(encoding="utf-8")
+def _chat_template(cfg: dict) -> Optional[str]:
+    """tokenizer_config.json's 'chat_template' (a string, or a list of named templates: the
+    one named 'default'); chat_template.jinja, when present, is passed in and wins."""
     value = cfg.get("chat_template")
     if isinstance(value, list):
         named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
@@ -100,14 +103,13 @@ def load_tokenizer(directory: Path, eos_ids: tuple[int, ...] = ()) -> Optional[H
     path = Path(directory) / "tokenizer.json"
     if not path.exists():
         return None
+    from diffeval.yamlio import read_json, read_text
+
     cfg_path = Path(directory) / "tokenizer_config.json"
-    cfg = None
-    if cfg_path.exists():
-        try:
-            cfg = json.loads(cfg_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise TokenizerError(f"{cfg_path}: not valid JSON ({exc})") from None
-    return HFTokenizer(path, cfg, eos_ids)
+    cfg = read_json(cfg_path, "", TokenizerError) if cfg_path.exists() else None
+    template = Path(directory) / "chat_template.jinja"
+    text = read_text(template, "", TokenizerError) if template.exists() else None
+    return HFTokenizer(path, cfg, eos_ids, text)
 
 
 def stop_ids(tok) -> frozenset[int]:

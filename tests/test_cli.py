@@ -3,6 +3,7 @@ the installed typer, which vendors its own click), bare `diffeval` prints help, 
 layering (commands -> run -> probes / engine -> models) has no import back up."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,17 @@ def test_help_lists_every_command(capsys):
     out = capsys.readouterr().out
     for name in COMMANDS:
         assert name in out
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_help_has_examples_and_value_names_not_python_types(name, capsys):
+    from diffeval.cli import EXAMPLES
+
+    assert run_cli([name, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Examples:" in out and EXAMPLES[name][0].split("#")[0].strip() in " ".join(out.split())
+    assert not re.search(r"<(list\[)?(str|int|bool|float)\]?>", out), out
+    assert "\U0001f4af" not in out  # 0:100:5 is not drawn as an emoji
 
 
 def test_bare_diffeval_prints_help(capsys):

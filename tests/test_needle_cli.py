@@ -118,12 +118,13 @@ def test_bad_needle_options_exit_2(ckpts, tmp_path, capsys, argv, needle):
     assert not (tmp_path / "o" / "results.json").exists()
 
 
-def test_default_length_fits_the_models_position_limit(ckpts, tmp_path):
+def test_default_lengths_fit_the_models_position_limit_and_are_said(ckpts, tmp_path, capsys):
     out = tmp_path / "d"
     main(["needle", "--ckpt", ckpts[0], "--depths", "50", "--samples", "1", "--device", "cpu",
           "--max-new-tokens", "2", "--out", str(out)])
     results = json.loads((out / "results.json").read_text())
-    assert results["task"]["params"]["lengths"] == [1024]  # the models stop at 1024 positions
+    assert results["task"]["params"]["lengths"] == [256, 512, 1024]  # the models stop at 1024 positions
+    assert "--len not given: using 256, 512, 1K tokens" in capsys.readouterr().err
 
 
 def test_every_shipped_task_validates():

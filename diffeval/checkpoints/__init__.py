@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -82,25 +83,32 @@ def resolve_spec(spec: str) -> Path:
     if spec.startswith("zoo:"):
         return zoo_path(spec[4:])
     path = Path(spec).expanduser()
-    if not path.exists():
+    try:
+        is_dir = path.is_dir()
+        exists = is_dir or path.exists()
+    except OSError as exc:  # e.g. a parent folder without search permission
+        raise CheckpointError(f"{spec}: cannot look at it ({exc.strerror or exc})") from None
+    if not exists:
         raise CheckpointError(f"{spec}: no such checkpoint directory")
-    if not path.is_dir():
+    if not is_dir:
         raise CheckpointError(f"{spec}: a checkpoint is a directory (config.json + *.safetensors)")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise CheckpointError(f"{spec}: permission denied (cannot list the checkpoint directory)")
     return path
 
 
 def read_config(directory: Path) -> tuple[str, ModelConfig, dict[str, Any]]:
+    from diffeval.yamlio import read_json
+
     path = directory / "config.json"
-    if not path.exists():
+    if not path.exists() and not path.is_symlink() and os.access(directory, os.R_OK | os.X_OK):
         raise CheckpointError(f"{path}: missing (a checkpoint directory needs config.json)")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
+    raw = read_json(path, "", CheckpointError)
     fmt = "native" if "family" in raw else "hf"
-    return fmt, FORMATS[fmt].config_from(raw, path), raw
+    try:
+        return fmt, FORMATS[fmt].config_from(raw, path), raw
+    except (TypeError, ValueError, ZeroDivisionError, AttributeError) as exc:  # a value of the wrong type
+        raise CheckpointError(f"{path}: a field has a value of the wrong type ({exc})") from None
 
 
 def _state_dict(weights, mapping: dict[str, str], model: Decoder, fmt) -> dict[str, torch.Tensor]:
@@ -134,13 +142,20 @@ def load(
     backend: str = "auto",
     allow_pickle: bool = False,
     require_tokenizer: bool = False,
+    length: Optional[int] = None,
+    allow_beyond_memory: bool = False,
 ) -> Loaded:
     """Load a checkpoint: `zoo:NAME`, a native directory, or a Hugging Face directory.
     Returns Loaded(model in eval mode on `device`/`dtype`, tokenizer, info). A Hugging Face
     directory without tokenizer.json loads for forward passes with tokenizer None (an error
-instead when `require_tokenizer`); probes that need text say so in one line."""
+instead when `require_tokenizer`); probes that need text say so in one line. Before any
+    weight is read, the memory the model needs (parameters, and the KV cache at `length`
+    tokens when given) is compared with the device's: more is refused unless
+    `allow_beyond_memory`. Weights holding NaN or infinity, and logits that are not finite on
+    a first short forward pass, are refused naming the checkpoint."""
     directory = resolve_spec(spec)
     fmt, cfg, raw = read_config(directory)
+    check_memory(cfg, dtype, device, length, allow_beyond_memory, spec)
     weights = read_weights(directory, allow_pickle=allow_pickle)
     mapping = FORMATS[fmt].map_state(weights.tensors, cfg)
     with torch.device("meta"):
@@ -149,6 +164,7 @@ instead when `require_tokenizer`); probes that need text say so in one line."""
     model.load_state_dict(state, assign=True, strict=True)
     model = model.to(device=device, dtype=dtype).eval()
     model.set_backend(backend, device)
+    _check_first_forward(model, directory, dtype)
     if fmt == "hf":
         eos = raw.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if isinstance(eos, int) else ())
@@ -159,9 +175,10 @@ instead when `require_tokenizer`); probes that need text say so in one line."""
     else:
         tokenizer = load_tokenizer(directory) or ByteTokenizer()
         arch = "diffeval"
-    if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
+    if tokenizer is not None and tokenizer.max_id >= cfg.vocab_size:
         raise CheckpointError(
-            f"{directory}: tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is {cfg.vocab_size}"
+            f"{directory}: the tokenizer can emit id {tokenizer.max_id} but the model's vocab_size is "
+            f"{cfg.vocab_size} (ids 0..{cfg.vocab_size - 1}); tokenizer and weights do not belong together"
         )
     info = CheckpointInfo(
         spec=spec,
@@ -193,6 +210,63 @@ instead when `require_tokenizer`); probes that need text say so in one line."""
                           if hasattr(tokenizer, "path") else tokenizer.name),
     )
     return Loaded(model, tokenizer, info)
+
+
+def memory_estimate(cfg: ModelConfig, dtype: torch.dtype, length: Optional[int] = None) -> int:
+    """Bytes a model needs: its parameters in `dtype`, plus the KV cache of one `length`-token
+    sequence (every layer's keys and values) when `length` is given."""
+    size = torch.empty((), dtype=dtype).element_size()
+    kv = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.d_head * (length or 0)
+    return (cfg.n_params() + kv) * size
+
+
+def device_memory(device: str | torch.device) -> Optional[int]:
+    """Bytes of memory the device has for this process: the GPU's total on CUDA, the
+    machine's available memory on the CPU; None when unknown."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.mem_get_info(dev)[1]
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(cfg: ModelConfig, dtype: torch.dtype, device, length: Optional[int], allow: bool,
+                 spec: str) -> None:
+    """Refuse, with the estimate, a model (and KV cache) larger than the device's memory."""
+    need = memory_estimate(cfg, dtype, length)
+    have = device_memory(device)
+    if allow or have is None or need <= have:
+        return
+    at = f" and a KV cache of {length:,} tokens" if length else ""
+    raise CheckpointError(
+        f"{spec}: needs about {need / 2**30:,.1f} GiB ({cfg.n_params():,} parameters in "
+        f"{str(dtype).replace('torch.', '')}{at}) but {torch.device(device).type} has "
+        f"{have / 2**30:,.1f} GiB available; pass --allow-beyond-memory to try anyway"
+    )
+
+
+def _check_first_forward(model: Decoder, directory: Path, dtype: torch.dtype) -> None:
+    """A short forward pass must give finite logits: weights within range of `dtype` and a sane
+    config (e.g. norm_eps) do; otherwise every score would be silent nonsense."""
+    n = min(8, model.cfg.max_seq_len)
+    device = next(model.parameters()).device
+    ids = (torch.arange(n, device=device) % model.cfg.vocab_size)[None]  # (1, n)
+    with torch.no_grad():
+        logits = model(ids, logits="last")  # (1, 1, V)
+    if not bool(torch.isfinite(logits).all()):
+        raise CheckpointError(
+            f"{directory}: a first forward pass gives non-finite logits under {str(dtype).replace('torch.', '')} "
+            f"(backend {model.backend.name}); the weights overflow this dtype or the config is wrong"
+        )
 
 
 def save(model: Decoder, directory: str | Path, tokenizer: Optional[Any] = None) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from diffeval.errors import CheckpointError
+from diffeval.errors import CheckpointError, shown
 
 PICKLE_NAMES = ("pytorch_model.bin", "model.bin", "model.pt", "consolidated.pt")
 
@@ -77,20 +77,93 @@ def _is_sha256(value) -> bool:
 
 
 def _read_safetensors(path: Path, out: WeightFiles) -> None:
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError
 
-    if not path.exists():
-        raise CheckpointError(f"{path}: weight file missing")
+    readable(path, "weight file")
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with _opened(path) as f:
             for name in f.keys():
                 if name in out.tensors:
                     raise CheckpointError(f"{path}: tensor {name!r} also in {out.origin[name]}")
-                out.tensors[name] = f.get_tensor(name)
+                out.tensors[name] = check_finite(f.get_tensor(name), name, path)
                 out.origin[name] = path
-    except SafetensorError as exc:
+    except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc}); truncated or corrupt?") from None
     out.files.append(path)
+
+
+def _opened(path: Path):
+    """safe_open(path), also for a path the file system gave in bytes that are not UTF-8 (a
+    unicode name under a C locale): safetensors takes text paths only, so such a file is
+    opened here and handed over as /proc/self/fd/N where that exists."""
+    import os
+    from contextlib import contextmanager
+
+    from safetensors import safe_open
+
+    try:
+        str(path).encode("utf-8")
+        return safe_open(str(path), framework="pt")
+    except UnicodeEncodeError:
+        pass
+
+    @contextmanager
+    def by_descriptor():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            with safe_open(f"/proc/self/fd/{fd}", framework="pt") as f:
+                yield f
+        finally:
+            os.close(fd)
+
+    return by_descriptor()
+
+
+def readable(path: Path, what: str) -> None:
+    """A regular file this process may read; CheckpointError saying which of these it is not."""
+    import os
+
+    if not path.exists():
+        raise CheckpointError(f"{path}: {what} missing")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {what} is a {'directory' if path.is_dir() else 'special file'}, not a file")
+    if not os.access(path, os.R_OK):
+        raise CheckpointError(f"{path}: permission denied (cannot read the {what})")
+
+
+def check_finite(t: torch.Tensor, name: str, path: Path) -> torch.Tensor:
+    """The tensor, unless it holds NaN or infinity (a corrupt or bit-flipped file): those
+    would score as a silently broken model, so they are refused naming the tensor."""
+    if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise CheckpointError(f"{path}: tensor {name!r} holds {bad} non-finite value(s) (NaN or infinity); "
+                              "the file is corrupt or the weights diverged")
+    return t
+
+
+def safe_torch_load(path: Path):
+    """torch.load(weights_only=True) without torch's own warning lines; any refusal (an unsafe
+    global, a truncated or foreign file) is one CheckpointError naming the file."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for a bad, truncated or unsafe pickle
+            raise CheckpointError(f"{path}: cannot load with weights_only=True ({_pickle_reason(exc)})") from None
+
+
+def _pickle_reason(exc: Exception) -> str:
+    """The line of torch's refusal that says why (its message is a page of advice)."""
+    import re
+
+    text = str(exc)
+    code = re.search(r"GLOBAL\s+([\w.]+)", text)
+    if code:
+        return f"it calls {code.group(1)}: code, not weights; refused"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[0][:100]}" if lines else type(exc).__name__
 
 
 def read_weights(directory: Path, allow_pickle: bool = False) -> WeightFiles:
@@ -99,10 +172,11 @@ def read_weights(directory: Path, allow_pickle: bool = False) -> WeightFiles:
     index = directory / "model.safetensors.index.json"
     single = directory / "model.safetensors"
     if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{index}: not a valid shard index ({exc})") from None
+        from diffeval.yamlio import read_json
+
+        weight_map = read_json(index, "", CheckpointError).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index}: not a valid shard index (no weight_map of tensor -> file)")
         shards = sorted(set(weight_map.values()))
         for shard in shards:
             _read_safetensors(directory / shard, out)
@@ -126,14 +200,14 @@ def read_weights(directory: Path, allow_pickle: bool = False) -> WeightFiles:
                 "safetensors or pass --allow-pickle (loads with torch.load(weights_only=True))"
             )
         for path in pickles:
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:  # torch raises many types for a bad or unsafe pickle
-                raise CheckpointError(f"{path}: cannot load with weights_only=True ({type(exc).__name__})") from None
+            readable(path, "weight file")
+            state = safe_torch_load(path)
             if not isinstance(state, dict):
                 raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
             for name, t in state.items():
-                out.tensors[name] = t
+                if not isinstance(t, torch.Tensor):
+                    raise CheckpointError(f"{path}: entry {shown(name)} is a {type(t).__name__}, not a tensor")
+                out.tensors[name] = check_finite(t, name, path)
                 out.origin[name] = path
             out.files.append(path)
         return out

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from diffeval.errors import CheckpointError, ConfigError
+from diffeval.errors import CheckpointError, ConfigError, shown
 from diffeval.models.config import ROPE_TYPES, ModelConfig, RopeConfig
 
 ARCHITECTURES = {
@@ -49,6 +49,12 @@ def architecture(raw: dict[str, Any], path: Path) -> str:
     return arch
 
 
+def _number(value: Any, name: str, path: Path) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CheckpointError(f"{path}: {name} ({shown(value)}) must be a number")
+    return float(value)
+
+
 def _rope(raw: dict[str, Any], path: Path) -> RopeConfig:
     params = raw.get("rope_parameters")
     if isinstance(params, dict) and params:
@@ -65,11 +71,11 @@ def _rope(raw: dict[str, Any], path: Path) -> RopeConfig:
     partial = scaling.get("partial_rotary_factor", raw.get("partial_rotary_factor", 1.0))
     if partial not in (None, 1, 1.0):
         raise CheckpointError(f"{path}: partial_rotary_factor {partial} is not supported")
-    fields: dict[str, Any] = {"theta": float(theta), "type": kind}
+    fields: dict[str, Any] = {"theta": _number(theta, "rope_theta", path), "type": kind}
     if kind != "default":
         if "factor" not in scaling:
             raise CheckpointError(f"{path}: RoPE scaling {kind!r} needs a 'factor'")
-        fields["factor"] = float(scaling["factor"])
+        fields["factor"] = _number(scaling["factor"], "rope_scaling.factor", path)
     if kind == "llama3":
         for key in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
             if key not in scaling:
@@ -87,8 +93,24 @@ def _require(raw: dict[str, Any], key: str, path: Path) -> Any:
     return raw[key]
 
 
+_INT_FIELDS = ("num_attention_heads", "num_key_value_heads", "hidden_size", "head_dim", "vocab_size",
+               "num_hidden_layers", "intermediate_size", "max_position_embeddings", "sliding_window")
+
+
+def _check_types(raw: dict[str, Any], path: Path) -> None:
+    """Every integer field an integer and rms_norm_eps a number, all wrong ones named at once."""
+    bad = [f"{k} ({shown(raw[k], 24)})" for k in _INT_FIELDS
+           if raw.get(k) is not None and (isinstance(raw[k], bool) or not isinstance(raw[k], int) or raw[k] < 1)]
+    eps = raw.get("rms_norm_eps", 1e-6)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        bad.append(f"rms_norm_eps ({shown(eps, 24)})")
+    if bad:
+        raise CheckpointError(f"{path}: {', '.join(bad)}: must be positive integers (rms_norm_eps a number)")
+
+
 def config_from(raw: dict[str, Any], path: Path) -> ModelConfig:
     arch = architecture(raw, path)
+    _check_types(raw, path)
     kind = ARCHITECTURES[arch]
     act = raw.get("hidden_act", "silu")
     if act != "silu":

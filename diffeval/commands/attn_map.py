@@ -35,7 +35,7 @@ def attn_map(
 ) -> None:
     """Where attention goes: mass on the answer, needles, sink, question and noise, per depth,
     layer and head (DIFF: differential, map 1, map 2); arrays and figures."""
-    params = dict(lengths=length if length is not None else o.default_lengths(ckpt), depths=depths,
+    params = dict(lengths=length if length is not None else o.default_lengths(ckpt, "attn-map"), depths=depths,
                   samples=samples, n_needles=needles, layers=layers, heads=heads, query=query, sink=sink,
                   haystack=haystack, needle_kind=needle_kind, seed=seed, arrays=arrays, log_scale=log_scale)
     o.run_command("attn-map", params, ckpt, out, opts, FLAGS)

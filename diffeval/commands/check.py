@@ -14,7 +14,7 @@ from diffeval.commands import options as o
 from diffeval.errors import UsageError
 
 
-@o.with_run_options("device", "dtype", "backend")
+@o.with_run_options("device", "dtype", "backend", "overwrite")
 def check(
     suite_file: str = typer.Argument(..., metavar="SUITE.yaml", help="A suite of small tasks (see tasks/ci/)."),
     reference: Optional[str] = typer.Option(None, "--reference", help="Reference scores (default: the suite's `reference`)."),

@@ -10,7 +10,7 @@ import typer
 
 
 def compare(
-    runs: list[str] = typer.Argument(..., metavar="RUN_DIR...", help="Run folders of one probe; the first is the baseline."),
+    runs: list[str] = typer.Argument(..., metavar="RUN_DIR", help="Run folders of one probe; the first is the baseline."),
     out: Optional[str] = typer.Option(None, "--out", help="Where report.md and report.html go (default: report-<UTC time>)."),
     all_metrics: bool = typer.Option(False, "--all", help="Every metric, breakdowns (name@key=value) included."),
 ) -> None:

@@ -33,7 +33,7 @@ def halluc(
 ) -> None:
     """Contextual hallucination (DIFF paper 3.6): answerable, confusable and unanswerable
     questions over long contexts, or your QA / summaries; judge-free labels, optional judge."""
-    params = dict(data=data, lengths=length if length is not None else o.default_lengths(ckpt), samples=samples,
+    params = dict(data=data, lengths=length if length is not None else o.default_lengths(ckpt, "halluc"), samples=samples,
                   n_facts=facts, haystack=haystack, abstain=abstain, max_new_tokens=max_new_tokens,
                   judge_url=judge_url, judge_model=judge_model, judge_timeout=judge_timeout, seed=seed)
     o.run_command("halluc", params, ckpt, out, opts, FLAGS)

@@ -38,7 +38,7 @@ def icl(
     """Many-shot in-context classification (DIFF paper 3.5): accuracy vs demonstrations, and
     the spread over orderings of the same demonstrations."""
     if shots is None and length is None:
-        length = str(o.default_lengths(ckpt)[0])
+        length = o.default_lengths(ckpt, "icl")
     params = dict(data=data, text_field=text_field, label_field=label_field, lengths=length, shots=shots,
                   n_test=test, permutations=permutations, arrangements=arrangements, mode=mode, score_by=score_by,
                   remap_labels=remap_labels, template=template.replace("\\n", "\n"),

@@ -20,11 +20,12 @@ def info(
     ckpt: str = typer.Option(..., "--ckpt", help="Checkpoint: zoo:NAME, a native or a Hugging Face directory."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     allow_pickle: bool = o.ALLOW_PICKLE,
+    allow_memory: bool = o.ALLOW_MEMORY,
 ) -> None:
     """Describe a checkpoint: family, sizes, RoPE, tokenizer, file sha256."""
     from diffeval.checkpoints import load
 
-    loaded = load(ckpt, allow_pickle=allow_pickle)
+    loaded = load(ckpt, allow_pickle=allow_pickle, allow_beyond_memory=allow_memory)
     data = loaded.info.to_dict()
     if as_json:
         typer.echo(json.dumps(data, indent=2))

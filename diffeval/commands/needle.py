@@ -27,7 +27,7 @@ def needle(
     opts=None,
 ) -> None:
     """Needle / multi-needle retrieval over a depth x length grid; heatmap and results."""
-    params = dict(lengths=length if length is not None else o.default_lengths(ckpt), depths=depths,
+    params = dict(lengths=length if length is not None else o.default_lengths(ckpt, "needle", grid=True), depths=depths,
                   n_needles=needles, n_queries=queries, samples=samples, haystack=haystack,
                   needle_kind=needle_kind, seed=seed)
     o.run_command("needle", params, ckpt, out, opts, FLAGS)

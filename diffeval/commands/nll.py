@@ -28,7 +28,7 @@ def nll(
     """Cumulative average NLL by position (DIFF paper 3.3): curve with 95% bands, per-bucket
     table, perplexity; past the trained length with --allow-beyond-max-positions."""
     if length is None:  # 4k, or the largest multiple of 1024 that fits with BOS
-        length = str(o.default_lengths(ckpt, reserve=1)[0])
+        length = o.default_lengths(ckpt, "nll", reserve=1)
     params = dict(length=length, data=data, text_field=text_field, docs=docs, pack=pack, positions=positions,
                   seed=seed)
     o.run_command("nll", params, ckpt, out, opts, FLAGS)

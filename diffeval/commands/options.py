@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import typer
 
-from diffeval.errors import DiffevalError, UsageError
+from diffeval.errors import DiffevalError, Interrupted, UsageError
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16", "float64": "float64"}
@@ -30,8 +30,10 @@ DECODE = typer.Option("default", "--decode", help="default (stop at a newline, s
 SAVE_PROMPTS = typer.Option(False, "--save-prompts", help="Also write prompts.jsonl: the text of every prompt, to audit any cell.")
 ALLOW_BEYOND = typer.Option(False, "--allow-beyond-max-positions", help="Allow prompts longer than the model's position limit (length extrapolation).")
 ALLOW_PICKLE = typer.Option(False, "--allow-pickle", help="Load .bin/.pt weights (weights_only=True).")
-LENGTHS = typer.Option(None, "--len", help="Prompt lengths in tokens: 4096, 4k, 64K, lists 4k,8k, ranges 4k:64k. Default: 4k, or less when a model's position limit is shorter.")
-DEPTHS = typer.Option("0,25,50,75,100", "--depths", help="Needle depths in %: a list, or start:stop:count.")
+ALLOW_MEMORY = typer.Option(False, "--allow-beyond-memory", help="Load a model whose estimated size (parameters x dtype + KV cache at the longest length) exceeds the device's memory.")
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace the results of another run (another probe, parameters, settings or models) found in --out.")
+LENGTHS = typer.Option(None, "--len", help="Prompt lengths in tokens: 4096, 4k, 64K (k = 1024), lists 4k,8k, ranges 4k:64k (doubling) or 1k:4k:1k (start:stop:step). Default: 4k, or the longest that fits every model's position limit (said on stderr).")
+DEPTHS = typer.Option("0,25,50,75,100", "--depths", help="Needle depths in % of the context: a list 0,25,50, or start:stop:count — the third number is a COUNT, not a step: 0:100:5 = 0, 25, 50, 75, 100.")
 HAYSTACK = typer.Option("noise", "--haystack", help="noise, essay, or a text file / folder.")
 NEEDLE_KIND = typer.Option("city", "--needle-kind", help="city, kv-word, kv-number or uuid.")
 
@@ -68,6 +70,7 @@ RUN_PARAMS = {
     "device": (str, DEVICE), "dtype": (str, DTYPE), "backend": (str, BACKEND), "batch_size": (int, BATCH),
     "max_new_tokens": (Optional[int], MAX_NEW), "prompt_format": (str, PROMPT_FORMAT), "decode": (str, DECODE),
     "save_prompts": (bool, SAVE_PROMPTS), "allow_beyond": (bool, ALLOW_BEYOND), "allow_pickle": (bool, ALLOW_PICKLE),
+    "allow_memory": (bool, ALLOW_MEMORY), "overwrite": (bool, OVERWRITE),
 }
 
 
@@ -98,7 +101,8 @@ def with_run_options(*names: str):
 
 def run_options(device: str = "auto", dtype: str = "auto", backend: str = "auto", batch_size: int = 1,
                 max_new_tokens: Optional[int] = None, allow_beyond: bool = False, allow_pickle: bool = False,
-                prompt_format: str = "plain", decode: str = "default", save_prompts: bool = False):
+                prompt_format: str = "plain", decode: str = "default", save_prompts: bool = False,
+                allow_memory: bool = False, overwrite: bool = False):
     from diffeval.run import RunOptions
 
     dev = parse_device(device)
@@ -108,7 +112,7 @@ def run_options(device: str = "auto", dtype: str = "auto", backend: str = "auto"
         return RunOptions(device=dev, dtype=parse_dtype(dtype, dev), backend=backend, batch_size=batch_size,
                           max_new_tokens=max_new_tokens, allow_beyond_max_positions=allow_beyond,
                           allow_pickle=allow_pickle, progress=True, prompt_format=prompt_format, decode=decode,
-                          save_prompts=save_prompts)
+                          save_prompts=save_prompts, allow_beyond_memory=allow_memory, overwrite=overwrite)
 
 
 @contextmanager
@@ -125,14 +129,45 @@ def flags(mapping: dict[str, str]):
         raise exc.located(flag) from None
 
 
-def default_lengths(ckpts: list[str], reserve: int = 0) -> list[int]:
-    """Without --len: 4k, or the largest multiple of 1024 (the limit itself when below 1024)
-    within every model's position limit less `reserve` positions (e.g. BOS)."""
+@contextmanager
+def interruptible(out: Path):
+    """Ctrl-C inside: Interrupted(out), so that the CLI prints the command that resumes it."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(out) from None
+
+
+def default_lengths(ckpts: list[str], command: str, reserve: int = 0, cap: int = 4096, grid: bool = False) -> "Chosen":
+    """The lengths a command uses without --len (and the line saying so): the longest L <= `cap` that
+    fits every model's position limit less `reserve` positions (e.g. BOS) — a multiple of 1024,
+    or the limit itself below 1024 — and with `grid`, L/4, L/2 and L (256, 512, 1K on the zoo)."""
     from diffeval.checkpoints import read_config, resolve_spec
+    from diffeval.probes.specs import length_label
     from diffeval.run import default_specs
 
-    limit = min(read_config(resolve_spec(s))[1].max_seq_len for s in default_specs(list(ckpts))) - reserve
-    return [min(4096, limit // 1024 * 1024 or limit)]
+    limit = min(read_config(resolve_spec(s))[1].max_seq_len for s in default_specs(list(ckpts)))
+    longest = min(cap, (limit - reserve) // 1024 * 1024 or limit - reserve)
+    lengths = sorted({max(1, longest // 4), max(1, longest // 2), longest}) if grid else [longest]
+    return Chosen(",".join(str(n) for n in lengths),
+                  f"{command}: --len not given: using {', '.join(length_label(n) for n in lengths)} tokens "
+                  f"(the longest {length_label(longest)} fits every model's position limit, {limit})")
+
+
+class Chosen(str):
+    """A default value the command chose, with the line that says so (printed with the
+    results, so that bad input, found before or after models load, still gets one line)."""
+
+    def __new__(cls, value: str, note: str) -> "Chosen":
+        out = super().__new__(cls, value)
+        out.note = note
+        return out
+
+
+def say_chosen(params: dict[str, Any]) -> None:
+    for value in params.values():
+        if isinstance(value, Chosen):
+            print(value.note, file=sys.stderr)
 
 
 def run_command(probe_name: str, params: dict[str, Any], ckpt: list[str], out: Optional[str], opts,
@@ -145,10 +180,11 @@ def run_command(probe_name: str, params: dict[str, Any], ckpt: list[str], out: O
 
     probe = get_probe(probe_name)
     out_dir = Path(out) if out else default_out(probe_name)
-    with flags({**field_flags, **RUN_FLAGS}):
+    with flags({**field_flags, **RUN_FLAGS}), interruptible(out_dir):
         cfg = probe.config(params)
         results = run_probe(probe, cfg, list(ckpt), out_dir, opts)
     if is_main():  # under torchrun, rank 0 speaks for the job
         probe.render(results)
+        say_chosen(params)
         print(f"results: {out_dir / 'results.json'}", file=sys.stderr)
     return results

@@ -35,15 +35,22 @@ def run_task(
                  if v is not None}
     variants = task.variants(overrides)
     probe = get_probe(task.probe)
+    field = probe.aliases.get("lengths", "lengths")
+    if length is None and not any(field in {**task.params, **v} for v in task.grid or ({},)):
+        # the preset leaves the length to the probe's default: cap it to what every model fits
+        default = variants[0][1].to_dict()[field]
+        overrides["lengths"] = o.default_lengths(ckpt, task.name, cap=max(default) if isinstance(default, list) else default)
+        variants = task.variants(overrides)
     info = TaskInfo(task.name, task.version, str(Path(task.path).resolve()), task.sha256)
     root = Path(out) if out else default_out(task.name)
     for name, cfg in variants:
         target = root / name if name else root
-        with o.flags(o.RUN_FLAGS):
+        with o.flags(o.RUN_FLAGS), o.interruptible(root):
             results = run_probe(probe, cfg, list(ckpt), target, opts, task=info)
         if not is_main():  # under torchrun, rank 0 speaks for the job
             continue
         if name:
             print(f"\n{task.name}: variant {name}", file=sys.stderr)
         probe.render(results)
+        o.say_chosen(overrides)
         print(f"results: {target / 'results.json'}", file=sys.stderr)

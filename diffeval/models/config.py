@@ -7,10 +7,16 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from diffeval.errors import ConfigError
+from diffeval.errors import ConfigError, shown
 
 FAMILIES = ("transformer", "sha", "diff")
 ROPE_TYPES = ("default", "linear", "llama3")
+MAX_DIM = 1 << 24  # any one size (layers, width, vocabulary, positions): far above real models
+
+
+def _finite_number(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{name} ({shown(value)}) must be a finite number")
 
 
 @dataclass(frozen=True)
@@ -27,10 +33,15 @@ class RopeConfig:
     def __post_init__(self) -> None:
         if self.type not in ROPE_TYPES:
             raise ConfigError(
-                f"unsupported RoPE scaling type {self.type!r}; supported: {', '.join(ROPE_TYPES)}"
+                f"unsupported RoPE scaling type {shown(self.type)}; supported: {', '.join(ROPE_TYPES)}"
             )
+        for name in ("theta", "factor", "low_freq_factor", "high_freq_factor"):
+            _finite_number(f"rope.{name}", getattr(self, name))
         if not self.theta > 0:
-            raise ConfigError(f"rope_theta ({self.theta}) must be > 0")
+            raise ConfigError(f"rope.theta ({self.theta}) must be > 0")
+        max_pos = self.original_max_position_embeddings
+        if isinstance(max_pos, bool) or not isinstance(max_pos, int) or max_pos < 1:
+            raise ConfigError(f"rope.original_max_position_embeddings ({shown(max_pos)}) must be a positive integer")
         if self.type != "default" and not self.factor > 0:
             raise ConfigError(f"rope factor ({self.factor}) must be > 0")
         if self.type == "llama3" and not self.high_freq_factor > self.low_freq_factor:
@@ -72,7 +83,18 @@ class ModelConfig:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} ({value!r}) must be a positive integer")
+                raise ConfigError(f"{name} ({shown(value)}) must be a positive integer")
+            if value > MAX_DIM:
+                raise ConfigError(f"{name} ({value:,}) is beyond any model this tool can build (limit {MAX_DIM:,})")
+        for name in ("norm_eps", "lambda_std", "init_std"):
+            _finite_number(name, getattr(self, name))
+        if isinstance(self.rope, dict):
+            try:
+                object.__setattr__(self, "rope", RopeConfig(**self.rope))
+            except TypeError as exc:
+                raise ConfigError(f"rope: {exc}") from None
+        if not isinstance(self.rope, RopeConfig):
+            raise ConfigError(f"rope ({shown(self.rope)}) must be a mapping like {{theta: 10000.0}}")
         n_kv = self.n_kv_heads if self.n_kv_heads is not None else self.n_q_heads
         object.__setattr__(self, "n_kv_heads", n_kv)
         if self.d_head is None:
@@ -95,8 +117,6 @@ class ModelConfig:
             )
         if not self.norm_eps > 0:
             raise ConfigError(f"norm_eps ({self.norm_eps}) must be > 0")
-        if isinstance(self.rope, dict):
-            object.__setattr__(self, "rope", RopeConfig(**self.rope))
 
     @property
     def n_q_heads(self) -> int:
@@ -132,14 +152,14 @@ class ModelConfig:
             raise ConfigError(f"{source}: missing field(s) {', '.join(missing)}")
         values = {k: v for k, v in data.items() if k in known}
         if isinstance(values.get("rope"), dict):
-            rope = values["rope"]
-            bad = sorted(set(rope) - {f.name for f in dataclasses.fields(RopeConfig)})
+            bad = sorted(set(values["rope"]) - {f.name for f in dataclasses.fields(RopeConfig)})
             if bad:
                 raise ConfigError(f"{source}: unknown rope field(s) {', '.join(bad)}")
-            values["rope"] = RopeConfig(**rope)
         try:
             return cls(**values)
         except TypeError as exc:  # wrong value types surface here
+            raise ConfigError(f"{source}: {exc}") from None
+        except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
 
     def n_params(self) -> int:

@@ -33,6 +33,8 @@ def save_figure(fig, stem: str | Path, dpi: int = 200, formats: tuple[str, ...] 
     no timestamps, so reruns give identical files -> the paths, in `formats` order."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+    from diffeval.results import atomic_path
+
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     if fig.canvas is None or not isinstance(fig.canvas, FigureCanvasAgg):
@@ -41,10 +43,8 @@ def save_figure(fig, stem: str | Path, dpi: int = 200, formats: tuple[str, ...] 
     meta = {"pdf": {"CreationDate": None}, "svg": {"Date": None}, "png": {}}
     for path in paths:
         fmt = path.suffix[1:]
-        tmp = path.with_name(path.name + ".tmp")
-        with _rc({"svg.hashsalt": "diffeval"}):
+        with atomic_path(path) as tmp, _rc({"svg.hashsalt": "diffeval"}):
             fig.savefig(tmp, format=fmt, dpi=dpi, metadata=meta.get(fmt, {}))
-        os.replace(tmp, path)
     return paths
 
 

@@ -157,6 +157,10 @@ def _generate(cfg: OutliersConfig, ctx) -> list:
     stream = act.token_stream(text_blocks(cfg.data, cfg.seed, files), tok.encode)
     out: list = [_Sequence(i, off, tuple(seq))
                  for i, (off, seq) in enumerate(act.sequences(stream, cfg.n_tokens, cfg.seq_len, tok.bos_id))]
+    if cfg.n_tokens is None and (not out or len(out[0].ids) < cfg.seq_len):  # 'all' of too little text
+        have = sum(len(s.ids) for s in out)
+        raise ConfigError(f"{cfg.data} holds {have} tokens under the tokenizer of {ctx.label}, less than one "
+                          f"sequence of {cfg.seq_len}; give more text or a shorter --len", "data")
     if cfg.metric == "needle" and cfg.bits:
         items = needle._generate(cfg.needle_config(), ctx)
         out.extend(_Needle(b, it) for b in cfg.bits for it in items)
@@ -199,9 +203,10 @@ class _StatsState(ProbeState):
         self.stats = act.OutlierStats(n_layers)
 
     def save(self, path: Path, keys: list[str]) -> None:
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, **self.stats.state(), **{"meta::keys": np.asarray(keys, dtype=str)})
-        tmp.replace(path)
+        from diffeval.results import atomic_path
+
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **self.stats.state(), **{"meta::keys": np.asarray(keys, dtype=str)})
 
     def load(self, path: Path) -> list[str]:
         with np.load(path) as z:

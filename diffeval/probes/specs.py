@@ -8,7 +8,15 @@ from typing import Any, Optional
 
 import numpy as np
 
-from diffeval.errors import ConfigError
+from diffeval.errors import ConfigError, shown
+
+# Bounds on sizes a user can ask for: beyond them a run would hang or exhaust memory long
+# before it produced anything, so they are refused with the limit in the message.
+MAX_TOKENS = 1 << 24  # one prompt or sequence: 16M tokens
+MAX_TOTAL_TOKENS = 1 << 36  # tokens streamed in total (--tokens)
+MAX_ITEMS = 1000  # lengths in a list or range, depths in a range
+MAX_COUNT = 1_000_000  # samples, documents, queries, permutations, ...
+MAX_SEED = 2**63 - 1
 
 _COUNT = re.compile(r"^(\d+(?:\.\d+)?)([kKmM]?)$")
 _SCALE = {"": 1, "k": 1024, "m": 1024 * 1024}
@@ -21,36 +29,42 @@ def as_text(value: Any) -> str:
     return str(value)
 
 
-def token_count(text: str, field: str = "lengths") -> int:
-    """"4096", "4k", "64K", "1.5k", "1m" -> tokens (k = 1024)."""
+def token_count(text: str, field: str = "lengths", high: int = MAX_TOKENS) -> int:
+    """"4096", "4k", "64K", "1.5k", "1m" -> tokens (k = 1024), at most `high`."""
     t = str(text).strip()
     if t.startswith("-"):
-        raise ConfigError(f"{text!r} must be a positive token count", field)
+        raise ConfigError(f"{shown(text)} must be a positive token count", field)
     m = _COUNT.match(t)
     if not m:
-        raise ConfigError(f"{text!r} is not a token count like 4096, 4k or 64K", field)
+        raise ConfigError(f"{shown(text)} is not a token count like 4096, 4k or 64K", field)
     value = float(m.group(1)) * _SCALE[m.group(2).lower()]
     if value != int(value):
-        raise ConfigError(f"{text!r} is not a whole number of tokens ({value:g})", field)
+        raise ConfigError(f"{shown(text)} is not a whole number of tokens ({value:g})", field)
     if value <= 0:
-        raise ConfigError(f"{text!r} must be a positive token count", field)
+        raise ConfigError(f"{shown(text)} must be a positive token count", field)
+    if value > high:
+        raise ConfigError(f"{shown(text)} is more than the limit of {high:,} tokens", field)
     return int(value)
 
 
 def _length_range(part: str, field: str) -> list[int]:
     bits = part.split(":")
     if len(bits) not in (2, 3):
-        raise ConfigError(f"range {part!r} must be start:stop (doubling) or start:stop:step", field)
+        raise ConfigError(f"range {shown(part)} must be start:stop (doubling) or start:stop:step", field)
     start, stop = token_count(bits[0], field), token_count(bits[1], field)
     if stop < start:
-        raise ConfigError(f"range {part!r}: stop ({stop}) is below start ({start})", field)
+        raise ConfigError(f"range {shown(part)}: stop ({stop}) is below start ({start})", field)
     if len(bits) == 3:
-        return list(range(start, stop + 1, token_count(bits[2], field)))
+        step = token_count(bits[2], field)
+        if (stop - start) // step + 1 > MAX_ITEMS:
+            raise ConfigError(f"range {shown(part)} gives {(stop - start) // step + 1:,} lengths; "
+                              f"at most {MAX_ITEMS} (start:stop:step, the third number is a step)", field)
+        return list(range(start, stop + 1, step))
     out = [start]
     while out[-1] * 2 <= stop:
         out.append(out[-1] * 2)
     if out[-1] != stop:
-        raise ConfigError(f"range {part!r}: {stop} is not {start} times a power of two; "
+        raise ConfigError(f"range {shown(part)}: {stop} is not {start} times a power of two; "
                           "use start:stop:step for even steps", field)
     return out
 
@@ -60,14 +74,16 @@ def parse_lengths(spec: Any, field: str = "lengths") -> list[int]:
     (4k, 8k, ..., 64k); "1000:4000:1000" steps evenly. Order is kept; repeats are refused."""
     spec = as_text(spec) if spec is not None else ""
     if not spec.strip():
-        raise ConfigError(f"{spec!r}: give token counts like 4k,8k,16k", field)
+        raise ConfigError(f"{shown(spec)}: give token counts like 4k,8k,16k", field)
+    if spec.count(",") >= MAX_ITEMS:
+        raise ConfigError(f"{shown(spec)} lists {spec.count(',') + 1:,} lengths; at most {MAX_ITEMS}", field)
     out: list[int] = []
     for part in spec.split(","):
         if not part.strip():
-            raise ConfigError(f"{spec!r} has an empty item", field)
+            raise ConfigError(f"{shown(spec)} has an empty item", field)
         for n in (_length_range(part, field) if ":" in part else [token_count(part, field)]):
             if n in out:
-                raise ConfigError(f"{spec!r} gives {n} twice", field)
+                raise ConfigError(f"{shown(spec)} gives {n} twice", field)
             out.append(n)
     return out
 
@@ -76,7 +92,7 @@ def parse_length(spec: Any, field: str = "length") -> int:
     """Exactly one length."""
     values = parse_lengths(spec, field)
     if len(values) != 1:
-        raise ConfigError(f"{as_text(spec)!r}: give one length, not {len(values)}", field)
+        raise ConfigError(f"{shown(as_text(spec))}: give one length, not {len(values)}", field)
     return values[0]
 
 
@@ -85,9 +101,9 @@ def _one_depth(text: str, field: str) -> float:
     try:
         value = float(t)
     except ValueError:
-        raise ConfigError(f"{text!r} is not a percentage between 0 and 100", field) from None
+        raise ConfigError(f"{shown(text)} is not a percentage between 0 and 100", field) from None
     if not 0.0 <= value <= 100.0:
-        raise ConfigError(f"{text!r} must lie between 0 and 100 (percent of the context)", field)
+        raise ConfigError(f"{shown(text)} must lie between 0 and 100 (percent of the context)", field)
     return value
 
 
@@ -96,27 +112,31 @@ def parse_depths(spec: Any, field: str = "depths") -> list[float]:
     (start:stop:count, both ends included). Each depth is a percentage in [0, 100]."""
     spec = as_text(spec) if spec is not None else ""
     if not spec.strip():
-        raise ConfigError(f"{spec!r}: give percentages like 0,25,50,75,100 or 0:100:5", field)
+        raise ConfigError(f"{shown(spec)}: give percentages like 0,25,50,75,100 or 0:100:5", field)
+    if spec.count(",") >= MAX_ITEMS:
+        raise ConfigError(f"{shown(spec)} lists {spec.count(',') + 1:,} depths; at most {MAX_ITEMS}", field)
     out: list[float] = []
     for part in spec.split(","):
         if ":" in part:
             bits = part.split(":")
             if len(bits) != 3:
-                raise ConfigError(f"range {part!r} must be start:stop:count, e.g. 0:100:11", field)
+                raise ConfigError(f"range {shown(part)} must be start:stop:count, e.g. 0:100:11", field)
             start, stop = _one_depth(bits[0], field), _one_depth(bits[1], field)
             try:
                 count = int(bits[2])
             except ValueError:
-                raise ConfigError(f"range {part!r}: count {bits[2]!r} is not an integer", field) from None
-            if count < 1:
-                raise ConfigError(f"range {part!r}: count ({count}) must be at least 1", field)
+                raise ConfigError(f"range {shown(part)}: count {bits[2]!r} is not an integer", field) from None
+            if not 1 <= count <= MAX_ITEMS:
+                raise ConfigError(f"range {shown(part)}: count ({shown(count)}) must lie in [1, {MAX_ITEMS}] "
+                                  "(start:stop:count gives count evenly spaced depths, e.g. 0:100:5 = "
+                                  "0, 25, 50, 75, 100)", field)
             values = [start] if count == 1 else np.linspace(start, stop, count).tolist()
         else:
             values = [_one_depth(part, field)]
         for v in values:
             v = round(float(v), 6)
             if v in out:
-                raise ConfigError(f"{spec!r} gives {v:g} twice", field)
+                raise ConfigError(f"{shown(spec)} gives {v:g} twice", field)
             out.append(v)
     return out
 
@@ -126,7 +146,7 @@ def parse_tokens(spec: Any, field: str = "n_tokens") -> Optional[int]:
     text = as_text(spec).strip().lower() if spec is not None else ""
     if text == "all":
         return None
-    return token_count(text, field)
+    return token_count(text, field, MAX_TOTAL_TOKENS)
 
 
 def parse_bits(spec: Any, low: int = 2, high: int = 16, field: str = "bits") -> tuple[int, ...]:
@@ -135,17 +155,17 @@ def parse_bits(spec: Any, low: int = 2, high: int = 16, field: str = "bits") -> 
     if text in ("none", ""):
         if text == "none" or (isinstance(spec, (list, tuple)) and not spec):
             return ()
-        raise ConfigError(f"{spec!r}: give bit widths like 16,8,6,4 (or none)", field)
+        raise ConfigError(f"{shown(spec)}: give bit widths like 16,8,6,4 (or none)", field)
     out: list[int] = []
     for part in text.split(","):
         part = part.strip()
         if not re.fullmatch(r"\d+", part):
-            raise ConfigError(f"{spec!r}: {part!r} is not a whole number of bits", field)
+            raise ConfigError(f"{shown(spec)}: {shown(part)} is not a whole number of bits", field)
         k = int(part)
         if not low <= k <= high:
-            raise ConfigError(f"{spec!r}: {k} bits is outside [{low}, {high}]", field)
+            raise ConfigError(f"{shown(spec)}: {k} bits is outside [{low}, {high}]", field)
         if k in out:
-            raise ConfigError(f"{spec!r} gives {k} twice", field)
+            raise ConfigError(f"{shown(spec)} gives {k} twice", field)
         out.append(k)
     return tuple(out)
 
@@ -161,9 +181,9 @@ def parse_index_list(spec: Any, size: int, field: str) -> list[int]:
         try:
             i = int(part)
         except ValueError:
-            raise ConfigError(f"{text!r}: {part!r} is not an integer (or use 'all')", field) from None
+            raise ConfigError(f"{shown(text)}: {shown(part)} is not an integer (or use 'all')", field) from None
         if not -size <= i < size:
-            raise ConfigError(f"{text!r}: index {i} out of range for {size} {field}", field)
+            raise ConfigError(f"{shown(text)}: index {i} out of range for {size} {field}", field)
         out.add(i % size)
     return sorted(out)
 
@@ -186,16 +206,18 @@ def length_label(n: int) -> str:
     return f"{n / 1024:.1f}K" if n >= 1024 else str(n)
 
 
-def check_int(field: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ConfigError(f"{value!r} must be an integer >= {low}", field)
+def check_int(field: str, value: Any, low: int, high: Optional[int] = None) -> None:
+    """An integer in [low, high]; `high` defaults to MAX_COUNT (MAX_SEED for a seed)."""
+    high = high if high is not None else MAX_SEED if field == "seed" else MAX_COUNT
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+        raise ConfigError(f"{shown(value)} must be an integer in [{low}, {high:,}]", field)
 
 
 def check_keys(params: dict, allowed, probe: str) -> None:
     """Unknown parameter names are refused with the valid ones."""
     from diffeval.errors import did_you_mean
 
-    unknown = sorted(set(params) - set(allowed))
+    unknown = sorted(map(str, set(params) - set(allowed)))
     if unknown:
-        raise ConfigError(f"unknown {probe} parameter {unknown[0]!r}: {did_you_mean(unknown[0], allowed)}",
-                          field=None)
+        names = ", ".join(map(shown, unknown[:4])) + (", ..." if len(unknown) > 4 else "")
+        raise ConfigError(f"unknown {probe} parameter(s) {names}: {did_you_mean(unknown[0], allowed)}", field=None)

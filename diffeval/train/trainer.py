@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from diffeval.errors import ConfigError, UsageError
+from diffeval.errors import ConfigError, UsageError, shown
 from diffeval.train.corpus import DOC_KINDS, CorpusConfig
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,12 @@ class Recipe:
             low = 0 if k in ("seed", "warmup_steps") else 1
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ConfigError(f"recipe {self.name}: {k} ({v!r}) must be an integer >= {low}")
+        for k in ("lr", "min_lr_ratio", "weight_decay", "grad_clip", "answer_weight", "lm_sample"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"recipe {self.name}: {k} ({shown(v)}) must be a number")
+        if not isinstance(self.bf16, bool):
+            raise ConfigError(f"recipe {self.name}: bf16 ({shown(self.bf16)}) must be true or false")
         if self.init not in ("normal", "induction"):
             raise ConfigError(f"recipe {self.name}: init ({self.init!r}) must be 'normal' or 'induction'")
         if not 0.0 < self.lm_sample <= 1.0:
@@ -82,11 +88,18 @@ class Recipe:
             raise ConfigError(f"recipe {self.name}: min_lr_ratio ({self.min_lr_ratio}) must lie in [0, 1]")
         if self.weight_decay < 0:
             raise ConfigError(f"recipe {self.name}: weight_decay ({self.weight_decay}) must be >= 0")
+        if (not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2
+                or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in self.betas)):
+            raise ConfigError(f"recipe {self.name}: betas ({shown(self.betas)}) must be two numbers in [0, 1)")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+        if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"recipe {self.name}: betas ({self.betas!r}) must be two numbers in [0, 1)")
-        if isinstance(self.stages, dict) or not self.stages:
-            raise ConfigError(f"recipe {self.name}: stages ({self.stages!r}) must be a non-empty list")
+        if not isinstance(self.stages, (list, tuple)) or not self.stages:
+            raise ConfigError(f"recipe {self.name}: stages ({shown(self.stages)}) must be a non-empty list")
+        for i, st in enumerate(self.stages):
+            if not isinstance(st, dict):
+                raise ConfigError(f"recipe {self.name}: stage {i} ({shown(st)}) must be a mapping "
+                                  "{steps, seq_len, batch_size}")
         object.__setattr__(self, "stages", tuple(dict(s) for s in self.stages))
         for i, st in enumerate(self.stages):
             if not {"steps", "seq_len", "batch_size"} <= set(st) <= {"steps", "seq_len", "batch_size", "mix"}:
@@ -155,9 +168,24 @@ def load_recipe(path: str | Path) -> Recipe:
     if unknown:
         raise UsageError(f"recipe {p}: unknown field(s) {', '.join(unknown)}")
     try:
-        return Recipe(**raw)
+        recipe = Recipe(**raw)
     except TypeError as exc:
         raise UsageError(f"recipe {p}: {exc}") from None
+    cfg = model_config(recipe, 64)  # the model's fields are checked now, before anything is written
+    _check_training_memory(recipe, cfg)
+    return recipe
+
+
+def _check_training_memory(recipe: Recipe, cfg) -> None:
+    """Weights, gradients and two AdamW moments in float32 (16 bytes per parameter, the
+    vocabulary counted at the corpus's size) must fit the machine's memory."""
+    from diffeval.checkpoints import device_memory
+
+    n_params = dataclasses.replace(cfg, vocab_size=8192).n_params()
+    need, have = 16 * n_params, device_memory("cpu")
+    if have is not None and need > have:
+        raise UsageError(f"recipe {recipe.name}: training needs about {need / 2**30:,.1f} GiB ({n_params:,} "
+                         f"parameters x 16 bytes) but the machine has {have / 2**30:,.1f} GiB available")
 
 
 def model_config(recipe: Recipe, vocab_size: int):
@@ -217,25 +245,65 @@ def _build(recipe: Recipe, out: Path):
     return tok, model, opt
 
 
-def _resume(recipe: Recipe, out: Path, model, opt, resume: bool) -> tuple[int, float]:
-    """Load out/train_state.pt when asked and present; cut log.jsonl to the restored step.
-    Returns (step, minutes already spent, in seconds)."""
-    import torch
-
-    step, elapsed = 0, 0.0
+def _saved_state(recipe: Recipe, out: Path, resume: bool) -> Optional[dict]:
+    """out/train_state.pt when asked and present (read before anything is written); an
+    unusable one is a UsageError naming it and what to do."""
     state_path = _state_path(out)
-    if resume and state_path.exists():
-        state = torch.load(state_path, weights_only=True)
-        if state["recipe"] != json.dumps(recipe.to_dict(), sort_keys=True):
-            raise UsageError(f"{state_path}: written by a different recipe; use a new --out or --no-resume")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step, elapsed = int(state["step"]), float(state["elapsed"])
+    if not (resume and state_path.exists()):
+        return None
+    from diffeval.checkpoints.files import safe_torch_load
+    from diffeval.errors import CheckpointError
+
+    try:
+        state = safe_torch_load(state_path)
+    except CheckpointError as exc:
+        raise UsageError(_unusable(state_path, str(exc).split(": ", 1)[-1])) from None
+    if not isinstance(state, dict) or not {"recipe", "model", "optimizer", "step", "elapsed"} <= set(state):
+        raise UsageError(_unusable(state_path, "not a diffeval training state"))
+    if state["recipe"] != json.dumps(recipe.to_dict(), sort_keys=True):
+        raise UsageError(f"{state_path}: written by a different recipe; use a new --out or --no-resume")
+    return state
+
+
+def _unusable(path: Path, why: str) -> str:
+    return f"{path}: unusable training state ({why}); delete it to start again from step 0 (or rerun with --no-resume)"
+
+
+def _resume(recipe: Recipe, out: Path, model, opt, state: Optional[dict]) -> tuple[int, float]:
+    """Restore `state` (from _saved_state) into model and optimizer; cut log.jsonl to the
+    restored step. Returns (step, seconds already spent)."""
+    step, elapsed = 0, 0.0
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            step, elapsed = int(state["step"]), float(state["elapsed"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # a state of another shape
+            reason = str(exc).strip().splitlines()[0][:80] if str(exc).strip() else ""
+            raise UsageError(_unusable(_state_path(out), f"{type(exc).__name__}: {reason}")) from None
         log.info("resuming %s at step %d", recipe.name, step)
     log_path = out / "log.jsonl"
-    lines = log_path.read_text().splitlines() if log_path.exists() and step > 0 else []
-    log_path.write_text("".join(ln + "\n" for ln in lines if json.loads(ln)["step"] <= step))
+    rows = _log_rows(log_path) if log_path.exists() and step > 0 else []
+    log_path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step))
     return step, elapsed
+
+
+def _log_rows(path: Path) -> list[dict]:
+    """The records of a training log; lines cut by a kill (or otherwise damaged) are dropped
+    with one warning: the steps they logged are rerun and logged again."""
+    rows, bad = [], 0
+    for line in path.read_bytes().splitlines():
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            row = None
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+        else:
+            bad += bool(line.strip())
+    if bad:
+        logging.getLogger("diffeval").warning("%s: %d damaged line(s) dropped", path, bad)
+    return rows
 
 
 def _train_step(recipe: Recipe, packer, model, opt, step: int) -> dict[str, Any]:
@@ -282,16 +350,24 @@ def train(recipe: Recipe, out: Path, resume: bool = True, progress: bool = True,
     `max_minutes` of this call have passed (checked at log boundaries, so that a resumed run
     logs exactly what an uninterrupted one does). Returns the summary dict."""
     import torch
+
+    from diffeval.results import claimed_out
+
+    torch.set_num_threads(recipe.threads)
+    with claimed_out(Path(out), {}) as out:
+        return _train(recipe, out, resume, progress, max_minutes)
+
+
+def _train(recipe: Recipe, out: Path, resume: bool, progress: bool, max_minutes: Optional[float]) -> dict[str, Any]:
+    import torch
     from tqdm import tqdm
 
     from diffeval.checkpoints import save
     from diffeval.train.corpus import Packer
 
-    torch.set_num_threads(recipe.threads)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    state = _saved_state(recipe, out, resume)
     tok, model, opt = _build(recipe, out)
-    step, elapsed = _resume(recipe, out, model, opt, resume)
+    step, elapsed = _resume(recipe, out, model, opt, state)
     packer = Packer(tok._tok, tok.bos_id, tok.eos_id, recipe.corpus, recipe.answer_weight)
     bar = tqdm(total=recipe.steps, initial=step, desc=recipe.name, disable=not progress, dynamic_ncols=True)
     started = time.perf_counter()

@@ -4,12 +4,14 @@ to identical files; the resume key covers every setting that changes outputs."""
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import jsonschema
 import pytest
 import torch
 
+from diffeval.errors import UsageError
 from diffeval.probes import PROBES, get_probe
 from diffeval.results import SCHEMA_FILE
 from diffeval.run import RunOptions, run_probe
@@ -24,6 +26,7 @@ CASES = {
     "halluc": {"lengths": [500], "samples": 3, "n_facts": 4},
 }
 OPTS = RunOptions(device="cpu", max_new_tokens=3, progress=False)
+AGAIN = RunOptions(device="cpu", max_new_tokens=3, progress=False, overwrite=True)  # other settings, same --out
 
 
 @pytest.fixture(scope="module")
@@ -87,12 +90,15 @@ def test_probe_files_follow_the_contract_and_resume_exactly(name, ckpts, tmp_pat
     # the same command again reuses everything; another dtype reuses nothing
     same = _run(name, ckpts, whole)
     assert all(t["resumed_samples"] == t["samples"] for t in same["timing"]["models"].values())
-    other = _run(name, ckpts, whole, RunOptions(device="cpu", max_new_tokens=3, progress=False, dtype=torch.float64))
+    float64 = RunOptions(device="cpu", max_new_tokens=3, progress=False, dtype=torch.float64)
+    with pytest.raises(UsageError, match="--overwrite"):  # the folder holds the float32 results
+        _run(name, ckpts, whole, float64)
+    other = _run(name, ckpts, whole, replace(float64, overwrite=True))
     assert all(t["resumed_samples"] == 0 for t in other["timing"]["models"].values())
     assert other["run"]["dtype"] == "float64"
 
 
-def test_resume_key_covers_decoding_and_the_checkpoint_config(ckpts, tmp_path):
+def test_resume_key_covers_decoding_backend_and_the_checkpoint_config(ckpts, tmp_path):
     probe = get_probe("needle")
     cfg = probe.config(CASES["needle"])
     model = tmp_path / "model"
@@ -100,15 +106,16 @@ def test_resume_key_covers_decoding_and_the_checkpoint_config(ckpts, tmp_path):
     out = tmp_path / "run"
     first = run_probe(probe, cfg, [str(model)], out, OPTS)
     resumed = lambda r: r["timing"]["models"]["model"]["resumed_samples"]  # noqa: E731
-    more_tokens = run_probe(probe, cfg, [str(model)], out, RunOptions(device="cpu", max_new_tokens=5, progress=False))
+    more_tokens = run_probe(probe, cfg, [str(model)], out, replace(AGAIN, max_new_tokens=5))
     assert resumed(more_tokens) == 0
-    ruler = run_probe(probe, cfg, [str(model)], out, RunOptions(device="cpu", decode="ruler", max_new_tokens=3,
-                                                                progress=False))
+    ruler = run_probe(probe, cfg, [str(model)], out, replace(AGAIN, decode="ruler"))
     assert resumed(ruler) == 0 and ruler["run"]["decode"] == "ruler"
+    reference = run_probe(probe, cfg, [str(model)], out, replace(AGAIN, backend="reference"))
+    assert resumed(reference) == 0 and reference["models"][0]["backend"] == "reference"
     config = json.loads((model / "config.json").read_text())
     config["rope"]["theta"] *= 2  # same weights, another model
     (model / "config.json").write_text(json.dumps(config))
-    edited = run_probe(probe, cfg, [str(model)], out, OPTS)
+    edited = run_probe(probe, cfg, [str(model)], out, AGAIN)
     assert resumed(edited) == 0
     assert edited["models"][0]["config_sha256"] != first["models"][0]["config_sha256"]
     assert edited["models"][0]["sha256"] == first["models"][0]["sha256"]

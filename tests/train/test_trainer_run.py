@@ -53,6 +53,38 @@ def test_same_recipe_same_loss_curve_and_resume_matches(tmp_path, monkeypatch):
     assert c["steps"] == 5 and _losses(tmp_path / "c") == _losses(tmp_path / "a")
 
 
+def test_a_cut_log_line_is_dropped_and_a_cut_state_refused(tmp_path, monkeypatch, caplog):
+    from diffeval.train import trainer
+
+    recipe = Recipe(**MICRO)
+    a = tmp_path / "a"
+    train(recipe, a, progress=False)
+    real = trainer._train_step
+
+    def crash(recipe, packer, model, opt, step):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real(recipe, packer, model, opt, step)
+
+    monkeypatch.setattr(trainer, "_train_step", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, tmp_path / "c", progress=False)
+    monkeypatch.setattr(trainer, "_train_step", real)
+    log = tmp_path / "c" / "log.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text(lines[0] + lines[1] + lines[2][:15])  # the kill cut step 3's line
+    state = (tmp_path / "c" / "train_state.pt").read_bytes()
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "train_state.pt").write_bytes(state[: len(state) // 2])
+    with caplog.at_level("WARNING", logger="diffeval"):
+        c = train(recipe, tmp_path / "c", progress=False)
+    assert c["steps"] == 5 and "1 damaged line(s) dropped" in caplog.text
+    assert _losses(tmp_path / "c") == _losses(a)  # the cut line is gone, step 3 logged again
+    with pytest.raises(UsageError, match=r"train_state.pt: unusable training state .*delete it"):
+        train(recipe, tmp_path / "d", progress=False)
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["train_state.pt"]
+
+
 def test_max_minutes_stops_and_exports(tmp_path):
     s = train(Recipe(**MICRO), tmp_path, progress=False, max_minutes=1e-9)
     assert s["steps"] == 0 and s["stopped_early"] and not s["finished"]

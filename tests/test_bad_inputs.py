@@ -1,0 +1,387 @@
+"""The bad-input corpus: every command fed what an adversarial user would try — malformed
+options, absurd sizes, damaged checkpoints, hostile YAML, unwritable outputs, foreign run
+folders. Each case must end with exit code 2, exactly one line on stderr that names the
+culprit, no traceback, and nothing half-written (no temporary file, no folder created by
+the refused run). Cases are data: (id, argv builder, text the line must contain)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from diffeval.checkpoints.zoo import zoo_path
+from helpers import run_cli, saved_tiny_models
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# `{ck}`: a tiny native checkpoint, `{out}`: a run folder that does not exist yet, `{t}`:
+# the test's own folder (for files the case writes first).
+TINY = ["--len", "256", "--depths", "50", "--samples", "1", "--ckpt", "{ck}", "--out", "{out}"]
+
+
+def _config(ck: Path, **changes) -> None:
+    cfg = json.loads((ck / "config.json").read_text())
+    for key, value in changes.items():
+        if key.startswith("rope_"):
+            cfg["rope"][key[5:]] = value
+        else:
+            cfg[key] = value
+    (ck / "config.json").write_text(json.dumps(cfg))
+
+
+def _bad_ckpt(change, zoo: bool = False):
+    """A copy of the tiny checkpoint (or of a zoo model, which has tokenizer files) at {t}/ck,
+    damaged by change(path)."""
+    def setup(t: Path, ck: str) -> None:
+        target = t / "ck"
+        shutil.copytree(zoo_path("transformer-tiny") if zoo else ck, target)
+        change(target)
+    return setup
+
+
+def _write(name: str, content: str | bytes):
+    def setup(t: Path, ck: str) -> None:
+        path = t / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return setup
+
+
+def _nan_weights(target: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(target / "model.safetensors"))
+    name = sorted(state)[3]
+    state[name][0, 0] = float("nan")
+    save_file(state, str(target / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _overflowing_head(target: Path) -> None:
+    """Finite weights whose logits overflow float16 (the largest is 65504)."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(target / "model.safetensors"))
+    state["lm_head.weight"] = state["lm_head.weight"] / state["lm_head.weight"].abs().max() * 60000
+    save_file(state, str(target / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _foreign_run(t: Path, ck: str) -> None:
+    (t / "run").mkdir()
+    (t / "run" / "results.json").write_text(json.dumps({"schema_version": 2, "probe": "nll", "task": {"params": {}}}))
+
+
+HELD: list = []  # lock files a case holds while the command runs
+
+
+def _locked(t: Path, ck: str) -> None:
+    import fcntl
+
+    (t / "run").mkdir()
+    f = open(t / "run" / ".lock", "a+")
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a concurrent run into the same folder holds it
+    f.write("4242\n")
+    f.flush()
+    HELD.append(f)
+
+
+def _resume_dir(t: Path, ck: str) -> None:
+    (t / "run" / ".resume" / "transformer.jsonl").mkdir(parents=True)
+
+
+def _bad_state(t: Path, ck: str) -> None:
+    (t / "run").mkdir()
+    (t / "run" / "train_state.pt").write_bytes(b"PK\x03\x04 cut by a kill")
+
+
+MICRO_RECIPE = ("name: micro\nmodel: {family: transformer, d_model: 32, n_layers: 1, n_heads: 2, d_ff: 64, "
+                "max_seq_len: 128}\nstages: [{steps: 2, seq_len: 64, batch_size: 1}]\nmin_doc: 16\n")
+
+
+def _unwritable(t: Path, ck: str) -> None:
+    (t / "ro").mkdir()
+    os.chmod(t / "ro", 0o500)
+
+
+def _unreadable_config(target: Path) -> None:
+    os.chmod(target / "config.json", 0o000)
+
+
+def _unreadable_dir(target: Path) -> None:
+    os.chmod(target, 0o000)
+
+
+def _big_tokenizer(target: Path) -> None:
+    """Few tokens, but one id beyond the embedding (259 rows)."""
+    tok = {"version": "1.0", "model": {"type": "WordLevel", "vocab": {"a": 0, "b": 1, "far": 5000},
+                                       "unk_token": "a"},
+           "pre_tokenizer": {"type": "Whitespace"}}
+    (target / "tokenizer.json").write_text(json.dumps(tok))
+
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi")) + \
+    "name: t\nprobe: needle\nversion: 1\nparams: {samples: *i}\n"
+
+# (id, argv, setup or None, text the error line must contain)
+CASES = [
+    # options: values, ranges and absurd sizes (class 7)
+    ("samples-zero", ["needle", "--samples", "0", *TINY[6:]], None, "--samples"),
+    ("samples-huge", ["needle", "--samples", "99999999999999999999", "--ckpt", "{ck}", "--out", "{out}"], None, "--samples"),
+    ("depths-count-huge", ["needle", "--depths", "0:100:100000000", "--ckpt", "{ck}", "--out", "{out}"], None, "--depths"),
+    ("depths-step-read-as-count", ["needle", "--depths", "0:100:0", "--ckpt", "{ck}", "--out", "{out}"], None, "count"),
+    ("len-range-huge", ["needle", "--len", "1:100000000:1", "--ckpt", "{ck}", "--out", "{out}"], None, "--len"),
+    ("len-garbage", ["needle", "--len", "4q", "--ckpt", "{ck}", "--out", "{out}"], None, "--len"),
+    ("len-beyond-limit", ["needle", "--len", "64k", "--depths", "50", "--samples", "1", "--ckpt", "{ck}", "--out", "{out}"], None, "--allow-beyond-max-positions"),
+    ("tokens-huge", ["outliers", "--tokens", "99999999999999999999k", "--len", "128", "--ckpt", "{ck}", "--out", "{out}"], None, "--tokens"),
+    ("outliers-empty-file", ["outliers", "--tokens", "all", "--len", "128", "--data", "{t}/empty.txt", "--ckpt", "{ck}", "--out", "{out}"], _write("empty.txt", ""), "empty.txt"),
+    ("dtype-unknown", ["needle", "--dtype", "fp8", *TINY], None, "--dtype"),
+    ("backend-unknown", ["needle", "--backend", "cudnn", *TINY], None, "--backend"),
+    ("device-unknown", ["needle", "--device", "tpu", *TINY], None, "--device"),
+    ("batch-zero", ["needle", "--batch-size", "0", *TINY], None, "--batch-size"),
+    ("value-truncated", ["needle", "--len", "x" * 5000, "--ckpt", "{ck}", "--out", "{out}"], None, "--len"),
+    ("icl-shots-garbage", ["icl", "--shots", "1,a", "--ckpt", "{ck}", "--out", "{out}"], None, "--shots"),
+    ("nll-docs-zero", ["nll", "--len", "128", "--docs", "0", "--ckpt", "{ck}", "--out", "{out}"], None, "--docs"),
+    ("halluc-len-garbage", ["halluc", "--len", "-5", "--ckpt", "{ck}", "--out", "{out}"], None, "--len"),
+    ("attn-map-layers-out-of-range", ["attn-map", "--layers", "7", *TINY], None, "--layers"),
+    # checkpoints (class 9, 10)
+    ("ckpt-missing", ["info", "--ckpt", "{t}/nothing"], None, "nothing"),
+    ("ckpt-config-not-utf8", ["info", "--ckpt", "{t}/ck"], _bad_ckpt(lambda p: (p / "config.json").write_bytes(b"\xff\xfe{")), "config.json"),
+    ("ckpt-config-unreadable", ["info", "--ckpt", "{t}/ck"], _bad_ckpt(_unreadable_config), "permission"),
+    ("ckpt-dir-unreadable", ["info", "--ckpt", "{t}/ck"], _bad_ckpt(_unreadable_dir), "permission"),
+    ("ckpt-rope-theta-text", ["info", "--ckpt", "{t}/ck"], _bad_ckpt(lambda p: _config(p, rope_theta="abc")), "theta"),
+    ("ckpt-rope-list", ["info", "--ckpt", "{t}/ck"], _bad_ckpt(lambda p: _config(p, rope=[1, 2, 3])), "rope"),
+    ("ckpt-rope-theta-inf", ["info", "--ckpt", "{t}/ck"], _bad_ckpt(lambda p: _config(p, rope_theta=float("inf"))), "theta"),
+    ("ckpt-layers-absurd", ["info", "--ckpt", "{t}/ck"], _bad_ckpt(lambda p: _config(p, n_layers=1000000000)), "n_layers"),
+    ("ckpt-weights-dir", ["info", "--ckpt", "{t}/ck"], _bad_ckpt(lambda p: ((p / "model.safetensors").unlink(), (p / "model.safetensors").mkdir())), "model.safetensors"),
+    ("ckpt-nan-weight", ["info", "--ckpt", "{t}/ck"], _bad_ckpt(_nan_weights), "non-finite"),
+    ("ckpt-logits-overflow-fp16", ["needle", "--dtype", "float16", "--len", "256", "--depths", "50", "--samples", "1",
+                                   "--ckpt", "{t}/ck", "--out", "{out}"], _bad_ckpt(_overflowing_head), "non-finite logits"),
+    ("ckpt-hf-fields-of-wrong-type", ["info", "--ckpt", "{t}/ck"],
+     _bad_ckpt(lambda p: (p / "config.json").write_text(json.dumps(
+         {"architectures": ["LlamaForCausalLM"], "hidden_size": "abc", "num_attention_heads": 4, "vocab_size": 259,
+          "num_hidden_layers": 2.5, "intermediate_size": 96}))), "hidden_size ('abc'), num_hidden_layers (2.5)"),
+    ("ckpt-tokenizer-config-list", ["info", "--ckpt", "{t}/ck"], _bad_ckpt(lambda p: (p / "tokenizer_config.json").write_text("[1, 2]"), zoo=True), "tokenizer_config.json"),
+    ("ckpt-tokenizer-config-not-utf8", ["info", "--ckpt", "{t}/ck"], _bad_ckpt(lambda p: (p / "tokenizer_config.json").write_bytes(b"\xff\xff"), zoo=True), "tokenizer_config.json"),
+    ("ckpt-tokenizer-beyond-vocab", ["info", "--ckpt", "{t}/ck"], _bad_ckpt(_big_tokenizer), "vocab_size"),
+    ("ckpt-evil-pickle", ["info", "--ckpt", "{t}/ck", "--allow-pickle"], _bad_ckpt(lambda p: ((p / "model.safetensors").unlink(), (p / "model.pt").write_bytes(b"\x80\x04cos\nsystem\n(S'true'\ntR."))), "os.system"),
+    # output faults (class 6)
+    ("out-is-a-file", ["needle", *TINY[:-1], "{t}/file"], _write("file", "x"), "file"),
+    ("out-read-only", ["needle", *TINY[:-1], "{t}/ro/run"], _unwritable, "ro"),
+    ("out-under-proc", ["needle", *TINY[:-1], "/proc/diffeval-run"], None, "/proc"),
+    ("out-foreign-run", ["needle", *TINY[:-1], "{t}/run"], _foreign_run, "--overwrite"),
+    ("out-results-garbage", ["needle", *TINY[:-1], "{t}/run"], _write("run/results.json", "{not json"), "cannot read"),
+    ("out-locked-by-another-run", ["needle", *TINY[:-1], "{t}/run"], _locked, "4242"),
+    ("out-resume-file-is-a-dir", ["needle", *TINY[:-1], "{t}/run"], _resume_dir, "transformer.jsonl"),
+    ("train-state-truncated", ["train", "--recipe", "{t}/r.yaml", "--out", "{t}/run"],
+     lambda t, ck: (_write("r.yaml", MICRO_RECIPE)(t, ck), _bad_state(t, ck)), "train_state.pt"),
+    ("recipe-model-invalid", ["train", "--recipe", "{t}/r.yaml", "--out", "{out}"],
+     _write("r.yaml", MICRO_RECIPE.replace("n_heads: 2", "n_heads: 3")), "d_model"),
+    ("recipe-too-large-for-memory", ["train", "--recipe", "{t}/r.yaml", "--out", "{out}"],
+     _write("r.yaml", MICRO_RECIPE.replace("d_model: 32", "d_model: 1048576").replace("d_ff: 64", "d_ff: 1048576")), "GiB"),
+    ("ckpt-too-large-for-memory", ["info", "--ckpt", "{t}/ck"],
+     _bad_ckpt(lambda p: _config(p, vocab_size=1 << 24, d_model=1 << 16, d_ff=64, max_seq_len=64)), "--allow-beyond-memory"),
+    # task and recipe files (classes 8, 11)
+    ("task-alias-bomb", ["run", "{t}/bomb.yaml", "--ckpt", "{ck}", "--out", "{out}"], _write("bomb.yaml", BOMB), "alias"),
+    ("task-sink-text", ["run", "{t}/t.yaml", "--ckpt", "{ck}", "--out", "{out}"], _write("t.yaml", "name: t\nprobe: attn-map\nversion: 1\nparams: {lengths: [256], sink: four}\n"), "sink"),
+    ("task-binary", ["run", "{t}/t.yaml", "--out", "{out}"], _write("t.yaml", b"\x00\xff\xfe binary"), "t.yaml"),
+    ("task-unknown-probe", ["run", "{t}/t.yaml", "--out", "{out}"], _write("t.yaml", "name: t\nprobe: needles\nversion: 1\n"), "needles"),
+    ("recipe-betas-text", ["train", "--recipe", "{t}/r.yaml", "--out", "{out}"], _write("r.yaml", "name: r\nmodel: {family: transformer, d_model: 32, n_layers: 1, n_heads: 2, d_ff: 32}\nbetas: [a, b]\n"), "betas"),
+    ("recipe-stages-text", ["train", "--recipe", "{t}/r.yaml", "--out", "{out}"], _write("r.yaml", "name: r\nmodel: {family: transformer, d_model: 32, n_layers: 1, n_heads: 2, d_ff: 32}\nstages: [a, b]\n"), "stage"),
+    ("recipe-binary", ["train", "--recipe", "{t}/r.yaml", "--out", "{out}"], _write("r.yaml", b"\x00\x01\xff"), "r.yaml"),
+    ("figures-no-runs", ["figures", str(ROOT / "plots" / "paper.yaml"), "--results", "{t}/none", "--out", "{out}"], None, "none"),
+    ("compare-not-a-run", ["compare", "{t}", "--out", "{out}"], None, "results.json"),
+    ("check-bad-suite", ["check", "{t}/s.yaml"], _write("s.yaml", "name: s\n"), "s.yaml"),
+]
+
+
+@pytest.fixture(scope="module")
+def ck(tmp_path_factory):
+    return saved_tiny_models(tmp_path_factory.mktemp("ckpts"))[0]
+
+
+def _leftovers(root: Path) -> list[str]:
+    return [str(p) for p in root.rglob("*") if ".tmp" in p.name]
+
+
+# Permission cases need a user that permissions bind: root reads and writes everything.
+AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+NEEDS_PERMISSIONS = {"ckpt-config-unreadable", "ckpt-dir-unreadable", "out-read-only"}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2(case, ck, tmp_path, capsys, monkeypatch):
+    name, argv, setup, culprit = case
+    if AS_ROOT and name in NEEDS_PERMISSIONS:
+        pytest.skip("permissions do not bind root")
+    monkeypatch.chdir(tmp_path)
+    if setup is not None:
+        setup(tmp_path, ck)
+    before = sorted(str(p) for p in tmp_path.rglob("*")) if not name.endswith("unreadable") else None
+    args = [a.replace("{ck}", ck).replace("{out}", str(tmp_path / "out")).replace("{t}", str(tmp_path))
+            for a in argv]
+    try:
+        code = run_cli(args)
+    finally:
+        while HELD:
+            HELD.pop().close()
+        for p in (tmp_path, tmp_path / "ck", tmp_path / "ro"):
+            if p.exists():
+                os.chmod(p, 0o700)
+        if (tmp_path / "ck" / "config.json").exists():
+            os.chmod(tmp_path / "ck" / "config.json", 0o600)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("diffeval: error:"), err
+    assert culprit.lower() in lines[0].lower(), lines[0]
+    assert len(lines[0]) < 600
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists(), "a refused run left its folder behind"
+    assert not _leftovers(tmp_path)
+    if before is not None:  # nothing added, nothing removed
+        assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
+# --- damaged state is redone, interrupted runs say how to resume, stdout faults ------------
+
+def test_damaged_resume_records_are_skipped_with_one_warning_and_redone(ck, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["needle", "--len", "256", "--depths", "0,100", "--samples", "2", "--ckpt", ck, "--out", str(out)]
+    assert run_cli(argv) == 0
+    samples = (out / "samples.jsonl").read_text()
+    resume = out / ".resume" / "transformer.jsonl"
+    lines = resume.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 4
+    record = json.loads(lines[1])
+    del record["value"]["prediction"]
+    damaged = [b"42\n", json.dumps(record).encode() + b"\n", b"\xff\xfe{\n", lines[2], lines[3][:20]]
+    resume.write_bytes(lines[0] + b"".join(damaged))
+    capsys.readouterr()
+    assert run_cli(argv) == 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("diffeval:")]
+    assert len(err) == 1 and "4 damaged record(s) skipped" in err[0] and "transformer.jsonl" in err[0], err
+    results = json.loads((out / "results.json").read_text())
+    assert results["timing"]["models"]["transformer"]["resumed_samples"] == 2  # lines 0 and 2 survived
+    assert (out / "samples.jsonl").read_text() == samples
+
+
+def test_ctrl_c_prints_the_command_that_resumes_it(ck, tmp_path, capsys, monkeypatch):
+    import shlex
+
+    from helpers import interrupt_after
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["needle", "--len", "256", "--depths", "0,100", "--samples", "2", "--ckpt", ck]
+    with monkeypatch.context() as m:
+        interrupt_after(m, 2)
+        assert run_cli(argv) == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("diffeval: interrupted;") and "resume with: diffeval needle" in err, err
+    command = shlex.split(err.split("resume with: ", 1)[1])
+    out = Path(command[command.index("--out") + 1])
+    assert out.parent.name == "runs" and not (out / "results.json").exists()
+    assert run_cli(command[1:]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["timing"]["models"]["transformer"]["resumed_samples"] == 2
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == [out.name]  # no second folder
+
+
+def test_refused_run_leaves_no_default_folder(ck, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(["needle", "--len", "64k", "--ckpt", ck]) == 2
+    assert not (tmp_path / "runs").exists()
+
+
+def test_results_are_strict_json(tmp_path):
+    from diffeval.results import write_json, write_jsonl
+
+    write_json(tmp_path / "r.json", {"a": float("nan"), "b": [float("inf"), 1.5], "c": {"d": -float("inf")}})
+    write_jsonl(tmp_path / "s.jsonl", [{"x": float("nan")}])
+    strict = lambda text: json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))  # noqa: E731
+    assert strict((tmp_path / "r.json").read_text()) == {"a": None, "b": [None, 1.5], "c": {"d": None}}
+    assert strict((tmp_path / "s.jsonl").read_text()) == {"x": None}
+
+
+def test_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import errno
+
+    from diffeval.errors import UsageError
+    from diffeval.results import write_json
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(UsageError, match="r.json: cannot write .No space left on device."):
+        write_json(tmp_path / "r.json", {"a": 1})
+    assert list(tmp_path.iterdir()) == []
+
+
+def _cli(*args, env=None, stdout=None):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "diffeval.cli", *args], stdout=stdout or subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}, timeout=300)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_stdout_on_a_full_device_is_one_line_exit_2():
+    with open("/dev/full", "w") as full:
+        res = _cli("zoo", stdout=full)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        "diffeval: error: cannot write to standard output (No space left on device)"]
+
+
+def test_a_foreign_mplbackend_does_not_matter(ck, tmp_path):
+    res = _cli("needle", "--len", "256", "--depths", "50", "--samples", "1", "--ckpt", ck, "--out", str(tmp_path / "r"),
+               env={"MPLBACKEND": "nonexistent"})
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "r" / "needle_heatmap.png").is_file()
+
+
+# Root reads and writes everything, so the permission cases above are skipped under root;
+# here the operating system's refusal is simulated at the call that meets it.
+def _denied(*args, **kwargs):
+    import errno
+
+    raise PermissionError(errno.EACCES, "Permission denied")
+
+
+@pytest.mark.parametrize("target, argv, culprit", [
+    ("pathlib.Path.read_text", ["info", "--ckpt", "{ck}"], "config.json: permission denied"),
+    ("pathlib.Path.mkdir", ["needle", *TINY], "cannot write there (Permission denied)"),
+])
+def test_permission_faults_are_reported_as_such(target, argv, culprit, ck, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(target, _denied)
+    args = [a.replace("{ck}", ck).replace("{out}", str(tmp_path / "out")) for a in argv]
+    assert run_cli(args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and culprit in lines[0], lines
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unlistable_checkpoint_folder_is_a_permission_error(ck, capsys, monkeypatch):
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    assert run_cli(["info", "--ckpt", ck]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("permission denied (cannot list the checkpoint directory)") and "No such" not in err
+
+
+def test_a_damaged_statistics_state_is_recomputed_with_one_warning(ck, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["outliers", "--tokens", "500", "--len", "128", "--quant-bits", "16,4", "--ckpt", ck, "--out", str(out)]
+    assert run_cli(argv) == 0
+    first = json.loads((out / "results.json").read_text())
+    state = out / ".resume" / "transformer.state.npz"
+    state.write_bytes(state.read_bytes()[:100])  # cut by a kill
+    capsys.readouterr()
+    assert run_cli(argv) == 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("diffeval:")]
+    assert len(err) == 1 and "transformer.state.npz: damaged" in err[0], err
+    again = json.loads((out / "results.json").read_text())
+    assert again["metrics"] == first["metrics"] and again["cells"] == first["cells"]
