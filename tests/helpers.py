@@ -27,6 +27,20 @@ def tiny_model(family: str = "transformer", seed: int = 0, dtype=torch.float32, 
     return model.to(dtype).eval()
 
 
+def rope64(T: int, d: int, theta: float = 10000.0):
+    """Float64 rotary embedding for positions 0..T-1, rotate_half convention (pairs i and
+    i + d/2), written from the definition: returns rot(t) for t (B, T, n, d)."""
+    inv = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    ang = torch.arange(T, dtype=torch.float64)[:, None] * inv[None]
+    cos, sin = torch.cat((ang, ang), -1).cos()[:, None], torch.cat((ang, ang), -1).sin()[:, None]
+
+    def rot(t):
+        h = d // 2
+        return t * cos + torch.cat((-t[..., h:], t[..., :h]), -1) * sin
+
+    return rot
+
+
 def saved_tiny_models(root) -> list[str]:
     """A transformer and a DIFF tiny model saved natively (byte tokenizer, 1024 positions)."""
     import diffeval

@@ -8,7 +8,7 @@ import torch
 
 import diffeval
 from diffeval.cli import main
-from diffeval.probes.attention import CATEGORIES, Spans, allocation, normalise_diff
+from diffeval.probes.attention import CATEGORIES, Spans, allocation, normalise_rows
 from diffeval.probes.attn_map import by_depth
 from diffeval.probes.specs import parse_index_list
 from helpers import tiny_model
@@ -39,9 +39,13 @@ def test_overlapping_spans_follow_priority():
 
 def test_diff_normalisation_sums_to_one():
     alloc = np.array([0.1, 0.05, 0.0, 0.2, 0.1, -0.05])  # sums to 0.4 = 1 - lambda
-    norm = normalise_diff(alloc, lam=0.6)
+    norm = normalise_rows(alloc[None], np.array([0.6]))
     assert norm.sum() == pytest.approx(1.0)
-    assert normalise_diff(alloc, lam=1.0) is None
+    assert np.isnan(normalise_rows(alloc[None], np.array([1.0]))).all()
+    # V2: each row by its own lambda
+    rows = np.stack([alloc, alloc * 0.5])  # sums 0.4 and 0.2
+    both = normalise_rows(rows, np.array([0.6, 0.8]))
+    assert both.sum(-1) == pytest.approx([1.0, 1.0])
 
 
 def test_index_lists():

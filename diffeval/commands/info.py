@@ -16,6 +16,14 @@ def _human(n: int) -> str:
     return str(n)
 
 
+def _heads(data: dict) -> str:
+    if data["family"] == "diff":
+        return f"{data['n_heads']} differential (2 maps each)"
+    if data["family"] == "diff2":
+        return f"{data['n_heads']} differential V2 ({2 * data['n_heads']} query heads, pairs share K/V)"
+    return str(data["n_heads"])
+
+
 def info(
     ckpt: str = typer.Option(..., "--ckpt", help="Checkpoint: zoo:NAME, a native or a Hugging Face directory."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
@@ -40,7 +48,7 @@ def info(
         ("format", f"{data['format']} ({data['architecture']})"),
         ("parameters", f"{data['n_params']:,} ({_human(data['n_params'])})"),
         ("layers", data["n_layers"]),
-        ("heads", data["n_heads"] if data["family"] != "diff" else f"{data['n_heads']} differential (2 maps each)"),
+        ("heads", _heads(data)),
         ("kv heads", data["n_kv_heads"]),
         ("head size", f"{data['d_head']}" + (f" (value {data['d_value']})" if data["d_value"] != data["d_head"] else "")),
         ("d_model / d_ff", f"{data['d_model']} / {data['d_ff']}"),
@@ -54,6 +62,11 @@ def info(
         ("files", ", ".join(data["files"])),
         ("sha256", data["sha256"]),
     ]
+    if data["family"] == "diff2":
+        cfg = data["config"]
+        rows.insert(5, ("λ projection", f"lambda_proj {cfg['d_model']} -> {cfg['n_heads']} "
+                                          f"({'with' if cfg['lambda_bias'] else 'no'} bias), "
+                                          "sigmoid per token and head"))
     for k, v in rows:
         table.add_row(k, str(v))
     Console().print(table)
