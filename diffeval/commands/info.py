@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Optional
 
 import typer
 
@@ -28,11 +29,12 @@ def info(
     ckpt: str = typer.Option(..., "--ckpt", help="Checkpoint: zoo:NAME, a native or a Hugging Face directory."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     allow_pickle: bool = o.ALLOW_PICKLE,
+    weights_format: Optional[str] = o.FORMAT,
 ) -> None:
     """Describe a checkpoint: family, sizes, RoPE, tokenizer, file sha256."""
     from diffeval.checkpoints import load
 
-    loaded = load(ckpt, allow_pickle=allow_pickle)
+    loaded = load(ckpt, allow_pickle=allow_pickle, format=weights_format)
     data = loaded.info.to_dict()
     if as_json:
         typer.echo(json.dumps(data, indent=2))

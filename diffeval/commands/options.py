@@ -30,6 +30,7 @@ DECODE = typer.Option("default", "--decode", help="default (stop at a newline, s
 SAVE_PROMPTS = typer.Option(False, "--save-prompts", help="Also write prompts.jsonl: the text of every prompt, to audit any cell.")
 ALLOW_BEYOND = typer.Option(False, "--allow-beyond-max-positions", help="Allow prompts longer than the model's position limit (length extrapolation).")
 ALLOW_PICKLE = typer.Option(False, "--allow-pickle", help="Load .bin/.pt weights (weights_only=True).")
+FORMAT = typer.Option(None, "--format", help="Weight layout: native, hf, or unilm (DIFF V1 from Microsoft's reference code). Default: detected from config.json and the tensor names.")
 LENGTHS = typer.Option(None, "--len", help="Prompt lengths in tokens: 4096, 4k, 64K, lists 4k,8k, ranges 4k:64k. Default: 4k, or less when a model's position limit is shorter.")
 DEPTHS = typer.Option("0,25,50,75,100", "--depths", help="Needle depths in %: a list, or start:stop:count.")
 HAYSTACK = typer.Option("noise", "--haystack", help="noise, essay, or a text file / folder.")
