@@ -46,6 +46,7 @@ class RunOptions:
     max_new_tokens: Optional[int] = None
     allow_beyond_max_positions: bool = False
     allow_pickle: bool = False
+    weights_format: Optional[str] = None  # --format: native | hf | unilm; None: detected
     progress: bool = True
     prompt_format: str = "plain"  # plain | chat
     decode: str = "default"  # default | ruler
@@ -156,7 +157,8 @@ def run_probe(probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions,
     warming = None  # matplotlib imported in the background while the first model runs
     for label, spec in zip(labels, specs):
         clock = _Clock()
-        loaded = load(spec, device=opts.device, dtype=opts.dtype, backend=opts.backend, allow_pickle=opts.allow_pickle)
+        loaded = load(spec, device=opts.device, dtype=opts.dtype, backend=opts.backend, allow_pickle=opts.allow_pickle,
+                      format=opts.weights_format)
         clock.lap("load")
         hashed[label] = loaded.info.sha256_from
         ctx = model_context(label, loaded, opts)

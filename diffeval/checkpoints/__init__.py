@@ -113,6 +113,9 @@ def _layout(fmt: str, requested: Optional[str], tensors: dict[str, torch.Tensor]
             raise CheckpointError(f"--format {requested!r}: " + did_you_mean(requested, FORMATS))
         if requested != "unilm" and requested != fmt:
             raise CheckpointError(f"{directory}: --format {requested} but config.json is in the {fmt} format")
+        if requested == "unilm" and not unilm.detect(tensors):
+            raise CheckpointError(f"{directory}: --format unilm but no attention tensor 'out_proj' (not the "
+                                  "reference layout)")
         return requested
     return "unilm" if fmt == "unilm" or unilm.detect(tensors) else fmt
 

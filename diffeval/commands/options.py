@@ -69,6 +69,7 @@ RUN_PARAMS = {
     "device": (str, DEVICE), "dtype": (str, DTYPE), "backend": (str, BACKEND), "batch_size": (int, BATCH),
     "max_new_tokens": (Optional[int], MAX_NEW), "prompt_format": (str, PROMPT_FORMAT), "decode": (str, DECODE),
     "save_prompts": (bool, SAVE_PROMPTS), "allow_beyond": (bool, ALLOW_BEYOND), "allow_pickle": (bool, ALLOW_PICKLE),
+    "weights_format": (Optional[str], FORMAT),
 }
 
 
@@ -99,7 +100,8 @@ def with_run_options(*names: str):
 
 def run_options(device: str = "auto", dtype: str = "auto", backend: str = "auto", batch_size: int = 1,
                 max_new_tokens: Optional[int] = None, allow_beyond: bool = False, allow_pickle: bool = False,
-                prompt_format: str = "plain", decode: str = "default", save_prompts: bool = False):
+                prompt_format: str = "plain", decode: str = "default", save_prompts: bool = False,
+                weights_format: Optional[str] = None):
     from diffeval.run import RunOptions
 
     dev = parse_device(device)
@@ -109,7 +111,7 @@ def run_options(device: str = "auto", dtype: str = "auto", backend: str = "auto"
         return RunOptions(device=dev, dtype=parse_dtype(dtype, dev), backend=backend, batch_size=batch_size,
                           max_new_tokens=max_new_tokens, allow_beyond_max_positions=allow_beyond,
                           allow_pickle=allow_pickle, progress=True, prompt_format=prompt_format, decode=decode,
-                          save_prompts=save_prompts)
+                          save_prompts=save_prompts, weights_format=weights_format)
 
 
 @contextmanager

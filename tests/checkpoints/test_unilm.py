@@ -208,3 +208,20 @@ def test_bad_reference_configs_exit_2_naming_the_field(tmp_path, capsys, config,
     assert run_cli(["info", "--ckpt", str(directory)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and field in err, err
+
+
+def test_probe_commands_take_format_unilm(tmp_path, capsys):
+    import shutil
+
+    zoo = diffeval.load("zoo:diff-tiny")
+    model = zoo.model
+    directory = _write(model, tmp_path / "u")
+    shutil.copy(zoo.tokenizer.path, directory / "tokenizer.json")
+    out = tmp_path / "nll"
+    assert run_cli(["nll", "--ckpt", str(directory), "--format", "unilm", "--docs", "2", "--len", "64",
+                    "--device", "cpu", "--out", str(out)]) == 0
+    assert json.loads((out / "results.json").read_text())["models"][0]["family"] == "diff"
+    native = tmp_path / "native"
+    diffeval.save(model, native)
+    assert run_cli(["info", "--ckpt", str(native), "--format", "unilm"]) == 2
+    assert "'out_proj'" in capsys.readouterr().err
