@@ -41,7 +41,7 @@ from diffeval.checkpoints.files import WeightFiles
 from diffeval.errors import CheckpointError, ConfigError
 from diffeval.models.config import ModelConfig, RopeConfig
 
-# field -> (meaning, default; None = required)
+# field -> (meaning, default as documented; None = required)
 CONFIG_FIELDS: dict[str, tuple[str, Any]] = {
     "format": ("must be \"unilm\"", None),
     "vocab_size": ("vocabulary size", None),
@@ -57,9 +57,8 @@ CONFIG_FIELDS: dict[str, tuple[str, Any]] = {
     "subln_eps": ("eps of the per-head norm subln", 1e-5),
     "subln_weight": ("whether subln has a weight; default: whether layer 0 has subln.weight", "detected"),
     "tie_embeddings": ("the output head reuses the embedding", False),
-    "eos_token_id": ("end-of-text token id(s) for a tokenizer.json next to the weights", None),
+    "eos_token_id": ("end-of-text token id(s) for a tokenizer.json next to the weights", "none"),
 }
-OPTIONAL_ONLY = ("eos_token_id",)
 
 _ATTN = re.compile(r"^layers\.(\d+)\.attn\.(q_proj|k_proj|v_proj|out_proj|subln|lambda_[qk][12])(\.weight|\.bias)?$")
 
@@ -86,8 +85,7 @@ def config_from(raw: dict[str, Any], path: Path) -> ModelConfig:
     unknown = sorted(set(raw) - set(CONFIG_FIELDS))
     if unknown:
         raise CheckpointError(f"{path}: unknown field(s) {', '.join(unknown)}; valid: {', '.join(CONFIG_FIELDS)}")
-    missing = [k for k, (_, default) in CONFIG_FIELDS.items() if default is None and k not in raw
-               and k not in OPTIONAL_ONLY]
+    missing = [k for k, (_, default) in CONFIG_FIELDS.items() if default is None and k not in raw]
     if missing:
         raise CheckpointError(f"{path}: missing field(s) {', '.join(missing)}")
     H, G = raw["num_heads"], raw.get("num_kv_heads", raw["num_heads"])
