@@ -225,3 +225,18 @@ def test_probe_commands_take_format_unilm(tmp_path, capsys):
     diffeval.save(model, native)
     assert run_cli(["info", "--ckpt", str(native), "--format", "unilm"]) == 2
     assert "'out_proj'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("n_kv", [4, 2], ids=["mha", "gqa"])
+def test_reference_layout_of_a_diffllama_gives_its_transformers_logits(hf_dir, tmp_path, n_kv):
+    """A transformers DiffLlamaForCausalLM (HF layout), rewritten in the reference layout by
+    the test helper, loads to the logits transformers computes for the original."""
+    from hf_models import hf_model
+
+    directory = hf_dir("diffllama", n_kv=n_kv)
+    model = diffeval.load(str(directory)).model
+    ids = torch.randint(0, 300, (2, 60), generator=torch.Generator().manual_seed(6))
+    converted = diffeval.load(str(_write(model, tmp_path / "u"))).model
+    with torch.no_grad():
+        want = hf_model(directory)(ids).logits
+        assert (converted(ids) - want).abs().max().item() <= 1e-5
