@@ -49,6 +49,7 @@ class RunOptions:
     max_new_tokens: Optional[int] = None
     allow_beyond_max_positions: bool = False
     allow_pickle: bool = False
+    weights_format: Optional[str] = None  # --format: native | hf | unilm; None: detected
     progress: bool = True
     prompt_format: str = "plain"  # plain | chat
     decode: str = "default"  # default | ruler
@@ -174,7 +175,8 @@ def _run_probe(probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions,
     for label, spec in zip(labels, specs):
         clock = _Clock()
         loaded = load(spec, device=opts.device, dtype=opts.dtype, backend=opts.backend, allow_pickle=opts.allow_pickle,
-                      length=_longest(params), allow_beyond_memory=opts.allow_beyond_memory)
+                      length=_longest(params), allow_beyond_memory=opts.allow_beyond_memory,
+                      format=opts.weights_format)
         clock.lap("load")
         hashed[label] = loaded.info.sha256_from
         ctx = model_context(label, loaded, opts)

@@ -27,6 +27,20 @@ def tiny_model(family: str = "transformer", seed: int = 0, dtype=torch.float32, 
     return model.to(dtype).eval()
 
 
+def rope64(T: int, d: int, theta: float = 10000.0):
+    """Float64 rotary embedding for positions 0..T-1, rotate_half convention (pairs i and
+    i + d/2), written from the definition: returns rot(t) for t (B, T, n, d)."""
+    inv = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    ang = torch.arange(T, dtype=torch.float64)[:, None] * inv[None]
+    cos, sin = torch.cat((ang, ang), -1).cos()[:, None], torch.cat((ang, ang), -1).sin()[:, None]
+
+    def rot(t):
+        h = d // 2
+        return t * cos + torch.cat((-t[..., h:], t[..., :h]), -1) * sin
+
+    return rot
+
+
 def saved_tiny_models(root) -> list[str]:
     """A transformer and a DIFF tiny model saved natively (byte tokenizer, 1024 positions)."""
     import diffeval
@@ -63,3 +77,51 @@ def interrupt_after(monkeypatch, n: int) -> None:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(results_mod.ResumeCache, "put", put_then_stop)
+
+
+def unilm_state(model) -> dict:
+    """A diff model's weights written INTO the layout of Microsoft's reference code (written
+    here head by head from REFERENCE.md, independent of diffeval.checkpoints.unilm): q heads
+    i -> 2i, i + H -> 2i + 1; kv heads g -> 2g, g + G -> 2g + 1 (G = n_kv_heads / 2); RoPE rows
+    of each head in interleaved order (half-split row m -> 2m, m + d/2 -> 2m + 1); value heads g
+    and g + G joined into one 2d head g; o_proj -> out_proj; subln.weight when the model has one."""
+    cfg = model.cfg
+    H, d, G = cfg.n_heads, cfg.d_head, cfg.n_kv_heads // 2
+    assert cfg.family == "diff" and cfg.n_kv_heads % 2 == 0
+
+    def interleave(head):  # (d, C) half-split rows -> interleaved rows
+        out = torch.empty_like(head)
+        for m in range(d // 2):
+            out[2 * m], out[2 * m + 1] = head[m], head[m + d // 2]
+        return out
+
+    def pairs(w, n):  # internal (2n * d, C), maps 1 then maps 2 -> interleaved Q1/Q2 pairs
+        heads = w.reshape(2 * n, d, -1)
+        out = []
+        for i in range(n):
+            out += [interleave(heads[i]), interleave(heads[i + n])]
+        return torch.cat(out)
+
+    out = {}
+    for name, t in model.state_dict().items():
+        t = t.detach().clone()
+        if name.endswith("attn.q_proj.weight"):
+            t = pairs(t, H)
+        elif name.endswith("attn.k_proj.weight"):
+            t = pairs(t, G)
+        elif name.endswith("attn.v_proj.weight"):
+            heads = t.reshape(2 * G, d, -1)
+            t = torch.cat([torch.cat((heads[g], heads[g + G])) for g in range(G)])
+        elif name.endswith("attn.o_proj.weight"):
+            name = name.replace("o_proj", "out_proj")
+        out[name] = t.contiguous()
+    return out
+
+
+def unilm_config(model, **extra) -> dict:
+    """The config file a user of the reference code writes for `model` (a diff model)."""
+    cfg = model.cfg
+    return {"format": "unilm", "vocab_size": cfg.vocab_size, "embed_dim": cfg.d_model, "num_layers": cfg.n_layers,
+            "num_heads": cfg.n_heads, "num_kv_heads": cfg.n_kv_heads // 2, "head_dim": cfg.d_head,
+            "ffn_dim": cfg.d_ff, "max_seq_len": cfg.max_seq_len, "rope_theta": cfg.rope.theta,
+            "norm_eps": cfg.norm_eps, "subln_eps": cfg.norm_eps, "tie_embeddings": cfg.tie_embeddings, **extra}

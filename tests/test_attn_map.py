@@ -8,7 +8,7 @@ import torch
 
 import diffeval
 from diffeval.cli import main
-from diffeval.probes.attention import CATEGORIES, Spans, allocation, normalise_diff
+from diffeval.probes.attention import CATEGORIES, Spans, allocation, normalise_rows
 from diffeval.probes.attn_map import by_depth
 from diffeval.probes.specs import parse_index_list
 from helpers import tiny_model
@@ -39,9 +39,13 @@ def test_overlapping_spans_follow_priority():
 
 def test_diff_normalisation_sums_to_one():
     alloc = np.array([0.1, 0.05, 0.0, 0.2, 0.1, -0.05])  # sums to 0.4 = 1 - lambda
-    norm = normalise_diff(alloc, lam=0.6)
+    norm = normalise_rows(alloc[None], np.array([0.6]))
     assert norm.sum() == pytest.approx(1.0)
-    assert normalise_diff(alloc, lam=1.0) is None
+    assert np.isnan(normalise_rows(alloc[None], np.array([1.0]))).all()
+    # V2: each row by its own lambda
+    rows = np.stack([alloc, alloc * 0.5])  # sums 0.4 and 0.2
+    both = normalise_rows(rows, np.array([0.6, 0.8]))
+    assert both.sum(-1) == pytest.approx([1.0, 1.0])
 
 
 def test_index_lists():
@@ -55,8 +59,13 @@ def test_index_lists():
 def ckpts(tmp_path_factory):
     root = tmp_path_factory.mktemp("am")
     out = {}
-    for family in ("transformer", "diff"):
-        diffeval.save(tiny_model(family, vocab_size=259, max_seq_len=2048), root / family)
+    for family in ("transformer", "diff", "diff2"):
+        model = tiny_model(family, vocab_size=259, max_seq_len=2048)
+        if family == "diff2":  # lambda varying from token to token and head to head
+            with torch.no_grad():
+                for layer in model.layers:
+                    layer.attn.lambda_proj.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
+        diffeval.save(model, root / family)
         out[family] = str(root / family)
     uniform = tiny_model("transformer", vocab_size=259, max_seq_len=2048)
     with torch.no_grad():
@@ -124,6 +133,32 @@ def test_attn_map_end_to_end_writes_everything(ckpts, tmp_path, capsys):
     assert {"attn_profile", "attn_layer_head", "attn_pooled_window", "attn_pooled_whole", "attn_allocation"} <= stems
     table = capsys.readouterr().out
     assert "answer" in table and "noise" in table
+
+
+def test_attn_map_diff2_allocates_with_each_rows_own_lambda(ckpts, tmp_path):
+    out = tmp_path / "v2"
+    main(["attn-map", "--ckpt", ckpts["diff2"], *ARGS, "--query", "answer", "--out", str(out)])
+    results = json.loads((out / "results.json").read_text())
+    recs = [json.loads(l) for l in (out / "samples.jsonl").read_text().splitlines()]
+    for rec in recs:
+        npz = np.load(out / "arrays" / f"diff2__{rec['id']}.npz")
+        n = len(npz["input_ids"])
+        spans = Spans(n, tuple(npz["span_answer"]), tuple(npz["span_needle"]),
+                      tuple(map(tuple, npz["span_others"])), int(npz["span_sink"][1]), int(npz["span_query"][0]))
+        for L in (0, 1):
+            lam = npz[f"layer{L}_lambda"]  # (h, R): one lambda per head and query row
+            assert lam.shape == npz[f"layer{L}"].shape[:2] and lam.std() > 1e-3
+            assert np.allclose(npz[f"layer{L}"], npz[f"layer{L}_map1"] - lam[..., None] * npz[f"layer{L}_map2"],
+                               atol=1e-6)
+            rows = allocation(npz[f"layer{L}"], spans.labels())  # (h, R, C)
+            want = (rows / (1 - lam[..., None])).mean(axis=1)  # each row by its own 1 - lambda
+            got = np.asarray(rec["per_layer_head"]["diff_norm"][L])
+            assert np.allclose(got, want, atol=1e-5)
+            assert np.allclose(got.sum(-1), 1.0, atol=1e-5)
+            # dividing by the mean lambda instead would differ
+            assert not np.allclose(got, rows.mean(axis=1) / (1 - lam.mean()), atol=1e-5)
+    for alloc in by_depth(results["metrics"]["diff2"], "normalised.").values():
+        assert sum(alloc[c] for c in CATEGORIES) == pytest.approx(1.0, abs=1e-4)
 
 
 def test_captured_rows_in_npz_match_a_direct_capture(ckpts, tmp_path):

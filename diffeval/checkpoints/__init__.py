@@ -1,4 +1,5 @@
-"""load(spec) -> Loaded(model, tokenizer, info); save(model, dir). One module per format."""
+"""load(spec) -> Loaded(model, tokenizer, info); save(model, dir). One module per format:
+native.py, hf.py, and unilm.py (DIFF V1 in Microsoft's reference layout, converted at load)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,15 @@ from typing import Any, Optional
 
 import torch
 
-from diffeval.checkpoints import hf, native
+from diffeval.checkpoints import hf, native, unilm
 from diffeval.checkpoints.files import read_weights
 from diffeval.checkpoints.zoo import zoo_path
-from diffeval.errors import CheckpointError
+from diffeval.errors import CheckpointError, did_you_mean
 from diffeval.models.config import ModelConfig
 from diffeval.models.decoder import Decoder
 from diffeval.tokenizers import ByteTokenizer, load_tokenizer
 
-FORMATS = {"native": native, "hf": hf}
+FORMATS = {"native": native, "hf": hf, "unilm": unilm}
 
 
 @dataclass
@@ -98,17 +99,33 @@ def resolve_spec(spec: str) -> Path:
 
 
 def read_config(directory: Path) -> tuple[str, ModelConfig, dict[str, Any]]:
+    """(format of config.json: native | hf | unilm, its ModelConfig, the raw JSON)."""
     from diffeval.yamlio import read_json
 
     path = directory / "config.json"
     if not path.exists() and not path.is_symlink() and os.access(directory, os.R_OK | os.X_OK):
         raise CheckpointError(f"{path}: missing (a checkpoint directory needs config.json)")
     raw = read_json(path, "", CheckpointError)
-    fmt = "native" if "family" in raw else "hf"
+    fmt = "unilm" if unilm.is_unilm_config(raw) else "native" if "family" in raw else "hf"
     try:
         return fmt, FORMATS[fmt].config_from(raw, path), raw
     except (TypeError, ValueError, ZeroDivisionError, AttributeError) as exc:  # a value of the wrong type
         raise CheckpointError(f"{path}: a field has a value of the wrong type ({exc})") from None
+
+
+def _layout(fmt: str, requested: Optional[str], tensors: dict[str, torch.Tensor], directory: Path) -> str:
+    """The weight layout to read: --format when given, else the config's format, switched to
+    unilm when the tensor names are the reference layout's (an attention `out_proj`)."""
+    if requested is not None:
+        if requested not in FORMATS:
+            raise CheckpointError(f"--format {requested!r}: " + did_you_mean(requested, FORMATS))
+        if requested != "unilm" and requested != fmt:
+            raise CheckpointError(f"{directory}: --format {requested} but config.json is in the {fmt} format")
+        if requested == "unilm" and not unilm.detect(tensors):
+            raise CheckpointError(f"{directory}: --format unilm but no attention tensor 'out_proj' (not the "
+                                  "reference layout)")
+        return requested
+    return "unilm" if fmt == "unilm" or unilm.detect(tensors) else fmt
 
 
 def _state_dict(weights, mapping: dict[str, str], model: Decoder, fmt) -> dict[str, torch.Tensor]:
@@ -144,11 +161,14 @@ def load(
     require_tokenizer: bool = False,
     length: Optional[int] = None,
     allow_beyond_memory: bool = False,
+    format: Optional[str] = None,
 ) -> Loaded:
     """Load a checkpoint: `zoo:NAME`, a native directory, or a Hugging Face directory.
     Returns Loaded(model in eval mode on `device`/`dtype`, tokenizer, info). A Hugging Face
     directory without tokenizer.json loads for forward passes with tokenizer None (an error
-instead when `require_tokenizer`); probes that need text say so in one line. Before any
+instead when `require_tokenizer`); probes that need text say so in one line. `format`
+    ("native", "hf", "unilm") overrides detection: unilm reads DIFF V1 weights in Microsoft's
+    reference layout (with a native, Hugging Face or unilm config.json). Before any
     weight is read, the memory the model needs (parameters, and the KV cache at `length`
     tokens when given) is compared with the device's: more is refused unless
     `allow_beyond_memory`. Weights holding NaN or infinity, and logits that are not finite on
@@ -157,21 +177,24 @@ instead when `require_tokenizer`); probes that need text say so in one line. Bef
     fmt, cfg, raw = read_config(directory)
     check_memory(cfg, dtype, device, length, allow_beyond_memory, spec)
     weights = read_weights(directory, allow_pickle=allow_pickle)
-    mapping = FORMATS[fmt].map_state(weights.tensors, cfg)
+    layout = _layout(fmt, format, weights.tensors, directory)
+    if layout == "unilm":
+        cfg, weights = unilm.convert(weights, cfg, raw)
+    mapping = FORMATS[layout].map_state(weights.tensors, cfg)
     with torch.device("meta"):
         model = Decoder(cfg)
-    state = _state_dict(weights, mapping, model, FORMATS[fmt])
+    state = _state_dict(weights, mapping, model, FORMATS[layout])
     model.load_state_dict(state, assign=True, strict=True)
     model = model.to(device=device, dtype=dtype).eval()
     model.set_backend(backend, device)
     _check_first_forward(model, directory, dtype)
-    if fmt == "hf":
+    if fmt in ("hf", "unilm"):
         eos = raw.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if isinstance(eos, int) else ())
         tokenizer = load_tokenizer(directory, eos_ids)
         if tokenizer is None and require_tokenizer:
-            raise CheckpointError(f"{directory / 'tokenizer.json'}: missing (Hugging Face checkpoints need it)")
-        arch = hf.architecture(raw, directory / "config.json")
+            raise CheckpointError(f"{directory / 'tokenizer.json'}: missing ({fmt} checkpoints need it)")
+        arch = hf.architecture(raw, directory / "config.json") if fmt == "hf" else "unilm Diff-Transformer"
     else:
         tokenizer = load_tokenizer(directory) or ByteTokenizer()
         arch = "diffeval"
@@ -183,7 +206,7 @@ instead when `require_tokenizer`); probes that need text say so in one line. Bef
     info = CheckpointInfo(
         spec=spec,
         path=str(directory),
-        format=fmt,
+        format=fmt if layout == fmt else f"{fmt} config, {layout} weights",
         architecture=arch,
         family=cfg.family,
         n_params=sum(p.numel() for p in model.parameters()),

@@ -14,7 +14,7 @@ FLAGS = {"lengths": "--len", "depths": "--depths", "samples": "--samples", "n_ne
 
 
 @o.with_run_options("device", "dtype", "backend", "prompt_format",
-                    "save_prompts", "allow_beyond", "allow_pickle")
+                    "save_prompts", "allow_beyond", "allow_pickle", "weights_format")
 def attn_map(
     ckpt: list[str] = o.CKPT,
     length: Optional[str] = o.LENGTHS,

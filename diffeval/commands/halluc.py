@@ -14,7 +14,7 @@ FLAGS = {"data": "--data", "lengths": "--len", "samples": "--samples", "n_facts"
 
 
 @o.with_run_options("device", "dtype", "backend", "batch_size",
-                    "prompt_format", "save_prompts", "allow_beyond", "allow_pickle")
+                    "prompt_format", "save_prompts", "allow_beyond", "allow_pickle", "weights_format")
 def halluc(
     ckpt: list[str] = o.CKPT,
     data: str = typer.Option("synthetic", "--data", help="synthetic (generated long-context QA) or a .jsonl file (context, question, answers, answerable)."),

@@ -15,7 +15,7 @@ FLAGS = {"data": "--data", "text_field": "--text-field", "label_field": "--label
 
 
 @o.with_run_options("device", "dtype", "backend", "batch_size",
-                    "prompt_format", "save_prompts", "allow_beyond", "allow_pickle")
+                    "prompt_format", "save_prompts", "allow_beyond", "allow_pickle", "weights_format")
 def icl(
     ckpt: list[str] = o.CKPT,
     data: str = typer.Option("synthetic-6", "--data", help="synthetic-6, synthetic-50, synthetic-77, synthetic-150, or a .jsonl / .csv file."),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Optional
 
 import typer
 
@@ -16,16 +17,25 @@ def _human(n: int) -> str:
     return str(n)
 
 
+def _heads(data: dict) -> str:
+    if data["family"] == "diff":
+        return f"{data['n_heads']} differential (2 maps each)"
+    if data["family"] == "diff2":
+        return f"{data['n_heads']} differential V2 ({2 * data['n_heads']} query heads, pairs share K/V)"
+    return str(data["n_heads"])
+
+
 def info(
     ckpt: str = typer.Option(..., "--ckpt", help="Checkpoint: zoo:NAME, a native or a Hugging Face directory."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     allow_pickle: bool = o.ALLOW_PICKLE,
     allow_memory: bool = o.ALLOW_MEMORY,
+    weights_format: Optional[str] = o.FORMAT,
 ) -> None:
     """Describe a checkpoint: family, sizes, RoPE, tokenizer, file sha256."""
     from diffeval.checkpoints import load
 
-    loaded = load(ckpt, allow_pickle=allow_pickle, allow_beyond_memory=allow_memory)
+    loaded = load(ckpt, allow_pickle=allow_pickle, allow_beyond_memory=allow_memory, format=weights_format)
     data = loaded.info.to_dict()
     if as_json:
         typer.echo(json.dumps(data, indent=2))
@@ -41,7 +51,7 @@ def info(
         ("format", f"{data['format']} ({data['architecture']})"),
         ("parameters", f"{data['n_params']:,} ({_human(data['n_params'])})"),
         ("layers", data["n_layers"]),
-        ("heads", data["n_heads"] if data["family"] != "diff" else f"{data['n_heads']} differential (2 maps each)"),
+        ("heads", _heads(data)),
         ("kv heads", data["n_kv_heads"]),
         ("head size", f"{data['d_head']}" + (f" (value {data['d_value']})" if data["d_value"] != data["d_head"] else "")),
         ("d_model / d_ff", f"{data['d_model']} / {data['d_ff']}"),
@@ -55,6 +65,11 @@ def info(
         ("files", ", ".join(data["files"])),
         ("sha256", data["sha256"]),
     ]
+    if data["family"] == "diff2":
+        cfg = data["config"]
+        rows.insert(5, ("λ projection", f"lambda_proj {cfg['d_model']} -> {cfg['n_heads']} "
+                                          f"({'with' if cfg['lambda_bias'] else 'no'} bias), "
+                                          "sigmoid per token and head"))
     for k, v in rows:
         table.add_row(k, str(v))
     Console().print(table)

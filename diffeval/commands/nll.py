@@ -12,7 +12,7 @@ FLAGS = {"length": "--len", "data": "--data", "text_field": "--text-field", "doc
          "positions": "--positions", "seed": "--seed"}
 
 
-@o.with_run_options("device", "dtype", "backend", "allow_beyond", "allow_pickle")
+@o.with_run_options("device", "dtype", "backend", "allow_beyond", "allow_pickle", "weights_format")
 def nll(
     ckpt: list[str] = o.CKPT,
     data: str = typer.Option("synthetic", "--data", help="synthetic (generated documents), a .txt file, a folder of .txt files (one document each), or a .jsonl file."),

@@ -34,6 +34,7 @@ ALLOW_MEMORY = typer.Option(False, "--allow-beyond-memory", help="Load a model w
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace the results of another run (another probe, parameters, settings or models) found in --out.")
 LENGTHS = typer.Option(None, "--len", help="Prompt lengths in tokens: 4096, 4k, 64K (k = 1024), lists 4k,8k, ranges 4k:64k (doubling) or 1k:4k:1k (start:stop:step). Default: 4k, or the longest that fits every model's position limit (said on stderr).")
 DEPTHS = typer.Option("0,25,50,75,100", "--depths", help="Needle depths in % of the context: a list 0,25,50, or start:stop:count — the third number is a COUNT, not a step: 0:100:5 = 0, 25, 50, 75, 100.")
+FORMAT = typer.Option(None, "--format", help="Weight layout: native, hf, or unilm (DIFF V1 from Microsoft's reference code). Default: detected from config.json and the tensor names.")
 HAYSTACK = typer.Option("noise", "--haystack", help="noise, essay, or a text file / folder.")
 NEEDLE_KIND = typer.Option("city", "--needle-kind", help="city, kv-word, kv-number or uuid.")
 
@@ -71,6 +72,7 @@ RUN_PARAMS = {
     "max_new_tokens": (Optional[int], MAX_NEW), "prompt_format": (str, PROMPT_FORMAT), "decode": (str, DECODE),
     "save_prompts": (bool, SAVE_PROMPTS), "allow_beyond": (bool, ALLOW_BEYOND), "allow_pickle": (bool, ALLOW_PICKLE),
     "allow_memory": (bool, ALLOW_MEMORY), "overwrite": (bool, OVERWRITE),
+    "weights_format": (Optional[str], FORMAT),
 }
 
 
@@ -102,7 +104,8 @@ def with_run_options(*names: str):
 def run_options(device: str = "auto", dtype: str = "auto", backend: str = "auto", batch_size: int = 1,
                 max_new_tokens: Optional[int] = None, allow_beyond: bool = False, allow_pickle: bool = False,
                 prompt_format: str = "plain", decode: str = "default", save_prompts: bool = False,
-                allow_memory: bool = False, overwrite: bool = False):
+                allow_memory: bool = False, overwrite: bool = False,
+                weights_format: Optional[str] = None):
     from diffeval.run import RunOptions
 
     dev = parse_device(device)
@@ -112,7 +115,8 @@ def run_options(device: str = "auto", dtype: str = "auto", backend: str = "auto"
         return RunOptions(device=dev, dtype=parse_dtype(dtype, dev), backend=backend, batch_size=batch_size,
                           max_new_tokens=max_new_tokens, allow_beyond_max_positions=allow_beyond,
                           allow_pickle=allow_pickle, progress=True, prompt_format=prompt_format, decode=decode,
-                          save_prompts=save_prompts, allow_beyond_memory=allow_memory, overwrite=overwrite)
+                          save_prompts=save_prompts, allow_beyond_memory=allow_memory, overwrite=overwrite,
+                          weights_format=weights_format)
 
 
 @contextmanager

@@ -11,7 +11,7 @@ from diffeval.kernels.reference import ReferenceBackend, softmax_rows
 from diffeval.models.cache import LayerCache
 from diffeval.models.config import ModelConfig
 from diffeval.models.inspect import ForwardContext
-from diffeval.models.layers import apply_rotary
+from diffeval.models.layers import project_qkv
 
 REFERENCE = ReferenceBackend()
 
@@ -36,12 +36,7 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """x (B, T, d_model) -> (B, T, d_model)."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.d_head).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.d_head).transpose(1, 2)  # (B, Hkv, T, D)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.d_head).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if cache is not None:
-            k, v = cache.append(k, v)  # (B, Hkv, Tk, D)
+        q, k, v = project_qkv(self, x, cos, sin, cache, self.n_heads)  # (B, H, T, D), (B, Hkv, Tk, D)
         scale = self.d_head**-0.5
         fn = ctx.logit_fn(self.layer_idx)
         backend = REFERENCE if fn is not None else ctx.backend

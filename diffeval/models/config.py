@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from diffeval.errors import ConfigError, shown
+from diffeval.families import DIFFERENTIAL, FAMILIES
 
-FAMILIES = ("transformer", "sha", "diff")
 ROPE_TYPES = ("default", "linear", "llama3")
 MAX_DIM = 1 << 24  # any one size (layers, width, vocabulary, positions): far above real models
 
@@ -56,7 +56,11 @@ class ModelConfig:
     """A pre-norm decoder. For `diff`, `n_heads` counts differential heads (each has two
     query/key maps of width `d_head` and one value of width 2 * `d_head`), and `n_kv_heads`
     counts key/value heads of width `d_head` (as Hugging Face DiffLlama stores them), which
-    must divide 2 * `n_heads`."""
+    must divide 2 * `n_heads`. For `diff2` (DIFF V2), `n_heads` counts output heads: 2 *
+    `n_heads` query heads of width `d_head` (default d_model / n_heads) in one softmax call,
+    query heads 2i and 2i + 1 in one GQA group (so 2 * n_heads / n_kv_heads must be even),
+    value width `d_head`, and a per-token lambda from `lambda_proj` (bias when `lambda_bias`);
+    `n_kv_heads` defaults to `n_heads` there (the key/value heads of the matched Transformer)."""
 
     family: str
     vocab_size: int
@@ -74,6 +78,8 @@ class ModelConfig:
     o_bias: bool = False
     mlp_bias: bool = False
     diff_norm_weight: bool = False  # per-head RMSNorm with a weight (unilm `subln`) or without (HF)
+    diff_norm_eps: float | None = None  # eps of DIFF's per-head RMSNorm; None: norm_eps
+    lambda_bias: bool = False  # diff2: lambda_proj has a bias
     lambda_std: float = 0.1  # init only
     init_std: float = 0.02  # init only
 
@@ -95,15 +101,19 @@ class ModelConfig:
                 raise ConfigError(f"rope: {exc}") from None
         if not isinstance(self.rope, RopeConfig):
             raise ConfigError(f"rope ({shown(self.rope)}) must be a mapping like {{theta: 10000.0}}")
-        n_kv = self.n_kv_heads if self.n_kv_heads is not None else self.n_q_heads
+        # diff2 by default keeps the key/value heads of a Transformer with n_heads heads
+        default_kv = self.n_heads if self.family == "diff2" else self.n_q_heads
+        n_kv = self.n_kv_heads if self.n_kv_heads is not None else default_kv
         object.__setattr__(self, "n_kv_heads", n_kv)
         if self.d_head is None:
-            if self.d_model % self.n_q_heads:
+            # diff2 keeps the head size of a Transformer with n_heads heads; diff halves it
+            split = self.n_heads if self.family == "diff2" else self.n_q_heads
+            if self.d_model % split:
                 raise ConfigError(
-                    f"d_model ({self.d_model}) must be divisible by the number of query heads "
-                    f"({self.n_q_heads}) when d_head is not given"
+                    f"d_model ({self.d_model}) must be divisible by the number of "
+                    f"{'output' if self.family == 'diff2' else 'query'} heads ({split}) when d_head is not given"
                 )
-            object.__setattr__(self, "d_head", self.d_model // self.n_q_heads)
+            object.__setattr__(self, "d_head", self.d_model // split)
         if not isinstance(self.d_head, int) or self.d_head < 2 or self.d_head % 2:
             raise ConfigError(f"d_head ({self.d_head!r}) must be an even integer >= 2 (RoPE pairs)")
         if not isinstance(n_kv, int) or n_kv < 1 or self.n_q_heads % n_kv:
@@ -115,13 +125,20 @@ class ModelConfig:
                 f"family 'sha' has one head per layer: n_heads ({self.n_heads}) and "
                 f"n_kv_heads ({n_kv}) must be 1"
             )
+        if self.family == "diff2" and (self.n_q_heads // n_kv) % 2:
+            raise ConfigError(
+                f"family 'diff2' pairs query heads 2i and 2i+1 on one key/value head: the GQA group size "
+                f"2 * n_heads / n_kv_heads ({self.n_q_heads} / {n_kv} = {self.n_q_heads // n_kv}) must be even"
+            )
         if not self.norm_eps > 0:
             raise ConfigError(f"norm_eps ({self.norm_eps}) must be > 0")
+        if self.diff_norm_eps is not None and not self.diff_norm_eps > 0:
+            raise ConfigError(f"diff_norm_eps ({self.diff_norm_eps}) must be > 0")
 
     @property
     def n_q_heads(self) -> int:
-        """Query projections of width d_head: 2 * n_heads for diff, n_heads otherwise."""
-        return 2 * self.n_heads if self.family == "diff" else self.n_heads
+        """Query projections of width d_head: 2 * n_heads for diff and diff2, n_heads otherwise."""
+        return 2 * self.n_heads if self.family in DIFFERENTIAL else self.n_heads
 
     @property
     def d_value(self) -> int:
@@ -165,13 +182,15 @@ class ModelConfig:
     def n_params(self) -> int:
         """Parameter count, from the shapes alone."""
         d, dh = self.d_model, self.d_head
-        attn = d * self.n_q_heads * dh + 2 * d * self.n_kv_heads * dh + self.n_q_heads * dh * d
+        attn = d * self.n_q_heads * dh + 2 * d * self.n_kv_heads * dh + self.n_heads * self.d_value * d
         if self.qkv_bias:
             attn += self.n_q_heads * dh + 2 * self.n_kv_heads * dh
         if self.o_bias:
             attn += d
         if self.family == "diff":
             attn += 4 * dh + (2 * dh if self.diff_norm_weight else 0)
+        if self.family == "diff2":
+            attn += d * self.n_heads + (self.n_heads if self.lambda_bias else 0)
         mlp = 3 * d * self.d_ff + (2 * self.d_ff + d if self.mlp_bias else 0)
         per_layer = attn + mlp + 2 * d
         head = 0 if self.tie_embeddings else self.vocab_size * d

@@ -1,6 +1,6 @@
 """The pre-norm decoder every family shares:
     h = embed(ids);  for each layer: h += Attn(RMSNorm(h)); h += SwiGLU(RMSNorm(h));  logits = head(RMSNorm(h))
-Attention is the family's module (attention.py or diff.py); everything else is here."""
+Attention is the family's module (attention.py, diff.py or diff2.py); everything else is here."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from diffeval.models.attention import Attention
 from diffeval.models.cache import KVCache
 from diffeval.models.config import ModelConfig
 from diffeval.models.diff import DiffAttention
+from diffeval.models.diff2 import Diff2Attention
 from diffeval.models.inspect import ActivationStats, Capture, ForwardContext, LogitHook
 from diffeval.models.layers import RMSNorm, Rotary, SwiGLU
 
@@ -22,6 +23,7 @@ ATTENTION: dict[str, type[nn.Module]] = {
     "transformer": Attention,
     "sha": Attention,
     "diff": DiffAttention,
+    "diff2": Diff2Attention,
 }
 
 DEFAULT_CHUNK = 4096  # tokens per chunk for the position-wise parts (MLP, head) at inference
@@ -67,7 +69,7 @@ class Decoder(nn.Module):
     @torch.no_grad()
     def init_weights(self, seed: int = 0) -> None:
         """Fresh weights from a seeded generator: N(0, init_std) matrices and embeddings, zero
-        biases, unit norms, lambda vectors N(0, lambda_std)."""
+        biases, unit norms, DIFF lambda vectors N(0, lambda_std) (diff2's lambda_proj is a matrix)."""
         gen = torch.Generator(device="cpu").manual_seed(seed)
         for name, p in self.named_parameters():
             if name.endswith("bias"):
@@ -75,7 +77,7 @@ class Decoder(nn.Module):
             elif "norm" in name or "subln" in name:
                 p.fill_(1.0)
             else:
-                std = self.cfg.lambda_std if ".lambda_" in name else self.cfg.init_std
+                std = self.cfg.lambda_std if ".lambda_" in name and p.dim() == 1 else self.cfg.init_std
                 p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * std)
 
     def set_backend(self, name: str, device: torch.device | str = "cpu") -> None:

@@ -20,7 +20,7 @@ from diffeval.kernels.reference import ReferenceBackend, softmax_rows
 from diffeval.models.cache import LayerCache
 from diffeval.models.config import ModelConfig
 from diffeval.models.inspect import ForwardContext
-from diffeval.models.layers import RMSNorm, apply_rotary
+from diffeval.models.layers import RMSNorm, project_qkv
 
 REFERENCE = ReferenceBackend()
 
@@ -39,7 +39,8 @@ class DiffAttention(nn.Module):
         self.lambda_k1 = nn.Parameter(torch.zeros(d))
         self.lambda_q2 = nn.Parameter(torch.zeros(d))
         self.lambda_k2 = nn.Parameter(torch.zeros(d))
-        self.subln = RMSNorm(2 * d, cfg.norm_eps, weight=cfg.diff_norm_weight)
+        eps = cfg.norm_eps if cfg.diff_norm_eps is None else cfg.diff_norm_eps
+        self.subln = RMSNorm(2 * d, eps, weight=cfg.diff_norm_weight)
         self.lambda_init = cfg.lambda_init(layer_idx)
 
     def lambda_full(self) -> torch.Tensor:
@@ -60,12 +61,7 @@ class DiffAttention(nn.Module):
         """x (B, T, d_model) -> (B, T, d_model)."""
         B, T, _ = x.shape
         H, d = self.n_heads, self.d_head
-        q = self.q_proj(x).view(B, T, 2 * H, d).transpose(1, 2)  # (B, 2H, T, d)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, d).transpose(1, 2)  # (B, Hkv, T, d)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, d).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if cache is not None:
-            k, v = cache.append(k, v)  # (B, Hkv, Tk, d)
+        q, k, v = project_qkv(self, x, cos, sin, cache, 2 * H)  # (B, 2H, T, d), (B, Hkv, Tk, d)
         lam = self.lambda_full()
         scale = d**-0.5
         fn = ctx.logit_fn(self.layer_idx)

@@ -19,7 +19,8 @@ class Capture:
     `layers`). After the forward pass, `rows[layer][name]` holds (B, H, R, n_keys) float32
     tensors on the CPU, R ordered as `positions`, keys past the query zero. Names: `attn` for
     softmax attention; for DIFF `map1`, `map2`, `diff` (= map1 - lambda * map2) and `lambda`
-    (a 0-d tensor). Memory is O(R x n) per layer and head."""
+    (a 0-d tensor for V1; (B, H, R), each captured row's own lambda, for V2). Memory is
+    O(R x n) per layer and head."""
 
     positions: Sequence[int]
     layers: Optional[Sequence[int]] = None
@@ -53,19 +54,23 @@ class Capture:
         parts = self._parts[layer]
         order = {p: i for i, p in enumerate(self.positions)}
         n_keys = max(t.shape[-1] for _, ts in parts for t in ts.values() if t.dim() == 4)
-        names = [n for n, t in parts[0][1].items() if t.dim() == 4]
         out: dict[str, torch.Tensor] = {}
-        for name in names:
-            first = parts[0][1][name]
-            full = torch.zeros(first.shape[0], first.shape[1], len(self.positions), n_keys)
+        for name, first in parts[0][1].items():
+            if first.dim() == 4:  # rows (B, H, R, Tk), zero-padded to n_keys
+                full = torch.zeros(first.shape[0], first.shape[1], len(self.positions), n_keys)
+            elif first.dim() == 3:  # one value per row (B, H, R)
+                full = torch.zeros(first.shape[0], first.shape[1], len(self.positions))
+            else:  # one value per layer: the last call's
+                out[name] = parts[-1][1][name].detach().float().cpu()
+                continue
             for absolute, ts in parts:
-                t = ts[name].float().cpu()
+                t = ts[name].detach().float().cpu()
                 for j, p in enumerate(absolute):
-                    full[:, :, order[p], : t.shape[-1]] = t[:, :, j]
+                    if t.dim() == 4:
+                        full[:, :, order[p], : t.shape[-1]] = t[:, :, j]
+                    else:
+                        full[:, :, order[p]] = t[:, :, j]
             out[name] = full
-        for name, t in parts[-1][1].items():
-            if t.dim() != 4:
-                out[name] = t.detach().float().cpu()
         return out
 
 

@@ -74,6 +74,22 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + rotated * sin
 
 
+def project_qkv(attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache,
+                n_q: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The start of every family's attention: x (B, T, C) through attn.q_proj / k_proj / v_proj
+    -> q (B, n_q, T, D) and k, v (B, Hkv, Tk, D), RoPE applied; a layer cache is extended and
+    its keys/values so far returned (Tk = cached + T)."""
+    B, T, _ = x.shape
+    d, n_kv = attn.d_head, attn.n_kv_heads
+    q = attn.q_proj(x).view(B, T, n_q, d).transpose(1, 2)  # (B, n_q, T, D)
+    k = attn.k_proj(x).view(B, T, n_kv, d).transpose(1, 2)  # (B, Hkv, T, D)
+    v = attn.v_proj(x).view(B, T, n_kv, d).transpose(1, 2)
+    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    if cache is not None:
+        k, v = cache.append(k, v)  # (B, Hkv, Tk, D)
+    return q, k, v
+
+
 class SwiGLU(nn.Module):
     def __init__(self, d_model: int, d_ff: int, bias: bool) -> None:
         super().__init__()

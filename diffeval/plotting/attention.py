@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from diffeval.families import DIFFERENTIAL
 from diffeval.plotting import save_figure
 from diffeval.plotting.style import model_colour
 
@@ -43,12 +44,12 @@ def profile_figure(arrays: dict[str, Any], log_scale: bool = True, query: str = 
             ax.plot(np.arange(n), row, lw=0.8, label=f"layer {L}")
         _shade(ax, npz)
         if log_scale:
-            if family == "diff":
+            if family in DIFFERENTIAL:
                 ax.set_yscale("symlog", linthresh=1e-5)
             else:
                 ax.set_yscale("log")
                 ax.set_ylim(1e-7, 1.0)  # attention weights: at most 1
-        what = "differential row A1 - λA2" if family == "diff" else "attention"
+        what = "differential row A1 - λA2" if family in DIFFERENTIAL else "attention"
         prompt = f" (prompt {prompts[label]})" if prompts and label in prompts else ""
         ax.set_title(f"{label}: {what} of the {who} over the context{prompt}", fontsize=9)
         ax.set_xlabel("key position (token)")
@@ -106,8 +107,8 @@ def pooled_figure(pooled: dict[str, Any], part: str = "window"):
     # Panels in rows of three: a DIFF model's three maps share a row; softmax models fill rows.
     panels: list[list[tuple]] = []
     for label, npz, fam in rows:
-        names = ("map1", "map2", "diff") if fam == "diff" else ("attn",)
-        if fam == "diff" or not panels or len(panels[-1]) >= 3 or panels[-1][0][2] == "diff":
+        names = ("map1", "map2", "diff") if fam in DIFFERENTIAL else ("attn",)
+        if fam in DIFFERENTIAL or not panels or len(panels[-1]) >= 3 or panels[-1][0][2] == "diff":
             panels.append([])
         panels[-1].extend((label, npz, n) for n in names)
     cols = max(len(p) for p in panels)
@@ -164,7 +165,7 @@ def allocation_figure(metrics: dict[str, Any], labels: list[str], families: Opti
     for ax, cat, title in ((axes[0, 0], "answer", "answer span"), (axes[0, 1], "noise", "noise context")):
         for k, label in enumerate(labels):
             vals = [metrics[label]["by_depth"][f"{d:g}"][cat] for d in depths]
-            name = label + (" (A1 - λA2)" if families.get(label) == "diff" else "")
+            name = label + (" (A1 - λA2)" if families.get(label) in DIFFERENTIAL else "")
             bars = ax.bar(np.arange(len(depths)) + (k - (len(labels) - 1) / 2) * width, vals, width, label=name,
                           color=model_colour(label, k))
             if len(labels) <= 2:

@@ -16,7 +16,7 @@ overlap: answer > needle > other_needles > sink > query > noise.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -99,12 +99,13 @@ def allocation(rows: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return rows[..., :n].astype(np.float64) @ onehot
 
 
-def normalise_diff(alloc: np.ndarray, lam: float, eps: float = 1e-3) -> Optional[np.ndarray]:
-    """DIFF rows sum to 1 - lambda; divide by it so that categories sum to 1 (None if ~0)."""
-    total = 1.0 - lam
-    if abs(total) < eps:
-        return None
-    return alloc / total
+def normalise_rows(alloc: np.ndarray, lam: np.ndarray, eps: float = 1e-3) -> np.ndarray:
+    """DIFF rows sum to 1 - lambda; divide each row's categories by its own 1 - lambda so that
+    they sum to 1. alloc (..., R, C), lam (..., R) (V1: the layer's lambda on every row; V2:
+    each row's per-token lambda) -> (..., R, C), NaN for rows where |1 - lambda| < eps."""
+    total = 1.0 - np.asarray(lam, dtype=np.float64)
+    total = np.where(np.abs(total) < eps, np.nan, total)
+    return alloc / total[..., None]
 
 
 def summarize_allocations(records: Sequence[dict], key: str = "allocation") -> dict[str, float]:

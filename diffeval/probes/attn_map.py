@@ -12,12 +12,13 @@ from typing import Any
 import numpy as np
 
 from diffeval.errors import ConfigError
+from diffeval.families import DIFFERENTIAL
 from diffeval.probes import needle
 from diffeval.probes.attention import (
     CATEGORIES,
     QUERY_MODES,
     allocation,
-    normalise_diff,
+    normalise_rows,
     query_positions,
     sample_spans,
 )
@@ -29,8 +30,9 @@ VERSION = 3  # 3: the DIFF headline is the signed differential row (2: the pipel
 AGGREGATION = ("mean over the selected layers, heads and query tokens of each prompt, then over "
                "the samples of each depth; DIFF headline rows are the differential rows A1 - lambda A2 as "
                "the layer computes them (categories sum to 1 - lambda, and can be negative: not a mass); "
-               "'normalised.' metrics divide each layer's rows by 1 - lambda (unbounded where lambda is "
-               "near 1); 'map1.' and 'map2.' are the two softmax maps (true masses)")
+               "'normalised.' metrics divide each row by its 1 - lambda (DIFF V1: the layer's lambda; "
+               "DIFF V2: the row's own per-token, per-head lambda; unbounded where lambda is near 1); "
+               "'map1.' and 'map2.' are the two softmax maps (true masses)")
 POOL_WINDOW_ROWS = 64
 POOL_WHOLE_ROWS = 128
 WHOLE_PROMPT_LIMIT = 16384  # pooled whole-prompt maps only up to this length (memory)
@@ -158,6 +160,14 @@ def _pool_layer(pooled: dict, name: str, full: np.ndarray, positions: list[int],
         pooled.setdefault(f"{name}_whole", []).append(_pool_keys(rows, 0, n, min(POOL_WHOLE_ROWS, n)).mean(0))
 
 
+def _row_lambdas(lam, heads: list[int], n_rows: int) -> np.ndarray:
+    """Captured lambda -> (h, R) per query row: DIFF V1's one scalar per layer, or DIFF V2's
+    (B, H, R_all) per-token, per-head values (batch 0, the selected heads, the query rows)."""
+    if lam.dim() == 0:
+        return np.full((len(heads), n_rows), float(lam))
+    return lam[0][heads].numpy()[:, :n_rows].astype(np.float64)
+
+
 def _as_dict(vec: np.ndarray) -> dict[str, float]:
     out = {c: round(float(v), 6) for c, v in zip(CATEGORIES, vec)}
     out["needle_total"] = round(out["answer"] + out["needle"], 6)
@@ -172,7 +182,7 @@ def _score(cfg: AttnMapConfig, item: _Item, outputs: list, ctx) -> Scored:
     q_pos, positions, pool = list(item.query), list(item.positions), item.pool
     labels = spans.labels()
     R = len(q_pos)
-    is_diff = ctx.family == "diff"
+    is_diff = ctx.family in DIFFERENTIAL
     arrays: dict[str, np.ndarray] = {
         "input_ids": np.asarray(sample.prompts[0], dtype=np.int64),
         "query_positions": np.asarray(q_pos, dtype=np.int64),
@@ -189,18 +199,19 @@ def _score(cfg: AttnMapConfig, item: _Item, outputs: list, ctx) -> Scored:
         rows = rows_by_layer[L]
         arrays[f"layer{L}"] = rows["diff" if is_diff else "attn"][0][heads].numpy()[:, :R]  # (h, R, n)
         if is_diff:
-            lam = float(rows["lambda"])
-            lambdas[str(L)] = lam
-            arrays[f"layer{L}_lambda"] = np.asarray(lam, dtype=np.float32)
+            lam = _row_lambdas(rows["lambda"], heads, R)  # (h, R): V1 repeats the layer's one lambda
+            v1 = rows["lambda"].dim() == 0
+            # record: V1's lambda; V2's mean over the selected heads and query rows (arrays keep each)
+            lambdas[str(L)] = float(rows["lambda"]) if v1 else float(lam.mean())
+            arrays[f"layer{L}_lambda"] = np.asarray(float(rows["lambda"]) if v1 else lam, dtype=np.float32)
         for name in names:
             full = rows[name][0][heads].numpy()  # (h, R_all, n)
             if is_diff and name != "diff":
                 arrays[f"layer{L}_{name}"] = full[:, :R]
-            alloc = allocation(full[:, :R], labels).mean(axis=1)  # (h, C)
-            per_lh.setdefault(name, []).append(alloc)
+            rows_alloc = allocation(full[:, :R], labels)  # (h, R, C)
+            per_lh.setdefault(name, []).append(rows_alloc.mean(axis=1))  # (h, C)
             if name == "diff":
-                norm = normalise_diff(alloc, lambdas[str(L)])
-                per_lh.setdefault("diff_norm", []).append(norm if norm is not None else np.full_like(alloc, np.nan))
+                per_lh.setdefault("diff_norm", []).append(np.nanmean(normalise_rows(rows_alloc, lam), axis=1))
             if pool:
                 _pool_layer(pooled, name, full, positions, pool)
     headline = "diff" if is_diff else "attn"

@@ -86,6 +86,8 @@ def plant_induction(model, seq_len: int, seed: int, sha_induction_layers: int = 
     """Overwrite parts of a freshly initialised `model` (see the module docstring);
     `sha_induction_layers`: how many top layers of an SHA stack get an induction head."""
     cfg = model.cfg
+    if cfg.family == "diff2":
+        raise ConfigError("circuit init (init: induction) does not support family 'diff2'; use init: normal")
     d, dh = cfg.d_model, cfg.d_head
     if d % 2 or cfg.n_kv_heads != cfg.n_q_heads or not cfg.tie_embeddings:
         raise ConfigError("circuit init needs an even d_model, no GQA and tied embeddings")

@@ -15,7 +15,8 @@ BACKENDS = ["sdpa"] + (["triton"] if importlib.util.find_spec("triton") else [])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("family,n_kv", [("transformer", 2), ("transformer", None), ("diff", 1), ("diff", None)])
+@pytest.mark.parametrize("family,n_kv", [("transformer", 2), ("transformer", None), ("diff", 1), ("diff", None),
+                                         ("diff2", None), ("diff2", 2)])
 def test_cuda_paths_match_reference(family, n_kv, backend):
     model = tiny_model(family, n_kv_heads=n_kv).to("cuda")
     ids = torch.randint(0, 300, (1, 300), generator=torch.Generator().manual_seed(4)).to("cuda")

@@ -8,7 +8,7 @@ import torch
 
 from diffeval.models.inspect import ForwardContext
 from diffeval.kernels import resolve_backend
-from helpers import tiny_model
+from helpers import rope64, tiny_model
 
 
 def paper_diff_layer(x, attn, layer_idx):
@@ -22,14 +22,7 @@ def paper_diff_layer(x, attn, layer_idx):
     k = (x @ W["k_proj"].T).view(B, T, Hkv, d)
     v = (x @ W["v_proj"].T).view(B, T, Hkv, d)
     # rotary, rotate_half convention, theta 10000
-    inv = 1.0 / (10000.0 ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
-    ang = torch.arange(T, dtype=torch.float64)[:, None] * inv[None]
-    cos, sin = torch.cat((ang, ang), -1).cos()[:, None], torch.cat((ang, ang), -1).sin()[:, None]
-
-    def rot(t):
-        h = d // 2
-        return t * cos + torch.cat((-t[..., h:], t[..., :h]), -1) * sin
-
+    rot = rope64(T, d)
     q, k = rot(q), rot(k)
     lambda_init = 0.8 - 0.6 * math.exp(-0.3 * layer_idx)
     lam = (

@@ -34,7 +34,7 @@ def test_histogram_median_is_close_when_streaming_past_the_exact_limit():
     assert abs(s["median"] - true) / true < 3e-3
 
 
-@pytest.mark.parametrize("family", ["transformer", "diff"])
+@pytest.mark.parametrize("family", ["transformer", "diff", "diff2"])
 def test_model_stats_see_every_causal_logit_and_every_hidden_state(family):
     model = tiny_model(family)
     ids = torch.randint(0, 300, (1, 30), generator=torch.Generator().manual_seed(2))
@@ -46,13 +46,14 @@ def test_model_stats_see_every_causal_logit_and_every_hidden_state(family):
     n_q = model.cfg.n_heads
     per_map = model.cfg.n_layers * n_q * 30 * 31 // 2
     assert stats.summary("attn_logits")["count"] == per_map
-    if family == "diff":
+    if family in ("diff", "diff2"):
         assert stats.summary("attn_logits_map2")["count"] == per_map
     assert stats.summary("hidden")["count"] == model.cfg.n_layers * 30 * model.cfg.d_model
 
 
-def test_logit_hook_identity_leaves_logits_unchanged_and_sees_layers():
-    model = tiny_model("diff")
+@pytest.mark.parametrize("family", ["diff", "diff2"])
+def test_logit_hook_identity_leaves_logits_unchanged_and_sees_layers(family):
+    model = tiny_model(family)
     ids = torch.randint(0, 300, (1, 25), generator=torch.Generator().manual_seed(3))
     seen = set()
 

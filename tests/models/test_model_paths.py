@@ -6,11 +6,12 @@ import torch
 from diffeval.models import Capture, greedy_generate
 from helpers import tiny_model
 
-FAMILIES = ["transformer", "sha", "diff"]
+FAMILIES = ["transformer", "sha", "diff", "diff2"]
 
 
 @pytest.mark.parametrize("family,n_kv", [("transformer", None), ("transformer", 1), ("transformer", 2),
-                                         ("sha", None), ("diff", None), ("diff", 2), ("diff", 1)])
+                                         ("sha", None), ("diff", None), ("diff", 2), ("diff", 1),
+                                         ("diff2", None), ("diff2", 2)])
 @pytest.mark.parametrize("T", [1, 7, 64, 300])
 def test_sdpa_model_matches_reference_model(family, n_kv, T):
     model = tiny_model(family, n_kv_heads=n_kv)
@@ -25,7 +26,7 @@ def test_sdpa_model_matches_reference_model(family, n_kv, T):
 
 @pytest.mark.parametrize("path", ["mask", "split", "lower-right"])
 @pytest.mark.parametrize("family,n_kv", [("transformer", 2), ("transformer", None), ("sha", None), ("diff", 1),
-                                         ("diff", None)])
+                                         ("diff", None), ("diff2", 2)])
 def test_cached_prefix_paths_match_reference_model(family, n_kv, path, monkeypatch):
     """Fresh, chunked-after-a-prefix and decode calls through each sdpa path for queries that
     continue a cache equal the reference model's full forward (<= 1e-5, fp32)."""

@@ -98,6 +98,24 @@ def test_probe_files_follow_the_contract_and_resume_exactly(name, ckpts, tmp_pat
     assert other["run"]["dtype"] == "float64"
 
 
+@pytest.fixture(scope="module")
+def diff2_ckpt(tmp_path_factory):
+    import diffeval
+    from helpers import tiny_model
+
+    path = tmp_path_factory.mktemp("v2") / "diff2"
+    diffeval.save(tiny_model("diff2", vocab_size=259, max_seq_len=1024), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_probe_runs_on_a_diff2_model(name, diff2_ckpt, tmp_path):
+    results = _run(name, [diff2_ckpt], tmp_path / "v2")
+    jsonschema.validate(json.loads((tmp_path / "v2" / "results.json").read_text()), json.loads(SCHEMA_FILE.read_text()))
+    assert results["models"][0]["family"] == "diff2" and results["metrics"]["diff2"]
+    assert (tmp_path / "v2" / "samples.jsonl").read_text()
+
+
 def test_resume_key_covers_decoding_backend_and_the_checkpoint_config(ckpts, tmp_path):
     probe = get_probe("needle")
     cfg = probe.config(CASES["needle"])

@@ -2,6 +2,7 @@
 resume equivalence, the exported checkpoint, and the `train` command."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -149,3 +150,20 @@ def test_train_command_reports_bad_input(tmp_path):
     assert isinstance(res.exception, UsageError) and "unknown field(s) bogus" in str(res.exception)
     res = CliRunner().invoke(app, ["train", "--recipe", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "o")])
     assert isinstance(res.exception, UsageError) and "no such file" in str(res.exception)
+
+
+def test_a_diff2_recipe_trains_and_exports(tmp_path):
+    import diffeval
+
+    model = {"family": "diff2", "d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "max_seq_len": 128,
+             "tie_embeddings": True}
+    recipe = Recipe(**{**MICRO, "name": "micro-v2", "model": model,
+                       "stages": [{"steps": 3, "seq_len": 64, "batch_size": 2}]})
+    s = train(recipe, tmp_path, progress=False)
+    losses = _losses(tmp_path)
+    assert s["finished"] and len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    loaded = diffeval.load(str(tmp_path))
+    assert loaded.info.family == "diff2" and loaded.model.cfg.n_kv_heads == 2
+    with pytest.raises(ConfigError, match="does not support family 'diff2'"):
+        train(Recipe(**{**MICRO, "name": "micro-v2i", "model": model, "init": "induction"}), tmp_path / "i",
+              progress=False)
