@@ -69,7 +69,7 @@ def prefill_table(directory: Path, length: int, repeats: int) -> None:
     import transformers
 
     import diffeval
-    from diffeval.engine import Engine
+    from diffeval.engine import Engine, Generate
 
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(2, 4096, (1, 2 * length), generator=gen)  # (1, 2L)
@@ -88,13 +88,10 @@ def prefill_table(directory: Path, length: int, repeats: int) -> None:
         prefix.truncate(length)
 
     def engine(n_prompts: int):
-        """The engine's own path: aligned chunks of the shared prefix, then the rest."""
-        eng = Engine(ours)
-
-        def run():
-            eng._cache = None
-            eng._extend_to(ids[0, :n_prompts * length].tolist(), None)
-        return run
+        """A fresh engine prefilling n_prompts * length tokens as a run does (aligned 256-token
+        chunks, then the last partial chunk with the first token decoded)."""
+        prompt = tuple(ids[0, :n_prompts * length].tolist())
+        return lambda: Engine(ours).run([[Generate(prompt, 1, None)]], lambda i, out: None)
 
     import inspect
 

@@ -288,9 +288,8 @@ class Engine:
                 b = self._extend_to(prompt[:-1], req.hook)  # at least the last token runs with logits
                 firsts.append(self._call(self._ids(prompt[b:]), self._cache))  # (1, 1, V)
                 self.counters.prefilled_tokens += len(prompt) - b
-                if batch is not None:
+                if batch is not None:  # the next prompt's _extend_to rolls the shared cache back
                     batch.put_row(row, self._cache, len(reqs), extra=max_new + 1)
-                    self._cache.truncate(b)
         with self._timed("decode"):
             outs = self._decode(torch.cat(firsts), batch or self._cache, len(reqs), max_new, reqs[0].stop_text)
         self._cache.truncate(b)  # keep only the aligned prefix

@@ -203,6 +203,7 @@ instead when `require_tokenizer`); probes that need text say so in one line. `fo
             f"{directory}: the tokenizer can emit id {tokenizer.max_id} but the model's vocab_size is "
             f"{cfg.vocab_size} (ids 0..{cfg.vocab_size - 1}); tokenizer and weights do not belong together"
         )
+    digest, digest_from = weights.sha256()
     info = CheckpointInfo(
         spec=spec,
         path=str(directory),
@@ -225,8 +226,8 @@ instead when `require_tokenizer`); probes that need text say so in one line. `fo
         backend=model.backend.name,
         tokenizer=tokenizer.name if tokenizer is not None else "none",
         files=[p.name for p in weights.files],
-        sha256=weights.sha256(),
-        sha256_from=weights.sha256_from,
+        sha256=digest,
+        sha256_from=digest_from,
         config=cfg.to_dict(),
         config_sha256=_files_sha256([directory / "config.json"]),
         tokenizer_sha256=(None if tokenizer is None else _files_sha256([directory / n for n in TOKENIZER_FILES])

@@ -22,18 +22,17 @@ class WeightFiles:
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     origin: dict[str, Path] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
-    sha256_from: str = "read"
 
-    def sha256(self) -> str:
-        """One digest for the whole set: sha256 of the single file, or of 'name:digest' lines.
-        Sets `sha256_from`: "cache" when every file's digest came from the hash cache."""
+    def sha256(self) -> tuple[str, str]:
+        """(one digest for the whole set: sha256 of the single file, or of 'name:digest' lines;
+        "cache" when every file's digest came from the hash cache, else "read")."""
         hashed = {p.name: cached_sha256(p) for p in self.files}
-        self.sha256_from = "cache" if all(src == "cache" for _, src in hashed.values()) else "read"
+        source = "cache" if all(src == "cache" for _, src in hashed.values()) else "read"
         digests = {name: digest for name, (digest, _) in hashed.items()}
         if len(digests) == 1:
-            return next(iter(digests.values()))
+            return next(iter(digests.values())), source
         joined = "\n".join(f"{n}:{d}" for n, d in sorted(digests.items()))
-        return hashlib.sha256(joined.encode()).hexdigest()
+        return hashlib.sha256(joined.encode()).hexdigest(), source
 
 
 def cache_dir() -> Path:

@@ -169,7 +169,7 @@ def convert(weights: WeightFiles, cfg: ModelConfig, raw: dict[str, Any]) -> tupl
     with_weight = _subln_weight(cfg, raw, native)
     cfg = dataclasses.replace(cfg, diff_norm_weight=with_weight)
     H, d, G = cfg.n_heads, cfg.d_head, cfg.n_kv_heads // 2
-    out = WeightFiles(files=weights.files, sha256_from=weights.sha256_from)
+    out = WeightFiles(files=weights.files)
     for name, file_name in native.items():
         t, where = weights.tensors[file_name], weights.origin[file_name]
         m = _ATTN.match(name)

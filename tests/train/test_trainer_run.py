@@ -29,48 +29,41 @@ def _restore_threads():
     torch.set_num_threads(n)
 
 
-def test_same_recipe_same_loss_curve_and_resume_matches(tmp_path, monkeypatch):
+def _interrupted_at_step_3(recipe, out, monkeypatch) -> None:
+    """Train `recipe` into `out`, Ctrl-C during step 4 (index 3)."""
     from diffeval.train import trainer
 
+    real = trainer._train_step
+
+    def crash(recipe, packer, model, opt, step):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real(recipe, packer, model, opt, step)
+
+    with monkeypatch.context() as m:
+        m.setattr(trainer, "_train_step", crash)
+        with pytest.raises(KeyboardInterrupt):
+            train(recipe, out, progress=False)
+
+
+def test_same_recipe_same_loss_curve_and_resume_matches(tmp_path, monkeypatch):
     recipe = Recipe(**MICRO)
     a = train(recipe, tmp_path / "a", progress=False)
     train(recipe, tmp_path / "b", progress=False)
     assert a["steps"] == 5 and a["finished"] and a["trained_len"] == 96
     assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
     # interrupt during step 4 (checkpoint at step 2), then resume: the uninterrupted curve
-    real = trainer._train_step
-
-    def crash(recipe, packer, model, opt, step):
-        if step == 3:
-            raise KeyboardInterrupt
-        return real(recipe, packer, model, opt, step)
-
-    monkeypatch.setattr(trainer, "_train_step", crash)
-    with pytest.raises(KeyboardInterrupt):
-        train(recipe, tmp_path / "c", progress=False)
-    monkeypatch.setattr(trainer, "_train_step", real)
+    _interrupted_at_step_3(recipe, tmp_path / "c", monkeypatch)
     assert len(_losses(tmp_path / "c")) == 3
     c = train(recipe, tmp_path / "c", progress=False)
     assert c["steps"] == 5 and _losses(tmp_path / "c") == _losses(tmp_path / "a")
 
 
 def test_a_cut_log_line_is_dropped_and_a_cut_state_refused(tmp_path, monkeypatch, caplog):
-    from diffeval.train import trainer
-
     recipe = Recipe(**MICRO)
     a = tmp_path / "a"
     train(recipe, a, progress=False)
-    real = trainer._train_step
-
-    def crash(recipe, packer, model, opt, step):
-        if step == 3:
-            raise KeyboardInterrupt
-        return real(recipe, packer, model, opt, step)
-
-    monkeypatch.setattr(trainer, "_train_step", crash)
-    with pytest.raises(KeyboardInterrupt):
-        train(recipe, tmp_path / "c", progress=False)
-    monkeypatch.setattr(trainer, "_train_step", real)
+    _interrupted_at_step_3(recipe, tmp_path / "c", monkeypatch)
     log = tmp_path / "c" / "log.jsonl"
     lines = log.read_text().splitlines(keepends=True)
     log.write_text(lines[0] + lines[1] + lines[2][:15])  # the kill cut step 3's line
