@@ -22,7 +22,7 @@ def main() -> None:
     from diffeval.engine import Engine
     from diffeval.models import Decoder, ModelConfig
     from diffeval.probes import icl
-    from diffeval.probes.specs import token_count
+    from diffeval.specs import token_count
     from diffeval.run import RunOptions, model_context
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -48,7 +48,8 @@ def main() -> None:
             got = {}
             engine = Engine(loaded.model, reuse=reuse)
             start = time.perf_counter()
-            engine.run(work, lambda i, out: got.__setitem__(i, [s.logprob for s in out[0]]))
+            for i, out in engine.run(work):
+                got.__setitem__(i, [s.logprob for s in out[0]])
             rows[reuse] = (engine.counters.prefilled_tokens, time.perf_counter() - start, got)
     (a_tok, a_s, a_got), (b_tok, b_s, b_got) = rows[True], rows[False]
     worst = max(abs(x - y) for i in a_got for x, y in zip(a_got[i], b_got[i]))

@@ -45,7 +45,7 @@ def reuse_table(directory: Path, length: int) -> None:
     rows = []
     for reuse in (True, False):
         engine = Engine(loaded.model, decode=loaded.tokenizer.decode, reuse=reuse)
-        engine.run([[Generate(tuple(p), 10)] for p in prompts], lambda i, out: None)
+        list(engine.run([[Generate(tuple(p), 10)] for p in prompts]))
         rows.append((reuse, engine.counters))
     (_, a), (_, b) = rows
     print(f"\nprefix reuse, {len(samples) // 5} haystacks x 5 depths x R=2 at {length} tokens ({len(prompts)} prompts)")
@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--long", default="64k")
     parser.add_argument("--family", default="transformer", choices=["transformer", "sha", "diff"])
     args = parser.parse_args()
-    from diffeval.probes.specs import parse_lengths
+    from diffeval.specs import parse_lengths
 
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:

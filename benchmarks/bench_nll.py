@@ -38,7 +38,8 @@ t = time.perf_counter()
 with torch.no_grad():
     if impl == "diffeval":
         got = {}
-        Engine(model).run([[TokenNLL(tuple(ids[0].tolist()))]], lambda i, out: got.setdefault(i, out[0]))
+        for i, out in Engine(model).run([[TokenNLL(tuple(ids[0].tolist()))]]):
+            got.setdefault(i, out[0])
         loss = float(got[0].mean())
     else:
         loss = float(model(ids, labels=ids).loss)
@@ -76,7 +77,7 @@ def command(argv: list[str]) -> dict:
 
 
 def main() -> None:
-    from diffeval.probes.specs import token_count
+    from diffeval.specs import token_count
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--len", default="16k")

@@ -94,7 +94,7 @@ def memory_table(directory: Path, length: str, tokens: int, threads: int) -> Non
 
 
 def main() -> None:
-    from diffeval.probes.specs import parse_lengths, parse_tokens
+    from diffeval.specs import parse_lengths, parse_tokens
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--len", default="2k")

@@ -91,7 +91,7 @@ def prefill_table(directory: Path, length: int, repeats: int) -> None:
         """A fresh engine prefilling n_prompts * length tokens as a run does (aligned 256-token
         chunks, then the last partial chunk with the first token decoded)."""
         prompt = tuple(ids[0, :n_prompts * length].tolist())
-        return lambda: Engine(ours).run([[Generate(prompt, 1, None)]], lambda i, out: None)
+        return lambda: list(Engine(ours).run([[Generate(prompt, 1, None)]]))
 
     import inspect
 
@@ -186,7 +186,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip", choices=["a", "b"], default=None)
     args = parser.parse_args()
-    from diffeval.probes.specs import token_count
+    from diffeval.specs import token_count
 
     length = token_count(args.len)
     torch.set_num_threads(args.threads)

@@ -45,7 +45,7 @@ def main() -> None:
     ap.add_argument("--family", default="transformer", choices=("transformer", "diff", "sha"))
     ap.add_argument("--repeat", type=int, default=2, help="rounds; the best time of each setting is kept")
     args = ap.parse_args()
-    from diffeval.probes.specs import parse_lengths
+    from diffeval.specs import parse_lengths
 
     longest = max(parse_lengths(args.len))
     with tempfile.TemporaryDirectory() as tmp:

@@ -12,20 +12,16 @@ from typing import Optional
 import typer
 from typer.core import TyperCommand
 
-from diffeval.commands.attn_map import attn_map
 from diffeval.commands.check import check
 from diffeval.commands.compare import compare
 from diffeval.commands.figures import figures
-from diffeval.commands.halluc import halluc
-from diffeval.commands.icl import icl
 from diffeval.commands.info import info
-from diffeval.commands.needle import needle
-from diffeval.commands.nll import nll
-from diffeval.commands.outliers import outliers
+from diffeval.commands.options import probe_command
 from diffeval.commands.run import run_task
 from diffeval.commands.train import train, zoo
 from diffeval.dist import PeerFailed, rank_tag
 from diffeval.errors import DiffevalError, Interrupted, shorten
+from diffeval.probes import PROBES, get_probe
 
 app = typer.Typer(
     name="diffeval",
@@ -53,8 +49,8 @@ def root(
     """Long-context evaluation and attention analysis for Transformer, SHA and DIFF checkpoints."""
 
 
-COMMANDS = {"info": info, "zoo": zoo, "train": train, "needle": needle, "attn-map": attn_map,
-            "outliers": outliers, "nll": nll, "icl": icl, "halluc": halluc,
+COMMANDS = {"info": info, "zoo": zoo, "train": train,
+            **{name: probe_command(get_probe(name)) for name in PROBES},  # generated from each probe's options
             "run": run_task, "check": check, "compare": compare, "figures": figures}
 def _metavars(fn):
     """Help shows a word for each option's value (`--len LEN`, `--samples INT`) and nothing for
@@ -82,15 +78,6 @@ EXAMPLES = {
     "info": ["diffeval info --ckpt zoo:diff-tiny", "diffeval info --ckpt path/to/hf-dir --json"],
     "zoo": ["diffeval zoo"],
     "train": ["diffeval train --recipe diffeval/train/recipes/transformer-tiny.yaml --out runs/my-tiny --max-minutes 5"],
-    "needle": ["diffeval needle  # the zoo models: 256, 512, 1K tokens x 5 depths, under a minute",
-               "diffeval needle --depths 0:100:11 --samples 20  # 11 depths 0, 10, ..., 100",
-               "diffeval needle --ckpt path/to/model --len 4k,8k,16k --needles 4 --queries 2"],
-    "attn-map": ["diffeval attn-map --depths 0,50,100 --samples 2",
-                 "diffeval attn-map --ckpt path/to/model --len 8k --layers 0,-1 --heads all"],
-    "outliers": ["diffeval outliers --tokens 8k", "diffeval outliers --ckpt path/to/model --data corpus/ --tokens all"],
-    "nll": ["diffeval nll --docs 4", "diffeval nll --ckpt path/to/model --data books/ --len 32k --docs 20"],
-    "icl": ["diffeval icl --shots 1,4,16 --test 30", "diffeval icl --ckpt path/to/model --data synthetic-77 --len 4k,16k"],
-    "halluc": ["diffeval halluc --samples 5", "diffeval halluc --ckpt path/to/instruct --data qa.jsonl --prompt-format chat"],
     "run": ["diffeval run tasks/outliers-paper.yaml --out runs/outliers",
             "diffeval run tasks/needle-paper-4k.yaml --ckpt path/to/model --samples 10"],
     "check": ["diffeval check tasks/ci/suite.yaml --junit ci.xml"],
@@ -112,7 +99,8 @@ class _Command(TyperCommand):
 
 
 def _epilog(name: str) -> str:
-    return "Examples:\n\n" + "\n\n".join(f"  {line}" for line in EXAMPLES[name])
+    lines = get_probe(name).examples if name in PROBES else EXAMPLES[name]
+    return "Examples:\n\n" + "\n\n".join(f"  {line}" for line in lines)
 
 
 for _name, _fn in COMMANDS.items():

@@ -20,100 +20,23 @@ one, give the same numbers. The other requests run in the order given."""
 
 from __future__ import annotations
 
-import hashlib
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from diffeval.models.cache import KVCache
 from diffeval.models.decoder import Decoder
-from diffeval.models.inspect import ActivationStats, Capture, LogitHook
+from diffeval.models.inspect import ActivationStats, Capture
+from diffeval.requests import (  # noqa: F401  (the request types are the engine's interface)
+    CaptureRows, Choice, ChoiceScore, Generate, Hook, Request, Stats, TokenNLL, fingerprint, ids_sha256,
+)
 
 
-@dataclass(frozen=True)
-class Hook:
-    """A named attention-logit hook; the name goes into resume keys, the function does not."""
-
-    name: str
-    fn: LogitHook = field(compare=False, repr=False)
-
-
-@dataclass(frozen=True)
-class Generate:
-    prompt: tuple[int, ...]
-    max_new_tokens: int
-    stop_text: Optional[str] = "\n"  # end when the decoded continuation contains it; None: never
-    hook: Optional[Hook] = None
-
-
-@dataclass(frozen=True)
-class Choice:
-    prompt: tuple[int, ...]
-    candidates: tuple[tuple[int, ...], ...]  # (K,) continuations, each >= 1 token
-    hook: Optional[Hook] = None
-
-    def __post_init__(self) -> None:
-        if not self.prompt or not self.candidates or any(len(c) == 0 for c in self.candidates):
-            raise ValueError("Choice needs a non-empty prompt and non-empty candidates")
-
-
-@dataclass(frozen=True)
-class ChoiceScore:
-    logprob: float  # sum of log p(candidate token | prompt, earlier candidate tokens)
-    n_tokens: int
-    greedy: bool  # every candidate token is the argmax at its position
-
-    @property
-    def mean_logprob(self) -> float:
-        return self.logprob / self.n_tokens
-
-
-@dataclass(frozen=True)
-class TokenNLL:
-    ids: tuple[int, ...]
-    hook: Optional[Hook] = None
-    stats: bool = False  # also feed the engine's activation statistics
-
-
-@dataclass(frozen=True)
-class CaptureRows:
-    prompt: tuple[int, ...]
-    positions: tuple[int, ...]
-    layers: Optional[tuple[int, ...]] = None
-
-
-@dataclass(frozen=True)
-class Stats:
-    ids: tuple[int, ...]
-    hook: Optional[Hook] = None
-
-
-Request = Union[Generate, Choice, TokenNLL, CaptureRows, Stats]
 _PREFIX_TYPES = (Generate, Choice)
-
-
-def ids_sha256(ids: Sequence[int]) -> str:
-    return hashlib.sha256(np.asarray(ids, dtype="<i8").tobytes()).hexdigest()
-
-
-def fingerprint(req: Request) -> dict:
-    """What a request computes, as JSON-able data (token lists as sha256): part of resume keys."""
-    out: dict = {"type": type(req).__name__}
-    for name, value in vars(req).items():
-        if isinstance(value, Hook):
-            out[name] = value.name
-        elif name in ("prompt", "ids"):
-            out[name] = ids_sha256(value)
-        elif name == "candidates":
-            out[name] = [ids_sha256(c) for c in value]
-        else:
-            out[name] = list(value) if isinstance(value, tuple) else value
-    return out
 
 
 @dataclass
@@ -125,6 +48,15 @@ class EngineStats:
     seconds: float = 0.0  # the whole of run(), callbacks included
     prefill_seconds: float = 0.0  # model calls over prompt tokens (and Choice candidates)
     decode_seconds: float = 0.0  # token-by-token generation after a prefill
+
+
+def _finished(outputs: dict, work, i: int, j: int, out: object) -> Iterator[tuple[int, list]]:
+    """Record output j of item i; yield the item once all its outputs are in."""
+    got = outputs.setdefault(i, {})
+    got[j] = out
+    if len(got) == len(work[i]):
+        del outputs[i]
+        yield i, [got[k] for k in range(len(work[i]))]
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -159,25 +91,14 @@ class Engine:
     def device(self) -> torch.device:
         return self.model.embed.weight.device
 
-    def run(self, work: Sequence[Sequence[Request]], on_done: Callable[[int, list], None],
-            on_request: Optional[Callable[[], None]] = None) -> None:
-        """Run the requests of each work item; calls on_done(item index, outputs in request
-        order) as soon as every request of an item has finished."""
+    def run(self, work: Sequence[Sequence[Request]]) -> Iterator[tuple[int, list]]:
+        """Run the requests of each work item; yields (item index, outputs in request order)
+        as soon as every request of an item has finished."""
         flat = [(i, j, r) for i, reqs in enumerate(work) for j, r in enumerate(reqs)]
         outputs: dict[int, dict[int, object]] = {}
-        empty = [i for i, reqs in enumerate(work) if not reqs]
-
-        def finish(i: int, j: int, out: object) -> None:
-            got = outputs.setdefault(i, {})
-            got[j] = out
-            if on_request is not None:
-                on_request()
-            if len(got) == len(work[i]):
-                del outputs[i]
-                on_done(i, [got[k] for k in range(len(work[i]))])
-
-        for i in empty:
-            on_done(i, [])
+        for i, reqs in enumerate(work):
+            if not reqs:
+                yield i, []
         seq = [x for x in flat if not isinstance(x[2], _PREFIX_TYPES)]
         pre = sorted((x for x in flat if isinstance(x[2], _PREFIX_TYPES)),
                      key=lambda x: (x[2].hook.name if x[2].hook else "", tuple(x[2].prompt)))
@@ -186,24 +107,29 @@ class Engine:
             for i, j, req in seq:
                 with self._timed("prefill"):
                     out = self._one(req)
-                finish(i, j, out)
-            k = 0
-            while k < len(pre):
-                batch = [pre[k]]
-                first = pre[k][2]
-                if isinstance(first, Generate):
-                    while (len(batch) < self.batch_size and k + len(batch) < len(pre)
-                           and _batchable(first, pre[k + len(batch)][2])):
-                        batch.append(pre[k + len(batch)])
-                    outs = self._generate([x[2] for x in batch])
-                else:
-                    with self._timed("prefill"):
-                        outs = [self._choice(first)]
+                yield from _finished(outputs, work, i, j, out)
+            for batch, outs in self._prefix_batches(pre):
                 for (i, j, _), out in zip(batch, outs):
-                    finish(i, j, out)
-                k += len(batch)
+                    yield from _finished(outputs, work, i, j, out)
         finally:
             self.counters.seconds += time.perf_counter() - start
+
+    def _prefix_batches(self, pre: list) -> Iterator[tuple[list, list]]:
+        """Generate requests in batches of up to batch_size that can decode together; Choice alone."""
+        k = 0
+        while k < len(pre):
+            batch = [pre[k]]
+            first = pre[k][2]
+            if isinstance(first, Generate):
+                while (len(batch) < self.batch_size and k + len(batch) < len(pre)
+                       and _batchable(first, pre[k + len(batch)][2])):
+                    batch.append(pre[k + len(batch)])
+                outs = self._generate([x[2] for x in batch])
+            else:
+                with self._timed("prefill"):
+                    outs = [self._choice(first)]
+            yield batch, outs
+            k += len(batch)
 
     @contextmanager
     def _timed(self, phase: str):

@@ -13,7 +13,7 @@ share of the samples and writes `<model>.rank<k>.jsonl`; rank 0 writes the files
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from diffeval.errors import ConfigError, UsageError
-from diffeval.probes.base import ModelContext, Probe, Scored
+from diffeval.probes.base import ModelContext, Probe, ProbeState, Scored
 from diffeval.results import (
     SCHEMA_VERSION,
     atomic_path,
@@ -121,7 +121,7 @@ def progress_bar(total: Optional[int], desc: str, enabled: bool, unit: str = "re
     return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True, leave=True)
 
 
-def model_context(label: str, loaded, opts: RunOptions) -> ModelContext:
+def model_context(label: str, loaded, opts: RunOptions, service: Any = None) -> ModelContext:
     from diffeval.probes.prompts import PromptFormat, prompt_format
 
     tok = loaded.tokenizer
@@ -130,7 +130,7 @@ def model_context(label: str, loaded, opts: RunOptions) -> ModelContext:
     return ModelContext(label=label, tokenizer=tok, max_positions=cfg.max_seq_len,
                         allow_beyond=opts.allow_beyond_max_positions, n_layers=cfg.n_layers,
                         n_heads=cfg.n_heads, family=cfg.family, max_new_tokens=opts.max_new_tokens,
-                        prompt_format=fmt, decode=opts.decode)
+                        prompt_format=fmt, decode=opts.decode, service=service)
 
 
 def run_probe(probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions,
@@ -142,157 +142,259 @@ def run_probe(probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions,
 
     specs = default_specs(list(specs))
     if not is_main():  # under torchrun, rank 0 claims and locks the folder for the whole job
-        return _run_probe(probe, cfg, specs, Path(out), opts, task)
+        return _run_job(_Job.start(probe, cfg, specs, Path(out), opts, task))
     run_id = run_identity(probe.name, cfg.to_dict(), opts.settings(), specs)
     with claimed_out(Path(out), run_id, opts.overwrite) as claimed:
-        return _run_probe(probe, cfg, specs, claimed, opts, task)
+        return _run_job(_Job.start(probe, cfg, specs, claimed, opts, task))
 
 
-def _run_probe(probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions,
-               task: Optional[TaskInfo]) -> dict[str, Any]:
+@dataclass
+class _Job:
+    """One run: what every model shares, and what the models' passes have gathered."""
+
+    probe: Probe
+    cfg: Any
+    specs: list[str]
+    out: Path
+    opts: RunOptions
+    task: dict
+    params: dict
+    data: dict
+    identity: str  # the probe's share of every resume key
+    world: Any  # diffeval.dist.World
+    service: Any  # the probe's per-run service (a judge client), or None
+    started: float = field(default_factory=time.perf_counter)
+    models: list = field(default_factory=list)
+    records: list = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+    timing: dict = field(default_factory=dict)
+    hashed: dict = field(default_factory=dict)  # label -> "read" | "cache": how the weights' sha256 was had
+    prompts: list = field(default_factory=list)
+    phases: dict = field(default_factory=dict)  # wall seconds of the run's phases, summed over models
+    warming: Any = None  # matplotlib imported in the background while the first model runs
+
+    @classmethod
+    def start(cls, probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions, task: Optional[TaskInfo]) -> "_Job":
+        from diffeval.dist import World
+
+        params = cfg.to_dict()
+        data = probe.data(cfg) if probe.data else {}
+        task_rec = {"name": task.name if task else probe.name, "version": task.version if task else probe.version,
+                    "probe_version": probe.version, "preset": task.preset if task else None,
+                    "preset_sha256": task.preset_sha256 if task else None, "params": params}
+        batched = (("batch_size", opts.batch_size),) if opts.batch_size > 1 else ()  # batched rows may round apart
+        identity = content_key(probe.name, probe.version, data, opts.prompt_format, opts.decode, *batched,
+                               {k: v for k, v in params.items() if k not in probe.grid_params})
+        world = World.join(opts.device)  # torchrun: this rank's share of the samples (diffeval/dist.py)
+        service = probe.service(cfg) if probe.service else None
+        return cls(probe, cfg, list(specs), out, opts, task_rec, params, data, identity, world, service)
+
+    def add_phases(self, laps: dict[str, float]) -> None:
+        for name, seconds in laps.items():
+            self.phases[name] = self.phases.get(name, 0.0) + seconds
+
+
+def _run_job(job: _Job) -> dict[str, Any]:
+    for label, spec in zip(model_labels(job.specs), job.specs):
+        _run_model(job, label, spec)
+    if not job.world.is_main:
+        return job.world.share(None)
+    clock = _Clock()
+    results = _results(job, clock)
+    _finish_timing(results["timing"], job.started, clock, "write")
+    write_json(job.out / "results.json", results)
+    if job.warming is not None:
+        job.warming.join()
+    clock.restart()
+    results["artifacts"]["figures"] = [p.name for p in draw_figures(job.probe, job.out)]
+    _finish_timing(results["timing"], job.started, clock, "figures")
+    write_json(job.out / "results.json", results)
+    return job.world.share(results)
+
+
+def _run_model(job: _Job, label: str, spec: str) -> None:
+    """Load one model, generate its samples, run what the resume cache lacks, and add its
+    records, statistics and timing to the job (rank 0; other ranks send theirs there)."""
     from diffeval.checkpoints import load
-    from diffeval.dist import World
-    from diffeval.engine import Engine, Stats, fingerprint
-    from diffeval.tokenizers import stop_ids
 
-    specs = default_specs(list(specs))
-    labels = model_labels(specs)
-    params = cfg.to_dict()
-    data = probe.data(cfg) if probe.data else {}
-    task_rec = {"name": task.name if task else probe.name, "version": task.version if task else probe.version,
-                "probe_version": probe.version, "preset": task.preset if task else None,
-                "preset_sha256": task.preset_sha256 if task else None, "params": params}
-    batched = (("batch_size", opts.batch_size),) if opts.batch_size > 1 else ()  # batched rows may round apart
-    identity = content_key(probe.name, probe.version, data, opts.prompt_format, opts.decode, *batched,
-                           {k: v for k, v in params.items() if k not in probe.grid_params})
-    world = World.join(opts.device)  # torchrun: this rank's share of the samples (diffeval/dist.py)
-    models, records, extra, per_model = [], [], {}, {}
-    hashed: dict[str, str] = {}  # label -> "read" | "cache": how the weights' sha256 was had
-    started_all = time.perf_counter()
-    prompts_rows: list[dict] = []
-    phases: dict[str, float] = {}  # wall seconds of the run's phases, summed over models
-    warming = None  # matplotlib imported in the background while the first model runs
-    for label, spec in zip(labels, specs):
-        clock = _Clock()
-        loaded = load(spec, device=opts.device, dtype=opts.dtype, backend=opts.backend, allow_pickle=opts.allow_pickle,
-                      length=_longest(params), allow_beyond_memory=opts.allow_beyond_memory,
-                      format=opts.weights_format)
-        clock.lap("load")
-        hashed[label] = loaded.info.sha256_from
-        ctx = model_context(label, loaded, opts)
-        samples = probe.generate(cfg, ctx)
-        ids = [s.id for s in samples]
-        assert len(set(ids)) == len(ids), f"{probe.name}: sample ids repeat"
-        work = [probe.requests(cfg, s, ctx) for s in samples]
-        fp = {**loaded.info.fingerprint(), "device": torch.device(opts.device).type}
-        keys = [content_key(fp, identity, s.id, [fingerprint(r) for r in reqs]) for s, reqs in zip(samples, work)]
-        stem = out / ".resume" / safe_name(label)  # labels may hold dots (Llama-3.1-8B): no with_suffix
-        cache = world.resume_cache(stem)
-        state = probe.state(cfg, ctx) if probe.state else None
-        held: set[str] = set()
-        state_path = stem.parent / f"{stem.name}.state.npz"
-        if state is not None and state_path.exists():
-            saved = _load_state(state, state_path)
-            if saved is not None and saved <= set(keys):
-                held = saved
-            else:  # damaged, or saved for other samples: start the statistics afresh
-                state = probe.state(cfg, ctx)
+    opts, clock = job.opts, _Clock()
+    loaded = load(spec, device=opts.device, dtype=opts.dtype, backend=opts.backend, allow_pickle=opts.allow_pickle,
+                  length=_longest(job.params), allow_beyond_memory=opts.allow_beyond_memory,
+                  format=opts.weights_format)
+    clock.lap("load")
+    job.hashed[label] = loaded.info.sha256_from
+    ctx = model_context(label, loaded, opts, job.service)
+    samples, notes = _generated(job.probe.generate(job.cfg, ctx))
+    plan = _Plan.make(job, label, loaded, ctx, samples)
+    clock.lap("generate")
+    if job.warming is None and job.world.is_main:
+        from diffeval.plotting import prewarm
+
+        job.warming = prewarm()
+    counters, wall, score_seconds = _evaluate(job, plan, loaded, ctx)
+    merged = job.world.gather(plan.cache, [plan.keys[i] for i in plan.todo], counters, wall, opts.device)
+    if merged is None:  # not rank 0: its records went to rank 0
+        return
+    job.records.extend({"model": label, **plan.cache.get(k)} for k in plan.keys)
+    if plan.state is not None:
+        job.extra[label] = plan.state.finalise()
+    if opts.save_prompts and ctx.tokenizer is not None:
+        job.prompts.extend(_prompt_rows(label, samples, plan.work, ctx.tokenizer))
+    c, wall = merged  # engine counters summed over ranks; the slowest rank's wall time
+    clock.laps.update(prefill=c.prefill_seconds, decode=c.decode_seconds, score=score_seconds)
+    job.timing[label] = _timing(c, wall, len(samples), len(samples) - plan.n_todo, opts.device, clock.laps)
+    job.add_phases(clock.laps)
+    job.models.append({**model_record(label, loaded, opts), **({"notes": notes} if notes else {})})
+
+
+def _generated(got) -> tuple[list, dict]:
+    from diffeval.probes.base import Generated
+
+    samples, notes = (got.samples, got.notes) if isinstance(got, Generated) else (got, {})
+    ids = [s.id for s in samples]
+    assert len(set(ids)) == len(ids), "sample ids repeat"
+    return samples, notes
+
+
+@dataclass
+class _Plan:
+    """One model's samples, their requests and resume keys, and which are still to run."""
+
+    label: str
+    samples: list
+    work: list  # per sample: its requests
+    keys: list[str]
+    cache: Any  # ResumeCache
+    state: Optional["_KeptState"]
+    stateful: list[bool]  # per sample: feeds the probe's running state
+    todo: list[int]  # this rank's unfinished samples
+    n_todo: int  # unfinished samples over all ranks
+
+    @classmethod
+    def make(cls, job: _Job, label: str, loaded, ctx: ModelContext, samples: list) -> "_Plan":
+        from diffeval.engine import Stats, fingerprint
+
+        work = [job.probe.requests(job.cfg, s, ctx) for s in samples]
+        fp = {**loaded.info.fingerprint(), "device": torch.device(job.opts.device).type}
+        keys = [content_key(fp, job.identity, s.id, [fingerprint(r) for r in reqs]) for s, reqs in zip(samples, work)]
+        stem = job.out / ".resume" / safe_name(label)  # labels may hold dots (Llama-3.1-8B): no with_suffix
+        cache = job.world.resume_cache(stem)
+        state = _KeptState.open(job.probe, job.cfg, ctx, stem, keys) if job.probe.state else None
         stateful = [state is not None and any(isinstance(r, Stats) or getattr(r, "stats", False) for r in reqs)
                     for reqs in work]
-        todo = [i for i, k in enumerate(keys) if k not in cache or (stateful[i] and k not in held)]
-        todo, n_todo = world.assign(todo, keys, samples, work, probe.group, stateful)
-        tok = loaded.tokenizer
-        engine = Engine(loaded.model, stop_ids=stop_ids(tok) if tok is not None else frozenset(),
-                        decode=tok.decode if tok is not None else None, batch_size=opts.batch_size,
-                        stats=state.stats if state is not None else None)
-        bar = progress_bar(sum(len(work[i]) for i in todo), label, opts.progress and world.is_main)
-        arrays_dir = out / "arrays"
-        clock.lap("generate")
-        scoring = _Clock()
+        todo = [i for i, k in enumerate(keys) if k not in cache or (stateful[i] and not state.holds(k))]
+        todo, n_todo = job.world.assign(todo, keys, samples, work, job.probe.group, stateful)
+        return cls(label, samples, work, keys, cache, state, stateful, todo, n_todo)
 
-        def done(t: int, outputs: list) -> None:
+
+class _KeptState:
+    """A stateful probe's running state (activation statistics) with the sample keys it holds,
+    saved beside the resume cache after each sample that feeds it."""
+
+    def __init__(self, state: ProbeState, path: Path, held: set[str]) -> None:
+        self.state, self.path, self.held = state, path, held
+
+    @classmethod
+    def open(cls, probe: Probe, cfg, ctx: ModelContext, stem: Path, keys: list[str]) -> "_KeptState":
+        path = stem.parent / f"{stem.name}.state.npz"
+        state = probe.state(cfg, ctx)
+        if path.exists():
+            saved = _load_state(state, path)
+            if saved is not None and saved <= set(keys):
+                return cls(state, path, saved)
+            state = probe.state(cfg, ctx)  # damaged, or saved for other samples: start afresh
+        return cls(state, path, set())
+
+    @property
+    def stats(self):
+        return self.state.stats
+
+    def holds(self, key: str) -> bool:
+        return key in self.held
+
+    def add(self, key: str) -> None:
+        self.held.add(key)
+        self.state.save(self.path, sorted(self.held))
+
+    def finalise(self) -> dict:
+        return self.state.finalise()
+
+
+def _evaluate(job: _Job, plan: _Plan, loaded, ctx: ModelContext) -> tuple[Any, float, float]:
+    """Run the plan's unfinished samples through the engine, scoring and caching each as it
+    finishes -> (engine counters, wall seconds, seconds spent scoring)."""
+    from diffeval.engine import Engine
+    from diffeval.tokenizers import stop_ids
+
+    tok, opts = loaded.tokenizer, job.opts
+    engine = Engine(loaded.model, stop_ids=stop_ids(tok) if tok is not None else frozenset(),
+                    decode=tok.decode if tok is not None else None, batch_size=opts.batch_size,
+                    stats=plan.state.stats if plan.state is not None else None)
+    bar = progress_bar(sum(len(plan.work[i]) for i in plan.todo), plan.label, opts.progress and job.world.is_main)
+    scoring, started = _Clock(), time.perf_counter()
+    try:
+        for t, outputs in engine.run([plan.work[i] for i in plan.todo]):
             scoring.restart()
-            i = todo[t]
-            scored = probe.score(cfg, samples[i], outputs, ctx)
-            if not isinstance(scored, Scored):
-                scored = Scored(scored)
-            for suffix, arrays in scored.arrays.items():
-                _save_npz(arrays_dir / f"{safe_name(label)}__{samples[i].id}{suffix}.npz", arrays)
-            cache.put(keys[i], scored.record)
-            if stateful[i]:
-                held.add(keys[i])
-                state.save(state_path, sorted(held))
+            _keep(job, plan, plan.todo[t], outputs, ctx)
             scoring.lap("score")
+            bar.update(len(plan.work[plan.todo[t]]))
+    finally:
+        bar.close()
+        plan.cache.close()
+    return engine.counters, time.perf_counter() - started, scoring.laps.get("score", 0.0)
 
-        if warming is None and world.is_main:
-            from diffeval.plotting import prewarm
 
-            warming = prewarm()
-        started = time.perf_counter()
-        try:
-            engine.run([work[i] for i in todo], done, on_request=lambda: bar.update(1))
-        finally:
-            bar.close()
-            cache.close()
-        wall = time.perf_counter() - started
-        merged = world.gather(cache, [keys[i] for i in todo], engine.counters, wall, opts.device)
-        if merged is None:  # not rank 0: its records went to rank 0
-            del loaded, engine
-            continue
-        for s, k in zip(samples, keys):
-            records.append({"model": label, **cache.get(k)})
-        if state is not None:
-            extra[label] = state.finalise()
-        if opts.save_prompts and tok is not None:
-            prompts_rows.extend(_prompt_rows(label, samples, work, tok))
-        c, wall = merged  # engine counters summed over ranks; the slowest rank's wall time
-        clock.laps.update(prefill=c.prefill_seconds, decode=c.decode_seconds, score=scoring.laps.get("score", 0.0))
-        per_model[label] = _timing(c, wall, len(samples), len(samples) - n_todo, opts.device, clock.laps)
-        for name, seconds in clock.laps.items():
-            phases[name] = phases.get(name, 0.0) + seconds
-        models.append({**model_record(label, loaded, opts), **({"notes": ctx.notes} if ctx.notes else {})})
-        del loaded, engine
-    if not world.is_main:
-        return world.share(None)
-    clock = _Clock()
-    cells, metrics = probe.aggregate(cfg, records, models, extra)
+def _keep(job: _Job, plan: _Plan, i: int, outputs: list, ctx: ModelContext) -> None:
+    """Score sample i, save its arrays, and add it to the resume cache (and the running state)."""
+    scored = job.probe.score(job.cfg, plan.samples[i], outputs, ctx)
+    if not isinstance(scored, Scored):
+        scored = Scored(scored)
+    for suffix, arrays in scored.arrays.items():
+        _save_npz(job.out / "arrays" / f"{safe_name(plan.label)}__{plan.samples[i].id}{suffix}.npz", arrays)
+    plan.cache.put(plan.keys[i], scored.record)
+    if plan.stateful[i]:
+        plan.state.add(plan.keys[i])
+
+
+def _results(job: _Job, clock: "_Clock") -> dict[str, Any]:
+    """Aggregate the records and write samples.jsonl (and prompts.jsonl) -> the results dict."""
+    cells, metrics = job.probe.aggregate(job.cfg, job.records, job.models, job.extra)
     clock.lap("aggregate")
     artifacts: dict[str, Any] = {"samples": "samples.jsonl", "figures": []}
-    write_jsonl(out / "samples.jsonl", records)
-    if prompts_rows:
-        write_jsonl(out / "prompts.jsonl", prompts_rows)
+    write_jsonl(job.out / "samples.jsonl", job.records)
+    if job.prompts:
+        write_jsonl(job.out / "prompts.jsonl", job.prompts)
         artifacts["prompts"] = "prompts.jsonl"
+    arrays_dir = job.out / "arrays"
     if arrays_dir.exists():
         artifacts["arrays"] = sorted(f"arrays/{p.name}" for p in arrays_dir.glob("*.npz"))
-    results = {
-        "schema_version": SCHEMA_VERSION,
-        "probe": probe.name,
-        "task": task_rec,
-        "method": probe.method,
-        "run": opts.settings(),
-        "data": data,
-        "models": models,
-        "cell_keys": ["model", *probe.cell_keys],
-        "metrics": metrics,
-        "cells": cells,
-        "timing": {"world_size": world.size, "wall_seconds": 0.0, "phases": phases, "models": per_model,
+    world = job.world
+    return {
+        "schema_version": SCHEMA_VERSION, "probe": job.probe.name, "task": job.task, "method": job.probe.method,
+        "run": job.opts.settings(), "data": job.data, "models": job.models,
+        "cell_keys": ["model", *job.probe.cell_keys], "metrics": metrics, "cells": cells,
+        "timing": {"world_size": world.size, "wall_seconds": 0.0, "phases": job.phases, "models": job.timing,
                    "ranks": world.timing()},
-        "provenance": {**provenance(params.get("seed"), opts.device), **world.provenance(),
-                       "weights_sha256_from": hashed},
+        "provenance": {**provenance(job.params.get("seed"), job.opts.device), **world.provenance(),
+                       "weights_sha256_from": job.hashed},
         "artifacts": artifacts,
     }
-    _finish_timing(results["timing"], started_all, clock, "write")
-    write_json(out / "results.json", results)
-    if warming is not None:
-        warming.join()
-    clock.restart()
-    from diffeval.plotting.style import styled
 
+
+def draw_figures(probe: Probe, run_dir: Path) -> list[Path]:
+    """Draw the probe's run-folder figures from the files of `run_dir` -> the files written."""
+    from diffeval.plotting import save_figure
+    from diffeval.plotting.style import styled
+    from diffeval.report.runs import read_run
+
+    run = read_run(run_dir)
+    paths: list[Path] = []
     with styled():
-        results["artifacts"]["figures"] = [p.name for p in probe.figures(out)]
-    _finish_timing(results["timing"], started_all, clock, "figures")
-    write_json(out / "results.json", results)
-    return world.share(results)
+        for view in probe.figures():
+            fig = view.draw(run.results, run) if view.stem else None
+            if fig is not None:
+                paths += save_figure(fig, run_dir / view.stem)
+    return paths
 
 
 class _Clock:

@@ -10,7 +10,7 @@ import diffeval
 from diffeval.cli import main
 from diffeval.probes.attention import CATEGORIES, Spans, allocation, normalise_rows
 from diffeval.probes.attn_map import by_depth
-from diffeval.probes.specs import parse_index_list
+from diffeval.specs import parse_index_list
 from helpers import tiny_model
 
 

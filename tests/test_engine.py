@@ -19,7 +19,8 @@ def _prompts():
 def _run(model, prompts, **kw):
     outs = {}
     engine = Engine(model, stop_ids=frozenset({3}), align=16, **kw)
-    engine.run([[Generate(tuple(p), 6, None)] for p in prompts], lambda i, out: outs.__setitem__(i, out[0]))
+    for i, out in engine.run([[Generate(tuple(p), 6, None)] for p in prompts]):
+        outs.__setitem__(i, out[0])
     return [outs[i] for i in range(len(prompts))], engine.counters
 
 
@@ -58,7 +59,8 @@ def test_stop_text_ends_a_continuation():
     stop_at = bytes([free[1]]).decode("latin-1")
     outs = {}
     engine = Engine(model, decode=lambda ids: bytes(ids).decode("latin-1"))
-    engine.run([[Generate(tuple(prompt), 6, stop_at)]], lambda i, out: outs.__setitem__(i, out[0]))
+    for i, out in engine.run([[Generate(tuple(prompt), 6, stop_at)]]):
+        outs.__setitem__(i, out[0])
     first = next(k for k, t in enumerate(free) if bytes([t]).decode("latin-1") == stop_at)
     assert outs[0] == free[: first + 1]
 
@@ -88,7 +90,8 @@ def test_choice_scores_equal_full_forward_log_likelihoods_with_reuse():
     work = [[Choice(tuple(q), tuple(cands))] for q in queries]
     got = {}
     engine = Engine(model, align=16)
-    engine.run(work, lambda i, out: got.__setitem__(i, out[0]))
+    for i, out in engine.run(work):
+        got.__setitem__(i, out[0])
     for i, q in enumerate(queries):
         for score, cand in zip(got[i], cands):
             assert score.logprob == pytest.approx(_naive_logprob(model, q, list(cand)), abs=1e-4)
@@ -107,7 +110,8 @@ def test_greedy_flag_marks_the_model_own_continuation():
         own = greedy_generate(model, prompt, model.new_cache(), 3)
     other = [(own[0] + 1) % 256, *own[1:]]
     got = {}
-    Engine(model).run([[Choice(tuple(prompt), (tuple(own), tuple(other)))]], lambda i, out: got.__setitem__(i, out[0]))
+    for i, out in Engine(model).run([[Choice(tuple(prompt), (tuple(own), tuple(other)))]]):
+        got.__setitem__(i, out[0])
     assert got[0][0].greedy and not got[0][1].greedy
     assert got[0][0].logprob > got[0][1].logprob
 
@@ -119,7 +123,8 @@ def test_mixed_requests_finish_each_item_once_in_request_order():
     ids = tuple(range(40, 80))
     done = []
     work = [[TokenNLL(ids), Generate(ids, 2, None), CaptureRows(ids, (5, 39), (1,))], []]
-    Engine(model).run(work, lambda i, out: done.append((i, out)))
+    for i, out in Engine(model).run(work):
+        done.append((i, out))
     assert sorted(i for i, _ in done) == [0, 1]
     nll, gen, rows = dict(done)[0]
     with torch.no_grad():
@@ -142,7 +147,8 @@ def test_numbers_do_not_depend_on_the_prompts_run_before():
 
     def run(items, **kw):
         got = {}
-        Engine(model, align=64, **kw).run(items, lambda i, out: got.__setitem__(i, [s.logprob for s in out[0]]))
+        for i, out in Engine(model, align=64, **kw).run(items):
+            got.__setitem__(i, [s.logprob for s in out[0]])
         return got
 
     whole = run(work)

@@ -44,7 +44,8 @@ def test_choice_scores_equal_direct_log_likelihoods_and_reuse_changes_nothing(ck
     for reuse in (True, False):
         got = {}
         engine = Engine(loaded.model, reuse=reuse, align=32)
-        engine.run(work, lambda i, out: got.__setitem__(i, out[0]))
+        for i, out in engine.run(work):
+            got.__setitem__(i, out[0])
         results[reuse] = (got, engine.counters.prefilled_tokens)
     (reused, n_reuse), (fresh, n_fresh) = results[True], results[False]
     assert n_reuse < 0.3 * n_fresh  # the block is prefilled once per (arrangement, permutation)

@@ -10,7 +10,7 @@ import torch
 
 import diffeval
 from diffeval.probes import nll as P
-from diffeval.probes.stats import mean_ci, t975
+from diffeval.stats import mean_ci, t975
 from diffeval.run import RunOptions, run_probe
 from helpers import run_cli, saved_tiny_models
 

@@ -1,11 +1,14 @@
-"""Option groups shared by the probe commands, declared once, and the one path every probe
-command takes: options -> probe config -> run_probe -> tables. Errors about a config field
-are shown with the command's flag for that field."""
+"""The run options, declared once (`RUN`), and the one path every probe command takes:
+options -> probe config -> run_probe -> tables. A probe's command is generated from its
+config's declared options (probes/config.py) plus every run option that applies to it
+(`probe_command`). Errors about a config field are shown with the command's flag for it."""
 
 from __future__ import annotations
 
+import inspect
 import sys
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,30 +20,54 @@ DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16
           "float16": "float16", "fp16": "float16", "float64": "float64"}
 BACKENDS = ("auto", "reference", "sdpa", "triton")
 
-CKPT = typer.Option([], "--ckpt", help="Checkpoint (repeatable): zoo:NAME, a native or a Hugging Face directory. Default: the zoo models.")
-OUT = typer.Option(None, "--out", help="Output directory (default runs/<probe>-<UTC time>). Rerun the same command to resume.")
-DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda[:N].")
-DTYPE = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16, float64.")
-BACKEND = typer.Option("auto", "--backend", help="auto, reference, sdpa or triton (CUDA).")
-SEED = typer.Option(0, "--seed", help="Seed of the sample generator.")
-BATCH = typer.Option(1, "--batch-size", help="Prompts of equal length decoded together.")
-MAX_NEW = typer.Option(None, "--max-new-tokens", help="Generation budget (default: enough for the longest answer; 128 with --decode ruler).")
-PROMPT_FORMAT = typer.Option("plain", "--prompt-format", help="plain, or chat (the checkpoint's own chat template).")
-DECODE = typer.Option("default", "--decode", help="default (stop at a newline, score the first line) or ruler (up to 128 tokens, no newline stop, match anywhere).")
-SAVE_PROMPTS = typer.Option(False, "--save-prompts", help="Also write prompts.jsonl: the text of every prompt, to audit any cell.")
-ALLOW_BEYOND = typer.Option(False, "--allow-beyond-max-positions", help="Allow prompts longer than the model's position limit (length extrapolation).")
-ALLOW_PICKLE = typer.Option(False, "--allow-pickle", help="Load .bin/.pt weights (weights_only=True).")
-ALLOW_MEMORY = typer.Option(False, "--allow-beyond-memory", help="Load a model whose estimated size (parameters x dtype + KV cache at the longest length) exceeds the device's memory.")
-OVERWRITE = typer.Option(False, "--overwrite", help="Replace the results of another run (another probe, parameters, settings or models) found in --out.")
-LENGTHS = typer.Option(None, "--len", help="Prompt lengths in tokens: 4096, 4k, 64K (k = 1024), lists 4k,8k, ranges 4k:64k (doubling) or 1k:4k:1k (start:stop:step). Default: 4k, or the longest that fits every model's position limit (said on stderr).")
-DEPTHS = typer.Option("0,25,50,75,100", "--depths", help="Needle depths in % of the context: a list 0,25,50, or start:stop:count — the third number is a COUNT, not a step: 0:100:5 = 0, 25, 50, 75, 100.")
-FORMAT = typer.Option(None, "--format", help="Weight layout: native, hf, or unilm (DIFF V1 from Microsoft's reference code). Default: detected from config.json and the tensor names.")
-HAYSTACK = typer.Option("noise", "--haystack", help="noise, essay, or a text file / folder.")
-NEEDLE_KIND = typer.Option("city", "--needle-kind", help="city, kv-word, kv-number or uuid.")
 
+@dataclass(frozen=True)
+class RunOption:
+    """A run option: its flag, help, default, the value type the command line passes, and the
+    probe feature it needs (probes.base.RUN_FEATURES; None: every probe command takes it)."""
+
+    flag: str
+    help: str
+    default: Any
+    kind: Any
+    needs: Optional[str] = None
+
+    def typer_option(self):
+        return typer.Option(self.default, self.flag, help=self.help)
+
+
+RUN: dict[str, RunOption] = {
+    "device": RunOption("--device", "auto, cpu or cuda[:N].", "auto", str),
+    "dtype": RunOption("--dtype", "auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16, float64.", "auto", str),
+    "backend": RunOption("--backend", "auto, reference, sdpa or triton (CUDA).", "auto", str),
+    "batch_size": RunOption("--batch-size", "Prompts of equal length decoded together.", 1, int, "batch"),
+    "max_new_tokens": RunOption("--max-new-tokens", "Generation budget (default: enough for the longest answer; "
+                                "128 with --decode ruler).", None, Optional[int], "decode"),
+    "prompt_format": RunOption("--prompt-format", "plain, or chat (the checkpoint's own chat template).", "plain",
+                               str, "prompt_format"),
+    "decode": RunOption("--decode", "default (stop at a newline, score the first line) or ruler (up to 128 tokens, "
+                        "no newline stop, match anywhere).", "default", str, "decode"),
+    "save_prompts": RunOption("--save-prompts", "Also write prompts.jsonl: the text of every prompt, to audit any "
+                              "cell.", False, bool),
+    "allow_beyond": RunOption("--allow-beyond-max-positions", "Allow prompts longer than the model's position limit "
+                              "(length extrapolation).", False, bool),
+    "allow_pickle": RunOption("--allow-pickle", "Load .bin/.pt weights (weights_only=True).", False, bool),
+    "allow_memory": RunOption("--allow-beyond-memory", "Load a model whose estimated size (parameters x dtype + KV "
+                              "cache at the longest length) exceeds the device's memory.", False, bool),
+    "overwrite": RunOption("--overwrite", "Replace the results of another run (another probe, parameters, settings "
+                           "or models) found in --out.", False, bool),
+    "weights_format": RunOption("--format", "Weight layout: native, hf, or unilm (DIFF V1 from Microsoft's reference "
+                                "code). Default: detected from config.json and the tensor names.", None, Optional[str]),
+}
+RUN_PARAMS = {name: (r.kind, r.typer_option()) for name, r in RUN.items()}
 # Flags of the run options, by RunOptions field.
 RUN_FLAGS = {"batch_size": "--batch-size", "max_new_tokens": "--max-new-tokens", "decode": "--decode",
              "prompt_format": "--prompt-format", "device": "--device", "dtype": "--dtype", "backend": "--backend"}
+CKPT = typer.Option([], "--ckpt", help="Checkpoint (repeatable): zoo:NAME, a native or a Hugging Face directory. "
+                    "Default: the zoo models.")
+OUT = typer.Option(None, "--out", help="Output directory (default runs/<probe>-<UTC time>). Rerun the same command "
+                   "to resume.")
+ALLOW_PICKLE, ALLOW_MEMORY, FORMAT = (RUN[n].typer_option() for n in ("allow_pickle", "allow_memory", "weights_format"))
 
 
 def parse_device(name: str) -> str:
@@ -66,33 +93,23 @@ def parse_dtype(name: str, device: str):
     return getattr(torch, DTYPES[name])
 
 
-# The run options a command may take, by RunOptions-builder argument name: (type, option).
-RUN_PARAMS = {
-    "device": (str, DEVICE), "dtype": (str, DTYPE), "backend": (str, BACKEND), "batch_size": (int, BATCH),
-    "max_new_tokens": (Optional[int], MAX_NEW), "prompt_format": (str, PROMPT_FORMAT), "decode": (str, DECODE),
-    "save_prompts": (bool, SAVE_PROMPTS), "allow_beyond": (bool, ALLOW_BEYOND), "allow_pickle": (bool, ALLOW_PICKLE),
-    "allow_memory": (bool, ALLOW_MEMORY), "overwrite": (bool, OVERWRITE),
-    "weights_format": (Optional[str], FORMAT),
-}
+def _parameter(name: str, kind, default) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
 
 
 def with_run_options(*names: str):
-    """Give a command the shared run options `names` (declared once, in RUN_PARAMS); the
-    command receives them built into one `opts` (RunOptions) argument instead."""
-    import functools
-    import inspect
-
+    """Give a command the shared run options `names` (declared once, in RUN); the command
+    receives them built into one `opts` (RunOptions) argument instead."""
     def wrap(fn):
         sig = inspect.signature(fn)
         own = [p for p in sig.parameters.values() if p.name != "opts"]
-        extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=RUN_PARAMS[n][1],
-                                   annotation=RUN_PARAMS[n][0]) for n in names]
+        extra = [_parameter(n, RUN_PARAMS[n][0], RUN_PARAMS[n][1]) for n in names]
 
-        @functools.wraps(fn)
         def command(**kwargs):
             opts = run_options(**{n: kwargs.pop(n) for n in names})
             return fn(**kwargs, opts=opts)
 
+        command.__name__, command.__doc__ = fn.__name__, fn.__doc__
         command.__signature__ = sig.replace(parameters=own + extra)
         command.__annotations__ = {k: v for k, v in fn.__annotations__.items() if k != "opts"}
         command.__annotations__.update({n: RUN_PARAMS[n][0] for n in names})
@@ -142,13 +159,22 @@ def interruptible(out: Path):
         raise Interrupted(out) from None
 
 
-def default_lengths(ckpts: list[str], command: str, reserve: int = 0, cap: int = 4096, grid: bool = False) -> "Chosen":
-    """The lengths a command uses without --len (and the line saying so): the longest L <= `cap` that
-    fits every model's position limit less `reserve` positions (e.g. BOS) — a multiple of 1024,
-    or the limit itself below 1024 — and with `grid`, L/4, L/2 and L (256, 512, 1K on the zoo)."""
+@dataclass(frozen=True)
+class Chosen:
+    """A default value the command chose, and the line that says so (printed with the
+    results, so that bad input, found before or after models load, still gets one line)."""
+
+    value: str
+    note: str
+
+
+def default_lengths(ckpts: list[str], command: str, reserve: int = 0, cap: int = 4096, grid: bool = False) -> Chosen:
+    """The lengths a command uses without --len: the longest L <= `cap` that fits every model's
+    position limit less `reserve` positions (e.g. BOS) — a multiple of 1024, or the limit
+    itself below 1024 — and with `grid`, L/4, L/2 and L (256, 512, 1K on the zoo)."""
     from diffeval.checkpoints import read_config, resolve_spec
-    from diffeval.probes.specs import length_label
     from diffeval.run import default_specs
+    from diffeval.specs import length_label
 
     limit = min(read_config(resolve_spec(s))[1].max_seq_len for s in default_specs(list(ckpts)))
     longest = min(cap, (limit - reserve) // 1024 * 1024 or limit - reserve)
@@ -158,37 +184,65 @@ def default_lengths(ckpts: list[str], command: str, reserve: int = 0, cap: int =
                   f"(the longest {length_label(longest)} fits every model's position limit, {limit})")
 
 
-class Chosen(str):
-    """A default value the command chose, with the line that says so (printed with the
-    results, so that bad input, found before or after models load, still gets one line)."""
-
-    def __new__(cls, value: str, note: str) -> "Chosen":
-        out = super().__new__(cls, value)
-        out.note = note
-        return out
+def field_flags(probe) -> dict[str, str]:
+    """Config field -> the command's flag for it."""
+    return {o.name: o.flag.split("/")[0] for o in probe.Config.options()}
 
 
-def say_chosen(params: dict[str, Any]) -> None:
-    for value in params.values():
-        if isinstance(value, Chosen):
-            print(value.note, file=sys.stderr)
+def _run_names(probe) -> list[str]:
+    own = {o.flag.split("/")[0] for o in probe.Config.options() if o.cli}
+    return [n for n, r in RUN.items() if (r.needs is None or r.needs in probe.uses) and r.flag not in own]
 
 
-def run_command(probe_name: str, params: dict[str, Any], ckpt: list[str], out: Optional[str], opts,
-                field_flags: dict[str, str]) -> dict:
+def probe_command(probe):
+    """The command of `probe`: its declared options, --ckpt and --out, and every run option
+    that applies to it."""
+    options = [o for o in probe.Config.options() if o.cli]
+    names = _run_names(probe)
+    params = [_parameter("ckpt", list[str], CKPT)]
+    for o in options:
+        kind = o.cli_type if o.cli_default is not None else Optional[o.cli_type]
+        params.append(_parameter(o.name, kind, typer.Option(o.cli_default, *o.flag.split(" "), help=o.help)))
+    params.append(_parameter("out", Optional[str], OUT))
+    params += [_parameter(n, RUN[n].kind, RUN[n].typer_option()) for n in names]
+
+    def command(**kwargs) -> None:
+        ckpt, out = kwargs.pop("ckpt"), kwargs.pop("out")
+        opts = run_options(**{n: kwargs.pop(n) for n in names})
+        chosen = []
+        for o in options:
+            md = o.model_default
+            if md is not None and kwargs.get(o.name) is None and not (md.unless and kwargs.get(md.unless) is not None):
+                chosen.append(default_lengths(ckpt, probe.name, md.reserve, md.cap, md.grid))
+                kwargs[o.name] = chosen[-1].value
+        run_command(probe, {k: v for k, v in kwargs.items() if v is not None}, ckpt, out, opts, chosen)
+
+    command.__name__ = probe.name.replace("-", "_")
+    command.__doc__ = probe.summary
+    command.__signature__ = inspect.Signature(params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return command
+
+
+def say_chosen(chosen: list[Chosen]) -> None:
+    for c in chosen:
+        print(c.note, file=sys.stderr)
+
+
+def run_command(probe, params: dict[str, Any], ckpt: list[str], out: Optional[str], opts,
+                chosen: list[Chosen] = ()) -> dict:
     """Build the probe's config from command values, run it, print its tables."""
     from diffeval.dist import is_main
-    from diffeval.probes import get_probe
+    from diffeval.report.tables import print_run_tables
     from diffeval.results import default_out
     from diffeval.run import run_probe
 
-    probe = get_probe(probe_name)
-    out_dir = Path(out) if out else default_out(probe_name)
-    with flags({**field_flags, **RUN_FLAGS}), interruptible(out_dir):
+    out_dir = Path(out) if out else default_out(probe.name)
+    with flags({**field_flags(probe), **RUN_FLAGS}), interruptible(out_dir):
         cfg = probe.config(params)
         results = run_probe(probe, cfg, list(ckpt), out_dir, opts)
     if is_main():  # under torchrun, rank 0 speaks for the job
-        probe.render(results)
-        say_chosen(params)
+        print_run_tables(probe, results)
+        say_chosen(chosen)
         print(f"results: {out_dir / 'results.json'}", file=sys.stderr)
     return results

@@ -26,6 +26,7 @@ def run_task(
     """Run a task preset (YAML); each grid variant writes its own folder under --out."""
     from diffeval.dist import is_main
     from diffeval.probes import get_probe
+    from diffeval.report.tables import print_run_tables
     from diffeval.results import default_out
     from diffeval.run import TaskInfo, run_probe
     from diffeval.tasks import load_task
@@ -36,10 +37,12 @@ def run_task(
     variants = task.variants(overrides)
     probe = get_probe(task.probe)
     field = probe.aliases.get("lengths", "lengths")
+    chosen = []
     if length is None and not any(field in {**task.params, **v} for v in task.grid or ({},)):
         # the preset leaves the length to the probe's default: cap it to what every model fits
         default = variants[0][1].to_dict()[field]
-        overrides["lengths"] = o.default_lengths(ckpt, task.name, cap=max(default) if isinstance(default, list) else default)
+        chosen.append(o.default_lengths(ckpt, task.name, cap=max(default) if isinstance(default, list) else default))
+        overrides["lengths"] = chosen[0].value
         variants = task.variants(overrides)
     info = TaskInfo(task.name, task.version, str(Path(task.path).resolve()), task.sha256)
     root = Path(out) if out else default_out(task.name)
@@ -51,6 +54,6 @@ def run_task(
             continue
         if name:
             print(f"\n{task.name}: variant {name}", file=sys.stderr)
-        probe.render(results)
-        o.say_chosen(overrides)
+        print_run_tables(probe, results)
+        o.say_chosen(chosen)
         print(f"results: {target / 'results.json'}", file=sys.stderr)

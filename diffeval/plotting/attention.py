@@ -9,7 +9,6 @@ from typing import Any, Optional
 import numpy as np
 
 from diffeval.families import DIFFERENTIAL
-from diffeval.plotting import save_figure
 from diffeval.plotting.style import model_colour
 
 def _figure(w: float, h: float, rows: int = 1, cols: int = 1, **kw):
@@ -181,24 +180,14 @@ def allocation_figure(metrics: dict[str, Any], labels: list[str], families: Opti
     return fig
 
 
-def draw_all(out: Path, cells, metrics, models, reps, log_scale: bool = True, query: str = "answer") -> list[Path]:
-    """Every attn-map figure of a run folder. `reps`: model label -> (file stem of its
-    representative prompt's arrays, family); `metrics`: label -> {"by_depth": ...}."""
-    labels = [m["label"] for m in models]
-    paths: list[Path] = []
+def representatives(reps: dict[str, tuple[Path, str]]) -> tuple[dict, dict, dict]:
+    """The arrays of each model's representative prompt. `reps`: model label -> (path of its
+    arrays without the suffix, family) -> (arrays by label, pooled maps by label, prompt id by
+    label), each array entry (npz, family)."""
     arrays, pooled = {}, {}
     for label, (stem, family) in reps.items():
-        arrays[label] = (np.load(out / "arrays" / f"{stem}.npz"), family)
-        pooled_path = out / "arrays" / f"{stem}__pooled.npz"
+        arrays[label] = (np.load(stem.with_name(stem.name + ".npz")), family)
+        pooled_path = stem.with_name(stem.name + "__pooled.npz")
         if pooled_path.exists():
             pooled[label] = (np.load(pooled_path), family)
-    prompts = {label: stem.split("__", 1)[1] for label, (stem, _) in reps.items()}
-    paths += save_figure(profile_figure(arrays, log_scale, query, prompts), out / "attn_profile")
-    paths += save_figure(layer_head_figure(cells, labels), out / "attn_layer_head")
-    for part in ("window", "whole"):
-        fig = pooled_figure(pooled, part)
-        if fig is not None:
-            paths += save_figure(fig, out / f"attn_pooled_{part}")
-    paths += save_figure(allocation_figure(metrics, labels, {m["label"]: m["family"] for m in models}),
-                         out / "attn_allocation")
-    return paths
+    return arrays, pooled, {label: stem.name.split("__", 1)[1] for label, (stem, _) in reps.items()}

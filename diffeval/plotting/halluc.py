@@ -11,9 +11,7 @@ COLOURS = {"correct": "#009E73", "abstained": "#56B4E9", "confused": "#E69F00", 
            "wrong": "#999999"}
 
 
-def outcome_figure(results: dict) -> Figure:
-    from diffeval.probes.halluc import OUTCOMES
-
+def outcome_figure(results: dict, outcomes: tuple[str, ...] = tuple(COLOURS)) -> Figure:
     models = [m["label"] for m in results["models"]]
     kinds = list(dict.fromkeys(c["kind"] for c in results["cells"] if c["kind"] != "summary"))
     by = {(c["model"], c["kind"]): c for c in results["cells"]}
@@ -24,7 +22,7 @@ def outcome_figure(results: dict) -> Figure:
     for i, model in enumerate(models):
         x = np.arange(len(kinds)) + (i - (len(models) - 1) / 2) * width
         bottom = np.zeros(len(kinds))
-        for o in OUTCOMES:
+        for o in outcomes:
             vals = np.array([by[(model, k)][f"{o}_rate"] if (model, k) in by else 0.0 for k in kinds])
             ax.bar(x, vals, width * 0.92, bottom=bottom, color=COLOURS[o], edgecolor="white", lw=0.5,
                    label=o if i == 0 else None)

@@ -1,7 +1,7 @@
 """Needle retrieval heatmap: depth (rows) x context length (columns), one panel per model,
 with an "Avg" row (mean over depths per length) at the bottom, after the NIAH grid and the
 DIFF paper's figure. Cells are results.json rows {"model", "length", "depth", "mean", ...}
-(as made by diffeval.probes.stats.mean_per_cell); `value` picks another key to draw.
+(as made by diffeval.stats.mean_per_cell); `value` picks another key to draw.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from diffeval.errors import UsageError
 from diffeval.plotting import save_figure
-from diffeval.probes.specs import length_label
+from diffeval.specs import length_label
 
 # red (0) -> yellow (0.5) -> green (1); missing cells are light grey
 CMAP = LinearSegmentedColormap.from_list("needle", ["#d7301f", "#f7d348", "#1a9850"]).with_extremes(bad="#dddddd")

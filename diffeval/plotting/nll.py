@@ -13,8 +13,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from diffeval.plotting.style import model_colour
-from diffeval.probes.specs import length_label
-from diffeval.probes.stats import mean_ci
+from diffeval.specs import length_label
+from diffeval.stats import mean_ci
 
 
 def cumulative_series(results: dict, label: str) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:

@@ -1,7 +1,9 @@
 """Long-context probes. `PROBES` names every probe and the module that defines it (each
 module exposes `PROBE`, a `diffeval.probes.base.Probe`); task YAML, `diffeval run` and the
-commands find probes through it. Shared pieces: `specs` (option parsers), `text` (files,
-folders, JSONL), `prompts` (exact-length assembly, prompt formats), `stats`, `haystack`."""
+commands find probes through it; a probe's command is generated from its declared options.
+Shared pieces (no probe imports another probe): `assembly` (exact-length contexts, items at
+depths, token spans), `retrieval` (the needle grid), `prompts` (token budgets, prompt formats),
+`haystack`, `words`, `scoring`, `grounding`, `attention`, `activations` / `streams`, `icl_data`."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ arrays per prompt and pooled maps of one representative prompt for the figures."
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import numpy as np
 
 from diffeval.errors import ConfigError
 from diffeval.families import DIFFERENTIAL
-from diffeval.probes import needle
+from diffeval.probes import retrieval as R
 from diffeval.probes.attention import (
     CATEGORIES,
     QUERY_MODES,
@@ -22,8 +22,10 @@ from diffeval.probes.attention import (
     query_positions,
     sample_spans,
 )
-from diffeval.probes.base import Probe, Scored, metric
-from diffeval.probes.specs import check_int, check_keys, parse_grid, parse_index_list
+from diffeval.probes.base import Figure, Probe, Scored, Table, TableData, metric
+from diffeval.probes.config import ProbeConfig, option
+from diffeval.requests import CaptureRows
+from diffeval.specs import check_int, parse_index_list
 
 NAME = "attn-map"
 VERSION = 3  # 3: the DIFF headline is the signed differential row (2: the pipeline)
@@ -39,24 +41,32 @@ WHOLE_PROMPT_LIMIT = 16384  # pooled whole-prompt maps only up to this length (m
 DIRECTION = {"answer": True, "needle": True, "needle_total": True, "noise": False}  # others: descriptive
 
 
+def _indices(value) -> str:
+    return ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+
+
 @dataclass(frozen=True)
-class AttnMapConfig:
-    lengths: tuple[int, ...]
-    depths: tuple[float, ...] = (0.0, 25.0, 50.0, 75.0, 100.0)
-    samples: int = 2
-    n_needles: int = 1
-    haystack: str = "noise"
-    needle_kind: str = "city"
-    seed: int = 0
-    layers: str = "all"
-    heads: str = "all"
-    query: str = "answer"  # question | answer | last
-    sink: int = 4
-    arrays: str = "all"  # all: an .npz per prompt; figure: only the prompt the figures draw
-    log_scale: bool = True
+class AttnMapConfig(ProbeConfig):
+    PROBE = NAME
+    lengths: tuple[int, ...] = R.lengths_option()
+    depths: tuple[float, ...] = R.depths_option()
+    samples: int = option(2, help="Prompts per (length, depth).")
+    n_needles: int = option(1, flag="--needles", help="Needles in the context (the first is asked).")
+    haystack: str = R.haystack_option()
+    needle_kind: str = R.kind_option()
+    seed: int = R.seed_option()
+    layers: str = option("all", parse=_indices, help="all, or indices like 0,5,-1.")
+    heads: str = option("all", parse=_indices, help="all, or indices like 0,3 (DIFF: differential heads).")
+    query: str = option("answer", help="Query tokens: question, answer (the answer prefix) or last.")
+    sink: int = option(4, help="Leading tokens counted as the attention sink.")
+    arrays: str = option("all", help="all: an .npz of captured rows per prompt; figure: only the prompt drawn in the "
+                         "figures.")
+    log_scale: bool = option(True, flag="--log-scale/--linear-scale", help="Log y axis in the profile figure.")
 
     def __post_init__(self) -> None:
-        self.needle_config()  # validates the needle fields
+        grid = self.grid()  # validates the needle fields
+        object.__setattr__(self, "lengths", grid.lengths)
+        object.__setattr__(self, "depths", grid.depths)
         if self.query not in QUERY_MODES:
             raise ConfigError(f"{self.query!r}: choose {', '.join(QUERY_MODES)}", "query")
         check_int("sink", self.sink, 0)
@@ -67,29 +77,14 @@ class AttnMapConfig:
             if not isinstance(value, str) or not value.strip():
                 raise ConfigError(f"{value!r}: give 'all' or indices like 0,-1", name)
 
-    def needle_config(self) -> needle.NeedleConfig:
-        return needle.NeedleConfig(lengths=self.lengths, depths=self.depths, n_needles=self.n_needles, n_queries=1,
-                                   samples=self.samples, haystack=self.haystack, needle_kind=self.needle_kind,
-                                   seed=self.seed)
-
-    def to_dict(self) -> dict:
-        base = {k: v for k, v in self.needle_config().to_dict().items() if k not in ("task", "version", "n_queries")}
-        return {**base, "layers": self.layers, "heads": self.heads, "query": self.query, "sink": int(self.sink),
-                "arrays": self.arrays, "log_scale": bool(self.log_scale)}
-
-
-def config(params: dict) -> AttnMapConfig:
-    check_keys(params, {f.name for f in fields(AttnMapConfig)}, NAME)
-    values = parse_grid(params)
-    for key in ("layers", "heads"):
-        if key in values and not isinstance(values[key], str):
-            values[key] = ",".join(str(v) for v in values[key]) if isinstance(values[key], list) else str(values[key])
-    return AttnMapConfig(**values)
+    def grid(self) -> R.NeedleGrid:
+        return R.NeedleGrid(tuple(self.lengths), tuple(self.depths), self.n_needles, 1, self.samples, self.haystack,
+                            self.needle_kind, self.seed)
 
 
 @dataclass(frozen=True)
 class _Item:
-    sample: needle.NeedleSample
+    sample: R.NeedleSample
     representative: bool  # drawn in the per-prompt figures (pooled maps are computed for it)
     layers: tuple[int, ...]
     heads: tuple[int, ...]
@@ -111,7 +106,7 @@ def _generate(cfg: AttnMapConfig, ctx) -> list[_Item]:
     tok = ctx.need_tokenizer(NAME)
     layers = tuple(parse_index_list(cfg.layers, ctx.n_layers, "layers"))
     heads = tuple(parse_index_list(cfg.heads, ctx.n_heads, "heads"))
-    samples = needle.generate(cfg.needle_config(), tok, ctx.max_positions, ctx.allow_beyond, ctx.prompt_format)
+    samples = R.generate(cfg.grid(), tok, ctx.max_positions, ctx.allow_beyond, ctx.prompt_format)
     rep = _representative(samples)
     return [_Item(s, i == rep, layers, heads, *_positions(cfg, s, i == rep, tok)) for i, s in enumerate(samples)]
 
@@ -137,8 +132,6 @@ def _positions(cfg: AttnMapConfig, sample, representative: bool, tok) -> tuple[t
 
 
 def _requests(cfg: AttnMapConfig, item: _Item, ctx) -> list:
-    from diffeval.engine import CaptureRows
-
     return [CaptureRows(tuple(item.sample.prompts[0]), item.positions, item.layers)]
 
 
@@ -300,46 +293,77 @@ def by_depth(metrics: dict[str, Any], prefix: str = "") -> dict[str, dict[str, f
     return out
 
 
-def _figures(run_dir: Path) -> list:
-    from diffeval.plotting.attention import draw_all
-    from diffeval.results import read_results, read_samples, safe_name
+def _representatives(results: dict, run):
+    from diffeval.plotting.attention import representatives
+    from diffeval.results import safe_name
 
-    results = read_results(run_dir)
     family = {m["label"]: m["family"] for m in results["models"]}
-    reps = {r["model"]: (f"{safe_name(r['model'])}__{r['id']}", family[r["model"]])
-            for r in read_samples(run_dir) if r.get("representative")}
+    # merged runs (figure recipes) keep each sample's own folder in "_run"
+    reps = {r["model"]: (Path(r.get("_run", run.path)) / "arrays" / f"{safe_name(r['model'].split('/')[-1])}__{r['id']}",
+                         family[r["model"]]) for r in run.samples() if r.get("representative")}
+    return representatives(reps)
+
+
+def _profile(results: dict, run):
+    from diffeval.plotting.attention import profile_figure
+
+    arrays, _, prompts = _representatives(results, run)
+    p = results["task"]["params"]
+    return profile_figure(arrays, p.get("log_scale", True), p.get("query", "answer"), prompts)
+
+
+def _pooled(part: str):
+    def draw(results: dict, run):
+        from diffeval.plotting.attention import pooled_figure
+
+        return pooled_figure(_representatives(results, run)[1], part)
+    return draw
+
+
+def _layer_head(results: dict, run):
+    from diffeval.plotting.attention import layer_head_figure
+
+    return layer_head_figure(results["cells"], [m["label"] for m in results["models"]])
+
+
+def _allocation(results: dict, run):
+    from diffeval.plotting.attention import allocation_figure
+
     view = {label: {"by_depth": by_depth(m)} for label, m in results["metrics"].items()}
-    params = results["task"]["params"]
-    return draw_all(Path(run_dir), results["cells"], view, results["models"], reps,
-                    log_scale=params.get("log_scale", True), query=params.get("query", "answer"))
+    return allocation_figure(view, [m["label"] for m in results["models"]],
+                             {m["label"]: m["family"] for m in results["models"]})
 
 
-def _render(results: dict) -> None:
+def allocation_table(results: dict) -> TableData:
     """The DIFF paper's Table 3 layout: answer-span and noise-context mass by depth per model."""
-    from rich.console import Console
-    from rich.table import Table
-
     views = {m["label"]: by_depth(results["metrics"][m["label"]]) for m in results["models"]}
     depths = sorted({float(d) for v in views.values() for d in v})
     p = results["task"]["params"]
-    table = Table(title=f"attention allocation by needle depth ({p['needle_kind']} needles, {p['n_needles']} in the "
-                        f"context, haystack {p['haystack']}, {p['samples']} samples per depth)\n(mean over layers, "
-                        "heads, query tokens; DIFF: signed differential rows A1 - λA2, summing to 1 - λ)")
-    table.add_column("model")
-    table.add_column("span")
-    for d in depths:
-        table.add_column(f"{d:g}%", justify="right")
+    rows = []
     for m in results["models"]:
         by = views[m["label"]]
         for cat, name in (("answer", "answer"), ("noise", "noise context")):
-            table.add_row(f"{m['label']} ({m['family']})" if cat == "answer" else "", name,
-                          *[f"{by[f'{d:g}'][cat]:.3f}" for d in depths])
-    Console().print(table)
+            rows.append([f"{m['label']} ({m['family']})" if cat == "answer" else "", name,
+                         *[f"{by[f'{d:g}'][cat]:.3f}" for d in depths]])
+    return TableData(f"attention allocation by needle depth ({p['needle_kind']} needles, {p['n_needles']} in the "
+                     f"context, haystack {p['haystack']}, {p['samples']} samples per depth)\n(mean over layers, "
+                     "heads, query tokens; DIFF: signed differential rows A1 - λA2, summing to 1 - λ)",
+                     ["model", "span", *[f"{d:g}%" for d in depths]], rows)
 
 
-PROBE = Probe(name=NAME, version=VERSION, config=config, generate=_generate, requests=_requests, score=_score,
-              aggregate=_aggregate, figures=_figures, render=_render,
-              cell_keys=("length", "depth", "layer", "head"),
-              grid_params=("lengths", "depths", "samples", "arrays", "log_scale"), data=needle.haystack_data,
-              description="attention allocation on the answer span vs noise, per depth / layer / head",
-              method=f"categories {', '.join(CATEGORIES)} (needle_total = answer + needle); {AGGREGATION}")
+PROBE = Probe(
+    name=NAME, version=VERSION, Config=AttnMapConfig, generate=_generate, requests=_requests, score=_score,
+    aggregate=_aggregate, cell_keys=("length", "depth", "layer", "head"),
+    grid_params=("lengths", "depths", "samples", "arrays", "log_scale"),
+    data=lambda cfg: R.haystack_data(cfg.haystack), uses=("prompt_format",),
+    views=(Figure("attn_profile", _profile, stem="attn_profile"),
+           Figure("attn_layer_head", _layer_head, stem="attn_layer_head"),
+           Figure("attn_pooled_window", _pooled("window"), stem="attn_pooled_window"),
+           Figure("attn_pooled_whole", _pooled("whole"), stem="attn_pooled_whole"),
+           Figure("attn_allocation", _allocation, stem="attn_allocation"), Table("attn_table", allocation_table)),
+    description="attention allocation on the answer span vs noise, per depth / layer / head",
+    summary="Where attention goes: mass on the answer, needles, sink, question and noise, per depth,\n"
+            "layer and head (DIFF: differential, map 1, map 2); arrays and figures.",
+    examples=("diffeval attn-map --depths 0,50,100 --samples 2",
+              "diffeval attn-map --ckpt path/to/model --len 8k --layers 0,-1 --heads all"),
+    method=f"categories {', '.join(CATEGORIES)} (needle_total = answer + needle); {AGGREGATION}")

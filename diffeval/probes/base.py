@@ -2,13 +2,13 @@
 
 A probe is data plus pure functions:
 
-    config(params)                      -> Config      validated, frozen; `to_dict()` for results
+    Config                              a ProbeConfig: options declared once (probes/config.py)
     generate(cfg, ctx)                  -> [Sample]    pure, seeded, exact token lengths
-    requests(cfg, sample, ctx)          -> [Request]   what the engine must compute
+    requests(cfg, sample, ctx)          -> [Request]   what the engine must compute (diffeval.requests)
     score(cfg, sample, outputs, ctx)    -> Scored      one record (+ arrays to save)
     aggregate(cfg, records, models, extra) -> (cells, metrics)
-    figures(run_dir)                    -> [Path]      drawn from the run's files only
-    render(results)                                    terminal tables (stdout)
+    views                               Table / Figure declarations: terminal, markdown and
+                                        LaTeX tables and figures, drawn from results files only
 
 Samples need an `id` (unique within a model's run) and `to_record()`; records must hold
 `n_tokens` (list) and, for generating probes, `prediction` (list, one per question) and
@@ -41,7 +41,7 @@ class ModelContext:
     max_new_tokens: Optional[int] = None  # user override of the generation budget
     prompt_format: Any = None  # diffeval.probes.prompts.PromptFormat
     decode: str = "default"  # default | ruler
-    notes: dict = field(default_factory=dict)  # what generation decided for this model -> results models[].notes
+    service: Any = None  # what the probe's `service(cfg)` made once for the run (a judge client)
 
     def check_length(self, n: int, what: str = "prompt", field: str = "lengths") -> None:
         """Refuse a prompt longer than the model's position limit unless allowed; `field` is
@@ -57,6 +57,15 @@ class ModelContext:
         return self.tokenizer
 
 
+@dataclass(frozen=True)
+class Generated:
+    """What `generate` returns when it has more to say than its samples: `notes`, what it
+    decided for this model (pool sizes, shots per length), go into results models[].notes."""
+
+    samples: list
+    notes: dict
+
+
 @dataclass
 class Scored:
     """One sample's record, and arrays to save as arrays/<model>__<sample id><suffix>.npz."""
@@ -66,25 +75,80 @@ class Scored:
 
 
 @dataclass(frozen=True)
+class TableData:
+    """A table as data: one renderer draws it on the terminal, in markdown and in LaTeX.
+    `styles`: row index -> "bold" | "dim"; `sections`: row indices a rule goes before;
+    `notes`: lines printed under the table."""
+
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    styles: dict[int, str] = field(default_factory=dict)
+    sections: frozenset[int] = frozenset()
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table a probe declares: `build(results) -> TableData` (with `across_runs`, build
+    takes a list of results, one row group per run). `in_run`: printed after a run; every
+    table is also a kind of `diffeval figures` recipes."""
+
+    kind: str
+    build: Callable
+    in_run: bool = True
+    across_runs: bool = False
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A figure a probe declares: `draw(results, run) -> matplotlib Figure | None` (None: the
+    run has nothing to draw), `run` the run folder (`path`, `samples()`). `stem`: its file
+    name in a run folder (None: drawn only by recipes). `kind` names it in recipes."""
+
+    kind: str
+    draw: Callable
+    stem: Optional[str] = None
+
+
+RUN_FEATURES = ("prompt_format", "batch", "decode")  # run options a probe may or may not use
+
+
+@dataclass(frozen=True)
 class Probe:
     name: str
     version: int  # bump when samples or scores for the same config change
-    config: Callable[[dict], Any]
+    Config: type  # a ProbeConfig dataclass: its fields declare the probe's options
     generate: Callable
     requests: Callable
     score: Callable
     aggregate: Callable
-    figures: Callable[[Path], list]
-    render: Callable[[dict], None]
     cell_keys: tuple[str, ...]  # besides "model"
+    views: tuple = ()  # Table and Figure declarations
     grid_params: tuple[str, ...] = ()  # params that only choose which samples exist (not in resume keys)
     data: Optional[Callable[[Any], dict]] = None  # content hashes of data files / folders
     state: Optional[Callable] = None  # (cfg, ctx) -> ProbeState
     group: Optional[Callable[[Any], Optional[str]]] = None  # sample -> key of the samples sharing a prompt
     # prefix (one rank under torchrun, so the prefix KV cache is reused); None: the sample alone
-    aliases: dict = field(default_factory=dict)  # generic override name -> this probe's field
-    description: str = ""
+    service: Optional[Callable[[Any], Any]] = None  # cfg -> what scoring shares over a run (ctx.service)
+    uses: tuple[str, ...] = RUN_FEATURES  # of RUN_FEATURES: the run options that apply
+    description: str = ""  # one line, for listings
+    summary: str = ""  # the command's help text
+    examples: tuple[str, ...] = ()  # command lines for the help; the first runs as written on the zoo
     method: str = ""  # how samples are scored and aggregated, written into results.json
+
+    def config(self, params: dict):
+        return self.Config.from_params(params)
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        return self.Config.aliases()
+
+    def tables(self) -> list[Table]:
+        return [v for v in self.views if isinstance(v, Table)]
+
+    def figures(self) -> list[Figure]:
+        return [v for v in self.views if isinstance(v, Figure)]
 
 
 class ProbeState:

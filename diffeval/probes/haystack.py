@@ -22,7 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from diffeval.errors import UsageError, did_you_mean
-from diffeval.probes.text import read_text, text_files
+from diffeval.textdata import read_text, text_files
 
 BUILTIN = ("noise", "essay")
 

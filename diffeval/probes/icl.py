@@ -11,17 +11,22 @@ once and branches every query and every label from it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
 from diffeval.errors import ConfigError
-from diffeval.probes.base import Probe, metric
-from diffeval.probes.icl_data import Example, class_counts, load_dataset, split
+from diffeval.probes import retrieval as R
+from diffeval.probes.base import Figure, Generated, Probe, Table, TableData, metric
+from diffeval.probes.config import ModelDefault, ProbeConfig, option
+from diffeval.probes.icl_data import SYNTHETIC, Example, class_counts, load_dataset, split
 from diffeval.probes.prompts import PieceEncoder
-from diffeval.probes.specs import as_text, check_int, check_keys, parse_lengths, token_count
+from diffeval.requests import Choice, Generate
+from diffeval.specs import as_text, check_int, parse_lengths, token_count
+from diffeval.stats import wilson
+from diffeval.textdata import describe_files
 
 NAME = "icl"
 VERSION = 1
@@ -31,22 +36,44 @@ _TASK_KEY = int.from_bytes(NAME.encode("ascii"), "big")
 REMAP_RANGE = 1000  # remapped labels are distinct integers below this
 
 
+def _lengths(value) -> tuple[int, ...]:
+    return () if value in ("", ()) else tuple(parse_lengths(value))
+
+
+def _shots(value) -> tuple[int, ...]:
+    return () if value in ("", ()) else tuple(token_count(s, "shots") for s in as_text(value).split(","))
+
+
+def _names(value) -> tuple[str, ...]:
+    return tuple(a.strip() for a in value.split(",")) if isinstance(value, str) else tuple(value)
+
+
+def _unescape(value):
+    return value.replace("\\n", "\n") if isinstance(value, str) else value
+
+
 @dataclass(frozen=True)
-class IclConfig:
-    data: str = "synthetic-6"  # synthetic-6 / -50 / -77 / -150, or a .jsonl / .csv file
-    text_field: str = "text"
-    label_field: str = "label"
-    lengths: tuple[int, ...] = ()  # fill demonstrations up to these prompt lengths ...
-    shots: tuple[int, ...] = ()  # ... or use these numbers of demonstrations
-    n_test: int = 50
-    permutations: int = 3
-    arrangements: tuple[str, ...] = ("random",)
-    mode: str = "choice"
-    score_by: str = "sum"  # choice mode: sum or mean log-likelihood of a label's tokens
-    remap_labels: bool = False
-    template: str = "input: {text}\nlabel: {label}"
-    separator: str = "\n\n"
-    seed: int = 0
+class IclConfig(ProbeConfig):
+    PROBE = NAME
+    data: str = option("synthetic-6", help="synthetic-6, synthetic-50, synthetic-77, synthetic-150, or a .jsonl / .csv "
+                       "file.")
+    text_field: str = option("text", help="Field (column) holding the input text.")
+    label_field: str = option("label", help="Field (column) holding the label.")
+    lengths: tuple[int, ...] = option((), flag="--len", parse=_lengths, model_default=ModelDefault(unless="shots"),
+                                      help="Fill demonstrations up to these prompt lengths (4k,16k). Default: 4k or "
+                                           "the models' limit, unless --shots.")
+    shots: tuple[int, ...] = option((), parse=_shots, help="Numbers of demonstrations instead of lengths, e.g. "
+                                    "1,10,100.")
+    n_test: int = option(50, flag="--test", aliases=("samples",), help="Test queries (balanced over classes).")
+    permutations: int = option(3, help="Orders of the same demonstrations per arrangement.")
+    arrangements: tuple[str, ...] = option(("random",), parse=_names, help="random, alternating, grouped (a list).")
+    mode: str = option("choice", help="choice (log-likelihood of every label) or generate (greedy, exact match).")
+    score_by: str = option("sum", help="choice: rank labels by the sum or the per-token mean log-likelihood.")
+    remap_labels: bool = option(False, help="Replace label names by random integers per block.")
+    template: str = option("input: {text}\nlabel: {label}", parse=_unescape,
+                           help="A demonstration, with {text} and {label}.")
+    separator: str = option("\n\n", parse=_unescape, help="Between demonstrations.")
+    seed: int = R.seed_option()
 
     def __post_init__(self) -> None:
         for name in ("lengths", "shots", "arrangements"):
@@ -72,29 +99,6 @@ class IclConfig:
         if not self.separator:
             raise ConfigError("must not be empty", "separator")
         check_int("seed", self.seed, 0)
-
-    def to_dict(self) -> dict:
-        return {"data": self.data, "text_field": self.text_field, "label_field": self.label_field,
-                "lengths": list(self.lengths), "shots": list(self.shots), "n_test": self.n_test,
-                "permutations": self.permutations, "arrangements": list(self.arrangements), "mode": self.mode,
-                "score_by": self.score_by, "remap_labels": self.remap_labels, "template": self.template,
-                "separator": self.separator, "seed": self.seed}
-
-
-def config(params: dict) -> IclConfig:
-    check_keys(params, {f.name for f in fields(IclConfig)}, NAME)
-    values = dict(params)
-    if values.get("lengths") not in (None, "", ()):
-        values["lengths"] = tuple(parse_lengths(values["lengths"]))
-    else:
-        values.pop("lengths", None)
-    if values.get("shots") not in (None, "", ()):
-        values["shots"] = tuple(token_count(s, "shots") for s in as_text(values["shots"]).split(","))
-    else:
-        values.pop("shots", None)
-    if isinstance(values.get("arrangements"), str):
-        values["arrangements"] = tuple(a.strip() for a in values["arrangements"].split(","))
-    return IclConfig(**values)
 
 
 # --- prompt pieces ----------------------------------------------------------------------------
@@ -195,7 +199,7 @@ def _blocks(cfg: IclConfig, k: int, pool: list[Example], labels: tuple[str, ...]
             yield arrangement, p, mapping, ids
 
 
-def _generate(cfg: IclConfig, ctx) -> list[_Query]:
+def _generate(cfg: IclConfig, ctx) -> Generated:
     tok = ctx.need_tokenizer(NAME)
     ds = load_dataset(cfg.data, cfg.text_field, cfg.label_field, cfg.seed)
     pool, test = split(ds, cfg.n_test, cfg.seed, max(cfg.shots, default=1))
@@ -235,15 +239,12 @@ def _generate(cfg: IclConfig, ctx) -> list[_Query]:
                 budget = f"L{length}" if length is not None else f"k{k}"
                 out.append(_Query(f"{budget}-{arrangement}-p{p}-q{qi}", length, k, arrangement, p, qi, prompt,
                                   cands, shown, labels, labels.index(e.label), len(block), e.text))
-    ctx.notes.update({"pool": len(pool), "test": len(test), "classes": len(labels),
-                      "test_class_counts": class_counts(test, labels),
-                      "shots": {str(length if length is not None else k): k for length, k in budgets}})
-    return out
+    return Generated(out, {"pool": len(pool), "test": len(test), "classes": len(labels),
+                           "test_class_counts": class_counts(test, labels),
+                           "shots": {str(length if length is not None else k): k for length, k in budgets}})
 
 
 def _requests(cfg: IclConfig, q: _Query, ctx) -> list:
-    from diffeval.engine import Choice, Generate
-
     if cfg.mode == "choice":
         return [Choice(q.prompt, q.candidates)]
     return [Generate(q.prompt, max(len(c) for c in q.candidates) + 2, "\n")]
@@ -275,8 +276,6 @@ def _budget(r: dict) -> str:
 
 
 def _aggregate(cfg: IclConfig, records: list[dict], models: list[dict], extra: dict):
-    from diffeval.probes.stats import wilson
-
     cells: list[dict] = []
     metrics: dict[str, dict] = {}
     for m in models:
@@ -322,47 +321,37 @@ def _aggregate(cfg: IclConfig, records: list[dict], models: list[dict], extra: d
     return cells, metrics
 
 
-def _figures(run_dir: Path) -> list:
-    from diffeval.plotting import save_figure
-    from diffeval.plotting.icl import icl_curve_figure, icl_order_figure
-    from diffeval.results import read_results
+def _curve(results: dict, run):
+    from diffeval.plotting.icl import icl_curve_figure
 
-    results = read_results(run_dir)
-    return (save_figure(icl_curve_figure(results), Path(run_dir) / "icl_curve")
-            + save_figure(icl_order_figure(results), Path(run_dir) / "icl_order"))
+    return icl_curve_figure(results)
 
 
-def _render(results: dict) -> None:
+def _order(results: dict, run):
+    from diffeval.plotting.icl import icl_order_figure
+
+    return icl_order_figure(results)
+
+
+def accuracy_table(results: dict) -> TableData:
     """Accuracy per model and arrangement (rows) and budget (columns): the mean over
     permutations ± their standard deviation; the best - worst margin at the largest budget."""
-    from rich.console import Console
-    from rich.table import Table
-
     cells = [c for c in results["cells"] if c["kind"] == "arrangement"]
-    rows = list(dict.fromkeys((c["model"], c["arrangement"]) for c in cells))
     budgets = list(dict.fromkeys((c["length"], c["shots"]) for c in cells))
     by = {(c["model"], c["arrangement"], c["length"], c["shots"]): c for c in cells}
-    p = results["task"]["params"]["permutations"]
-    params = results["task"]["params"]
-    table = Table(title=f"ICL accuracy by demonstrations: {params['data']}, {params['mode']}, {params['n_test']} queries "
-                        f"(mean ± std over {p} permutation(s))")
-    table.add_column("model", no_wrap=True)
-    table.add_column("order", no_wrap=True)
-    for length, shots in budgets:
-        table.add_column(f"{shots}" + (f"\n{length} tok" if length is not None else ""), justify="right",
-                         min_width=9, no_wrap=True)
-    table.add_column("margin", justify="right")
-    for model, arrangement in rows:
+    p = results["task"]["params"]
+    rows = []
+    for model, arrangement in dict.fromkeys((c["model"], c["arrangement"]) for c in cells):
         got = [by.get((model, arrangement, length, shots)) for length, shots in budgets]
-        table.add_row(model, arrangement, *[f"{c['accuracy']:.2f}±{c['std']:.2f}" if c else "-" for c in got],
-                      f"{got[-1]['margin']:.3f}" if got[-1] else "-")
-    Console().print(table)
+        rows.append([model, arrangement, *[f"{c['accuracy']:.2f}±{c['std']:.2f}" if c else "-" for c in got],
+                     f"{got[-1]['margin']:.3f}" if got[-1] else "-"])
+    header = ["model", "order", *[f"{shots}" + (f"\n{length} tok" if length is not None else "")
+                                  for length, shots in budgets], "margin"]
+    return TableData(f"ICL accuracy by demonstrations: {p['data']}, {p['mode']}, {p['n_test']} queries "
+                     f"(mean ± std over {p['permutations']} permutation(s))", header, rows)
 
 
 def _data(cfg: IclConfig) -> dict:
-    from diffeval.probes.icl_data import SYNTHETIC
-    from diffeval.probes.text import describe_files
-
     if cfg.data in SYNTHETIC:
         return {"examples": {"kind": "synthetic", "task": cfg.data, "seed": cfg.seed}}
     path = Path(cfg.data).expanduser()
@@ -371,13 +360,19 @@ def _data(cfg: IclConfig) -> dict:
     return {"examples": describe_files(cfg.data, [path])}
 
 
-PROBE = Probe(name=NAME, version=VERSION, config=config, generate=_generate, requests=_requests, score=_score,
-              aggregate=_aggregate, figures=_figures, render=_render,
-              cell_keys=("kind", "length", "shots", "arrangement", "permutation"),
-              grid_params=("lengths", "shots", "permutations", "arrangements"), data=_data,
-              aliases={"samples": "n_test"}, group=lambda q: f"{q.length}/{q.shots}/{q.arrangement}/{q.permutation}",
-              description="many-shot in-context classification and order robustness",
-              method="choice: the label with the highest log-likelihood after the prompt (score_by: sum or "
-                     "per-token mean over the label's tokens) among all labels; generate: greedy, exact match of "
-                     "the first line. Accuracy per (budget, arrangement, permutation) with a Wilson interval; "
-                     "per arrangement the mean over permutations, their std (ddof 1) and best - worst margin")
+PROBE = Probe(
+    name=NAME, version=VERSION, Config=IclConfig, generate=_generate, requests=_requests, score=_score,
+    aggregate=_aggregate, cell_keys=("kind", "length", "shots", "arrangement", "permutation"),
+    grid_params=("lengths", "shots", "permutations", "arrangements"), data=_data, uses=("prompt_format", "batch"),
+    group=lambda q: f"{q.length}/{q.shots}/{q.arrangement}/{q.permutation}",
+    views=(Figure("icl_curve", _curve, stem="icl_curve"), Figure("icl_order", _order, stem="icl_order"),
+           Table("icl_table", accuracy_table)),
+    description="many-shot in-context classification and order robustness",
+    summary="Many-shot in-context classification (DIFF paper 3.5): accuracy vs demonstrations, and\n"
+            "the spread over orderings of the same demonstrations.",
+    examples=("diffeval icl --shots 1,4,16 --test 30",
+              "diffeval icl --ckpt path/to/model --data synthetic-77 --len 4k,16k"),
+    method="choice: the label with the highest log-likelihood after the prompt (score_by: sum or "
+           "per-token mean over the label's tokens) among all labels; generate: greedy, exact match of "
+           "the first line. Accuracy per (budget, arrangement, permutation) with a Wilson interval; "
+           "per arrangement the mean over permutations, their std (ddof 1) and best - worst margin")

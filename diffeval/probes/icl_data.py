@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 
 from diffeval.errors import ConfigError
-from diffeval.probes.text import jsonl_rows
+from diffeval.textdata import jsonl_rows
 
 SYNTHETIC = {"synthetic-6": 6, "synthetic-50": 50, "synthetic-77": 77, "synthetic-150": 150}
 _TASK_KEY = int.from_bytes(b"icl-data", "big")
@@ -38,7 +38,7 @@ class Dataset:
 
 
 def _label_words() -> list[str]:
-    from diffeval.probes.needle import KEY_ADJECTIVES, KEY_NOUNS, VALUE_WORDS
+    from diffeval.probes.words import KEY_ADJECTIVES, KEY_NOUNS, VALUE_WORDS
 
     return list(dict.fromkeys([*VALUE_WORDS, *KEY_NOUNS, *KEY_ADJECTIVES]))
 

@@ -17,9 +17,12 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 from diffeval.errors import ConfigError
-from diffeval.probes.base import Probe, metric
-from diffeval.probes.specs import as_text, check_int, check_keys, parse_length, token_count
-from diffeval.probes.text import describe_files, file_blocks, jsonl_rows, text_files
+from diffeval.probes.base import Figure, Generated, Probe, Table, TableData, metric
+from diffeval.probes.config import ModelDefault, ProbeConfig, option
+from diffeval.requests import TokenNLL, ids_sha256
+from diffeval.specs import as_text, check_int, parse_length, token_count
+from diffeval.stats import mean_ci
+from diffeval.textdata import describe_files, file_blocks, jsonl_rows, text_files
 
 NAME = "nll"
 VERSION = 1
@@ -28,16 +31,38 @@ _TASK_KEY = int.from_bytes(NAME.encode("ascii"), "big")
 _REPEAT = 0.3  # synthetic documents: chance that a sentence repeats an earlier one of the document
 
 
+def _positions(value: Any) -> tuple[int, ...]:
+    text = as_text(value).strip().lower()
+    if text in ("", "log"):
+        return ()
+    return tuple(token_count(p, "positions") for p in text.split(","))
+
+
+def _docs(value: Any) -> Optional[int]:
+    if isinstance(value, str):
+        return None if value.strip().lower() == "all" else token_count(value, "docs")
+    return value
+
+
 @dataclass(frozen=True)
-class NllConfig:
-    length: int  # text tokens per sequence (after BOS)
-    data: str = "synthetic"  # synthetic | a .txt file | a folder of .txt files | a .jsonl file
-    text_field: str = "text"  # the JSONL field holding a document's text
-    docs: Optional[int] = None  # sequences to evaluate (None: every document; synthetic: SYNTHETIC_DOCS)
-    pack: bool = False  # join documents (EOS / blank line between) instead of skipping short ones;
-    # each sequence still starts at a document, and the rest of its last document is dropped
-    positions: tuple[int, ...] = ()  # curve points; () = log-spaced 1, 2, 4, ..., length
-    seed: int = 0
+class NllConfig(ProbeConfig):
+    PROBE = NAME
+    length: int = option(flag="--len", parse=lambda v: parse_length(v, "length"), aliases=("lengths",),
+                         model_default=ModelDefault(reserve=1),
+                         help="Tokens per sequence after BOS (4k, 64K, ...). Default: 4k, or less when a model's "
+                              "position limit is shorter.")
+    data: str = option("synthetic", help="synthetic (generated documents), a .txt file, a folder of .txt files (one "
+                       "document each), or a .jsonl file.")
+    text_field: str = option("text", help="JSONL field holding each document's text.")
+    docs: Optional[int] = option(None, parse=_docs, cli_type=int, aliases=("samples",),
+                                 help="Sequences to evaluate (default: every document; synthetic: 8). Too few is an "
+                                      "error.")
+    pack: bool = option(False, help="Join documents (EOS or a blank line between) instead of skipping ones shorter "
+                        "than --len.")  # each sequence still starts at a document; the rest of its last is dropped
+    positions: tuple[int, ...] = option((), parse=_positions, shown="log",
+                                        help="Curve points: log (1, 2, 4, ..., len) or a list like 1k,4k,16k (the end "
+                                             "is always added).")
+    seed: int = option(0, help="Seed of the sample generator.")
 
     def __post_init__(self) -> None:
         check_int("length", self.length, 1)
@@ -64,29 +89,8 @@ class NllConfig:
             out = [1 << k for k in range(self.length.bit_length()) if 1 << k <= self.length]
         return out if out[-1] == self.length else out + [self.length]
 
-    def to_dict(self) -> dict:
-        return {"length": int(self.length), "data": self.data, "text_field": self.text_field,
-                "docs": self.docs, "pack": self.pack, "positions": self.curve_positions(),
-                "short_documents": "packed" if self.pack else "skipped", "seed": int(self.seed)}
-
-
-def _positions(value: Any) -> tuple[int, ...]:
-    text = as_text(value).strip().lower()
-    if text in ("", "log"):
-        return ()
-    return tuple(token_count(p, "positions") for p in text.split(","))
-
-
-def config(params: dict) -> NllConfig:
-    check_keys(params, {f.name for f in fields(NllConfig)}, NAME)
-    values = dict(params)
-    if "length" in values:
-        values["length"] = parse_length(values["length"], "length")
-    if "positions" in values:
-        values["positions"] = _positions(values["positions"])
-    if isinstance(values.get("docs"), str):
-        values["docs"] = None if values["docs"].strip().lower() == "all" else token_count(values["docs"], "docs")
-    return NllConfig(**values)
+    def extra(self) -> dict:
+        return {"positions": self.curve_positions(), "short_documents": "packed" if self.pack else "skipped"}
 
 
 # --- documents ------------------------------------------------------------------------------
@@ -168,7 +172,7 @@ class _Seq:
         return f"seq{self.index}"
 
 
-def _generate(cfg: NllConfig, ctx) -> list[_Seq]:
+def _generate(cfg: NllConfig, ctx) -> Generated:
     tok = ctx.need_tokenizer(NAME)
     bos = [] if tok.bos_id is None else [int(tok.bos_id)]
     ctx.check_length(len(bos) + cfg.length, "sequence")
@@ -197,18 +201,15 @@ def _generate(cfg: NllConfig, ctx) -> list[_Seq]:
                 skipped += 1
                 continue
             out.append(_Seq(len(out), name, tuple(bos + ids)))
-    ctx.notes.update({"sequences": len(out), "short_documents_skipped": skipped, "packed": cfg.pack})
     if not out or (want is not None and len(out) < want):
         how = "joined" if cfg.pack else f"of at least {cfg.length} tokens ({skipped} shorter skipped)"
         asked = f"the {want} asked for" if want is not None else "one"
         raise ConfigError(f"{cfg.data} holds {len(out)} sequences {how} under the tokenizer of {ctx.label}, "
                           f"fewer than {asked}; use fewer docs, a shorter length, or pack", "data")
-    return out
+    return Generated(out, {"sequences": len(out), "short_documents_skipped": skipped, "packed": cfg.pack})
 
 
 def _requests(cfg: NllConfig, seq: _Seq, ctx) -> list:
-    from diffeval.engine import TokenNLL
-
     return [TokenNLL(seq.ids)]
 
 
@@ -235,8 +236,6 @@ def curve(nll: np.ndarray, first: int, points: list[int]) -> tuple[list[float], 
 
 
 def _score(cfg: NllConfig, seq: _Seq, outputs: list, ctx) -> dict:
-    from diffeval.engine import ids_sha256
-
     nll = outputs[0]  # (len(ids) - 1,)
     first = 1 if ctx.tokenizer.bos_id is not None else 2  # without BOS the first token is not predicted
     points = [p for p in cfg.curve_positions() if p >= first]
@@ -248,8 +247,6 @@ def _score(cfg: NllConfig, seq: _Seq, outputs: list, ctx) -> dict:
 
 
 def _aggregate(cfg: NllConfig, records: list[dict], models: list[dict], extra: dict):
-    from diffeval.probes.stats import mean_ci
-
     cells: list[dict] = []
     metrics: dict[str, dict] = {}
     for m in models:
@@ -279,34 +276,22 @@ def _aggregate(cfg: NllConfig, records: list[dict], models: list[dict], extra: d
     return cells, metrics
 
 
-def _figures(run_dir: Path) -> list:
+def _curve(results: dict, run):
     from diffeval.plotting.nll import nll_curve_figure
-    from diffeval.plotting import save_figure
-    from diffeval.results import read_results, read_samples
 
-    results = read_results(run_dir)
-    fig = nll_curve_figure(results, read_samples(run_dir))
-    return save_figure(fig, Path(run_dir) / "nll_curve")
+    return nll_curve_figure(results, run.samples())
 
 
 def _pos(p: int) -> str:
     return f"{p // 1024}K" if p >= 1024 and p % 1024 == 0 else str(p)
 
 
-def _render(results: dict) -> None:
+def bucket_table(results: dict) -> TableData:
     """Mean NLL per position bucket, models side by side (mean ± half-width of the 95% interval)."""
-    from rich.console import Console
-    from rich.table import Table
-
     labels = [m["label"] for m in results["models"]]
     cells = {(c["model"], c["position"]): c for c in results["cells"] if c["kind"] == "bucket"}
     ends = sorted({c["position"] for c in results["cells"] if c["kind"] == "bucket"})
     p = results["task"]["params"]
-    table = Table(title=f"mean NLL per position bucket: {p['data']}, {p['length']} tokens (nats; ± 95% interval across "
-                        "sequences; * beyond the position limit)")
-    table.add_column("positions", justify="right")
-    for label in labels:
-        table.add_column(label, justify="right")
 
     def fmt(c):
         if c is None:
@@ -314,22 +299,24 @@ def _render(results: dict) -> None:
         half = f" ± {(c['ci95'][1] - c['ci95'][0]) / 2:.3f}" if "ci95" in c else ""
         return f"{c['mean']:.3f}{half}{' *' if c['beyond_limit'] else ''}"
 
+    rows = []
     for e in ends:
-        any_cell = next(cells[(m, e)] for m in labels if (m, e) in cells)
-        span = _pos(e) if any_cell["start"] == e else f"{_pos(any_cell['start'])}-{_pos(e)}"
-        table.add_row(span, *[fmt(cells.get((m, e))) for m in labels])
-    console = Console()
-    console.print(table)
-    for m in results["models"]:
-        met = results["metrics"][m["label"]]
-        console.print(f"{m['label']} ({m['family']}): mean NLL {met['nll']['value']:.4f}, perplexity "
-                      f"{met['ppl']['value']:.3f} over {met['nll']['n']} sequences")
+        start = next(cells[(m, e)]["start"] for m in labels if (m, e) in cells)
+        rows.append([_pos(e) if start == e else f"{_pos(start)}-{_pos(e)}", *[fmt(cells.get((m, e))) for m in labels]])
+    notes = [f"{m['label']} ({m['family']}): mean NLL {met['nll']['value']:.4f}, perplexity {met['ppl']['value']:.3f} "
+             f"over {met['nll']['n']} sequences" for m in results["models"] if (met := results["metrics"][m["label"]])]
+    return TableData(f"mean NLL per position bucket: {p['data']}, {p['length']} tokens (nats; ± 95% interval across "
+                     "sequences; * beyond the position limit)", ["positions", *labels], rows, notes=notes)
 
 
-PROBE = Probe(name=NAME, version=VERSION, config=config, generate=_generate, requests=_requests, score=_score,
-              aggregate=_aggregate, figures=_figures, render=_render, cell_keys=("kind", "position"),
-              grid_params=("docs",), data=_data, aliases={"lengths": "length", "samples": "docs"},
-              description="cumulative average NLL by position up to the full length",
-              method="token NLL (nats) of every text position after BOS, chunked (no n x vocab logits); "
-                     "per sequence the cumulative average up to each point and the mean per bucket between "
-                     "points; across sequences the mean and a 95% Student t interval; ppl = exp(mean NLL)")
+PROBE = Probe(
+    name=NAME, version=VERSION, Config=NllConfig, generate=_generate, requests=_requests, score=_score,
+    aggregate=_aggregate, cell_keys=("kind", "position"), grid_params=("docs",), data=_data, uses=(),
+    views=(Figure("nll_curve", _curve, stem="nll_curve"), Table("nll_table", bucket_table)),
+    description="cumulative average NLL by position up to the full length",
+    summary="Cumulative average NLL by position (DIFF paper 3.3): curve with 95% bands, per-bucket\n"
+            "table, perplexity; past the trained length with --allow-beyond-max-positions.",
+    examples=("diffeval nll --docs 4", "diffeval nll --ckpt path/to/model --data books/ --len 32k --docs 20"),
+    method="token NLL (nats) of every text position after BOS, chunked (no n x vocab logits); "
+           "per sequence the cumulative average up to each point and the mean per bucket between "
+           "points; across sequences the mean and a 95% Student t interval; ppl = exp(mean NLL)")

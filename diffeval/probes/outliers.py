@@ -9,37 +9,51 @@ probes/activations.py."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import numpy as np
 
 from diffeval.errors import ConfigError
-from diffeval.probes import activations as act
-from diffeval.probes import needle
-from diffeval.probes.base import Probe, ProbeState, metric
-from diffeval.probes.specs import check_int, check_keys, parse_bits, parse_grid, parse_length, parse_tokens
-from diffeval.probes.text import describe_files, file_blocks, text_files
+from diffeval.probes import retrieval as R
+from diffeval.probes import streams as act
+from diffeval.probes.base import Figure, Probe, ProbeState, Table, TableData, metric
+from diffeval.probes.config import ModelDefault, ProbeConfig, option
+from diffeval.probes.scoring import answer_text, string_match_all
+from diffeval.requests import Hook, Stats, TokenNLL, ids_sha256
+from diffeval.specs import check_int, parse_bits, parse_length, parse_tokens
+from diffeval.stats import mean_ci, wilson
+from diffeval.textdata import describe_files, file_blocks, text_files
 
 NAME = "outliers"
 VERSION = 2  # 2: runs on the probe pipeline
 METRICS = ("nll", "needle")
 
 
+def _bits(value) -> tuple[int, ...]:
+    return parse_bits(value, act.MIN_BITS, act.BASELINE_BITS)
+
+
 @dataclass(frozen=True)
-class OutliersConfig:
+class OutliersConfig(ProbeConfig):
     """The outliers task: which text and how much (`n_tokens` None = all of it, in sequences
     of `seq_len`), which bit widths, and which metric under quantization."""
 
-    n_tokens: Optional[int] = 32768
-    seq_len: int = 2048
-    bits: tuple[int, ...] = (16, 8, 6, 4)
-    metric: str = "nll"
-    data: str = "synthetic"  # synthetic | path to a .txt file or a folder of them
-    needle_samples: int = 4  # needle metric: samples per depth
-    depths: tuple[float, ...] = (0.0, 25.0, 50.0, 75.0, 100.0)
-    seed: int = 0
+    PROBE = NAME
+    data: str = option("synthetic", help="synthetic (generated essay prose), or a .txt file / folder of them.")
+    n_tokens: Optional[int] = option(32768, flag="--tokens", parse=parse_tokens, shown="32k",
+                                     help="Tokens of text to stream through each model (k = 1024), or all.")
+    seq_len: int = option(2048, flag="--len", parse=lambda v: parse_length(v, "seq_len"), aliases=("lengths",),
+                          model_default=ModelDefault(cap=2048),
+                          help="Sequence length in tokens, BOS included (also the needle prompt length). Default: "
+                               "2k, or the longest that fits every model's position limit.")
+    bits: tuple[int, ...] = option((16, 8, 6, 4), flag="--quant-bits", parse=_bits,
+                                   help="Attention-logit bit widths; 16 = unquantized; none to skip.")
+    metric: str = option("nll", help="nll (mean token NLL over the text) or needle (accuracy).")
+    needle_samples: int = option(4, flag="--samples", help="Needle metric: samples per depth.")
+    depths: tuple[float, ...] = R.depths_option()
+    seed: int = R.seed_option()
 
     def __post_init__(self) -> None:
         if self.n_tokens is not None:
@@ -62,29 +76,15 @@ class OutliersConfig:
         object.__setattr__(self, "depths", tuple(float(d) for d in self.depths))
         check_int("seed", self.seed, 0)
 
-    def to_dict(self) -> dict:
-        return {"n_tokens": self.n_tokens, "seq_len": int(self.seq_len), "bits": list(self.bits),
-                "metric": self.metric, "data": self.data, "needle_samples": int(self.needle_samples),
-                "depths": list(self.depths), "seed": int(self.seed), "ranks": list(act.RANKS),
+    def extra(self) -> dict:
+        return {"ranks": list(act.RANKS),
                 "quantization": {"scheme": "absmax", "symmetric": True, "rounding": "nearest (ties to even)",
                                  "levels": "2^(bits-1) - 1 per sign", "granularity": "per (batch, head, query row)",
                                  "over": "causally valid logits", "baseline_bits": act.BASELINE_BITS}}
 
-    def needle_config(self) -> needle.NeedleConfig:
-        return needle.NeedleConfig(lengths=(self.seq_len,), depths=self.depths, samples=self.needle_samples,
-                                   haystack="essay" if self.data == "synthetic" else self.data, seed=self.seed)
-
-
-def config(params: dict) -> OutliersConfig:
-    check_keys(params, {f.name for f in fields(OutliersConfig)}, NAME)
-    values = dict(params)
-    if "n_tokens" in values:
-        values["n_tokens"] = parse_tokens(values["n_tokens"])
-    if "seq_len" in values:
-        values["seq_len"] = parse_length(values["seq_len"], "seq_len")
-    if "bits" in values:
-        values["bits"] = parse_bits(values["bits"], act.MIN_BITS, act.BASELINE_BITS)
-    return OutliersConfig(**parse_grid(values))
+    def grid(self) -> R.NeedleGrid:
+        return R.NeedleGrid((self.seq_len,), self.depths, samples=self.needle_samples,
+                            haystack="essay" if self.data == "synthetic" else self.data, seed=self.seed)
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -109,7 +109,7 @@ def _data(cfg: OutliersConfig) -> dict:
             else describe_files(cfg.data, files))
     out = {"text": text}
     if cfg.metric == "needle" and cfg.bits:
-        out.update(needle.haystack_data(cfg.needle_config()))
+        out.update(R.haystack_data(cfg.grid().haystack))
     return out
 
 
@@ -130,17 +130,17 @@ class _Sequence:
 @dataclass(frozen=True)
 class _Needle:
     bits: int
-    item: Any  # needle._Item
+    item: R.NeedleSample
 
     @property
     def id(self) -> str:
         return f"b{self.bits}-{self.item.id}"
 
 
-def _hook(bits: int):
-    from diffeval.engine import Hook
+def _hook(bits: int) -> Hook:
+    from diffeval.probes.activations import quant_hook  # torch: loaded when a run builds its requests
 
-    return Hook(f"absmax-{bits}bit", act.quant_hook(bits))
+    return Hook(f"absmax-{bits}bit", quant_hook(bits))
 
 
 def _generate(cfg: OutliersConfig, ctx) -> list:
@@ -162,16 +162,14 @@ def _generate(cfg: OutliersConfig, ctx) -> list:
         raise ConfigError(f"{cfg.data} holds {have} tokens under the tokenizer of {ctx.label}, less than one "
                           f"sequence of {cfg.seq_len}; give more text or a shorter --len", "data")
     if cfg.metric == "needle" and cfg.bits:
-        items = needle._generate(cfg.needle_config(), ctx)
+        items = R.run_samples(cfg.grid(), ctx, NAME)
         out.extend(_Needle(b, it) for b in cfg.bits for it in items)
     return out
 
 
 def _requests(cfg: OutliersConfig, sample, ctx) -> list:
-    from diffeval.engine import Stats, TokenNLL
-
     if isinstance(sample, _Needle):
-        return needle.generate_requests(sample.item, ctx, _hook(sample.bits))[:1]
+        return sample.item.requests(ctx.decode, _hook(sample.bits))[:1]
     if cfg.metric != "nll":
         return [Stats(sample.ids)]
     quantized = [b for b in cfg.bits if b != act.BASELINE_BITS]
@@ -181,12 +179,12 @@ def _requests(cfg: OutliersConfig, sample, ctx) -> list:
 
 def _score(cfg: OutliersConfig, sample, outputs: list, ctx) -> dict:
     if isinstance(sample, _Needle):
-        s = sample.item.sample
-        pred = needle.prediction_text(ctx.tokenizer, outputs[0], ctx.decode)
+        s = sample.item
+        pred = answer_text(ctx.tokenizer, outputs[0], ctx.decode)
         return {**s.to_record(), "id": sample.id, "kind": "needle", "bits": sample.bits,
-                "prediction": [pred], "score": needle.score_prediction(s.expected[:1], pred)}
+                "prediction": [pred], "score": string_match_all(s.expected[:1], pred)}
     row: dict[str, Any] = {"id": sample.id, "kind": "sequence", "index": sample.index, "offset": sample.offset,
-                           "n_tokens": [len(sample.ids)], "ids_sha256": needle._ids_hash(sample.ids),
+                           "n_tokens": [len(sample.ids)], "ids_sha256": ids_sha256(sample.ids),
                            "prediction": [], "score": None}
     if cfg.metric == "nll":
         by_bits = {act.BASELINE_BITS: outputs[0]}
@@ -200,7 +198,9 @@ def _score(cfg: OutliersConfig, sample, outputs: list, ctx) -> dict:
 
 class _StatsState(ProbeState):
     def __init__(self, n_layers: int) -> None:
-        self.stats = act.OutlierStats(n_layers)
+        from diffeval.probes.activations import OutlierStats  # torch: loaded when a run starts
+
+        self.stats = OutlierStats(n_layers)
 
     def save(self, path: Path, keys: list[str]) -> None:
         from diffeval.results import atomic_path
@@ -222,8 +222,6 @@ class _StatsState(ProbeState):
 
 
 def _aggregate(cfg: OutliersConfig, records: list[dict], models: list[dict], extra: dict):
-    from diffeval.probes.stats import mean_ci, wilson
-
     cells: list[dict] = []
     metrics: dict[str, dict] = {}
     blank = {"activation": None, "layer": None, "bits": None}
@@ -283,66 +281,55 @@ def _ordered_sum(seqs: list[dict], b: int) -> float:
     return total
 
 
-def _figures(run_dir: Path) -> list:
-    from diffeval.plotting.outliers import layer_outlier_figure, quant_curve
-    from diffeval.results import read_results
+def _quant_curve(results: dict, run):
+    from diffeval.plotting.outliers import quant_figure
 
-    results = read_results(run_dir)
-    labels = [m["label"] for m in results["models"]]
-    cells = results["cells"]
-    paths = []
-    if any(c["kind"] == "quant" for c in cells):
-        paths += quant_curve(cells, labels, results["task"]["params"]["metric"], Path(run_dir) / "quant_curve")
+    if not any(c["kind"] == "quant" for c in results["cells"]):
+        return None
+    return quant_figure(results["cells"], [m["label"] for m in results["models"]], results["task"]["params"]["metric"])
+
+
+def _by_layer(results: dict, run):
+    from diffeval.plotting.outliers import layer_figure
+
     per_layer: dict[str, dict[str, list[float]]] = {}
-    for c in cells:
+    for c in results["cells"]:
         if c["kind"] == "layer":
             per_layer.setdefault(c["model"], {}).setdefault(c["activation"], []).append(c["top1"])
-    paths += layer_outlier_figure({m: per_layer.get(m, {}) for m in labels}, Path(run_dir) / "outliers_by_layer")
-    return paths
+    return layer_figure({m["label"]: per_layer.get(m["label"], {}) for m in results["models"]})
 
 
 SHORT = {"attention_logits": "attn logits", "attention_logits_map1": " map 1",
          "attention_logits_map2": " map 2", "hidden_states": "hidden"}  # table rows, Table 5's names
 
 
-def _render(results: dict) -> None:
-    """Table 5 (one row per model and activation type), then the metric per bit width."""
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
+def outliers_table(results: dict) -> TableData:
+    """Table 5: one row per model and activation type."""
     counts = sorted({results["metrics"][m["label"]]["n_tokens"]["value"] for m in results["models"]})
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False,
-                  title=f"Activation outliers: |x| over {', '.join(f'{int(n):,}' for n in counts)} tokens per model")
-    table.add_column("model", no_wrap=True)
-    table.add_column("activation", no_wrap=True)
-    for r in act.RANKS:
-        table.add_column(f"top-{r}", justify="right")
-    table.add_column("median", justify="right")
+    rows, styles, sections = [], {}, set()
     for m in results["models"]:
-        rows = [c for c in results["cells"] if c["model"] == m["label"] and c["kind"] == "activation"]
-        for i, row in enumerate(rows):
+        sections.add(len(rows))
+        for i, row in enumerate(c for c in results["cells"] if c["model"] == m["label"] and c["kind"] == "activation"):
             name = row["activation"]
-            table.add_row(m["label"] if i == 0 else "", SHORT.get(name, name),
-                          *[_num(row.get(f"top{r}")) for r in act.RANKS], _num(row["median"]),
-                          style="dim" if name.endswith(("_map1", "_map2")) else None)
-        table.add_section()
-    console.print(table)
+            if name.endswith(("_map1", "_map2")):
+                styles[len(rows)] = "dim"
+            rows.append([m["label"] if i == 0 else "", SHORT.get(name, name),
+                         *[_num(row.get(f"top{r}")) for r in act.RANKS], _num(row["median"])])
+    return TableData(f"Activation outliers: |x| over {', '.join(f'{int(n):,}' for n in counts)} tokens per model",
+                     ["model", "activation", *[f"top-{r}" for r in act.RANKS], "median"], rows, styles=styles,
+                     sections=frozenset(sections - {0}))
+
+
+def quant_table(results: dict) -> TableData:
+    """The metric per attention-logit bit width (no rows without quantization)."""
     quant = [c for c in results["cells"] if c["kind"] == "quant"]
-    if not quant:
-        return
     bits = sorted({c["bits"] for c in quant}, reverse=True)
     which = results["task"]["params"]["metric"]
-    qt = Table(box=box.SIMPLE_HEAD, pad_edge=False,
-               title=f"{'Mean token NLL' if which == 'nll' else 'Needle accuracy'} vs attention-logit bits")
-    qt.add_column("model")
-    for b in bits:
-        qt.add_column(f"{b} bits" + (" (float)" if b == 16 else ""), justify="right")
     by = {(c["model"], c["bits"]): c["value"] for c in quant}
-    for m in results["models"]:
-        qt.add_row(m["label"], *[_num(by.get((m["label"], b)), 3 if which == "needle" else 4) for b in bits])
-    console.print(qt)
+    rows = [[m["label"], *[_num(by.get((m["label"], b)), 3 if which == "needle" else 4) for b in bits]]
+            for m in results["models"]] if quant else []
+    return TableData(f"{'Mean token NLL' if which == 'nll' else 'Needle accuracy'} vs attention-logit bits",
+                     ["model", *[f"{b} bits" + (" (float)" if b == 16 else "") for b in bits]], rows)
 
 
 def _num(v, digits: Optional[int] = None) -> str:
@@ -354,14 +341,20 @@ def _num(v, digits: Optional[int] = None) -> str:
     return f"{v:.1f}" if abs(v) >= 9.95 else f"{v:#.3g}"
 
 
-PROBE = Probe(name=NAME, version=VERSION, config=config, generate=_generate, requests=_requests, score=_score,
-              aggregate=_aggregate, figures=_figures, render=_render,
-              cell_keys=("kind", "activation", "layer", "bits"),
-              grid_params=("n_tokens", "needle_samples", "depths"), data=_data,
-              state=lambda cfg, ctx: _StatsState(ctx.n_layers),
-              group=lambda s: f"b{s.bits}/{needle.haystack_group(s.item)}" if isinstance(s, _Needle) else None,
-              aliases={"samples": "needle_samples", "lengths": "seq_len"},
-              description="activation outliers (Table 5) and the metric under attention-logit quantization",
-              method="top-k and median of |attention logits| (scaled, pre-softmax, causally visible) and |hidden "
-                     "states| over every layer, head and position; quantization: symmetric absmax per query row; "
-                     "metric per bit width: mean token NLL over all tokens, or needle accuracy with a Wilson interval")
+PROBE = Probe(
+    name=NAME, version=VERSION, Config=OutliersConfig, generate=_generate, requests=_requests, score=_score,
+    aggregate=_aggregate, cell_keys=("kind", "activation", "layer", "bits"),
+    grid_params=("n_tokens", "needle_samples", "depths"), data=_data,
+    state=lambda cfg, ctx: _StatsState(ctx.n_layers),
+    group=lambda s: f"b{s.bits}/{s.item.group}" if isinstance(s, _Needle) else None,
+    views=(Figure("quant_curve", _quant_curve, stem="quant_curve"),
+           Figure("outliers_by_layer", _by_layer, stem="outliers_by_layer"),
+           Table("outliers_table", outliers_table), Table("quant_table", quant_table)),
+    description="activation outliers (Table 5) and the metric under attention-logit quantization",
+    summary="Activation outliers: top-k / median of |attention logits| and |hidden states|, and the\n"
+            "metric with attention logits quantized to fewer bits (statistics and quantization always\n"
+            "run on the reference attention path, whatever --backend says).",
+    examples=("diffeval outliers --tokens 8k", "diffeval outliers --ckpt path/to/model --data corpus/ --tokens all"),
+    method="top-k and median of |attention logits| (scaled, pre-softmax, causally visible) and |hidden "
+           "states| over every layer, head and position; quantization: symmetric absmax per query row; "
+           "metric per bit width: mean token NLL over all tokens, or needle accuracy with a Wilson interval")

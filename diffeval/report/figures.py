@@ -7,19 +7,23 @@ by a recipe (YAML, in plots/):
       - {kind: nll_curve, name: fig3_nll, models: [llama-7b, diff-7b]}
       - {kind: needle_table}
 
-Runs of one probe found under `--results` are merged (models side by side; a label that two
-runs share gets the run's folder name in front). Figures are written as PNG, PDF and SVG in
-the project style; tables as LaTeX (booktabs) and markdown."""
+A kind is a table or figure that a probe declares (its `views`); `kinds()` lists them. Runs
+of one probe found under `--results` are merged (models side by side; a label that two runs
+share gets the run's folder name in front). Figures are written as PNG, PDF and SVG in the
+project style; tables as LaTeX (booktabs) and markdown, by the one table renderer."""
 
 from __future__ import annotations
 
 import fnmatch
 import json
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from diffeval.errors import UsageError
+from diffeval.probes.base import Figure, Table, TableData
 from diffeval.report.runs import RunFolder, read_run
+from diffeval.report.tables import latex, markdown
 
 RECIPE_KEYS = {"name", "description", "figures"}
 ENTRY_KEYS = {"kind", "name", "models", "runs", "title"}
@@ -53,173 +57,42 @@ def merge(runs: list[RunFolder], models: Optional[list[str]] = None) -> tuple[di
                 base["models"].append({**m, "label": rename[m["label"]]})
                 base["metrics"][rename[m["label"]]] = r.results["metrics"][m["label"]]
         base["cells"] += [{**c, "model": rename[c["model"]]} for c in r.results["cells"] if c["model"] in keep]
-        samples += [{**s, "model": rename[s["model"]]} for s in r.samples() if s["model"] in keep]
+        samples += [{**s, "model": rename[s["model"]], "_run": str(r.path)} for s in r.samples() if s["model"] in keep]
     if not base["models"]:
         raise UsageError(f"none of the models {models} is in the selected runs")
     return base, samples
 
 
-# --- tables -----------------------------------------------------------------------------------
+# --- the probes' declared tables and figures ---------------------------------------------------
 
 
-def _tex_escape(text: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"), ("$", r"\$")):
-        text = text.replace(a, b)
-    return text
+def kinds() -> dict[str, tuple[str, Any]]:
+    """Every recipe kind: the tables and figures the probes declare -> (probe, declaration)."""
+    from diffeval.probes import PROBES, get_probe
+
+    return {view.kind: (name, view) for name in PROBES for view in get_probe(name).views}
 
 
-def latex(header: list[str], rows: list[list[str]], caption: str) -> str:
-    cols = "l" * sum(1 for _ in header[:1]) + "r" * (len(header) - 1)
-    lines = ["% " + caption, "\\begin{tabular}{" + cols + "}", "\\toprule",
-             " & ".join(_tex_escape(h) for h in header) + r" \\", "\\midrule"]
-    lines += [" & ".join(_tex_escape(c) for c in row) + r" \\" for row in rows]
-    lines += ["\\bottomrule", "\\end{tabular}"]
-    return "\n".join(lines) + "\n"
+def _table(view: Table, runs: list[RunFolder], models) -> TableData:
+    if view.across_runs:
+        return view.build([merge([r], models)[0] for r in runs])
+    return view.build(merge(runs, models)[0])
 
 
-def markdown(header: list[str], rows: list[list[str]], caption: str) -> str:
-    lines = [f"**{caption}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+def _figure(view: Figure, runs: list[RunFolder], models):
+    results, samples = merge(runs, models)
+    return view.draw(results, _Merged(runs[0].path, results, samples))
 
 
-def needle_table(runs: list[RunFolder], models) -> tuple[list[str], list[list[str]], str]:
-    """The multi-needle table: a row per run (N needles, R asked), accuracy per model."""
-    merged = [merge([r], models)[0] for r in runs]
-    labels = list(dict.fromkeys(m["label"] for res in merged for m in res["models"]))
-    header = ["N", "R", "length", *labels]
-    rows = []
-    for res in sorted(merged, key=lambda x: (x["task"]["params"]["n_needles"], x["task"]["params"]["n_queries"])):
-        p = res["task"]["params"]
-        row = [str(p["n_needles"]), str(p["n_queries"]), ",".join(str(n) for n in p["lengths"])]
-        for label in labels:
-            m = res["metrics"].get(label, {}).get("accuracy")
-            row.append("-" if m is None else f"{m['value']:.2f}")
-        rows.append(row)
-    return header, rows, "Multi-needle retrieval accuracy (N needles in the context, R asked)"
+class _Merged(RunFolder):
+    """Merged runs as one run folder (figures that read arrays find the first run's)."""
 
+    def __init__(self, path: Path, results: dict, samples: list[dict]) -> None:
+        super().__init__(path, results)
+        object.__setattr__(self, "_merged", samples)
 
-def attn_table(runs, models):
-    from diffeval.probes.attn_map import by_depth
-
-    res, _ = merge(runs, models)
-    views = {m["label"]: by_depth(res["metrics"][m["label"]]) for m in res["models"]}
-    depths = sorted({d for v in views.values() for d in v}, key=float)
-    header = ["model", "span", *[f"{d}%" for d in depths]]
-    rows = []
-    for m in res["models"]:
-        for cat, name in (("answer", "answer span"), ("noise", "noise context")):
-            rows.append([f"{m['label']} ({m['family']})", name, *[f"{views[m['label']][d][cat]:.3f}" for d in depths]])
-    return header, rows, "Attention allocation by needle depth (DIFF: signed differential rows A1 - lambda A2)"
-
-
-def outliers_table(runs, models):
-    from diffeval.probes.activations import RANKS
-
-    res, _ = merge(runs, models)
-    header = ["model", "activation", *[f"top-{r}" for r in RANKS], "median"]
-    rows = []
-    for c in res["cells"]:
-        if c["kind"] == "activation":
-            rows.append([c["model"], c["activation"].replace("_", " "),
-                         *[f"{c.get(f'top{r}', float('nan')):.3g}" for r in RANKS], f"{c['median']:.3g}"])
-    return header, rows, "Largest and median |activation| (top-k, median)"
-
-
-def halluc_table(runs, models):
-    from diffeval.probes.halluc import OUTCOMES
-
-    res, _ = merge(runs, models)
-    labels = [m["label"] for m in res["models"]]
-    by = {(c["model"], c["kind"]): c for c in res["cells"]}
-    kinds = list(dict.fromkeys(c["kind"] for c in res["cells"] if c["kind"] != "summary"))
-    rows = [[k, o, *[f"{by[(m, k)][f'{o}_rate']:.3f}" if (m, k) in by else "-" for m in labels]]
-            for k in kinds for o in OUTCOMES]
-    return ["kind", "outcome", *labels], rows, "Answer outcomes per question kind (shares)"
-
-
-def nll_table(runs, models):
-    res, _ = merge(runs, models)
-    labels = [m["label"] for m in res["models"]]
-    cells = {(c["model"], c["position"]): c for c in res["cells"] if c["kind"] == "bucket"}
-    ends = sorted({c["position"] for c in res["cells"] if c["kind"] == "bucket"})
-    rows = []
-    for e in ends:
-        start = next(cells[(m, e)]["start"] for m in labels if (m, e) in cells)
-        rows.append([f"{start}-{e}", *[f"{cells[(m, e)]['mean']:.3f}" if (m, e) in cells else "-" for m in labels]])
-    return ["positions", *labels], rows, "Mean NLL per position bucket (nats)"
-
-
-# --- figures ----------------------------------------------------------------------------------
-
-
-def _needle_heatmap(runs, models):
-    from diffeval.plotting.needle import needle_figure
-
-    res, _ = merge(runs, models)
-    return needle_figure(res["cells"], [m["label"] for m in res["models"]])
-
-
-def _attn_allocation(runs, models):
-    from diffeval.plotting.attention import allocation_figure
-    from diffeval.probes.attn_map import by_depth
-
-    res, _ = merge(runs, models)
-    view = {label: {"by_depth": by_depth(m)} for label, m in res["metrics"].items()}
-    return allocation_figure(view, [m["label"] for m in res["models"]], {m["label"]: m["family"] for m in res["models"]})
-
-
-def _attn_layer_head(runs, models):
-    from diffeval.plotting.attention import layer_head_figure
-
-    res, _ = merge(runs, models)
-    return layer_head_figure(res["cells"], [m["label"] for m in res["models"]])
-
-
-def _quant_curve(runs, models):
-    from diffeval.plotting.outliers import quant_figure
-
-    res, _ = merge(runs, models)
-    return quant_figure(res["cells"], [m["label"] for m in res["models"]], res["task"]["params"]["metric"])
-
-
-def _nll_curve(runs, models):
-    from diffeval.plotting.nll import nll_curve_figure
-
-    return nll_curve_figure(*merge(runs, models))
-
-
-def _icl(kind: str):
-    def draw(runs, models):
-        from diffeval.plotting import icl
-
-        res, _ = merge(runs, models)
-        return icl.icl_curve_figure(res) if kind == "curve" else icl.icl_order_figure(res)
-    return draw
-
-
-def _halluc_bars(runs, models):
-    from diffeval.plotting.halluc import outcome_figure
-
-    return outcome_figure(merge(runs, models)[0])
-
-
-# kind -> (probe, "figure" | "table", function(runs, models))
-KINDS: dict[str, tuple[str, str, Callable]] = {
-    "needle_heatmap": ("needle", "figure", _needle_heatmap),
-    "needle_table": ("needle", "table", needle_table),
-    "icl_curve": ("icl", "figure", _icl("curve")),
-    "icl_order": ("icl", "figure", _icl("order")),
-    "nll_curve": ("nll", "figure", _nll_curve),
-    "nll_table": ("nll", "table", nll_table),
-    "attn_allocation": ("attn-map", "figure", _attn_allocation),
-    "attn_layer_head": ("attn-map", "figure", _attn_layer_head),
-    "attn_table": ("attn-map", "table", attn_table),
-    "outliers_table": ("outliers", "table", outliers_table),
-    "quant_curve": ("outliers", "figure", _quant_curve),
-    "halluc_bars": ("halluc", "figure", _halluc_bars),
-    "halluc_table": ("halluc", "table", halluc_table),
-}
+    def samples(self) -> list[dict]:
+        return self._merged
 
 
 def load_recipe(path: str | Path) -> dict:
@@ -239,8 +112,8 @@ def load_recipe(path: str | Path) -> dict:
         bad = sorted(set(e) - ENTRY_KEYS)
         if bad:
             raise UsageError(f"{path}: figures[{i}]: unknown key {bad[0]!r}; valid: {', '.join(sorted(ENTRY_KEYS))}")
-        if e.get("kind") not in KINDS:
-            raise UsageError(f"{path}: figures[{i}]: kind {e.get('kind')!r}: {did_you_mean(str(e.get('kind')), KINDS)}")
+        if e.get("kind") not in kinds():
+            raise UsageError(f"{path}: figures[{i}]: kind {e.get('kind')!r}: {did_you_mean(str(e.get('kind')), kinds())}")
         name = str(e.get("name", e["kind"]))
         if safe_name(name) != name:
             raise UsageError(f"{path}: figures[{i}]: name {name!r} must be a plain file name")
@@ -259,27 +132,32 @@ def render(recipe: dict, runs: list[RunFolder], out: Path) -> tuple[list[Path], 
     labels = list(dict.fromkeys(m["label"] for probe in dict.fromkeys(r.probe for r in runs)
                                 for m in merge([r for r in runs if r.probe == probe])[0]["models"]))
     for e in recipe["figures"]:
-        probe, form, fn = KINDS[e["kind"]]
+        probe, view = kinds()[e["kind"]]
         name = str(e.get("name", e["kind"]))
         mine = [r for r in runs if r.probe == probe and fnmatch.fnmatch(r.path.name, e.get("runs", "*"))]
         if not mine:
             skipped.append(f"{name}: no {probe} runs among the results")
             continue
         models = e.get("models")
-        if form == "figure":
+        if isinstance(view, Figure):
             with styled(labels):
-                fig = fn(mine, models)
+                fig = _figure(view, mine, models)
+                if fig is None:
+                    skipped.append(f"{name}: nothing to draw in the {probe} runs")
+                    continue
                 if e.get("title"):
                     fig.suptitle(str(e["title"]))
                 written += save_figure(fig, out / name, formats=("png", "pdf", "svg"))
         else:
-            header, rows, caption = fn(mine, models)
-            caption = str(e.get("title", caption))
-            write_atomic(out / f"{name}.tex", latex(header, rows, caption))
-            write_atomic(out / f"{name}.md", markdown(header, rows, caption))
+            table = _table(view, mine, models)
+            if e.get("title"):
+                table = replace(table, title=str(e["title"]))
+            write_atomic(out / f"{name}.tex", latex(table))
+            write_atomic(out / f"{name}.md", markdown(table))
             written += [out / f"{name}.tex", out / f"{name}.md"]
     return written, skipped
 
 
 def describe(recipe: dict) -> list[dict[str, Any]]:
-    return [{"kind": e["kind"], "probe": KINDS[e["kind"]][0], "form": KINDS[e["kind"]][1]} for e in recipe["figures"]]
+    return [{"kind": e["kind"], "probe": kinds()[e["kind"]][0],
+             "form": "figure" if isinstance(kinds()[e["kind"]][1], Figure) else "table"} for e in recipe["figures"]]

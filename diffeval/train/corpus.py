@@ -26,15 +26,9 @@ import numpy as np
 
 from diffeval.errors import ConfigError
 from diffeval.probes.haystack import NOISE_SENTENCES, essay_sentence, load_haystack
-from diffeval.probes.needle import (
-    CITIES,
-    KEY_ADJECTIVES,
-    KEY_NOUNS,
-    NEEDLE_KINDS,
-    PROMPT_SUFFIX,
-    VALUE_WORDS,
-    NeedleKind,
-)
+from diffeval.probes.assembly import PROMPT_SUFFIX
+from diffeval.probes.retrieval import NEEDLE_KINDS, NeedleKind
+from diffeval.probes.words import CITIES, KEY_ADJECTIVES, KEY_NOUNS, VALUE_WORDS
 
 UNKNOWN = "unknown"  # the answer to a question whose key is not in the context
 ICL_EXAMPLE = "Input: {text}\nLabel:"

@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from diffeval.probes.needle import CITIES
+from diffeval.probes.words import CITIES
 
 SPECIALS = ("<bos>", "<eos>", "<pad>", "<unk>")
 BOS, EOS, PAD, UNK = SPECIALS

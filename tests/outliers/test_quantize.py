@@ -8,7 +8,7 @@ from diffeval.engine import Engine, Generate, Hook
 from diffeval.errors import ConfigError
 from diffeval.kernels.common import causal_valid
 from diffeval.probes.activations import quant_hook, quantize_absmax
-from diffeval.probes.specs import parse_bits
+from diffeval.specs import parse_bits
 from helpers import tiny_model
 
 
@@ -122,7 +122,8 @@ def test_engine_under_the_16_bit_hook_generates_what_it_does_without():
     def run(hook):
         got = {}
         work = [[Generate(tuple(p), 5, None, hook)] for p in prompts]
-        Engine(model).run(work, lambda i, outs: got.__setitem__(i, outs[0]))
+        for i, outs in Engine(model).run(work):
+            got.__setitem__(i, outs[0])
         return got
 
     plain = run(None)

@@ -10,7 +10,7 @@ import pytest
 
 from diffeval.errors import UsageError
 from diffeval.plotting.needle import AVG_LABEL, heatmap_matrix, needle_figure, needle_heatmap
-from diffeval.probes.stats import average_by
+from diffeval.stats import average_by
 
 LENGTHS = [4096, 8192, 16384, 65536]
 DEPTHS = [0.0, 25.0, 50.0, 75.0, 100.0]

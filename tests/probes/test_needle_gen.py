@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from diffeval.errors import ConfigError, UsageError
 from diffeval.probes import needle as N
-from diffeval.probes import specs as S
+from diffeval import specs as S
 from diffeval.probes.haystack import NOISE_SENTENCES, essay_sentence, load_haystack, split_sentences
 from diffeval.tokenizers import ByteTokenizer, HFTokenizer
 

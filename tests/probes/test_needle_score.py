@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from diffeval.probes import needle as N
-from diffeval.probes.stats import average_by, mean_per_cell, wilson
+from diffeval.stats import average_by, mean_per_cell, wilson
 from diffeval.tokenizers import ByteTokenizer
 
 # --- string match ----------------------------------------------------------------------------
