@@ -391,7 +391,7 @@ def draw_figures(probe: Probe, run_dir: Path) -> list[Path]:
     paths: list[Path] = []
     with styled():
         for view in probe.figures():
-            fig = view.draw(run.results, run) if view.stem else None
+            fig = view.figure(run.results, run) if view.stem else None
             if fig is not None:
                 paths += save_figure(fig, run_dir / view.stem)
     return paths

@@ -108,3 +108,15 @@ def mean_ci(values: Sequence[float]) -> tuple[float, Optional[tuple[float, float
     var = math.fsum((v - mean) ** 2 for v in values) / (n - 1)
     half = t975(n - 1) * math.sqrt(var / n)
     return mean, (mean - half, mean + half)
+
+
+def breakdown(metrics: dict, key: str, prefix: str = "") -> dict[str, dict[str, float]]:
+    """{value of `key`: {metric: value}} from one model's flat metrics named
+    "<prefix><metric>@<key>=<value>" (metrics with a further "." after the prefix are other
+    views and left out)."""
+    out: dict[str, dict[str, float]] = {}
+    for name, m in metrics.items():
+        head, _, value = name.partition(f"@{key}=")
+        if value and head.startswith(prefix) and "." not in head[len(prefix):]:
+            out.setdefault(value, {})[head[len(prefix):]] = m["value"]
+    return out

@@ -9,7 +9,7 @@ import torch
 import diffeval
 from diffeval.cli import main
 from diffeval.probes.attention import CATEGORIES, Spans, allocation, normalise_rows
-from diffeval.probes.attn_map import by_depth
+from diffeval.stats import breakdown
 from diffeval.specs import parse_index_list
 from helpers import tiny_model
 
@@ -107,13 +107,13 @@ def test_attn_map_end_to_end_writes_everything(ckpts, tmp_path, capsys):
     mean_one_minus_lam = np.mean([1 - v for v in lam.values()])
     for label, total in (("transformer", 1.0), ("diff", mean_one_minus_lam)):
         m = results["metrics"][label]
-        assert set(by_depth(m)) == {"0", "50", "100"}
-        for alloc in by_depth(m).values():  # softmax rows sum to 1; DIFF's signed rows to 1 - lambda
+        assert set(breakdown(m, "depth")) == {"0", "50", "100"}
+        for alloc in breakdown(m, "depth").values():  # softmax rows sum to 1; DIFF's signed rows to 1 - lambda
             assert sum(alloc[c] for c in CATEGORIES) == pytest.approx(total, abs=1e-4)
         assert m["answer"]["higher_is_better"] is True and m["noise"]["higher_is_better"] is False
-    for alloc in by_depth(diff, "normalised.").values():  # the labelled alternative: divided by 1 - lambda
+    for alloc in breakdown(diff, "depth", "normalised.").values():  # the labelled alternative: divided by 1 - lambda
         assert sum(alloc[c] for c in CATEGORIES) == pytest.approx(1.0, abs=1e-4)
-    for alloc in by_depth(diff, "map1.").values():
+    for alloc in breakdown(diff, "depth", "map1.").values():
         assert sum(alloc[c] for c in CATEGORIES) == pytest.approx(1.0, abs=1e-4)
     # per layer x head cells: 2 layers x heads per model x depths
     assert len([c for c in results["cells"] if c["model"] == "diff"]) == 2 * 2 * 3
@@ -157,7 +157,7 @@ def test_attn_map_diff2_allocates_with_each_rows_own_lambda(ckpts, tmp_path):
             assert np.allclose(got.sum(-1), 1.0, atol=1e-5)
             # dividing by the mean lambda instead would differ
             assert not np.allclose(got, rows.mean(axis=1) / (1 - lam.mean()), atol=1e-5)
-    for alloc in by_depth(results["metrics"]["diff2"], "normalised.").values():
+    for alloc in breakdown(results["metrics"]["diff2"], "depth", "normalised.").values():
         assert sum(alloc[c] for c in CATEGORIES) == pytest.approx(1.0, abs=1e-4)
 
 

@@ -24,10 +24,11 @@ def test_help_lists_every_command(capsys):
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_help_has_examples_and_value_names_not_python_types(name, capsys):
     from diffeval.cli import EXAMPLES
+    from diffeval.probes import PROBES, get_probe
 
     assert run_cli([name, "--help"]) == 0
     out = capsys.readouterr().out
-    assert "Examples:" in out and EXAMPLES[name][0].split("#")[0].strip() in " ".join(out.split())
+    assert "Examples:" in out and (get_probe(name).examples if name in PROBES else EXAMPLES[name])[0].split("#")[0].strip() in " ".join(out.split())
     assert not re.search(r"<(list\[)?(str|int|bool|float)\]?>", out), out
     assert "\U0001f4af" not in out  # 0:100:5 is not drawn as an emoji
 

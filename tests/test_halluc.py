@@ -9,7 +9,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 import diffeval
+from diffeval.probes import grounding as G
 from diffeval.probes import halluc as P
+from diffeval.probes import qa as QA
 from diffeval.probes.judge import Judge
 from diffeval.run import RunOptions, model_context, run_probe
 from helpers import run_cli, saved_tiny_models
@@ -36,30 +38,30 @@ def ckpts(tmp_path_factory):
     (" Paris", ("1234567",), (), "confused"),  # user data: supported but not the answer
 ])
 def test_outcome_labels(prediction, answers, others, want):
-    assert P.outcome(prediction, answers, others, "unknown", CONTEXT, "What is the magic number for brave-falcon?") == want
+    assert G.outcome(prediction, answers, others, "unknown", CONTEXT, "What is the magic number for brave-falcon?") == want
 
 
 def test_echoing_the_question_is_not_hallucination():
     q = "What is the magic number for tiny-heron?"
-    assert P.outcome("The magic number for tiny-heron is unknown.", (), ("1234567",), "unknown", CONTEXT, q) == "abstained"
+    assert G.outcome("The magic number for tiny-heron is unknown.", (), ("1234567",), "unknown", CONTEXT, q) == "abstained"
 
 
 def test_summary_support_lists_unsupported_units():
-    score, missing = P.support("The magic number for brave-falcon is 1234567, said Napoleon in Berlin.", CONTEXT)
+    score, missing = G.support("The magic number for brave-falcon is 1234567, said Napoleon in Berlin.", CONTEXT)
     assert missing == ["Napoleon", "Berlin"]
-    assert score == pytest.approx(1 - 2 / len(P.content_units("The magic number for brave-falcon is 1234567, "
+    assert score == pytest.approx(1 - 2 / len(G.content_units("The magic number for brave-falcon is 1234567, "
                                                                  "said Napoleon in Berlin.")))
 
 
 def test_generator_guarantees(ckpts):
     loaded = diffeval.load(ckpts[0])
-    cfg = P.config({"lengths": "400,600", "samples": 3, "n_facts": 5})
+    cfg = P.PROBE.config({"lengths": "400,600", "samples": 3, "n_facts": 5})
     samples = P.PROBE.generate(cfg, model_context("m", loaded, OPTS))
     tok = loaded.tokenizer
     assert len(samples) == 6
     for s in samples:
         assert len(s.prompts[0]) == s.length  # exact length
-        assert s.kinds == P.KINDS
+        assert s.kinds == QA.KINDS
         facts = dict(s.facts)
         asked, confusable, absent = s.questions
         sentence = f"The magic number for {asked} is {facts[asked]}."
@@ -131,7 +133,7 @@ def test_judge_end_to_end_counts_errors_apart(ckpts, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))  # the verdict cache lives under ~/.cache
     server = _Server(["yes", "no", "garbage", "garbage", "garbage"] + ["yes"] * 20)
     try:
-        cfg = P.config({"lengths": "500", "samples": 2, "n_facts": 4, "judge_url": server.url,
+        cfg = P.PROBE.config({"lengths": "500", "samples": 2, "n_facts": 4, "judge_url": server.url,
                         "judge_model": "j", "judge_timeout": 5})
         results = run_probe(P.PROBE, cfg, ckpts[:1], tmp_path / "r", RunOptions(device="cpu", progress=False))
     finally:
@@ -147,7 +149,7 @@ def test_user_jsonl_qa_and_summaries(ckpts, tmp_path):
             {"context": "The bridge opened in 1932.", "question": "Who built it?", "answerable": False},
             {"context": "A long report about rivers and mills. " * 5}]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    results = run_probe(P.PROBE, P.config({"data": str(data)}), ckpts[:1], tmp_path / "u", OPTS)
+    results = run_probe(P.PROBE, P.PROBE.config({"data": str(data)}), ckpts[:1], tmp_path / "u", OPTS)
     kinds = {c["kind"] for c in results["cells"]}
     assert kinds == {"answerable", "unanswerable", "summary"}
     assert "support@kind=summary" in results["metrics"]["transformer"]

@@ -11,6 +11,7 @@ import diffeval
 from diffeval.engine import Engine
 from diffeval.errors import ConfigError
 from diffeval.probes import icl as P
+from diffeval.probes import icl_data as D
 from diffeval.probes.icl_data import class_counts, split, synthetic_task
 from diffeval.run import RunOptions, model_context, run_probe
 from helpers import run_cli, saved_tiny_models
@@ -25,9 +26,9 @@ def ckpts(tmp_path_factory):
 
 def _queries(ckpt, **params):
     loaded = diffeval.load(ckpt)
-    cfg = P.config({"shots": "3", "n_test": 6, "permutations": 2, **params})
+    cfg = P.PROBE.config({"shots": "3", "n_test": 6, "permutations": 2, **params})
     ctx = model_context("m", loaded, OPTS)
-    return loaded, cfg, ctx, P.PROBE.generate(cfg, ctx)
+    return loaded, cfg, ctx, P.PROBE.generate(cfg, ctx).samples
 
 
 def _loglik(model, prompt, cand):
@@ -76,12 +77,12 @@ def test_arrangements_are_seeded_and_distinct():
     demos = list(ds.examples[::250])  # 4 of each of the 6 classes
     rng = lambda p: np.random.Generator(np.random.PCG64(p))  # noqa: E731
     for arrangement in P.ARRANGEMENTS:
-        a, b = P.arrange(demos, arrangement, rng(1)), P.arrange(demos, arrangement, rng(1))
+        a, b = D.arrange(demos, arrangement, rng(1)), D.arrange(demos, arrangement, rng(1))
         assert a == b and sorted(map(id, a)) == sorted(map(id, demos))
-        assert P.arrange(demos, arrangement, rng(2)) != a
-    labels = [e.label for e in P.arrange(demos, "grouped", rng(3))]
+        assert D.arrange(demos, arrangement, rng(2)) != a
+    labels = [e.label for e in D.arrange(demos, "grouped", rng(3))]
     assert len([k for k in range(1, len(labels)) if labels[k] != labels[k - 1]]) == len(set(labels)) - 1
-    alt = [e.label for e in P.arrange(demos, "alternating", rng(3))]
+    alt = [e.label for e in D.arrange(demos, "alternating", rng(3))]
     counts = class_counts(demos)
     first = len(set(alt)) * min(counts.values())
     assert all(alt[k] != alt[k - 1] for k in range(1, first))
@@ -111,7 +112,7 @@ def test_remapped_labels_are_consistent_within_a_block(ckpts):
 
 
 def test_lengths_mode_fills_the_context_and_records_the_shots(ckpts, tmp_path):
-    cfg = P.config({"lengths": "400,900", "n_test": 4, "permutations": 2, "arrangements": "alternating"})
+    cfg = P.PROBE.config({"lengths": "400,900", "n_test": 4, "permutations": 2, "arrangements": "alternating"})
     results = run_probe(P.PROBE, cfg, ckpts[:1], tmp_path / "l", OPTS)
     notes = results["models"][0]["notes"]
     assert 0 < notes["shots"]["400"] < notes["shots"]["900"]
@@ -125,7 +126,7 @@ def test_lengths_mode_fills_the_context_and_records_the_shots(ckpts, tmp_path):
 
 
 def test_generate_mode_scores_exact_labels(ckpts, tmp_path):
-    cfg = P.config({"shots": "2", "n_test": 3, "permutations": 1, "mode": "generate"})
+    cfg = P.PROBE.config({"shots": "2", "n_test": 3, "permutations": 1, "mode": "generate"})
     run_probe(P.PROBE, cfg, ckpts[:1], tmp_path / "g", RunOptions(device="cpu", progress=False))
     rows = [json.loads(x) for x in (tmp_path / "g" / "samples.jsonl").read_text().splitlines()]
     assert all(r["score"] == float(r["prediction"][0] == r["expected"]) for r in rows)
@@ -162,12 +163,12 @@ def test_bad_data_exits_2_with_one_line(ckpts, tmp_path, capsys):
 def test_csv_data_and_config_errors(ckpts, tmp_path):
     data = tmp_path / "d.csv"
     data.write_text("sentence,cls\n" + "".join(f"\"item, {i}\",{'xyz'[i % 3]}\n" for i in range(30)))
-    cfg = P.config({"data": str(data), "text_field": "sentence", "label_field": "cls", "shots": "3", "n_test": 6,
+    cfg = P.PROBE.config({"data": str(data), "text_field": "sentence", "label_field": "cls", "shots": "3", "n_test": 6,
                     "permutations": 1})
     results = run_probe(P.PROBE, cfg, ckpts[:1], tmp_path / "c", OPTS)
     assert results["models"][0]["notes"]["test_class_counts"] == {"x": 2, "y": 2, "z": 2}
     with pytest.raises(ConfigError) as err:
-        P.config({"shots": "4", "lengths": "1k"})
+        P.PROBE.config({"shots": "4", "lengths": "1k"})
     assert err.value.field == "shots"
     with pytest.raises(ConfigError, match="once"):
-        P.config({"shots": "4", "template": "{label}: {text}"})
+        P.PROBE.config({"shots": "4", "template": "{label}: {text}"})

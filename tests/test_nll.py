@@ -35,7 +35,7 @@ def corpus(tmp_path):
 
 
 def test_curve_matches_a_float64_brute_force_from_full_logits(ckpts, corpus, tmp_path):
-    cfg = P.config({"length": 300, "data": str(corpus), "positions": "1,7,64,100"})
+    cfg = P.PROBE.config({"length": 300, "data": str(corpus), "positions": "1,7,64,100"})
     results = run_probe(P.PROBE, cfg, ckpts[1:], tmp_path / "r", OPTS)
     rows = [json.loads(x) for x in (tmp_path / "r" / "samples.jsonl").read_text().splitlines()]
     model = diffeval.load(ckpts[1], dtype=torch.float64).model
@@ -85,7 +85,7 @@ def test_curve_points_and_buckets():
 
 
 def test_pack_joins_short_documents(ckpts, corpus, tmp_path):
-    cfg = P.config({"length": 500, "data": str(corpus), "pack": True})
+    cfg = P.PROBE.config({"length": 500, "data": str(corpus), "pack": True})
     results = run_probe(P.PROBE, cfg, ckpts[:1], tmp_path / "p", OPTS)
     notes = results["models"][0]["notes"]
     assert notes["packed"] and notes["short_documents_skipped"] == 0
@@ -164,7 +164,7 @@ def test_hf_checkpoints_with_their_own_tokenizer_match_transformers_loss(hf_dir,
     directory = hf_dir(kind, n_kv=2)
     text = tmp_path / "doc.txt"
     text.write_text("The river bends near the old mill, and the miller counts his sacks of grain. " * 20)
-    cfg = P.config({"length": 200, "data": str(text)})
+    cfg = P.PROBE.config({"length": 200, "data": str(text)})
     results = run_probe(P.PROBE, cfg, [str(directory)], tmp_path / "r", OPTS)
     tok = diffeval.load(str(directory)).tokenizer
     body = tok.encode(text.read_text())[:200]

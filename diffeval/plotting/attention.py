@@ -191,3 +191,42 @@ def representatives(reps: dict[str, tuple[Path, str]]) -> tuple[dict, dict, dict
         if pooled_path.exists():
             pooled[label] = (np.load(pooled_path), family)
     return arrays, pooled, {label: stem.name.split("__", 1)[1] for label, (stem, _) in reps.items()}
+
+
+# --- the attn-map probe's declared figures: (results, run folder) -> figure ------------------
+
+
+def _run_representatives(results: dict, run) -> tuple[dict, dict, dict]:
+    from diffeval.results import safe_name
+
+    family = {m["label"]: m["family"] for m in results["models"]}
+    # merged runs (figure recipes) keep each sample's own folder in "_run"
+    reps = {r["model"]: (Path(r.get("_run", run.path)) / "arrays" / f"{safe_name(r['model'].split('/')[-1])}__{r['id']}",
+                         family[r["model"]]) for r in run.samples() if r.get("representative")}
+    return representatives(reps)
+
+
+def profile_view(results: dict, run):
+    arrays, _, prompts = _run_representatives(results, run)
+    p = results["task"]["params"]
+    return profile_figure(arrays, p.get("log_scale", True), p.get("query", "answer"), prompts)
+
+
+def pooled_window_view(results: dict, run):
+    return pooled_figure(_run_representatives(results, run)[1], "window")
+
+
+def pooled_whole_view(results: dict, run):
+    return pooled_figure(_run_representatives(results, run)[1], "whole")
+
+
+def layer_head_view(results: dict, run):
+    return layer_head_figure(results["cells"], [m["label"] for m in results["models"]])
+
+
+def allocation_view(results: dict, run):
+    from diffeval.stats import breakdown
+
+    view = {label: {"by_depth": breakdown(m, "depth")} for label, m in results["metrics"].items()}
+    return allocation_figure(view, [m["label"] for m in results["models"]],
+                             {m["label"]: m["family"] for m in results["models"]})

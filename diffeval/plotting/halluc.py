@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -40,3 +42,8 @@ def outcome_figure(results: dict, outcomes: tuple[str, ...] = tuple(COLOURS)) ->
     ax.set_title(f"Answer outcomes per question kind: {what} (n = {', '.join(map(str, n))} per bar)", fontsize=9)
     ax.legend(ncols=5, fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.08))
     return fig
+
+
+def outcome_view(results: dict, run) -> Optional[Figure]:
+    """The outcome bars of a halluc run (None when it asked no questions)."""
+    return outcome_figure(results) if any(c["kind"] != "summary" for c in results["cells"]) else None

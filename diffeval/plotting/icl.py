@@ -84,3 +84,11 @@ def icl_order_figure(results: dict) -> Figure:
     ax.set_title(f"Order robustness at {top} demonstrations ({p} permutations)", fontsize=10)
     ax.grid(True, axis="y", alpha=0.3)
     return fig
+
+
+def curve_view(results: dict, run) -> Figure:
+    return icl_curve_figure(results)
+
+
+def order_view(results: dict, run) -> Figure:
+    return icl_order_figure(results)

@@ -97,3 +97,11 @@ def needle_heatmap(cells: Sequence[Mapping], models: Sequence[str], out_stem: st
     """Draw the depth x length heatmap and write `out_stem`.png and `out_stem`.pdf (atomic,
     parent folder created) -> [png path, pdf path]."""
     return save_figure(needle_figure(cells, models, title, value), out_stem)
+
+
+def heatmap_view(results: dict, run) -> Figure:
+    """The depth x length heatmap of a needle run (one panel per model)."""
+    p = results["task"]["params"]
+    title = (f"needle: {p['needle_kind']} needles, N={p['n_needles']}, R={p['n_queries']}, haystack "
+             f"{p['haystack']}, {p['samples']} samples per cell")
+    return needle_figure(results["cells"], [m["label"] for m in results["models"]], title=title)

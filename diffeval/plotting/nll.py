@@ -92,3 +92,7 @@ def nll_curve_figure(results: dict, samples: list[dict]) -> Figure:
     bottom.grid(True, which="major", alpha=0.3)
     bottom.xaxis.set_major_formatter(FuncFormatter(lambda v, _: length_label(int(v)) if v >= 1 else ""))
     return fig
+
+
+def curve_view(results: dict, run) -> Figure:
+    return nll_curve_figure(results, run.samples())

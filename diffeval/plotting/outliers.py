@@ -154,3 +154,18 @@ def quant_curve(cells: Sequence[Mapping], models: Sequence[str], metric: str, ou
 def layer_outlier_figure(per_layer: Mapping[str, Mapping[str, Sequence[float]]], out_stem: str | Path) -> list[Path]:
     """Draw top-1 |activation| per layer; write `out_stem`.png and .pdf -> [png, pdf]."""
     return save_figure(layer_figure(per_layer), Path(out_stem))
+
+
+def quant_view(results: dict, run) -> Optional[Figure]:
+    """The metric vs bit width (None without quantized runs)."""
+    if not any(c["kind"] == "quant" for c in results["cells"]):
+        return None
+    return quant_figure(results["cells"], [m["label"] for m in results["models"]], results["task"]["params"]["metric"])
+
+
+def by_layer_view(results: dict, run) -> Figure:
+    per_layer: dict[str, dict[str, list[float]]] = {}
+    for c in results["cells"]:
+        if c["kind"] == "layer":
+            per_layer.setdefault(c["model"], {}).setdefault(c["activation"], []).append(c["top1"])
+    return layer_figure({m["label"]: per_layer.get(m["label"], {}) for m in results["models"]})

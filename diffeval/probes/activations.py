@@ -30,7 +30,11 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from pathlib import Path
+
 from diffeval.models.inspect import ActivationStats, LogitHook
+from diffeval.probes.base import ProbeState
+from diffeval.results import atomic_path
 
 from diffeval.probes.streams import (  # noqa: F401  (the statistics' layout, and text streams)
     ACTIVATIONS, BASELINE_BITS, MIN_BITS, RANKS, STAT_KEYS, count_tokens, essay_paragraphs, mean_nll, sequences,
@@ -176,3 +180,24 @@ class OutlierStats(ActivationStats):
         if "attention_logits_map2" not in out:
             out.pop("attention_logits_map1", None)
         return {k: out[k] for k in ACTIVATIONS if k in out}
+
+
+class StatsState(ProbeState):
+    """The outliers probe's running statistics, saved and restored with the resume cache."""
+
+
+    def __init__(self, n_layers: int) -> None:
+        self.stats = OutlierStats(n_layers)
+
+    def save(self, path: Path, keys: list[str]) -> None:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **self.stats.state(), **{"meta::keys": np.asarray(keys, dtype=str)})
+
+    def load(self, path: Path) -> list[str]:
+        with np.load(path) as z:
+            keys = [str(k) for k in z["meta::keys"]]
+            self.stats.load_state({k: z[k] for k in z.files if not k.startswith("meta::")})
+        return keys
+
+    def finalise(self) -> dict:
+        return {"activations": self.stats.table(), "per_layer_top1": self.stats.per_layer()}

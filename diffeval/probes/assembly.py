@@ -130,13 +130,15 @@ class Assembler:
     def contexts(self, hay: Haystack, items: Sequence[Item], suffixes: Sequence[str], length: int,
                  depths: Sequence[float], ss_hay: np.random.SeedSequence, ss_place: np.random.SeedSequence,
                  ordered: bool = False, anchored: bool = True,
-                 check: Callable[[str, Sequence[Item], Sequence[str]], bool] = distinct_items) -> Optional[list[Context]]:
+                 check: Callable[[str, Sequence[Item], Sequence[str]], bool] = distinct_items,
+                 what: str = "item") -> Optional[list[Context]]:
         """One context per depth (one when not `anchored`) whose first prompt (context +
-        suffixes[0]) has exactly `length` tokens; None when `check` refuses one."""
+        suffixes[0]) has exactly `length` tokens; None when `check` refuses one. `what` names
+        the items in messages."""
         enc = self.enc
         fixed = len(self.prefix) + enc.cost(suffixes[0]) + sum(enc.cost(" " + n.sentence) for n in items)
         if fixed > length:
-            raise UsageError(f"length {length} is too short: {len(items)} item(s) and the question "
+            raise UsageError(f"length {length} is too short: {len(items)} {what}(s) and the question "
                              f"already take {fixed} tokens under this tokenizer")
         depths = list(depths) if anchored else [0.0]
         # Piece costs are exact for most tokenizers (bias 0, one pass). Otherwise measure the

@@ -22,6 +22,9 @@ import numpy as np
 
 
 CATEGORIES = ("answer", "needle", "other_needles", "sink", "query", "noise")
+POOL_WINDOW_ROWS = 64
+POOL_WHOLE_ROWS = 128
+WHOLE_PROMPT_LIMIT = 16384  # pooled whole-prompt maps only up to this length (memory)
 QUERY_MODES = ("question", "answer", "last")
 
 
@@ -113,3 +116,52 @@ def summarize_allocations(records: Sequence[dict], key: str = "allocation") -> d
     if not records:
         return {}
     return {c: float(np.mean([r[key][c] for r in records])) for c in records[0][key]}
+
+
+# --- pooled maps for the figures, and per-row lambda ------------------------------------------
+
+
+def pool_positions(sample, spans) -> dict[str, list[int]]:
+    """Rows pooled for the figures of one prompt: a window around the needle (and the whole
+    prompt up to WHOLE_PROMPT_LIMIT tokens), and the key range of the window."""
+    n = sample.n_tokens[0]
+    s, e = spans.needle
+    pad = max(32, e - s)
+    a, b = max(0, s - pad), min(n, e + pad)
+    out = {"window": sorted(set(np.linspace(a, b - 1, min(POOL_WINDOW_ROWS, b - a)).round().astype(int).tolist()))}
+    if n <= WHOLE_PROMPT_LIMIT:
+        out["whole"] = sorted(set(np.linspace(0, n - 1, min(POOL_WHOLE_ROWS, n)).round().astype(int).tolist()))
+    out["window_keys"] = [a, b]
+    return out
+
+
+def pool_keys(rows: np.ndarray, a: int, b: int, blocks: int) -> np.ndarray:
+    """rows (..., n) -> (..., blocks): summed mass of keys [a, b) in equal blocks."""
+    edges = np.linspace(a, b, blocks + 1).round().astype(int)
+    return np.stack([rows[..., edges[i]:max(edges[i + 1], edges[i] + 1)].sum(-1) for i in range(blocks)], -1)
+
+
+def pool_layer(pooled: dict, name: str, full: np.ndarray, positions: list[int], pool: dict) -> None:
+    """Accumulate (per layer) pooled query-block x key-block maps, mean over heads."""
+    index = {p: j for j, p in enumerate(positions)}
+    a, b = pool["window_keys"]
+    rows = full[:, [index[p] for p in pool["window"]]]  # (h, Rw, n)
+    pooled.setdefault(f"{name}_window", []).append(pool_keys(rows, a, b, min(POOL_WINDOW_ROWS, b - a)).mean(0))
+    if "whole" in pool:
+        rows = full[:, [index[p] for p in pool["whole"]]]
+        n = full.shape[-1]
+        pooled.setdefault(f"{name}_whole", []).append(pool_keys(rows, 0, n, min(POOL_WHOLE_ROWS, n)).mean(0))
+
+
+def row_lambdas(lam, heads: list[int], n_rows: int) -> np.ndarray:
+    """Captured lambda -> (h, R) per query row: DIFF V1's one scalar per layer, or DIFF V2's
+    (B, H, R_all) per-token, per-head values (batch 0, the selected heads, the query rows)."""
+    if lam.dim() == 0:
+        return np.full((len(heads), n_rows), float(lam))
+    return lam[0][heads].numpy()[:, :n_rows].astype(np.float64)
+
+
+def category_dict(vec: np.ndarray) -> dict[str, float]:
+    out = {c: round(float(v), 6) for c, v in zip(CATEGORIES, vec)}
+    out["needle_total"] = round(out["answer"] + out["needle"], 6)
+    return out

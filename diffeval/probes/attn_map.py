@@ -6,7 +6,6 @@ arrays per prompt and pooled maps of one representative prompt for the figures."
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,14 +17,19 @@ from diffeval.probes.attention import (
     CATEGORIES,
     QUERY_MODES,
     allocation,
+    category_dict,
     normalise_rows,
+    pool_layer,
+    pool_positions,
     query_positions,
+    row_lambdas,
     sample_spans,
 )
 from diffeval.probes.base import Figure, Probe, Scored, Table, TableData, metric
 from diffeval.probes.config import ProbeConfig, option
 from diffeval.requests import CaptureRows
 from diffeval.specs import check_int, parse_index_list
+from diffeval.stats import breakdown
 
 NAME = "attn-map"
 VERSION = 3  # 3: the DIFF headline is the signed differential row (2: the pipeline)
@@ -35,9 +39,6 @@ AGGREGATION = ("mean over the selected layers, heads and query tokens of each pr
                "'normalised.' metrics divide each row by its 1 - lambda (DIFF V1: the layer's lambda; "
                "DIFF V2: the row's own per-token, per-head lambda; unbounded where lambda is near 1); "
                "'map1.' and 'map2.' are the two softmax maps (true masses)")
-POOL_WINDOW_ROWS = 64
-POOL_WHOLE_ROWS = 128
-WHOLE_PROMPT_LIMIT = 16384  # pooled whole-prompt maps only up to this length (memory)
 DIRECTION = {"answer": True, "needle": True, "needle_total": True, "noise": False}  # others: descriptive
 
 
@@ -111,60 +112,16 @@ def _generate(cfg: AttnMapConfig, ctx) -> list[_Item]:
     return [_Item(s, i == rep, layers, heads, *_positions(cfg, s, i == rep, tok)) for i, s in enumerate(samples)]
 
 
-def _pool_positions(sample, spans) -> dict[str, list[int]]:
-    n = sample.n_tokens[0]
-    s, e = spans.needle
-    pad = max(32, e - s)
-    a, b = max(0, s - pad), min(n, e + pad)
-    out = {"window": sorted(set(np.linspace(a, b - 1, min(POOL_WINDOW_ROWS, b - a)).round().astype(int).tolist()))}
-    if n <= WHOLE_PROMPT_LIMIT:
-        out["whole"] = sorted(set(np.linspace(0, n - 1, min(POOL_WHOLE_ROWS, n)).round().astype(int).tolist()))
-    out["window_keys"] = [a, b]
-    return out
-
-
 def _positions(cfg: AttnMapConfig, sample, representative: bool, tok) -> tuple[tuple, tuple, dict]:
     """(query positions, every captured position, pooling plan) of one prompt."""
     q_pos = query_positions(sample, cfg.query, tok)
-    pool = _pool_positions(sample, sample_spans(sample, cfg.sink)) if representative else {}
+    pool = pool_positions(sample, sample_spans(sample, cfg.sink)) if representative else {}
     extra = sorted(set(pool.get("window", [])) | set(pool.get("whole", [])))
     return tuple(q_pos), tuple(q_pos + [p for p in extra if p not in set(q_pos)]), pool
 
 
 def _requests(cfg: AttnMapConfig, item: _Item, ctx) -> list:
     return [CaptureRows(tuple(item.sample.prompts[0]), item.positions, item.layers)]
-
-
-def _pool_keys(rows: np.ndarray, a: int, b: int, blocks: int) -> np.ndarray:
-    """rows (..., n) -> (..., blocks): summed mass of keys [a, b) in equal blocks."""
-    edges = np.linspace(a, b, blocks + 1).round().astype(int)
-    return np.stack([rows[..., edges[i]:max(edges[i + 1], edges[i] + 1)].sum(-1) for i in range(blocks)], -1)
-
-
-def _pool_layer(pooled: dict, name: str, full: np.ndarray, positions: list[int], pool: dict) -> None:
-    """Accumulate (per layer) pooled query-block x key-block maps, mean over heads."""
-    index = {p: j for j, p in enumerate(positions)}
-    a, b = pool["window_keys"]
-    rows = full[:, [index[p] for p in pool["window"]]]  # (h, Rw, n)
-    pooled.setdefault(f"{name}_window", []).append(_pool_keys(rows, a, b, min(POOL_WINDOW_ROWS, b - a)).mean(0))
-    if "whole" in pool:
-        rows = full[:, [index[p] for p in pool["whole"]]]
-        n = full.shape[-1]
-        pooled.setdefault(f"{name}_whole", []).append(_pool_keys(rows, 0, n, min(POOL_WHOLE_ROWS, n)).mean(0))
-
-
-def _row_lambdas(lam, heads: list[int], n_rows: int) -> np.ndarray:
-    """Captured lambda -> (h, R) per query row: DIFF V1's one scalar per layer, or DIFF V2's
-    (B, H, R_all) per-token, per-head values (batch 0, the selected heads, the query rows)."""
-    if lam.dim() == 0:
-        return np.full((len(heads), n_rows), float(lam))
-    return lam[0][heads].numpy()[:, :n_rows].astype(np.float64)
-
-
-def _as_dict(vec: np.ndarray) -> dict[str, float]:
-    out = {c: round(float(v), 6) for c, v in zip(CATEGORIES, vec)}
-    out["needle_total"] = round(out["answer"] + out["needle"], 6)
-    return out
 
 
 def _score(cfg: AttnMapConfig, item: _Item, outputs: list, ctx) -> Scored:
@@ -192,7 +149,7 @@ def _score(cfg: AttnMapConfig, item: _Item, outputs: list, ctx) -> Scored:
         rows = rows_by_layer[L]
         arrays[f"layer{L}"] = rows["diff" if is_diff else "attn"][0][heads].numpy()[:, :R]  # (h, R, n)
         if is_diff:
-            lam = _row_lambdas(rows["lambda"], heads, R)  # (h, R): V1 repeats the layer's one lambda
+            lam = row_lambdas(rows["lambda"], heads, R)  # (h, R): V1 repeats the layer's one lambda
             v1 = rows["lambda"].dim() == 0
             # record: V1's lambda; V2's mean over the selected heads and query rows (arrays keep each)
             lambdas[str(L)] = float(rows["lambda"]) if v1 else float(lam.mean())
@@ -206,19 +163,19 @@ def _score(cfg: AttnMapConfig, item: _Item, outputs: list, ctx) -> Scored:
             if name == "diff":
                 per_lh.setdefault("diff_norm", []).append(np.nanmean(normalise_rows(rows_alloc, lam), axis=1))
             if pool:
-                _pool_layer(pooled, name, full, positions, pool)
+                pool_layer(pooled, name, full, positions, pool)
     headline = "diff" if is_diff else "attn"
     lh = {k: np.stack(v) for k, v in per_lh.items()}  # (layers, h, C)
     record: dict[str, Any] = {
         **sample.to_record(), "prediction": [], "score": None, "representative": item.representative,
         "query_positions": q_pos, "layers": layers, "heads": heads,
-        "allocation": _as_dict(np.nanmean(lh[headline], axis=(0, 1))),
+        "allocation": category_dict(np.nanmean(lh[headline], axis=(0, 1))),
         "per_layer_head": {k: np.round(v, 6).tolist() for k, v in lh.items()},
     }
     if is_diff:
-        record["allocation_normalised"] = _as_dict(np.nanmean(lh["diff_norm"], axis=(0, 1)))
-        record["allocation_map1"] = _as_dict(lh["map1"].mean(axis=(0, 1)))
-        record["allocation_map2"] = _as_dict(lh["map2"].mean(axis=(0, 1)))
+        record["allocation_normalised"] = category_dict(np.nanmean(lh["diff_norm"], axis=(0, 1)))
+        record["allocation_map1"] = category_dict(lh["map1"].mean(axis=(0, 1)))
+        record["allocation_map2"] = category_dict(lh["map2"].mean(axis=(0, 1)))
         record["lambda"] = lambdas
     out: dict[str, dict[str, np.ndarray]] = {}
     if item.representative or cfg.arrays == "all":
@@ -283,60 +240,9 @@ def _aggregate(cfg: AttnMapConfig, records: list[dict], models: list[dict], extr
     return _cells(records, labels), {label: _metrics(records, label) for label in labels}
 
 
-def by_depth(metrics: dict[str, Any], prefix: str = "") -> dict[str, dict[str, float]]:
-    """{depth: {category: value}} from one model's flat metrics (headline view by default)."""
-    out: dict[str, dict[str, float]] = {}
-    for name, m in metrics.items():
-        head, _, depth = name.partition("@depth=")
-        if depth and head.startswith(prefix) and "." not in head[len(prefix):]:
-            out.setdefault(depth, {})[head[len(prefix):]] = m["value"]
-    return out
-
-
-def _representatives(results: dict, run):
-    from diffeval.plotting.attention import representatives
-    from diffeval.results import safe_name
-
-    family = {m["label"]: m["family"] for m in results["models"]}
-    # merged runs (figure recipes) keep each sample's own folder in "_run"
-    reps = {r["model"]: (Path(r.get("_run", run.path)) / "arrays" / f"{safe_name(r['model'].split('/')[-1])}__{r['id']}",
-                         family[r["model"]]) for r in run.samples() if r.get("representative")}
-    return representatives(reps)
-
-
-def _profile(results: dict, run):
-    from diffeval.plotting.attention import profile_figure
-
-    arrays, _, prompts = _representatives(results, run)
-    p = results["task"]["params"]
-    return profile_figure(arrays, p.get("log_scale", True), p.get("query", "answer"), prompts)
-
-
-def _pooled(part: str):
-    def draw(results: dict, run):
-        from diffeval.plotting.attention import pooled_figure
-
-        return pooled_figure(_representatives(results, run)[1], part)
-    return draw
-
-
-def _layer_head(results: dict, run):
-    from diffeval.plotting.attention import layer_head_figure
-
-    return layer_head_figure(results["cells"], [m["label"] for m in results["models"]])
-
-
-def _allocation(results: dict, run):
-    from diffeval.plotting.attention import allocation_figure
-
-    view = {label: {"by_depth": by_depth(m)} for label, m in results["metrics"].items()}
-    return allocation_figure(view, [m["label"] for m in results["models"]],
-                             {m["label"]: m["family"] for m in results["models"]})
-
-
 def allocation_table(results: dict) -> TableData:
     """The DIFF paper's Table 3 layout: answer-span and noise-context mass by depth per model."""
-    views = {m["label"]: by_depth(results["metrics"][m["label"]]) for m in results["models"]}
+    views = {m["label"]: breakdown(results["metrics"][m["label"]], "depth") for m in results["models"]}
     depths = sorted({float(d) for v in views.values() for d in v})
     p = results["task"]["params"]
     rows = []
@@ -356,11 +262,12 @@ PROBE = Probe(
     aggregate=_aggregate, cell_keys=("length", "depth", "layer", "head"),
     grid_params=("lengths", "depths", "samples", "arrays", "log_scale"),
     data=lambda cfg: R.haystack_data(cfg.haystack), uses=("prompt_format",),
-    views=(Figure("attn_profile", _profile, stem="attn_profile"),
-           Figure("attn_layer_head", _layer_head, stem="attn_layer_head"),
-           Figure("attn_pooled_window", _pooled("window"), stem="attn_pooled_window"),
-           Figure("attn_pooled_whole", _pooled("whole"), stem="attn_pooled_whole"),
-           Figure("attn_allocation", _allocation, stem="attn_allocation"), Table("attn_table", allocation_table)),
+    views=(Figure("attn_profile", "attention:profile_view", stem="attn_profile"),
+           Figure("attn_layer_head", "attention:layer_head_view", stem="attn_layer_head"),
+           Figure("attn_pooled_window", "attention:pooled_window_view", stem="attn_pooled_window"),
+           Figure("attn_pooled_whole", "attention:pooled_whole_view", stem="attn_pooled_whole"),
+           Figure("attn_allocation", "attention:allocation_view", stem="attn_allocation"),
+           Table("attn_table", allocation_table)),
     description="attention allocation on the answer span vs noise, per depth / layer / head",
     summary="Where attention goes: mass on the answer, needles, sink, question and noise, per depth,\n"
             "layer and head (DIFF: differential, map 1, map 2); arrays and figures.",

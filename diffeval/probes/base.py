@@ -103,12 +103,23 @@ class Table:
 @dataclass(frozen=True)
 class Figure:
     """A figure a probe declares: `draw(results, run) -> matplotlib Figure | None` (None: the
-    run has nothing to draw), `run` the run folder (`path`, `samples()`). `stem`: its file
-    name in a run folder (None: drawn only by recipes). `kind` names it in recipes."""
+    run has nothing to draw), `run` the run folder (`path`, `samples()`); `draw` may name a
+    function of diffeval.plotting as "module:function" (imported when drawn, so that probes
+    load without matplotlib). `stem`: its file name in a run folder (None: drawn only by
+    recipes). `kind` names it in recipes."""
 
     kind: str
-    draw: Callable
+    draw: Any
     stem: Optional[str] = None
+
+    def figure(self, results: dict, run):
+        draw = self.draw
+        if isinstance(draw, str):
+            import importlib
+
+            module, name = draw.split(":")
+            draw = getattr(importlib.import_module(f"diffeval.plotting.{module}"), name)
+        return draw(results, run)
 
 
 RUN_FEATURES = ("prompt_format", "batch", "decode")  # run options a probe may or may not use
@@ -180,3 +191,21 @@ def metric(value: Optional[float], n: int, higher_is_better: Optional[bool], ci9
         out["ci95"] = [round(float(x), 6) for x in ci95]
     out.update(extra)
     return out
+
+
+def rate(k: float, n: int, higher_is_better: Optional[bool], **extra) -> dict:
+    """A share k / n as a metric with its Wilson 95% interval."""
+    from diffeval.stats import wilson
+
+    return metric(k / n, n, higher_is_better, wilson(k, n), **extra)
+
+
+def by_model(records: list[dict], models: list[dict], summarise: Callable) -> tuple[list[dict], dict]:
+    """The cells and metrics of every model in run order: `summarise(model, its records)` ->
+    (cells, metrics) for one model."""
+    cells: list[dict] = []
+    metrics: dict[str, dict] = {}
+    for m in models:
+        mine, metrics[m["label"]] = summarise(m, [r for r in records if r["model"] == m["label"]])
+        cells.extend(mine)
+    return cells, metrics

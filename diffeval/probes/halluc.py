@@ -29,28 +29,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 
 from diffeval.errors import ConfigError
 from diffeval.probes import retrieval as R
-from diffeval.probes.assembly import ATTEMPTS, Assembler, distinct_items, first_clean, question_suffix
-from diffeval.probes.base import Figure, Probe, Table, TableData, metric
+from diffeval.probes.base import Figure, Probe, Table, TableData, by_model, metric, rate
 from diffeval.probes.config import ModelDefault, ProbeConfig, option
 from diffeval.probes.grounding import OUTCOMES, outcome, support
-from diffeval.probes.haystack import load_haystack
-from diffeval.probes.words import KEY_ADJECTIVES, KEY_NOUNS
+from diffeval.probes.qa import QASample, synthetic_samples, user_samples
+from diffeval.probes.words import KEY_NOUNS
 from diffeval.requests import Generate
 from diffeval.specs import check_int, parse_lengths
-from diffeval.stats import mean_ci, wilson
-from diffeval.textdata import describe_files, jsonl_rows
+from diffeval.stats import mean_ci
+from diffeval.textdata import describe_files
 
 NAME = "halluc"
 VERSION = 1
-KINDS = ("answerable", "confusable", "unanswerable")
-_TASK_KEY = int.from_bytes(NAME.encode("ascii"), "big")
-FACT = R.NeedleKind("halluc", R.CITY_NEEDLE, R.CITY_QUESTION, R.CITY_ANSWER, "pair", "number")
-QUESTION = "{question} If the text does not say, answer \"{abstain}\"."
-SUMMARY_TASK = "Summarize the text above in a few sentences."
 
 
 @dataclass(frozen=True)
@@ -88,116 +81,18 @@ class HallucConfig(ProbeConfig):
         check_int("seed", self.seed, 0)
 
 
-# --- samples ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Sample:
-    id: str
-    length: Optional[int]
-    index: int
-    prompts: tuple[tuple[int, ...], ...]
-    kinds: tuple[str, ...]  # per prompt: answerable / confusable / unanswerable / summary
-    questions: tuple[Optional[str], ...]
-    answers: tuple[tuple[str, ...], ...]  # per prompt: accepted answers (empty: abstain / summary)
-    others: tuple[tuple[str, ...], ...]  # per prompt: values the context gives for other keys
-    context: str
-    facts: tuple[tuple[str, str], ...] = ()  # synthetic: (key, value) in the context
-
-
-def _keys(rng: np.random.Generator, n_facts: int) -> tuple[list[str], str]:
-    """Context keys (asked, confusable, its look-alike, distractors) and the absent key: every
-    noun distinct except the confusable pair's, the absent key's noun unused."""
-    nouns = [KEY_NOUNS[i] for i in rng.choice(len(KEY_NOUNS), size=n_facts, replace=False)]
-    adjs = [KEY_ADJECTIVES[i] for i in rng.choice(len(KEY_ADJECTIVES), size=n_facts + 1, replace=False)]
-    keys = [f"{adjs[0]}-{nouns[0]}", f"{adjs[1]}-{nouns[1]}", f"{adjs[2]}-{nouns[1]}"]
-    keys += [f"{adjs[i + 1]}-{nouns[i]}" for i in range(2, n_facts - 1)]
-    return keys, f"{adjs[n_facts]}-{nouns[n_facts - 1]}"
-
-
-def _draw(cfg: HallucConfig, asm: Assembler, hay, fmt, length: int, rng, ss_hay, ss_place):
-    keys, absent = _keys(rng, cfg.n_facts)
-    values = [str(v) for v in rng.choice(9_000_000, size=len(keys), replace=False) + 1_000_000]
-    facts = [FACT.item(k, v) for k, v in zip(keys, values)]
-    asked = [facts[0], facts[1], FACT.item(absent, "0")]
-    suffixes = [question_suffix(QUESTION.format(question=n.question, abstain=cfg.abstain), n.answer, fmt)
-                for n in asked]
-    depth = float(rng.uniform(0, 100))
-
-    def clean(context: str, items, tails) -> bool:
-        return distinct_items(context, items, tails) and absent.lower() not in context.lower()
-
-    built = asm.contexts(hay, facts, suffixes, length, [depth], ss_hay, ss_place, check=clean)
-    return None if built is None else (keys, values, asked, suffixes, built[0])
-
-
-def _synthetic(cfg: HallucConfig, tok, ctx) -> list[_Sample]:
-    hay = load_haystack(cfg.haystack)
-    asm = Assembler(tok, ctx.prompt_format.prefix_ids(tok))
-    out = []
-    for length in cfg.lengths:
-        ctx.check_length(length + 16, "context")
-        for index in range(cfg.samples):
-            ss_keys, ss_hay, ss_place = np.random.SeedSequence([cfg.seed, _TASK_KEY, length, index]).spawn(3)
-            rng = np.random.Generator(np.random.PCG64(ss_keys))
-            got = first_clean(lambda: _draw(cfg, asm, hay, ctx.prompt_format, length, rng, ss_hay, ss_place))
-            if got is None:
-                raise ConfigError(f"haystack {cfg.haystack!r}: no clean context after {ATTEMPTS} draws "
-                                  f"(length {length}, sample {index})", "haystack")
-            keys, values, asked, suffixes, b = got
-            prompts = (b.ids, *(asm.prompt(b, s) for s in suffixes[1:]))
-            for p in prompts:
-                ctx.check_length(len(p) + cfg.max_new_tokens, "prompt")
-            others = tuple(tuple(v for v in values if v != own) for own in (values[0], values[1], ""))
-            out.append(_Sample(f"L{length}-s{index}", length, index, prompts, KINDS, tuple(n.key for n in asked),
-                               ((values[0],), (values[1],), ()), others, b.context, tuple(zip(keys, values))))
-    return out
-
-
-def _user(cfg: HallucConfig, tok, ctx) -> list[_Sample]:
-    path = Path(cfg.data).expanduser()
-    if not path.is_file() or path.suffix != ".jsonl":
-        raise ConfigError(f"{cfg.data!r}: give synthetic or a .jsonl file", "data")
-    fmt = ctx.prompt_format
-    out = []
-    for n, row in enumerate(jsonl_rows(path, "data"), start=1):
-        context = row.get("context")
-        if not isinstance(context, str) or not context.strip():
-            raise ConfigError(f"file {path} line {n}: no 'context' text", "data")
-        question = row.get("question")
-        answers = row.get("answers", [])
-        if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
-            raise ConfigError(f"file {path} line {n}: 'answers' must be a list of strings", "data")
-        if question is None:
-            kind, suffix = "summary", f"\n\n{SUMMARY_TASK}" + ("\nSummary:" if fmt.name == "plain" else fmt.tail)
-        else:
-            answerable = row.get("answerable", bool(answers))
-            if answerable and not answers:
-                raise ConfigError(f"file {path} line {n}: an answerable question needs 'answers'", "data")
-            kind = "answerable" if answerable else "unanswerable"
-            q = QUESTION.format(question=str(question).strip(), abstain=cfg.abstain)
-            suffix = f"\n\nQuestion: {q}" + ("\nAnswer:" if fmt.name == "plain" else fmt.tail)
-        ids = tuple(fmt.prefix_ids(tok) + list(tok.encode(context + suffix)))
-        ctx.check_length(len(ids) + cfg.max_new_tokens, f"prompt (line {n})", "data")
-        out.append(_Sample(f"line{n}", None, n, (ids,), (kind,), (question,),
-                           (tuple(answers) if kind == "answerable" else (),), ((),), context))
-    if not out:
-        raise ConfigError(f"file {path} holds no examples", "data")
-    return out
-
-
-def _generate(cfg: HallucConfig, ctx) -> list[_Sample]:
+def _generate(cfg: HallucConfig, ctx) -> list[QASample]:
     tok = ctx.need_tokenizer(NAME)
-    return _synthetic(cfg, tok, ctx) if cfg.data == "synthetic" else _user(cfg, tok, ctx)
+    return synthetic_samples(cfg, tok, ctx) if cfg.data == "synthetic" else user_samples(cfg, tok, ctx)
 
 
-def _requests(cfg: HallucConfig, s: _Sample, ctx) -> list:
+def _requests(cfg: HallucConfig, s: QASample, ctx) -> list:
     budget = ctx.max_new_tokens or cfg.max_new_tokens
     return [Generate(p, budget * 4 if k == "summary" else budget, "\n\n" if k == "summary" else "\n")
             for p, k in zip(s.prompts, s.kinds)]
 
 
-def _score(cfg: HallucConfig, s: _Sample, outputs: list, ctx) -> dict:
+def _score(cfg: HallucConfig, s: QASample, outputs: list, ctx) -> dict:
     tok, judge = ctx.tokenizer, ctx.service
     preds, labels = [], []
     for kind, out, answers, others, question in zip(s.kinds, outputs, s.answers, s.others, s.questions):
@@ -225,47 +120,44 @@ def _score(cfg: HallucConfig, s: _Sample, outputs: list, ctx) -> dict:
 
 
 def _aggregate(cfg: HallucConfig, records: list[dict], models: list[dict], extra: dict):
-    cells: list[dict] = []
-    metrics: dict[str, dict] = {}
-    for m in models:
-        label = m["label"]
-        rows = [(r["length"], a) for r in records if r["model"] == label for a in r["answers"]]
-        out: dict[str, Any] = {}
-        qa = [a for _, a in rows if a["kind"] != "summary"]
-        if qa:
-            ok = sum(a["outcome"] == ("abstained" if a["kind"] == "unanswerable" else "correct") for a in qa)
-            hal = sum(a["outcome"] == "hallucinated" for a in qa)
-            out["accuracy"] = metric(ok / len(qa), len(qa), True, wilson(ok, len(qa)))
-            out["hallucination_rate"] = metric(hal / len(qa), len(qa), False, wilson(hal, len(qa)))
-        for kind in dict.fromkeys(a["kind"] for _, a in rows):
-            mine = [a for _, a in rows if a["kind"] == kind]
-            n = len(mine)
-            if kind == "summary":
-                mean, ci = mean_ci([a["support"] for a in mine])
-                out["support@kind=summary"] = metric(mean, n, True, ci)
-                cells.append({"model": label, "kind": kind, "n": n, "support": round(mean, 6),
-                              **({"ci95": [round(x, 6) for x in ci]} if ci else {})})
-                continue
-            counts = {o: sum(a["outcome"] == o for a in mine) for o in OUTCOMES}
-            cells.append({"model": label, "kind": kind, "n": n, **{o: counts[o] for o in OUTCOMES},
-                          **{f"{o}_rate": round(counts[o] / n, 6) for o in OUTCOMES}})
-            good = "abstained" if kind == "unanswerable" else "correct"
-            out[f"accuracy@kind={kind}"] = metric(counts[good] / n, n, True, wilson(counts[good], n))
-            out[f"hallucination@kind={kind}"] = metric(counts["hallucinated"] / n, n, False,
-                                                       wilson(counts["hallucinated"], n))
-            out[f"confusion@kind={kind}"] = metric(counts["confused"] / n, n, False, wilson(counts["confused"], n))
-            if kind != "unanswerable":
-                out[f"false_abstention@kind={kind}"] = metric(counts["abstained"] / n, n, False,
-                                                              wilson(counts["abstained"], n))
-        judged = [a["judge"] for _, a in rows if "judge" in a]
-        if judged:
-            fine = [j for j in judged if "error" not in j]
-            free = sum(j["free"] for j in fine)
-            out["judge_free_rate"] = metric(free / len(fine) if fine else None, len(fine), True,
-                                            wilson(free, len(fine)) if fine else None)
-            out["judge_errors"] = metric(len(judged) - len(fine), len(judged), False)
-        metrics[label] = out
-    return cells, metrics
+    return by_model(records, models, lambda m, mine: _summary(m["label"], [a for r in mine for a in r["answers"]]))
+
+
+def _summary(label: str, answers: list[dict]) -> tuple[list[dict], dict]:
+    """One model's cells (outcome counts per question kind; summaries: support) and metrics."""
+    out: dict[str, Any] = {}
+    qa = [a for a in answers if a["kind"] != "summary"]
+    if qa:
+        out["accuracy"] = rate(sum(a["outcome"] == _GOOD.get(a["kind"], "correct") for a in qa), len(qa), True)
+        out["hallucination_rate"] = rate(sum(a["outcome"] == "hallucinated" for a in qa), len(qa), False)
+    cells = [_kind_cell(label, kind, [a for a in answers if a["kind"] == kind], out)
+             for kind in dict.fromkeys(a["kind"] for a in answers)]
+    judged = [a["judge"] for a in answers if "judge" in a]
+    if judged:
+        fine = [j for j in judged if "error" not in j]
+        out["judge_free_rate"] = (rate(sum(j["free"] for j in fine), len(fine), True) if fine
+                                  else metric(None, 0, True))
+        out["judge_errors"] = metric(len(judged) - len(fine), len(judged), False)
+    return cells, out
+
+
+_GOOD = {"unanswerable": "abstained"}  # the right outcome per question kind (else: correct)
+
+
+def _kind_cell(label: str, kind: str, mine: list[dict], out: dict) -> dict:
+    n = len(mine)
+    if kind == "summary":
+        mean, ci = mean_ci([a["support"] for a in mine])
+        out["support@kind=summary"] = metric(mean, n, True, ci)
+        return {"model": label, "kind": kind, "n": n, "support": round(mean, 6),
+                **({"ci95": [round(x, 6) for x in ci]} if ci else {})}
+    counts = {o: sum(a["outcome"] == o for a in mine) for o in OUTCOMES}
+    out[f"accuracy@kind={kind}"] = rate(counts[_GOOD.get(kind, "correct")], n, True)
+    out[f"hallucination@kind={kind}"] = rate(counts["hallucinated"], n, False)
+    out[f"confusion@kind={kind}"] = rate(counts["confused"], n, False)
+    if kind != "unanswerable":
+        out[f"false_abstention@kind={kind}"] = rate(counts["abstained"], n, False)
+    return {"model": label, "kind": kind, "n": n, **counts, **{f"{o}_rate": round(counts[o] / n, 6) for o in OUTCOMES}}
 
 
 def _judge(cfg: HallucConfig):
@@ -276,12 +168,6 @@ def _judge(cfg: HallucConfig):
     from diffeval.probes.judge import Judge
 
     return Judge(cfg.judge_url, cfg.judge_model, timeout=cfg.judge_timeout, cache_dir=cache_dir() / "judge")
-
-
-def _bars(results: dict, run):
-    from diffeval.plotting.halluc import outcome_figure
-
-    return outcome_figure(results, OUTCOMES) if any(c["kind"] != "summary" for c in results["cells"]) else None
 
 
 def outcome_table(results: dict) -> TableData:
@@ -319,7 +205,7 @@ PROBE = Probe(
     name=NAME, version=VERSION, Config=HallucConfig, generate=_generate, requests=_requests, score=_score,
     aggregate=_aggregate, cell_keys=("kind",), grid_params=("lengths", "samples"), data=_data, service=_judge,
     uses=("prompt_format", "batch"),
-    views=(Figure("halluc_bars", _bars, stem="halluc_outcomes"), Table("halluc_table", outcome_table)),
+    views=(Figure("halluc_bars", "halluc:outcome_view", stem="halluc_outcomes"), Table("halluc_table", outcome_table)),
     description="contextual hallucination on long-context QA and summaries, judge-free by default",
     summary="Contextual hallucination (DIFF paper 3.6): answerable, confusable and unanswerable\n"
             "questions over long contexts, or your QA / summaries; judge-free labels, optional judge.",

@@ -1,13 +1,9 @@
 """`icl`: many-shot in-context classification and its robustness to the order of the
-demonstrations (the DIFF paper's section 3.5; HELMET's label-remapping variant).
-
-A block is one (budget, arrangement, permutation): a fixed set of demonstrations (the first
-k of the seeded pool, the same set for every arrangement and permutation of that budget) in
-the order the arrangement and permutation give. Every test query is asked after every
-block; a sample is one (block, query). Scoring is constrained choice by default: the
-log-likelihood of each label after the prompt (sum and per-token mean recorded; the
-prediction uses `score_by`), through the engine's Choice request, which prefills a block
-once and branches every query and every label from it."""
+demonstrations (the DIFF paper's section 3.5; HELMET's label-remapping variant). A block is
+one (budget, arrangement, permutation): the first k demonstrations of the seeded pool in the
+order the arrangement and permutation give (probes/icl_data.py); a sample is one (block,
+test query). Scoring is constrained choice by default: the log-likelihood of each label
+(sum and per-token mean; `score_by` picks), one Choice request that prefills a block once."""
 
 from __future__ import annotations
 
@@ -19,9 +15,9 @@ import numpy as np
 
 from diffeval.errors import ConfigError
 from diffeval.probes import retrieval as R
-from diffeval.probes.base import Figure, Generated, Probe, Table, TableData, metric
+from diffeval.probes.base import Figure, Generated, Probe, Table, TableData, by_model, metric, rate
 from diffeval.probes.config import ModelDefault, ProbeConfig, option
-from diffeval.probes.icl_data import SYNTHETIC, Example, class_counts, load_dataset, split
+from diffeval.probes.icl_data import SYNTHETIC, Pieces, blocks, class_counts, fill_budgets, load_dataset, split
 from diffeval.probes.prompts import PieceEncoder
 from diffeval.requests import Choice, Generate
 from diffeval.specs import as_text, check_int, parse_lengths, token_count
@@ -32,8 +28,6 @@ NAME = "icl"
 VERSION = 1
 ARRANGEMENTS = ("random", "alternating", "grouped")
 MODES = ("choice", "generate")
-_TASK_KEY = int.from_bytes(NAME.encode("ascii"), "big")
-REMAP_RANGE = 1000  # remapped labels are distinct integers below this
 
 
 def _lengths(value) -> tuple[int, ...]:
@@ -101,45 +95,6 @@ class IclConfig(ProbeConfig):
         check_int("seed", self.seed, 0)
 
 
-# --- prompt pieces ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Pieces:
-    """How examples become token ids under one tokenizer and prompt format."""
-
-    enc: PieceEncoder
-    cfg: IclConfig
-    fmt: Any
-
-    @property
-    def before(self) -> str:
-        return self.cfg.template.split("{label}")[0]
-
-    def demo(self, e: Example, label: str, first: bool) -> tuple[int, ...]:
-        text = self.cfg.template.format(text=e.text, label=label)
-        if first and not self.fmt.head:
-            return self.enc.plain(text)
-        return self.enc.inner(text if first else self.cfg.separator + text)
-
-    def query(self, e: Example) -> tuple[str, tuple[int, ...]]:
-        """(context piece, ids): the separator and the template up to the label (its trailing
-        spaces go to the label); in chat format the assistant header follows."""
-        head = self.before.format(text=e.text)
-        piece = self.cfg.separator + head.rstrip(" ")
-        if self.fmt.name == "chat":
-            piece = self.cfg.separator + head.rstrip() + self.fmt.tail
-        return piece, self.enc.inner(piece)
-
-    def label(self, piece: str, label: str) -> tuple[int, ...]:
-        """The ids of a label continuing `piece` (as lm-eval splits context and continuation)."""
-        lead = "" if self.fmt.name == "chat" else self.before[len(self.before.rstrip(" ")):]
-        base, full = self.enc.inner(piece), self.enc.inner(piece + lead + label)
-        if full[: len(base)] == base and len(full) > len(base):
-            return full[len(base):]
-        return self.enc.inner(lead + label)
-
-
 @dataclass(frozen=True)
 class _Query:
     id: str
@@ -157,78 +112,19 @@ class _Query:
     text: str
 
 
-def _rng(cfg: IclConfig, *parts: int) -> np.random.Generator:
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([cfg.seed, _TASK_KEY, *parts])))
-
-
-def arrange(demos: list[Example], arrangement: str, rng: np.random.Generator) -> list[Example]:
-    """The demonstrations in one order: random (a shuffle), alternating (classes in turn, a
-    seeded class order and order within each class) or grouped (class after class)."""
-    if arrangement == "random":
-        return [demos[i] for i in rng.permutation(len(demos))]
-    by_class: dict[str, list[Example]] = {}
-    for e in demos:
-        by_class.setdefault(e.label, []).append(e)
-    classes = [list(by_class)[i] for i in rng.permutation(len(by_class))]
-    queues = [[by_class[c][i] for i in rng.permutation(len(by_class[c]))] for c in classes]
-    if arrangement == "grouped":
-        return [e for q in queues for e in q]
-    out: list[Example] = []
-    while any(queues):
-        for q in queues:
-            if q:
-                out.append(q.pop(0))
-    return out
-
-
-def _label_map(cfg: IclConfig, labels: tuple[str, ...], block: tuple[int, ...]) -> dict[str, str]:
-    if not cfg.remap_labels:
-        return {c: c for c in labels}
-    ids = _rng(cfg, 7, *block).choice(REMAP_RANGE, size=len(labels), replace=False)
-    return {c: str(int(i)) for c, i in zip(labels, ids)}
-
-
-def _blocks(cfg: IclConfig, k: int, pool: list[Example], labels: tuple[str, ...], pieces: _Pieces):
-    """(arrangement, permutation, label map, ordered demos, block ids) of budget k."""
-    for a, arrangement in enumerate(cfg.arrangements):
-        for p in range(cfg.permutations):
-            key = (k, a, p)
-            order = arrange(pool[:k], arrangement, _rng(cfg, *key))
-            mapping = _label_map(cfg, labels, key)
-            ids = [t for i, e in enumerate(order) for t in pieces.demo(e, mapping[e.label], i == 0)]
-            yield arrangement, p, mapping, ids
-
-
 def _generate(cfg: IclConfig, ctx) -> Generated:
     tok = ctx.need_tokenizer(NAME)
     ds = load_dataset(cfg.data, cfg.text_field, cfg.label_field, cfg.seed)
     pool, test = split(ds, cfg.n_test, cfg.seed, max(cfg.shots, default=1))
-    pieces = _Pieces(PieceEncoder(tok), cfg, ctx.prompt_format)
+    pieces = Pieces(PieceEncoder(tok), cfg.template, cfg.separator, ctx.prompt_format)
     prefix = ctx.prompt_format.prefix_ids(tok)
     queries = [pieces.query(e) for e in test]
     labels = ds.labels
 
-    def tail_cost(mapping) -> int:  # the longest query plus its longest label
-        return max(len(q) for _, q in queries) + max(len(pieces.label(queries[0][0], mapping[c])) for c in labels)
-
-    budgets: list[tuple[Optional[int], int]] = [(None, k) for k in cfg.shots]
-    if cfg.lengths:  # tokens of the first k demonstrations, for every k
-        costs = np.cumsum([len(pieces.demo(e, e.label, i == 0)) for i, e in enumerate(pool)])
-    for length in cfg.lengths:
-        room = length - len(prefix) - tail_cost({c: c for c in labels})
-        k = int(np.searchsorted(costs, room, side="right"))
-        if k == len(pool):
-            raise ConfigError(f"the {len(pool)} demonstrations of {cfg.data} ({int(costs[-1])} tokens) cannot fill "
-                              f"{length} tokens; use a shorter length, fewer test queries or more data", "lengths")
-        while k > 0 and any(len(prefix) + len(ids) + tail_cost(m) > length
-                            for _, _, m, ids in _blocks(cfg, k, pool, labels, pieces)):
-            k -= 1  # reordering or remapped labels can cost a few tokens more
-        if k == 0:
-            raise ConfigError(f"{length} tokens hold no demonstration besides the query", "lengths")
-        budgets.append((length, k))
+    budgets = [(None, k) for k in cfg.shots] + fill_budgets(cfg, pool, labels, pieces, len(prefix), queries)
     out: list[_Query] = []
     for length, k in budgets:
-        for arrangement, p, mapping, ids in _blocks(cfg, k, pool, labels, pieces):
+        for arrangement, p, mapping, ids in blocks(cfg, k, pool, labels, pieces):
             block = tuple(prefix + ids)
             shown = tuple(mapping[c] for c in labels)
             for qi, (e, (piece, qids)) in enumerate(zip(test, queries)):
@@ -268,69 +164,53 @@ def _score(cfg: IclConfig, q: _Query, outputs: list, ctx) -> dict:
             "pred_logprob": round(top.logprob, 6), "pred_mean_logprob": round(top.mean_logprob, 6)}
 
 
-# --- aggregation ------------------------------------------------------------------------------
-
-
 def _budget(r: dict) -> str:
     return f"length={r['length']}" if r["length"] is not None else f"shots={r['shots']}"
 
 
 def _aggregate(cfg: IclConfig, records: list[dict], models: list[dict], extra: dict):
-    cells: list[dict] = []
-    metrics: dict[str, dict] = {}
-    for m in models:
-        label = m["label"]
-        mine = [r for r in records if r["model"] == label]
-        out: dict[str, Any] = {}
-        groups: dict[tuple, list[dict]] = {}
-        for r in mine:
-            groups.setdefault((r["length"], r["shots"], r["arrangement"], r["permutation"]), []).append(r)
-        budgets = list(dict.fromkeys((r["length"], r["shots"]) for r in mine))
-        for length, shots in budgets:
-            pooled = [r for r in mine if (r["length"], r["shots"]) == (length, shots)]
-            key = _budget(pooled[0])
-            k = sum(r["score"] for r in pooled)
-            out[f"accuracy@{key}"] = metric(k / len(pooled), len(pooled), True, wilson(k, len(pooled)), shots=shots)
-            for arrangement in cfg.arrangements:
-                accs = []
-                for p in range(cfg.permutations):
-                    rows = groups[(length, shots, arrangement, p)]
-                    hits = sum(r["score"] for r in rows)
-                    accs.append(hits / len(rows))
-                    cells.append({"model": label, "kind": "permutation", "length": length, "shots": shots,
-                                  "arrangement": arrangement, "permutation": p, "n": len(rows),
-                                  "accuracy": round(accs[-1], 6), "ci95": [round(x, 6) for x in wilson(hits, len(rows))],
-                                  "block_tokens": rows[0]["block_tokens"]})
-                n = len(accs) * len(groups[(length, shots, arrangement, 0)])
-                mean = float(np.mean(accs))
-                std = float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0
-                margin = max(accs) - min(accs)
-                cells.append({"model": label, "kind": "arrangement", "length": length, "shots": shots,
-                              "arrangement": arrangement, "permutation": None, "n": n, "accuracy": round(mean, 6),
-                              "ci95": [round(x, 6) for x in wilson(mean * n, n)], "std": round(std, 6),
-                              "margin": round(margin, 6), "best": round(max(accs), 6), "worst": round(min(accs), 6),
-                              "permutations": len(accs)})
-                tag = f"{key},arrangement={arrangement}"
-                out[f"accuracy@{tag}"] = metric(mean, n, True, wilson(mean * n, n))
-                out[f"std@{tag}"] = metric(std, len(accs), False)
-                out[f"margin@{tag}"] = metric(margin, len(accs), False)
-        last = [r for r in mine if (r["length"], r["shots"]) == budgets[-1]]
-        hits = sum(r["score"] for r in last)
-        out["accuracy"] = metric(hits / len(last), len(last), True, wilson(hits, len(last)), at=_budget(last[0]))
-        metrics[label] = out
-    return cells, metrics
+    return by_model(records, models, lambda m, mine: _summary(cfg, m["label"], mine))
 
 
-def _curve(results: dict, run):
-    from diffeval.plotting.icl import icl_curve_figure
+def _summary(cfg: IclConfig, label: str, mine: list[dict]) -> tuple[list[dict], dict]:
+    """One model's cells and metrics: accuracy per budget, and per arrangement over permutations."""
+    cells, out = [], {}
+    groups: dict[tuple, list[dict]] = {}
+    for r in mine:
+        groups.setdefault((r["length"], r["shots"], r["arrangement"], r["permutation"]), []).append(r)
+    budgets = list(dict.fromkeys((r["length"], r["shots"]) for r in mine))
+    for length, shots in budgets:
+        pooled = [r for r in mine if (r["length"], r["shots"]) == (length, shots)]
+        key = _budget(pooled[0])
+        out[f"accuracy@{key}"] = rate(sum(r["score"] for r in pooled), len(pooled), True, shots=shots)
+        for arrangement in cfg.arrangements:
+            runs = [groups[(length, shots, arrangement, p)] for p in range(cfg.permutations)]
+            base = {"model": label, "length": length, "shots": shots, "arrangement": arrangement}
+            cells += _orders(base, runs, out, f"{key},arrangement={arrangement}")
+    last = [r for r in mine if (r["length"], r["shots"]) == budgets[-1]]
+    out["accuracy"] = rate(sum(r["score"] for r in last), len(last), True, at=_budget(last[0]))
+    return cells, out
 
-    return icl_curve_figure(results)
 
-
-def _order(results: dict, run):
-    from diffeval.plotting.icl import icl_order_figure
-
-    return icl_order_figure(results)
+def _orders(base: dict, runs: list[list[dict]], out: dict, tag: str) -> list[dict]:
+    """Cells of one arrangement, a permutation each, then their mean, std (ddof 1) and
+    best - worst margin (also added to `out` as metrics)."""
+    cells, accs = [], []
+    for p, rows in enumerate(runs):
+        hits = sum(r["score"] for r in rows)
+        accs.append(hits / len(rows))
+        cells.append({**base, "kind": "permutation", "permutation": p, "n": len(rows), "accuracy": round(accs[-1], 6),
+                      "ci95": [round(x, 6) for x in wilson(hits, len(rows))], "block_tokens": rows[0]["block_tokens"]})
+    n, mean = len(accs) * len(runs[0]), float(np.mean(accs))
+    std = float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0
+    margin = max(accs) - min(accs)
+    cells.append({**base, "kind": "arrangement", "permutation": None, "n": n, "accuracy": round(mean, 6),
+                  "ci95": [round(x, 6) for x in wilson(mean * n, n)], "std": round(std, 6), "margin": round(margin, 6),
+                  "best": round(max(accs), 6), "worst": round(min(accs), 6), "permutations": len(accs)})
+    out[f"accuracy@{tag}"] = metric(mean, n, True, wilson(mean * n, n))
+    out[f"std@{tag}"] = metric(std, len(accs), False)
+    out[f"margin@{tag}"] = metric(margin, len(accs), False)
+    return cells
 
 
 def accuracy_table(results: dict) -> TableData:
@@ -365,7 +245,7 @@ PROBE = Probe(
     aggregate=_aggregate, cell_keys=("kind", "length", "shots", "arrangement", "permutation"),
     grid_params=("lengths", "shots", "permutations", "arrangements"), data=_data, uses=("prompt_format", "batch"),
     group=lambda q: f"{q.length}/{q.shots}/{q.arrangement}/{q.permutation}",
-    views=(Figure("icl_curve", _curve, stem="icl_curve"), Figure("icl_order", _order, stem="icl_order"),
+    views=(Figure("icl_curve", "icl:curve_view", stem="icl_curve"), Figure("icl_order", "icl:order_view", stem="icl_order"),
            Table("icl_table", accuracy_table)),
     description="many-shot in-context classification and order robustness",
     summary="Many-shot in-context classification (DIFF paper 3.5): accuracy vs demonstrations, and\n"

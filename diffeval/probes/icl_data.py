@@ -11,12 +11,16 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
 from diffeval.errors import ConfigError
+from diffeval.probes.prompts import PieceEncoder
 from diffeval.textdata import jsonl_rows
+
+_BLOCK_KEY = int.from_bytes(b"icl", "big")  # the probe's share of the block seeds
+REMAP_RANGE = 1000  # remapped labels are distinct integers below this
 
 SYNTHETIC = {"synthetic-6": 6, "synthetic-50": 50, "synthetic-77": 77, "synthetic-150": 150}
 _TASK_KEY = int.from_bytes(b"icl-data", "big")
@@ -137,4 +141,113 @@ def class_counts(examples: list[Example], labels: Optional[tuple[str, ...]] = No
     out: dict[str, int] = {c: 0 for c in labels or ()}
     for e in examples:
         out[e.label] = out.get(e.label, 0) + 1
+    return out
+
+
+# --- demonstrations as prompt pieces --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pieces:
+    """How examples become token ids under one tokenizer and prompt format."""
+
+    enc: PieceEncoder
+    template: str  # a demonstration: {text} then {label}
+    separator: str  # between demonstrations
+    fmt: Any  # probes.prompts.PromptFormat
+
+    @property
+    def before(self) -> str:
+        return self.template.split("{label}")[0]
+
+    def demo(self, e: Example, label: str, first: bool) -> tuple[int, ...]:
+        text = self.template.format(text=e.text, label=label)
+        if first and not self.fmt.head:
+            return self.enc.plain(text)
+        return self.enc.inner(text if first else self.separator + text)
+
+    def query(self, e: Example) -> tuple[str, tuple[int, ...]]:
+        """(context piece, ids): the separator and the template up to the label (its trailing
+        spaces go to the label); in chat format the assistant header follows."""
+        head = self.before.format(text=e.text)
+        piece = self.separator + head.rstrip(" ")
+        if self.fmt.name == "chat":
+            piece = self.separator + head.rstrip() + self.fmt.tail
+        return piece, self.enc.inner(piece)
+
+    def label(self, piece: str, label: str) -> tuple[int, ...]:
+        """The ids of a label continuing `piece` (as lm-eval splits context and continuation)."""
+        lead = "" if self.fmt.name == "chat" else self.before[len(self.before.rstrip(" ")):]
+        base, full = self.enc.inner(piece), self.enc.inner(piece + lead + label)
+        if full[: len(base)] == base and len(full) > len(base):
+            return full[len(base):]
+        return self.enc.inner(lead + label)
+
+
+def arrange(demos: list[Example], arrangement: str, rng: np.random.Generator) -> list[Example]:
+    """The demonstrations in one order: random (a shuffle), alternating (classes in turn, a
+    seeded class order and order within each class) or grouped (class after class)."""
+    if arrangement == "random":
+        return [demos[i] for i in rng.permutation(len(demos))]
+    by_class: dict[str, list[Example]] = {}
+    for e in demos:
+        by_class.setdefault(e.label, []).append(e)
+    classes = [list(by_class)[i] for i in rng.permutation(len(by_class))]
+    queues = [[by_class[c][i] for i in rng.permutation(len(by_class[c]))] for c in classes]
+    if arrangement == "grouped":
+        return [e for q in queues for e in q]
+    out: list[Example] = []
+    while any(queues):
+        for q in queues:
+            if q:
+                out.append(q.pop(0))
+    return out
+
+
+def _rng(cfg, *parts: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([cfg.seed, _BLOCK_KEY, *parts])))
+
+
+def _label_map(cfg, labels: tuple[str, ...], block: tuple[int, ...]) -> dict[str, str]:
+    if not cfg.remap_labels:
+        return {c: c for c in labels}
+    ids = _rng(cfg, 7, *block).choice(REMAP_RANGE, size=len(labels), replace=False)
+    return {c: str(int(i)) for c, i in zip(labels, ids)}
+
+
+def blocks(cfg, k: int, pool: list[Example], labels: tuple[str, ...], pieces: "Pieces"):
+    """(arrangement, permutation, label map, block ids) of budget k: the first k demonstrations
+    of the pool in each arrangement and permutation of `cfg` (the probe's config), labels
+    remapped per block with `cfg.remap_labels`."""
+    for a, arrangement in enumerate(cfg.arrangements):
+        for p in range(cfg.permutations):
+            key = (k, a, p)
+            order = arrange(pool[:k], arrangement, _rng(cfg, *key))
+            mapping = _label_map(cfg, labels, key)
+            ids = [t for i, e in enumerate(order) for t in pieces.demo(e, mapping[e.label], i == 0)]
+            yield arrangement, p, mapping, ids
+
+
+def fill_budgets(cfg, pool: list[Example], labels: tuple[str, ...], pieces: "Pieces", n_prefix: int,
+                 queries: list[tuple[str, tuple[int, ...]]]) -> list[tuple[int, int]]:
+    """(length, k) for each of `cfg.lengths`: the most demonstrations k whose every block
+    (arrangement, permutation, label map) leaves room for the longest query and label."""
+    def tail_cost(mapping) -> int:  # the longest query plus its longest label
+        return max(len(q) for _, q in queries) + max(len(pieces.label(queries[0][0], mapping[c])) for c in labels)
+
+    if not cfg.lengths:
+        return []
+    costs = np.cumsum([len(pieces.demo(e, e.label, i == 0)) for i, e in enumerate(pool)])  # first k demos
+    out = []
+    for length in cfg.lengths:
+        k = int(np.searchsorted(costs, length - n_prefix - tail_cost({c: c for c in labels}), side="right"))
+        if k == len(pool):
+            raise ConfigError(f"the {len(pool)} demonstrations of {cfg.data} ({int(costs[-1])} tokens) cannot fill "
+                              f"{length} tokens; use a shorter length, fewer test queries or more data", "lengths")
+        while k > 0 and any(n_prefix + len(ids) + tail_cost(m) > length
+                            for _, _, m, ids in blocks(cfg, k, pool, labels, pieces)):
+            k -= 1  # reordering or remapped labels can cost a few tokens more
+        if k == 0:
+            raise ConfigError(f"{length} tokens hold no demonstration besides the query", "lengths")
+        out.append((length, k))
     return out

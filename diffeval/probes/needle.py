@@ -145,19 +145,12 @@ def multi_needle_table(runs: list[dict]) -> TableData:
                      ["N", "R", "length", *labels], rows)
 
 
-def _heatmap(results: dict, run) -> object:
-    from diffeval.plotting.needle import needle_figure
-
-    return needle_figure(results["cells"], [m["label"] for m in results["models"]],
-                         title=experiment(results["task"]["params"]))
-
-
 PROBE = Probe(
     name="needle", version=VERSION, Config=NeedleConfig, generate=_generate,
     requests=lambda cfg, sample, ctx: sample.requests(ctx.decode), score=_score, aggregate=_aggregate,
     cell_keys=("length", "depth"), grid_params=("lengths", "depths", "samples"),
     data=lambda cfg: R.haystack_data(cfg.haystack), group=lambda sample: sample.group,
-    views=(Figure("needle_heatmap", _heatmap, stem="needle_heatmap"), Table("needle_depths", depth_table),
+    views=(Figure("needle_heatmap", "needle:heatmap_view", stem="needle_heatmap"), Table("needle_depths", depth_table),
            Table("needle_table", multi_needle_table, in_run=False, across_runs=True)),
     description="needle / multi-needle retrieval over a depth x length grid",
     summary="Needle / multi-needle retrieval over a depth x length grid; heatmap and results.",

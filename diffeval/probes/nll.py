@@ -10,25 +10,25 @@ NLL is computed in chunks through the engine's TokenNLL request: no (n x vocab) 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 
 from diffeval.errors import ConfigError
-from diffeval.probes.base import Figure, Generated, Probe, Table, TableData, metric
+from diffeval.probes.base import Figure, Generated, Probe, Table, TableData, by_model, metric
 from diffeval.probes.config import ModelDefault, ProbeConfig, option
+from diffeval.probes.streams import documents, take_tokens
 from diffeval.requests import TokenNLL, ids_sha256
 from diffeval.specs import as_text, check_int, parse_length, token_count
 from diffeval.stats import mean_ci
-from diffeval.textdata import describe_files, file_blocks, jsonl_rows, text_files
+from diffeval.textdata import describe_files, text_files
 
 NAME = "nll"
 VERSION = 1
 SYNTHETIC_DOCS = 8  # sequences drawn from the generated prose when `docs` is not given
 _TASK_KEY = int.from_bytes(NAME.encode("ascii"), "big")
-_REPEAT = 0.3  # synthetic documents: chance that a sentence repeats an earlier one of the document
 
 
 def _positions(value: Any) -> tuple[int, ...]:
@@ -113,54 +113,6 @@ def _data(cfg: NllConfig) -> dict:
     return {"text": describe_files(cfg.data, files)}
 
 
-def synthetic_document(seed: int, index: int) -> Iterator[str]:
-    """Endless text of one generated document: essay sentences in paragraphs, where a sentence
-    repeats an earlier one of the same document with probability 0.3 (long-range structure a
-    model can use); seeded by (seed, index)."""
-    from diffeval.probes.haystack import essay_sentence
-
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, _TASK_KEY, index])))
-    said: list[str] = []
-    while True:
-        para = []
-        for _ in range(int(rng.integers(4, 10))):
-            s = said[int(rng.integers(len(said)))] if said and rng.random() < _REPEAT else essay_sentence(rng)
-            said.append(s)
-            para.append(s)
-        yield " ".join(para) + "\n\n"
-
-
-def _documents(cfg: NllConfig, files: Optional[list[Path]]) -> Iterator[tuple[str, Iterator[str]]]:
-    """(name, text blocks) per document, in order."""
-    if files is None:
-        index = 0
-        while True:
-            yield f"synthetic-{index}", synthetic_document(cfg.seed, index)
-            index += 1
-    for path in files:
-        if path.suffix == ".jsonl":
-            for n, row in enumerate(jsonl_rows(path, "data"), start=1):
-                if cfg.text_field not in row:
-                    raise ConfigError(f"file {path} line {n}: no field {cfg.text_field!r} "
-                                      f"(has {', '.join(sorted(row)) or 'nothing'})", "text_field")
-                text = row[cfg.text_field]
-                if not isinstance(text, str):
-                    raise ConfigError(f"file {path} line {n}: field {cfg.text_field!r} is not text", "text_field")
-                yield f"{path.name}:{n}", iter([text])
-        else:
-            yield path.name, file_blocks(path, "data")
-
-
-def _take(blocks: Iterator[str], encode, n: int) -> list[int]:
-    """The first n tokens of a document's blocks (fewer when it is shorter); stops reading early."""
-    ids: list[int] = []
-    for block in blocks:
-        ids.extend(encode(block))
-        if len(ids) >= n:
-            return ids[:n]
-    return ids
-
-
 @dataclass(frozen=True)
 class _Seq:
     index: int
@@ -184,19 +136,19 @@ def _generate(cfg: NllConfig, ctx) -> Generated:
         sep = [int(tok.eos_id)] if tok.eos_id is not None else list(tok.encode("\n\n"))
         ids: list[int] = []
         names: list[str] = []
-        for name, blocks in _documents(cfg, files):
+        for name, blocks in documents(files, cfg.text_field, cfg.seed):
             if want is not None and len(out) >= want:
                 break
-            ids.extend(_take(blocks, tok.encode, cfg.length - len(ids)) + sep)
+            ids.extend(take_tokens(blocks, tok.encode, cfg.length - len(ids)) + sep)
             names.append(name)
             if len(ids) >= cfg.length:
                 out.append(_Seq(len(out), "+".join(names), tuple(bos + ids[:cfg.length])))
                 ids, names = [], []
     else:
-        for name, blocks in _documents(cfg, files):
+        for name, blocks in documents(files, cfg.text_field, cfg.seed):
             if want is not None and len(out) >= want:
                 break
-            ids = _take(blocks, tok.encode, cfg.length)
+            ids = take_tokens(blocks, tok.encode, cfg.length)
             if len(ids) < cfg.length:
                 skipped += 1
                 continue
@@ -247,39 +199,30 @@ def _score(cfg: NllConfig, seq: _Seq, outputs: list, ctx) -> dict:
 
 
 def _aggregate(cfg: NllConfig, records: list[dict], models: list[dict], extra: dict):
-    cells: list[dict] = []
-    metrics: dict[str, dict] = {}
-    for m in models:
-        label = m["label"]
-        mine = [r for r in records if r["model"] == label]
-        n = len(mine)
-        bos = 1 if mine[0]["n_tokens"][0] == cfg.length + 1 else 0
-        limit = m["max_positions"] - bos  # text positions the model was trained for
-        out: dict[str, Any] = {}
-        for j, p in enumerate(mine[0]["positions"]):
-            mean, ci = mean_ci([r["cumulative"][j] for r in mine])
-            cells.append({"model": label, "kind": "cumulative", "position": p, "start": 1, "n": n,
-                          "mean": round(mean, 6), **({"ci95": [round(x, 6) for x in ci]} if ci else {}),
-                          "beyond_limit": p > limit})
-            out[f"cum_nll@position={p}"] = metric(mean, n, False, ci)
-            s, e, _, count = mine[0]["buckets"][j]
-            mean_b, ci_b = mean_ci([r["buckets"][j][2] for r in mine])
-            cells.append({"model": label, "kind": "bucket", "position": e, "start": s, "n": n, "tokens": count,
-                          "mean": round(mean_b, 6), **({"ci95": [round(x, 6) for x in ci_b]} if ci_b else {}),
-                          "beyond_limit": e > limit})
-            out[f"nll@bucket={s}-{e}"] = metric(mean_b, n, False, ci_b)
-        mean, ci = mean_ci([r["nll_sum"] / r["n_targets"] for r in mine])
-        out["nll"] = metric(mean, n, False, ci)
-        out["ppl"] = metric(math.exp(mean), n, False, None if ci is None else [math.exp(x) for x in ci])
-        out["position_limit"] = metric(limit, n, None)
-        metrics[label] = out
-    return cells, metrics
+    return by_model(records, models, lambda m, mine: _summary(cfg, m, mine))
 
 
-def _curve(results: dict, run):
-    from diffeval.plotting.nll import nll_curve_figure
-
-    return nll_curve_figure(results, run.samples())
+def _summary(cfg: NllConfig, m: dict, mine: list[dict]) -> tuple[list[dict], dict]:
+    """One model's curve and bucket cells (mean, t interval across sequences) and its NLL."""
+    label, n = m["label"], len(mine)
+    bos = 1 if mine[0]["n_tokens"][0] == cfg.length + 1 else 0
+    limit = m["max_positions"] - bos  # text positions the model was trained for
+    cells, out = [], {}
+    for j, p in enumerate(mine[0]["positions"]):
+        s, e, _, count = mine[0]["buckets"][j]
+        for kind, start, end, name, values in (
+                ("cumulative", 1, p, f"cum_nll@position={p}", [r["cumulative"][j] for r in mine]),
+                ("bucket", s, e, f"nll@bucket={s}-{e}", [r["buckets"][j][2] for r in mine])):
+            mean, ci = mean_ci(values)
+            cells.append({"model": label, "kind": kind, "position": end, "start": start, "n": n,
+                          **({"tokens": count} if kind == "bucket" else {}), "mean": round(mean, 6),
+                          **({"ci95": [round(x, 6) for x in ci]} if ci else {}), "beyond_limit": end > limit})
+            out[name] = metric(mean, n, False, ci)
+    mean, ci = mean_ci([r["nll_sum"] / r["n_targets"] for r in mine])
+    out["nll"] = metric(mean, n, False, ci)
+    out["ppl"] = metric(math.exp(mean), n, False, None if ci is None else [math.exp(x) for x in ci])
+    out["position_limit"] = metric(limit, n, None)
+    return cells, out
 
 
 def _pos(p: int) -> str:
@@ -312,7 +255,7 @@ def bucket_table(results: dict) -> TableData:
 PROBE = Probe(
     name=NAME, version=VERSION, Config=NllConfig, generate=_generate, requests=_requests, score=_score,
     aggregate=_aggregate, cell_keys=("kind", "position"), grid_params=("docs",), data=_data, uses=(),
-    views=(Figure("nll_curve", _curve, stem="nll_curve"), Table("nll_table", bucket_table)),
+    views=(Figure("nll_curve", "nll:curve_view", stem="nll_curve"), Table("nll_table", bucket_table)),
     description="cumulative average NLL by position up to the full length",
     summary="Cumulative average NLL by position (DIFF paper 3.3): curve with 95% bands, per-bucket\n"
             "table, perplexity; past the trained length with --allow-beyond-max-positions.",

@@ -228,7 +228,7 @@ def _group(grid: NeedleGrid, asm: Assembler, hay: Haystack, length: int, index: 
     def draw():
         needles = draw_needles(kind, grid.n_needles, rng)
         suffixes = [question_suffix(n.question, n.answer, fmt) for n in needles[: grid.n_queries]]
-        built = asm.contexts(hay, needles, suffixes, length, depths, ss_hay, ss_place)
+        built = asm.contexts(hay, needles, suffixes, length, depths, ss_hay, ss_place, what="needle")
         return None if built is None else (needles, suffixes, built)
 
     got = first_clean(draw)

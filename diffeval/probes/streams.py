@@ -1,18 +1,22 @@
-"""Text as token sequences for the activation probe (no torch): the synthetic essay stream,
-the cutting of a token stream into sequences, and the constants of the statistics' layout
-(the DIFF paper's Table 5)."""
+"""Text as tokens (no torch): the synthetic essay stream and cutting a token stream into
+sequences (outliers), documents of files or generated prose and their first tokens (nll),
+and the constants of the activation statistics' layout (the DIFF paper's Table 5)."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
 from diffeval.errors import ConfigError
 from diffeval.probes.haystack import essay_sentence
+from diffeval.textdata import file_blocks, jsonl_rows, text_files
 
 _TASK_KEY = int.from_bytes(b"outliers", "big")
+_DOCS_KEY = int.from_bytes(b"nll", "big")  # the synthetic documents' share of their seeds
+_REPEAT = 0.3  # synthetic documents: chance that a sentence repeats an earlier one of the document
 RANKS = (1, 2, 3, 10, 100)
 STAT_KEYS = tuple(f"top{r}" for r in RANKS) + ("median",)
 BASELINE_BITS = 16
@@ -82,3 +86,79 @@ def count_tokens(ids: Iterator[int], limit: Optional[int], seq_len: int, has_bos
 
 def mean_nll(total: float, n: int) -> float:
     return total / n if n else math.nan
+
+
+def synthetic_document(seed: int, index: int) -> Iterator[str]:
+    """Endless text of one generated document: essay sentences in paragraphs, where a sentence
+    repeats an earlier one of the same document with probability 0.3 (long-range structure a
+    model can use); seeded by (seed, index)."""
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, _DOCS_KEY, index])))
+    said: list[str] = []
+    while True:
+        para = []
+        for _ in range(int(rng.integers(4, 10))):
+            s = said[int(rng.integers(len(said)))] if said and rng.random() < _REPEAT else essay_sentence(rng)
+            said.append(s)
+            para.append(s)
+        yield " ".join(para) + "\n\n"
+
+
+def documents(files: Optional[list[Path]], text_field: str, seed: int) -> Iterator[tuple[str, Iterator[str]]]:
+    """(name, text blocks) per document, in order: the files (a .jsonl: one document per row,
+    its `text_field`), or endless synthetic documents when `files` is None."""
+    if files is None:
+        index = 0
+        while True:
+            yield f"synthetic-{index}", synthetic_document(seed, index)
+            index += 1
+    for path in files:
+        if path.suffix == ".jsonl":
+            for n, row in enumerate(jsonl_rows(path, "data"), start=1):
+                if text_field not in row:
+                    raise ConfigError(f"file {path} line {n}: no field {text_field!r} "
+                                      f"(has {', '.join(sorted(row)) or 'nothing'})", "text_field")
+                text = row[text_field]
+                if not isinstance(text, str):
+                    raise ConfigError(f"file {path} line {n}: field {text_field!r} is not text", "text_field")
+                yield f"{path.name}:{n}", iter([text])
+        else:
+            yield path.name, file_blocks(path, "data")
+
+
+def take_tokens(blocks: Iterator[str], encode, n: int) -> list[int]:
+    """The first n tokens of a document's blocks (fewer when it is shorter); stops reading early."""
+    ids: list[int] = []
+    for block in blocks:
+        ids.extend(encode(block))
+        if len(ids) >= n:
+            return ids[:n]
+    return ids
+
+
+def text_blocks(data: str, seed: int, files: Optional[list[Path]] = None) -> Iterator[str]:
+    """The evaluation text as blocks: essay paragraphs for "synthetic", else the files in order."""
+    if data == "synthetic":
+        yield from essay_paragraphs(synthetic_rng(seed))
+        return
+    for path in files if files is not None else text_files(Path(data), "data"):
+        yield from file_blocks(path, "data")
+
+
+def text_sequences(data: str, files: Optional[list[Path]], n_tokens: Optional[int], seq_len: int, tok, seed: int,
+                   label: str) -> list[tuple[int, list[int]]]:
+    """The evaluation text cut into sequences of `seq_len` (BOS first) up to `n_tokens` in all
+    (None: all of it) -> (offset, ids) each; ConfigError, before any work, when the text
+    holds too little under the tokenizer of `label`."""
+    if data != "synthetic" and n_tokens is not None:
+        stream = token_stream(text_blocks(data, seed, files), tok.encode)
+        have = count_tokens(stream, n_tokens, seq_len, tok.bos_id is not None)
+        if have < n_tokens:
+            raise ConfigError(f"{data} holds {have} tokens in sequences of {seq_len} under the tokenizer of "
+                              f"{label}, fewer than the {n_tokens} asked for; ask for fewer tokens or all", "data")
+    stream = token_stream(text_blocks(data, seed, files), tok.encode)
+    out = list(sequences(stream, n_tokens, seq_len, tok.bos_id))
+    if n_tokens is None and (not out or len(out[0][1]) < seq_len):  # 'all' of too little text
+        have = sum(len(ids) for _, ids in out)
+        raise ConfigError(f"{data} holds {have} tokens under the tokenizer of {label}, less than one "
+                          f"sequence of {seq_len}; give more text or a shorter --len", "data")
+    return out

@@ -81,7 +81,7 @@ def _table(view: Table, runs: list[RunFolder], models) -> TableData:
 
 def _figure(view: Figure, runs: list[RunFolder], models):
     results, samples = merge(runs, models)
-    return view.draw(results, _Merged(runs[0].path, results, samples))
+    return view.figure(results, _Merged(runs[0].path, results, samples))
 
 
 class _Merged(RunFolder):

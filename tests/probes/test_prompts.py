@@ -10,6 +10,8 @@ import diffeval
 from diffeval.checkpoints.zoo import zoo_path
 from diffeval.errors import ConfigError
 from diffeval.probes import needle as N
+from diffeval.probes import retrieval as R
+from diffeval.probes.scoring import answer_text
 from diffeval.probes.prompts import prompt_format, split_chat_template
 from helpers import run_cli
 
@@ -46,7 +48,7 @@ def test_chat_prompts_keep_exact_lengths_and_wrap_the_question(chat_model):
     fmt = prompt_format("chat", tok)
     cfg = N.NeedleConfig(lengths=(300, 420), depths=(0.0, 50.0, 100.0), n_needles=3, n_queries=2, samples=2)
     head_ids = fmt.prefix_ids(tok)
-    for s in N.generate(cfg, tok, fmt=fmt):
+    for s in R.generate(cfg.grid(), tok, fmt=fmt):
         assert s.n_tokens[0] == s.length
         for prompt, key in zip(s.prompts, s.queries):
             assert list(prompt[: len(head_ids)]) == head_ids
@@ -80,8 +82,8 @@ def test_chat_format_runs_needle_and_attn_map_end_to_end(chat_model, tmp_path):
 def test_ruler_decoding_scores_the_whole_answer():
     tok = diffeval.load("zoo:transformer-tiny").tokenizer
     ids = tok.encode(" I think\nit is 1234567.")
-    assert N.prediction_text(tok, ids, "default") == " I think"
-    assert "1234567" in N.prediction_text(tok, ids, "ruler")
+    assert answer_text(tok, ids, "default") == " I think"
+    assert "1234567" in answer_text(tok, ids, "ruler")
 
 
 def test_hf_checkpoint_without_tokenizer_loads_and_probes_say_why(hf_dir, tmp_path, capsys):

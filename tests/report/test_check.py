@@ -81,7 +81,7 @@ def test_bad_suites_exit_2(tmp_path, capsys):
     for text, needle in (("name: x\n", "missing key 'tasks'"),
                          ("name: x\ntasks:\n  - {name: a, probe: nedle}\n", "unknown probe"),
                          ("name: x\ntasks:\n  - {name: a, probe: needle, params: {lengths: abc}}\n", "params.lengths"),
-                         ("name: x\ntasks:\n  - {name: a, probe: needle}\n", "missing required parameter(s): lengths, depths"),
+                         ("name: x\ntasks:\n  - {name: a, probe: needle}\n", "missing required parameter(s): lengths"),
                          ("name: x\ntasks:\n  - {name: a, probe: nll, params: {length: 64}}\n", "no such file")):
         bad.write_text(text)
         assert run_cli(["check", str(bad), "--runs", str(tmp_path / "r")]) == 2

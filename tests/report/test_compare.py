@@ -7,7 +7,9 @@ import subprocess
 
 import pytest
 
-from diffeval.probes.needle import PROBE, config
+from diffeval.probes.needle import PROBE
+
+config = PROBE.config
 from diffeval.report.compare import load_runs, significant, table_rows
 from diffeval.run import RunOptions, run_probe
 from helpers import run_cli, saved_tiny_models

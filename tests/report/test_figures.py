@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from diffeval.report.figures import KINDS, find_runs, latex, load_recipe, merge
+from diffeval.probes.base import Figure, TableData
+from diffeval.report.figures import find_runs, kinds, load_recipe, merge
+from diffeval.report.tables import latex
 from helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -15,7 +17,7 @@ RECIPES = sorted((ROOT / "plots").glob("*.yaml"))
 
 def test_fixtures_cover_every_probe_a_kind_needs():
     probes = {r.probe for r in find_runs([str(FIXTURES)])}
-    assert {probe for probe, _, _ in KINDS.values()} <= probes
+    assert {probe for probe, _ in kinds().values()} <= probes
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
@@ -26,7 +28,7 @@ def test_every_recipe_renders_reproducibly(recipe, tmp_path, capsys):
     assert "skipped" not in capsys.readouterr().err
     for e in entries:
         name = e.get("name", e["kind"])
-        suffixes = (".png", ".pdf", ".svg") if KINDS[e["kind"]][1] == "figure" else (".tex", ".md")
+        suffixes = (".png", ".pdf", ".svg") if isinstance(kinds()[e["kind"]][1], Figure) else (".tex", ".md")
         for suffix in suffixes:
             a, b = tmp_path / "a" / f"{name}{suffix}", tmp_path / "b" / f"{name}{suffix}"
             assert a.stat().st_size > 200, a
@@ -47,7 +49,7 @@ def test_merge_prefixes_shared_labels_with_the_run():
 
 
 def test_latex_escapes():
-    tex = latex(["model", "a_b"], [["x & y", "50%"]], "cap")
+    tex = latex(TableData("cap", ["model", "a_b"], [["x & y", "50%"]]))
     assert "x \\& y" in tex and "50\\%" in tex and "a\\_b" in tex
 
 
@@ -67,14 +69,14 @@ def test_bad_recipes_and_results_exit_2(tmp_path, capsys):
 
 def test_reports_read_runs_of_hugging_face_checkpoints(hf_dir, tmp_path, capsys):
     """compare, figures and check work the same on runs of Hugging Face directories."""
-    from diffeval.probes.nll import PROBE, config
+    from diffeval.probes.nll import PROBE
     from diffeval.run import RunOptions, run_probe
 
     text = tmp_path / "doc.txt"
     text.write_text("The river bends near the old mill, and the miller counts his sacks. " * 30)
     models = [str(hf_dir("llama")), str(hf_dir("diffllama"))]
     run = tmp_path / "nll-hf"
-    run_probe(PROBE, config({"length": 128, "data": str(text)}), models, run, RunOptions(device="cpu", progress=False))
+    run_probe(PROBE, PROBE.config({"length": 128, "data": str(text)}), models, run, RunOptions(device="cpu", progress=False))
     assert run_cli(["compare", str(run), "--out", str(tmp_path / "rep")]) == 0
     recipe = tmp_path / "r.yaml"
     recipe.write_text("figures:\n  - {kind: nll_curve}\n  - {kind: nll_table}\n")

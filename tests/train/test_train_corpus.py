@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from diffeval.errors import ConfigError
-from diffeval.probes.needle import CITY_ANSWER, CITY_NEEDLE, PROMPT_SUFFIX
+from diffeval.probes.assembly import PROMPT_SUFFIX
+from diffeval.probes.retrieval import CITY_ANSWER, CITY_NEEDLE
 from diffeval.train.corpus import (
     UNKNOWN,
     CorpusConfig,

@@ -15,14 +15,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from diffeval.errors import ConfigError, UsageError
-from diffeval.probes import needle as N
+from diffeval.probes import assembly as A
+from diffeval.probes import retrieval as R
+from diffeval.probes import words as W
 from diffeval import specs as S
 from diffeval.probes.haystack import NOISE_SENTENCES, essay_sentence, load_haystack, split_sentences
 from diffeval.tokenizers import ByteTokenizer, HFTokenizer
 
 HYP = settings(max_examples=12, deadline=None,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-KINDS = list(N.NEEDLE_KINDS)
+KINDS = list(R.NEEDLE_KINDS)
 
 
 # --- tokenizers ------------------------------------------------------------------------------
@@ -33,13 +35,13 @@ def _corpus():
     for _ in range(1500):
         yield " ".join(essay_sentence(rng) for _ in range(4))
     yield " ".join(NOISE_SENTENCES * 3)
-    for i, city in enumerate(N.CITIES):
-        key = f"{N.KEY_ADJECTIVES[i % 40]}-{N.KEY_NOUNS[i % 37]}"
-        value = N.VALUE_WORDS[i % len(N.VALUE_WORDS)]
+    for i, city in enumerate(W.CITIES):
+        key = f"{W.KEY_ADJECTIVES[i % 40]}-{W.KEY_NOUNS[i % 37]}"
+        value = W.VALUE_WORDS[i % len(W.VALUE_WORDS)]
         for kind, k, v in (("city", city, str(1_000_000 + 7919 * i)), ("kv-word", key, value),
                            ("uuid", key, "0f3a9c2e-5b7d-4e1f-8a6c-d2b4e6f80a1c")):
-            nk = N.NEEDLE_KINDS[kind]
-            yield nk.needle.format(key=k, value=v) + N.PROMPT_SUFFIX.format(
+            nk = R.NEEDLE_KINDS[kind]
+            yield nk.needle.format(key=k, value=v) + A.PROMPT_SUFFIX.format(
                 question=nk.question.format(key=k), answer=nk.answer.format(key=k))
 
 
@@ -68,12 +70,12 @@ def _bos(tok) -> list[int]:
 
 
 def _sentence(kind: str, key: str, value: str) -> str:
-    return N.NEEDLE_KINDS[kind].needle.format(key=key, value=value)
+    return R.NEEDLE_KINDS[kind].needle.format(key=key, value=value)
 
 
 def _suffix(kind: str, key: str) -> str:
-    nk = N.NEEDLE_KINDS[kind]
-    return N.PROMPT_SUFFIX.format(question=nk.question.format(key=key), answer=nk.answer.format(key=key))
+    nk = R.NEEDLE_KINDS[kind]
+    return A.PROMPT_SUFFIX.format(question=nk.question.format(key=key), answer=nk.answer.format(key=key))
 
 
 def _context_text(tok, sample, kind) -> str:
@@ -126,7 +128,7 @@ def test_parse_depths_rejects_junk_with_the_value(spec, needle):
 
 
 def test_length_label():
-    assert [N.length_label(n) for n in (4096, 65536, 1536, 1000)] == ["4K", "64K", "1.5K", "1000"]
+    assert [S.length_label(n) for n in (4096, 65536, 1536, 1000)] == ["4K", "64K", "1.5K", "1000"]
 
 
 # --- config ----------------------------------------------------------------------------------
@@ -150,27 +152,19 @@ def test_length_label():
 def test_config_validation_messages(kwargs, field, needle):
     base = {"lengths": (512,), "depths": (0.0, 50.0)}
     with pytest.raises(ConfigError, match=re.escape(needle)) as err:
-        N.NeedleConfig(**{**base, **kwargs})
+        R.NeedleGrid(**{**base, **kwargs})
     assert err.value.field == field
-
-
-def test_config_to_dict_is_json_and_complete():
-    cfg = N.NeedleConfig(lengths=[1024, 2048], depths=[0, 50], n_needles=3, n_queries=2, seed=5)
-    d = json.loads(json.dumps(cfg.to_dict()))
-    assert d["lengths"] == [1024, 2048] and d["depths"] == [0.0, 50.0]
-    assert (d["task"], d["version"], d["n_needles"], d["n_queries"], d["seed"]) == ("needle", N.VERSION, 3, 2, 5)
-    assert cfg.lengths == (1024, 2048)  # lists become tuples: the config is hashable data
 
 
 # --- vocabularies and the essay ---------------------------------------------------------------
 
 
 def test_vocabularies_are_distinct_and_well_formed():
-    assert len(set(N.CITIES)) == len(N.CITIES) >= 100
-    assert not [(a, b) for a in N.CITIES for b in N.CITIES if a != b and a in b]
-    assert len(set(N.VALUE_WORDS)) == len(N.VALUE_WORDS)
-    keys = set(N.KEY_ADJECTIVES) | set(N.KEY_NOUNS)
-    assert not [v for v in N.VALUE_WORDS if any(v in k or k in v for k in keys)]
+    assert len(set(W.CITIES)) == len(W.CITIES) >= 100
+    assert not [(a, b) for a in W.CITIES for b in W.CITIES if a != b and a in b]
+    assert len(set(W.VALUE_WORDS)) == len(W.VALUE_WORDS)
+    keys = set(W.KEY_ADJECTIVES) | set(W.KEY_NOUNS)
+    assert not [v for v in W.VALUE_WORDS if any(v in k or k in v for k in keys)]
 
 
 def test_essay_is_varied_and_never_looks_like_a_needle():
@@ -182,7 +176,7 @@ def test_essay_is_varied_and_never_looks_like_a_needle():
     assert not re.search(r"[0-9a-f]{8}-[0-9a-f]{4}", text)
     low = text.lower()
     assert "magic" not in low and "special" not in low
-    for word in N.VALUE_WORDS:  # word values are never redrawn because of the essay
+    for word in W.VALUE_WORDS:  # word values are never redrawn because of the essay
         assert word not in low, word
     assert "-" not in text  # so no adjective-noun key
     assert all(s[0].isupper() and s.endswith(".") for s in sentences)
@@ -193,14 +187,14 @@ def test_needle_values_have_their_formats():
     rng = np.random.default_rng(0)
     for kind, pattern in (("city", r"[1-9]\d{6}"), ("kv-number", r"[1-9]\d{6}"),
                           ("uuid", r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"),
-                          ("kv-word", "|".join(N.VALUE_WORDS))):
-        needles = N._draw_needles(N.NEEDLE_KINDS[kind], 20, rng)
+                          ("kv-word", "|".join(W.VALUE_WORDS))):
+        needles = R.draw_needles(R.NEEDLE_KINDS[kind], 20, rng)
         assert len({n.key for n in needles}) == len({n.value for n in needles}) == 20
         for n in needles:
             assert re.fullmatch(pattern, n.value), (kind, n.value)
             assert n.sentence[n.value_at:].startswith(n.value)
             if kind == "city":
-                assert n.key in N.CITIES and n.sentence == f"The magic number for {n.key} is {n.value}."
+                assert n.key in W.CITIES and n.sentence == f"The magic number for {n.key} is {n.value}."
             else:
                 noun = {"kv-number": "number", "kv-word": "word", "uuid": "uuid"}[kind]
                 assert re.fullmatch(r"[a-z]+-[a-z]+", n.key)
@@ -220,23 +214,23 @@ def _as_bytes(samples) -> str:
 @HYP
 @given(seed=st.integers(0, 2**32 - 1), kind=st.sampled_from(KINDS), hay=st.sampled_from(["noise", "essay"]))
 def test_same_seed_same_samples_other_seed_other_samples(byte, seed, kind, hay):
-    cfg = N.NeedleConfig(lengths=(400,), depths=(0, 50, 100), n_needles=2, n_queries=2, samples=2,
+    cfg = R.NeedleGrid(lengths=(400,), depths=(0, 50, 100), n_needles=2, n_queries=2, samples=2,
                          haystack=hay, needle_kind=kind, seed=seed)
-    a, b = N.generate(cfg, byte), N.generate(cfg, byte)
+    a, b = R.generate(cfg, byte), R.generate(cfg, byte)
     assert _as_bytes(a) == _as_bytes(b)
-    other = N.generate(dataclasses.replace(cfg, seed=seed + 1), byte)
+    other = R.generate(dataclasses.replace(cfg, seed=seed + 1), byte)
     assert _as_bytes(a) != _as_bytes(other)
     assert [s.expected for s in a] != [s.expected for s in other]
 
 
 def test_samples_are_ordered_and_regenerable_one_group_at_a_time(byte):
-    cfg = N.NeedleConfig(lengths=(700, 300), depths=(100, 0, 50), samples=3, seed=9)
-    samples = N.generate(cfg, byte)
+    cfg = R.NeedleGrid(lengths=(700, 300), depths=(100, 0, 50), samples=3, seed=9)
+    samples = R.generate(cfg, byte)
     assert [(s.length, s.index, s.depth) for s in samples] == sorted(
         (n, i, float(d)) for n in (300, 700) for i in range(3) for d in (0, 50, 100))
     assert len({s.id for s in samples}) == len(samples)
     assert samples[0].id == "L300-d0-s0"
-    group = N.generate_group(cfg, byte, 700, 1)
+    group = R.generate_group(cfg, byte, 700, 1)
     assert _as_bytes(group) == _as_bytes([s for s in samples if (s.length, s.index) == (700, 1)])
 
 
@@ -302,9 +296,9 @@ def test_exact_lengths_and_needle_placement(request, tok_name, data):
     length = data.draw(st.integers(per_needle * (n_needles + 2), 2500), "length")
     depths = tuple(sorted(set(data.draw(st.lists(st.sampled_from([0, 10, 25, 33.3, 50, 75, 90, 100]),
                                                  min_size=1, max_size=4), "depths"))))
-    cfg = N.NeedleConfig(lengths=(length,), depths=depths, n_needles=n_needles, n_queries=n_queries,
+    cfg = R.NeedleGrid(lengths=(length,), depths=depths, n_needles=n_needles, n_queries=n_queries,
                          samples=1, haystack=hay, needle_kind=kind, seed=data.draw(st.integers(0, 10**6), "seed"))
-    samples = N.generate(cfg, tok)
+    samples = R.generate(cfg, tok)
     assert len(samples) == len(depths)
     for s in samples:
         _check_sample(tok, s, kind, hay, n_needles, n_queries)
@@ -313,9 +307,9 @@ def test_exact_lengths_and_needle_placement(request, tok_name, data):
 @pytest.mark.parametrize("tok_name", ["byte", "bpe"])
 def test_depths_share_haystack_distractors_and_prefixes(request, tok_name):
     tok = request.getfixturevalue(tok_name)
-    cfg = N.NeedleConfig(lengths=(1500,), depths=(0, 25, 50, 75, 100), n_needles=4, n_queries=2,
+    cfg = R.NeedleGrid(lengths=(1500,), depths=(0, 25, 50, 75, 100), n_needles=4, n_queries=2,
                          samples=3, haystack="essay", needle_kind="city", seed=11)
-    samples = N.generate(cfg, tok)
+    samples = R.generate(cfg, tok)
     for index in range(3):
         group = [s for s in samples if s.index == index]
         assert len({(s.queries, s.expected) for s in group}) == 1
@@ -341,8 +335,8 @@ def test_depths_share_haystack_distractors_and_prefixes(request, tok_name):
 
 
 def test_records_are_json_and_hash_the_prompts(byte):
-    cfg = N.NeedleConfig(lengths=(600,), depths=(50,), n_needles=3, n_queries=2, samples=1, needle_kind="uuid")
-    s = N.generate(cfg, byte)[0]
+    cfg = R.NeedleGrid(lengths=(600,), depths=(50,), n_needles=3, n_queries=2, samples=1, needle_kind="uuid")
+    s = R.generate(cfg, byte)[0]
     rec = json.loads(json.dumps(s.to_record()))
     assert set(rec) == {"id", "length", "depth", "index", "n_tokens", "needles", "queries", "expected",
                         "answer_spans", "prompt_sha256", "n_context"}
@@ -354,29 +348,29 @@ def test_records_are_json_and_hash_the_prompts(byte):
 
 
 def test_position_limit_is_enforced_unless_allowed(byte):
-    cfg = N.NeedleConfig(lengths=(512, 1024), depths=(50,), samples=1)
+    cfg = R.NeedleGrid(lengths=(512, 1024), depths=(50,), samples=1)
     with pytest.raises(UsageError, match=r"length 1024 \(1K\) exceeds the model's position limit of 800"):
-        N.generate(cfg, byte, max_positions=800)
-    assert max(s.n_tokens[0] for s in N.generate(cfg, byte, max_positions=800, allow_beyond=True)) == 1024
+        R.generate(cfg, byte, max_positions=800)
+    assert max(s.n_tokens[0] for s in R.generate(cfg, byte, max_positions=800, allow_beyond=True)) == 1024
     # A second question longer than the first pushes its prompt past the limit.
     for seed in range(50):
-        cfg = N.NeedleConfig(lengths=(512,), depths=(50,), n_needles=2, n_queries=2, samples=1, seed=seed)
-        if N.generate(cfg, byte)[0].n_tokens[1] > 512:
+        cfg = R.NeedleGrid(lengths=(512,), depths=(50,), n_needles=2, n_queries=2, samples=1, seed=seed)
+        if R.generate(cfg, byte)[0].n_tokens[1] > 512:
             break
     with pytest.raises(UsageError, match=r"length 512: a prompt has 5\d\d tokens.*limit of 512"):
-        N.generate(cfg, byte, max_positions=512)
+        R.generate(cfg, byte, max_positions=512)
 
 
 def test_too_short_length_names_the_need(byte):
-    cfg = N.NeedleConfig(lengths=(100,), depths=(0,), n_needles=4, samples=1)
+    cfg = R.NeedleGrid(lengths=(100,), depths=(0,), n_needles=4, samples=1)
     with pytest.raises(UsageError, match=r"length 100 is too short: 4 needle\(s\) and the question already take \d+ tokens"):
-        N.generate(cfg, byte)
+        R.generate(cfg, byte)
 
 
 def test_bpe_64k_prompt_is_exact_and_fast(bpe):
-    cfg = N.NeedleConfig(lengths=(65536,), depths=(25,), n_needles=8, samples=1, haystack="essay")
+    cfg = R.NeedleGrid(lengths=(65536,), depths=(25,), n_needles=8, samples=1, haystack="essay")
     start = time.perf_counter()
-    s = N.generate(cfg, bpe)[0]
+    s = R.generate(cfg, bpe)[0]
     elapsed = time.perf_counter() - start
     assert s.n_tokens == (65536,)
     assert abs(s.needles[0]["depth_pct"] - 25.0) < 0.5
@@ -400,8 +394,8 @@ def test_file_and_folder_haystacks(tmp_path, byte):
     assert "Wind shapes the dunes!" in hay.sentences and len(hay.sentences) == 8
     assert not any("Not a text" in s for s in hay.sentences)
     for spec in (str(tmp_path / "a.txt"), str(tmp_path)):
-        cfg = N.NeedleConfig(lengths=(800,), depths=(0, 100), n_needles=2, samples=2, haystack=spec)
-        for s in N.generate(cfg, byte):
+        cfg = R.NeedleGrid(lengths=(800,), depths=(0, 100), n_needles=2, samples=2, haystack=spec)
+        for s in R.generate(cfg, byte):
             context = _context_text(byte, s, "city")
             rest = context
             for n in s.needles:
@@ -433,21 +427,21 @@ def test_haystack_path_errors_name_the_path(tmp_path):
 
 
 def test_values_found_in_the_haystack_are_redrawn(tmp_path, byte):
-    half = N.VALUE_WORDS[::2]
+    half = W.VALUE_WORDS[::2]
     path = tmp_path / "words.txt"
     path.write_text(" ".join(f"They spoke of the {w} today." for w in half))
     # 2500 bytes hold the whole file, so every value in `half` would collide.
-    cfg = N.NeedleConfig(lengths=(2500,), depths=(50,), n_needles=2, samples=4, haystack=str(path),
+    cfg = R.NeedleGrid(lengths=(2500,), depths=(50,), n_needles=2, samples=4, haystack=str(path),
                          needle_kind="kv-word", seed=4)
-    for s in N.generate(cfg, byte):
+    for s in R.generate(cfg, byte):
         text = byte.decode(list(s.prompts[0])).lower()
         for n in s.needles:
             assert n["value"] not in half and text.count(n["value"]) == 1
     everything = tmp_path / "all.txt"
-    everything.write_text("We list them all: " + " ".join(N.VALUE_WORDS) + ".")
-    cfg = N.NeedleConfig(lengths=(3000,), depths=(50,), samples=1, haystack=str(everything), needle_kind="kv-word")
+    everything.write_text("We list them all: " + " ".join(W.VALUE_WORDS) + ".")
+    cfg = R.NeedleGrid(lengths=(3000,), depths=(50,), samples=1, haystack=str(everything), needle_kind="kv-word")
     with pytest.raises(UsageError, match=r"after 20 draws, a needle value or key phrase still also occurs"):
-        N.generate(cfg, byte)
+        R.generate(cfg, byte)
 
 
 def test_split_sentences_keeps_quotes_and_cuts_long_runs():

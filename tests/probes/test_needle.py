@@ -9,6 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from diffeval.probes import needle as N
+from diffeval.probes import retrieval as R
+from diffeval.probes.scoring import string_match_all, string_match_part
 from diffeval.stats import average_by, mean_per_cell, wilson
 from diffeval.tokenizers import ByteTokenizer
 
@@ -30,13 +32,13 @@ from diffeval.tokenizers import ByteTokenizer
     (["1111111", "2222222"], "neither", 0.0),
 ])
 def test_score_prediction_string_match_all(expected, prediction, score):
-    assert N.score_prediction(expected, prediction) == score
+    assert string_match_all(expected, prediction) == score
 
 
 def test_score_any_is_string_match_part():
-    assert N.score_any(["1111111", "2222222"], "2222222") == 1.0
-    assert N.score_any(["1111111", "2222222"], "3333333") == 0.0
-    assert N.score_any(["Walnut"], "walnut") == 1.0
+    assert string_match_part(["1111111", "2222222"], "2222222") == 1.0
+    assert string_match_part(["1111111", "2222222"], "3333333") == 0.0
+    assert string_match_part(["Walnut"], "walnut") == 1.0
 
 
 @pytest.mark.parametrize("expected, needle", [
@@ -44,7 +46,7 @@ def test_score_any_is_string_match_part():
 ])
 def test_score_rejects_bad_expected(expected, needle):
     with pytest.raises(ValueError, match=needle):  # a bug in a caller, not user input
-        N.score_prediction(expected, "anything")
+        string_match_all(expected, "anything")
 
 
 @settings(max_examples=50, deadline=None)
@@ -53,12 +55,12 @@ def test_score_rejects_bad_expected(expected, needle):
 def test_score_counts_exactly_the_values_present(values, mask, noise):
     shown = [v for v, keep in zip(values, mask) if keep]
     prediction = noise + " ".join(shown) + noise
-    assert N.score_prediction(values, prediction) == pytest.approx(len(shown) / len(values))
+    assert string_match_all(values, prediction) == pytest.approx(len(shown) / len(values))
 
 
 def test_score_sample_averages_queries_and_keeps_the_record():
     cfg = N.NeedleConfig(lengths=(700,), depths=(50,), n_needles=3, n_queries=2, samples=1, seed=1)
-    sample = N.generate(cfg, ByteTokenizer())[0]
+    sample = R.generate(cfg.grid(), ByteTokenizer())[0]
     right, wrong = f" {sample.expected[0]}.", " 0000000."
     record = N.score_sample(sample, [right, wrong])
     assert record["query_scores"] == [1.0, 0.0] and record["score"] == 0.5
@@ -158,3 +160,11 @@ def test_aggregation_errors_name_the_problem():
         mean_per_cell([{"length": 1, "score": 1.0}])
     with pytest.raises(ValueError, match=r"score 1.5 is outside \[0, 1\]"):
         mean_per_cell([{"length": 1, "depth": 0, "score": 1.5}])
+
+
+def test_config_to_dict_is_json_and_complete():
+    cfg = N.NeedleConfig(lengths=[1024, 2048], depths=[0, 50], n_needles=3, n_queries=2, seed=5)
+    d = json.loads(json.dumps(cfg.to_dict()))
+    assert d["lengths"] == [1024, 2048] and d["depths"] == [0.0, 50.0]
+    assert (d["task"], d["version"], d["n_needles"], d["n_queries"], d["seed"]) == ("needle", N.VERSION, 3, 2, 5)
+    assert cfg.lengths == (1024, 2048)  # lists become tuples: the config is hashable data
