@@ -69,9 +69,12 @@ def _length_range(part: str, field: str) -> list[int]:
     return out
 
 
-def parse_lengths(spec: Any, field: str = "lengths") -> list[int]:
+def parse_lengths(spec: Any, field: str = "lengths", allow_empty: bool = False) -> list[int]:
     """"4k,8K,16384" -> [4096, 8192, 16384]; k = 1024, m = 1024^2. Ranges: "4k:64k" doubles
-    (4k, 8k, ..., 64k); "1000:4000:1000" steps evenly. Order is kept; repeats are refused."""
+    (4k, 8k, ..., 64k); "1000:4000:1000" steps evenly. Order is kept; repeats are refused.
+    `allow_empty`: "" or an empty list -> [] (the option is left to another)."""
+    if allow_empty and spec in ("", (), []):
+        return []
     spec = as_text(spec) if spec is not None else ""
     if not spec.strip():
         raise ConfigError(f"{shown(spec)}: give token counts like 4k,8k,16k", field)
@@ -221,3 +224,20 @@ def check_keys(params: dict, allowed, probe: str) -> None:
     if unknown:
         names = ", ".join(map(shown, unknown[:4])) + (", ..." if len(unknown) > 4 else "")
         raise ConfigError(f"unknown {probe} parameter(s) {names}: {did_you_mean(unknown[0], allowed)}", field=None)
+
+
+def parse_counts(spec: Any, field: str = "shots") -> tuple[int, ...]:
+    """"1,10,100" (or a list) -> (1, 10, 100), each a count like 4k; "" -> ()."""
+    if spec in ("", (), []):
+        return ()
+    return tuple(token_count(s, field) for s in as_text(spec).split(","))
+
+
+def parse_names(spec: Any) -> tuple[str, ...]:
+    """"random, grouped" or a list -> ("random", "grouped")."""
+    return tuple(a.strip() for a in spec.split(",")) if isinstance(spec, str) else tuple(spec)
+
+
+def unescape(text: Any) -> Any:
+    """A typed "\\n" (backslash, n) as a newline: templates and separators given on a command line."""
+    return text.replace("\\n", "\n") if isinstance(text, str) else text

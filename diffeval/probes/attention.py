@@ -16,9 +16,11 @@ overlap: answer > needle > other_needles > sink > query > noise.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
+
+from diffeval.probes.base import metric
 
 
 CATEGORIES = ("answer", "needle", "other_needles", "sink", "query", "noise")
@@ -164,4 +166,61 @@ def row_lambdas(lam, heads: list[int], n_rows: int) -> np.ndarray:
 def category_dict(vec: np.ndarray) -> dict[str, float]:
     out = {c: round(float(v), 6) for c, v in zip(CATEGORIES, vec)}
     out["needle_total"] = round(out["answer"] + out["needle"], 6)
+    return out
+
+
+def pooled_arrays(pooled: dict[str, list], pool: dict, spans: Spans) -> dict[str, np.ndarray]:
+    """The representative prompt's pooled maps (mean over layers) and where they lie."""
+    meta = {"window_keys": np.asarray(pool["window_keys"]), "window_rows": np.asarray(pool["window"]),
+            "span_needle": np.asarray(spans.needle), "span_answer": np.asarray(spans.answer),
+            "span_others": np.asarray(spans.others, dtype=np.int64).reshape(-1, 2), "n_tokens": np.asarray(spans.n_tokens)}
+    if "whole" in pool:
+        meta["whole_rows"] = np.asarray(pool["whole"])
+    return {**{k: np.mean(v, axis=0) for k, v in pooled.items()}, **meta}
+
+
+# --- aggregation over samples ----------------------------------------------------------------
+
+
+def allocation_cells(records: list[dict], labels: list[str]) -> list[dict]:
+    """Per (model, length, depth, layer, head): headline category masses, mean over samples."""
+    cells = []
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["model"], r["length"], r["depth"]), []).append(r)
+    for (model, length, depth), rows in sorted(groups.items(), key=lambda kv: (labels.index(kv[0][0]), kv[0][1], kv[0][2])):
+        name = "diff" if "diff" in rows[0]["per_layer_head"] else "attn"
+        arr = np.mean(np.stack([np.asarray(r["per_layer_head"][name], dtype=float) for r in rows]), axis=0)
+        normalised = (np.nanmean(np.stack([np.asarray(r["per_layer_head"]["diff_norm"], dtype=float) for r in rows]),
+                                 axis=0) if name == "diff" else None)
+        layer_ids, head_ids = rows[0]["layers"], rows[0]["heads"]
+        for li in range(arr.shape[0]):
+            for hi in range(arr.shape[1]):
+                cell = {"model": model, "length": length, "depth": depth, "layer": layer_ids[li], "head": head_ids[hi],
+                        "n": len(rows), **{c: round(float(arr[li, hi, k]), 6) for k, c in enumerate(CATEGORIES)}}
+                if normalised is not None:
+                    cell["normalised"] = {c: round(float(normalised[li, hi, k]), 6) for k, c in enumerate(CATEGORIES)}
+                cells.append(cell)
+    return cells
+
+
+VIEWS = {"allocation": "", "allocation_normalised": "normalised.", "allocation_map1": "map1.", "allocation_map2": "map2."}
+
+
+def allocation_metrics(mine: list[dict], direction: dict[str, bool]) -> dict[str, Any]:
+    """One model's flat metrics: "<view><category>" over all samples and "...@depth=<d>" per
+    depth; views are the headline rows (DIFF: signed differential rows), and for DIFF
+    "normalised.", "map1.", "map2."; "lambda@layer=<L>". `direction`: category -> higher is better."""
+    out: dict[str, Any] = {}
+    for key, prefix in VIEWS.items():
+        if key not in mine[0]:
+            continue
+        for c in mine[0][key]:
+            out[f"{prefix}{c}"] = metric(np.mean([r[key][c] for r in mine]), len(mine), direction.get(c))
+        for depth in sorted({r["depth"] for r in mine}):
+            rows = [r[key] for r in mine if r["depth"] == depth]
+            for c in rows[0]:
+                out[f"{prefix}{c}@depth={depth:g}"] = metric(np.mean([x[c] for x in rows]), len(rows), direction.get(c))
+    for layer, lam in mine[0].get("lambda", {}).items():
+        out[f"lambda@layer={layer}"] = metric(lam, 1, None)
     return out

@@ -17,15 +17,18 @@ from diffeval.probes.attention import (
     CATEGORIES,
     QUERY_MODES,
     allocation,
+    allocation_cells,
+    allocation_metrics,
     category_dict,
     normalise_rows,
     pool_layer,
     pool_positions,
+    pooled_arrays,
     query_positions,
     row_lambdas,
     sample_spans,
 )
-from diffeval.probes.base import Figure, Probe, Scored, Table, TableData, metric
+from diffeval.probes.base import Figure, Probe, Scored, Table, TableData
 from diffeval.probes.config import ProbeConfig, option
 from diffeval.requests import CaptureRows
 from diffeval.specs import check_int, parse_index_list
@@ -124,120 +127,70 @@ def _requests(cfg: AttnMapConfig, item: _Item, ctx) -> list:
     return [CaptureRows(tuple(item.sample.prompts[0]), item.positions, item.layers)]
 
 
+def _arrays(sample, spans, q_pos: list[int], layers: list[int], heads: list[int]) -> dict[str, np.ndarray]:
+    return {"input_ids": np.asarray(sample.prompts[0], dtype=np.int64),
+            "query_positions": np.asarray(q_pos, dtype=np.int64),
+            "span_answer": np.asarray(spans.answer), "span_needle": np.asarray(spans.needle),
+            "span_others": np.asarray(spans.others, dtype=np.int64).reshape(-1, 2),
+            "span_sink": np.asarray([0, spans.sink]), "span_query": np.asarray([spans.n_context, spans.n_tokens]),
+            "layers": np.asarray(layers), "heads": np.asarray(heads)}
+
+
+def _layer(rows: dict, L: int, item: _Item, labels: np.ndarray, is_diff: bool, acc: dict) -> None:
+    """One layer's captured rows into the sample's arrays, per-head allocations, lambdas and
+    pooled maps (`acc`)."""
+    heads, R = list(item.heads), len(item.query)
+    arrays = acc["arrays"]
+    arrays[f"layer{L}"] = rows["diff" if is_diff else "attn"][0][heads].numpy()[:, :R]  # (h, R, n)
+    if is_diff:
+        lam = row_lambdas(rows["lambda"], heads, R)  # (h, R): V1 repeats the layer's one lambda
+        v1 = rows["lambda"].dim() == 0
+        # record: V1's lambda; V2's mean over the selected heads and query rows (arrays keep each)
+        acc["lambdas"][str(L)] = float(rows["lambda"]) if v1 else float(lam.mean())
+        arrays[f"layer{L}_lambda"] = np.asarray(float(rows["lambda"]) if v1 else lam, dtype=np.float32)
+    for name in ("diff", "map1", "map2") if is_diff else ("attn",):
+        full = rows[name][0][heads].numpy()  # (h, R_all, n)
+        if is_diff and name != "diff":
+            arrays[f"layer{L}_{name}"] = full[:, :R]
+        rows_alloc = allocation(full[:, :R], labels)  # (h, R, C)
+        acc["per_lh"].setdefault(name, []).append(rows_alloc.mean(axis=1))  # (h, C)
+        if name == "diff":
+            acc["per_lh"].setdefault("diff_norm", []).append(np.nanmean(normalise_rows(rows_alloc, lam), axis=1))
+        if item.pool:
+            pool_layer(acc["pooled"], name, full, list(item.positions), item.pool)
+
+
 def _score(cfg: AttnMapConfig, item: _Item, outputs: list, ctx) -> Scored:
     """Allocation of the captured rows -> the sample's record, its arrays and pooled maps."""
-    sample, layers, heads = item.sample, list(item.layers), list(item.heads)
-    rows_by_layer = outputs[0]
+    sample, layers, heads, pool = item.sample, list(item.layers), list(item.heads), item.pool
     spans = sample_spans(sample, cfg.sink)
-    q_pos, positions, pool = list(item.query), list(item.positions), item.pool
-    labels = spans.labels()
-    R = len(q_pos)
     is_diff = ctx.family in DIFFERENTIAL
-    arrays: dict[str, np.ndarray] = {
-        "input_ids": np.asarray(sample.prompts[0], dtype=np.int64),
-        "query_positions": np.asarray(q_pos, dtype=np.int64),
-        "span_answer": np.asarray(spans.answer), "span_needle": np.asarray(spans.needle),
-        "span_others": np.asarray(spans.others, dtype=np.int64).reshape(-1, 2),
-        "span_sink": np.asarray([0, spans.sink]), "span_query": np.asarray([spans.n_context, spans.n_tokens]),
-        "layers": np.asarray(layers), "heads": np.asarray(heads),
-    }
-    per_lh: dict[str, list] = {}
-    lambdas: dict[str, float] = {}
-    names = ("diff", "map1", "map2") if is_diff else ("attn",)
-    pooled: dict[str, list] = {}
+    acc: dict[str, Any] = {"arrays": _arrays(sample, spans, list(item.query), layers, heads), "per_lh": {},
+                           "lambdas": {}, "pooled": {}}
     for L in layers:
-        rows = rows_by_layer[L]
-        arrays[f"layer{L}"] = rows["diff" if is_diff else "attn"][0][heads].numpy()[:, :R]  # (h, R, n)
-        if is_diff:
-            lam = row_lambdas(rows["lambda"], heads, R)  # (h, R): V1 repeats the layer's one lambda
-            v1 = rows["lambda"].dim() == 0
-            # record: V1's lambda; V2's mean over the selected heads and query rows (arrays keep each)
-            lambdas[str(L)] = float(rows["lambda"]) if v1 else float(lam.mean())
-            arrays[f"layer{L}_lambda"] = np.asarray(float(rows["lambda"]) if v1 else lam, dtype=np.float32)
-        for name in names:
-            full = rows[name][0][heads].numpy()  # (h, R_all, n)
-            if is_diff and name != "diff":
-                arrays[f"layer{L}_{name}"] = full[:, :R]
-            rows_alloc = allocation(full[:, :R], labels)  # (h, R, C)
-            per_lh.setdefault(name, []).append(rows_alloc.mean(axis=1))  # (h, C)
-            if name == "diff":
-                per_lh.setdefault("diff_norm", []).append(np.nanmean(normalise_rows(rows_alloc, lam), axis=1))
-            if pool:
-                pool_layer(pooled, name, full, positions, pool)
-    headline = "diff" if is_diff else "attn"
-    lh = {k: np.stack(v) for k, v in per_lh.items()}  # (layers, h, C)
+        _layer(outputs[0][L], L, item, spans.labels(), is_diff, acc)
+    lh = {k: np.stack(v) for k, v in acc["per_lh"].items()}  # (layers, h, C)
     record: dict[str, Any] = {
         **sample.to_record(), "prediction": [], "score": None, "representative": item.representative,
-        "query_positions": q_pos, "layers": layers, "heads": heads,
-        "allocation": category_dict(np.nanmean(lh[headline], axis=(0, 1))),
+        "query_positions": list(item.query), "layers": layers, "heads": heads,
+        "allocation": category_dict(np.nanmean(lh["diff" if is_diff else "attn"], axis=(0, 1))),
         "per_layer_head": {k: np.round(v, 6).tolist() for k, v in lh.items()},
     }
     if is_diff:
         record["allocation_normalised"] = category_dict(np.nanmean(lh["diff_norm"], axis=(0, 1)))
         record["allocation_map1"] = category_dict(lh["map1"].mean(axis=(0, 1)))
         record["allocation_map2"] = category_dict(lh["map2"].mean(axis=(0, 1)))
-        record["lambda"] = lambdas
-    out: dict[str, dict[str, np.ndarray]] = {}
-    if item.representative or cfg.arrays == "all":
-        out[""] = arrays
-    if pooled:
-        meta = {"window_keys": np.asarray(pool["window_keys"]), "window_rows": np.asarray(pool["window"]),
-                "span_needle": np.asarray(spans.needle), "span_answer": np.asarray(spans.answer),
-                "span_others": arrays["span_others"], "n_tokens": np.asarray(spans.n_tokens)}
-        if "whole" in pool:
-            meta["whole_rows"] = np.asarray(pool["whole"])
-        out["__pooled"] = {**{k: np.mean(v, axis=0) for k, v in pooled.items()}, **meta}
+        record["lambda"] = acc["lambdas"]
+    out = {"": acc["arrays"]} if item.representative or cfg.arrays == "all" else {}
+    if acc["pooled"]:
+        out["__pooled"] = pooled_arrays(acc["pooled"], pool, spans)
     return Scored(record, out)
-
-
-def _cells(records: list[dict], labels: list[str]) -> list[dict]:
-    """Per (model, length, depth, layer, head): headline category masses, mean over samples."""
-    cells = []
-    groups: dict[tuple, list[dict]] = {}
-    for r in records:
-        groups.setdefault((r["model"], r["length"], r["depth"]), []).append(r)
-    for (model, length, depth), rows in sorted(groups.items(), key=lambda kv: (labels.index(kv[0][0]), kv[0][1], kv[0][2])):
-        name = "diff" if "diff" in rows[0]["per_layer_head"] else "attn"
-        arr = np.mean(np.stack([np.asarray(r["per_layer_head"][name], dtype=float) for r in rows]), axis=0)
-        normalised = (np.nanmean(np.stack([np.asarray(r["per_layer_head"]["diff_norm"], dtype=float) for r in rows]),
-                                 axis=0) if name == "diff" else None)
-        layer_ids, head_ids = rows[0]["layers"], rows[0]["heads"]
-        for li in range(arr.shape[0]):
-            for hi in range(arr.shape[1]):
-                cell = {"model": model, "length": length, "depth": depth, "layer": layer_ids[li], "head": head_ids[hi],
-                        "n": len(rows), **{c: round(float(arr[li, hi, k]), 6) for k, c in enumerate(CATEGORIES)}}
-                if normalised is not None:
-                    cell["normalised"] = {c: round(float(normalised[li, hi, k]), 6) for k, c in enumerate(CATEGORIES)}
-                cells.append(cell)
-    return cells
-
-
-VIEWS = {"allocation": "", "allocation_normalised": "normalised.", "allocation_map1": "map1.", "allocation_map2": "map2."}
-
-
-def _metrics(records: list[dict], label: str) -> dict[str, Any]:
-    """Flat metrics: "<view><category>" over all samples and "...@depth=<d>" per depth; views
-    are the headline rows (DIFF: signed differential rows), and for DIFF "normalised.",
-    "map1.", "map2."; "lambda@layer=<L>"."""
-    mine = [r for r in records if r["model"] == label]
-    out: dict[str, Any] = {}
-    for key, prefix in VIEWS.items():
-        if key not in mine[0]:
-            continue
-        for c in mine[0][key]:
-            out[f"{prefix}{c}"] = metric(np.mean([r[key][c] for r in mine]), len(mine), DIRECTION.get(c))
-        for depth in sorted({r["depth"] for r in mine}):
-            rows = [r[key] for r in mine if r["depth"] == depth]
-            for c in rows[0]:
-                out[f"{prefix}{c}@depth={depth:g}"] = metric(np.mean([x[c] for x in rows]), len(rows), DIRECTION.get(c))
-    for layer, lam in mine[0].get("lambda", {}).items():
-        out[f"lambda@layer={layer}"] = metric(lam, 1, None)
-    return out
 
 
 def _aggregate(cfg: AttnMapConfig, records: list[dict], models: list[dict], extra: dict):
     labels = [m["label"] for m in models]
-    return _cells(records, labels), {label: _metrics(records, label) for label in labels}
+    metrics = {label: allocation_metrics([r for r in records if r["model"] == label], DIRECTION) for label in labels}
+    return allocation_cells(records, labels), metrics
 
 
 def allocation_table(results: dict) -> TableData:

@@ -20,7 +20,7 @@ from diffeval.probes.config import ModelDefault, ProbeConfig, option
 from diffeval.probes.icl_data import SYNTHETIC, Pieces, blocks, class_counts, fill_budgets, load_dataset, split
 from diffeval.probes.prompts import PieceEncoder
 from diffeval.requests import Choice, Generate
-from diffeval.specs import as_text, check_int, parse_lengths, token_count
+from diffeval.specs import check_int, parse_counts, parse_lengths, parse_names, unescape
 from diffeval.stats import wilson
 from diffeval.textdata import describe_files
 
@@ -30,22 +30,6 @@ ARRANGEMENTS = ("random", "alternating", "grouped")
 MODES = ("choice", "generate")
 
 
-def _lengths(value) -> tuple[int, ...]:
-    return () if value in ("", ()) else tuple(parse_lengths(value))
-
-
-def _shots(value) -> tuple[int, ...]:
-    return () if value in ("", ()) else tuple(token_count(s, "shots") for s in as_text(value).split(","))
-
-
-def _names(value) -> tuple[str, ...]:
-    return tuple(a.strip() for a in value.split(",")) if isinstance(value, str) else tuple(value)
-
-
-def _unescape(value):
-    return value.replace("\\n", "\n") if isinstance(value, str) else value
-
-
 @dataclass(frozen=True)
 class IclConfig(ProbeConfig):
     PROBE = NAME
@@ -53,20 +37,20 @@ class IclConfig(ProbeConfig):
                        "file.")
     text_field: str = option("text", help="Field (column) holding the input text.")
     label_field: str = option("label", help="Field (column) holding the label.")
-    lengths: tuple[int, ...] = option((), flag="--len", parse=_lengths, model_default=ModelDefault(unless="shots"),
+    lengths: tuple[int, ...] = option((), flag="--len", parse=lambda v: parse_lengths(v, allow_empty=True), model_default=ModelDefault(unless="shots"),
                                       help="Fill demonstrations up to these prompt lengths (4k,16k). Default: 4k or "
                                            "the models' limit, unless --shots.")
-    shots: tuple[int, ...] = option((), parse=_shots, help="Numbers of demonstrations instead of lengths, e.g. "
+    shots: tuple[int, ...] = option((), parse=parse_counts, help="Numbers of demonstrations instead of lengths, e.g. "
                                     "1,10,100.")
     n_test: int = option(50, flag="--test", aliases=("samples",), help="Test queries (balanced over classes).")
     permutations: int = option(3, help="Orders of the same demonstrations per arrangement.")
-    arrangements: tuple[str, ...] = option(("random",), parse=_names, help="random, alternating, grouped (a list).")
+    arrangements: tuple[str, ...] = option(("random",), parse=parse_names, help="random, alternating, grouped (a list).")
     mode: str = option("choice", help="choice (log-likelihood of every label) or generate (greedy, exact match).")
     score_by: str = option("sum", help="choice: rank labels by the sum or the per-token mean log-likelihood.")
     remap_labels: bool = option(False, help="Replace label names by random integers per block.")
-    template: str = option("input: {text}\nlabel: {label}", parse=_unescape,
+    template: str = option("input: {text}\nlabel: {label}", parse=unescape,
                            help="A demonstration, with {text} and {label}.")
-    separator: str = option("\n\n", parse=_unescape, help="Between demonstrations.")
+    separator: str = option("\n\n", parse=unescape, help="Between demonstrations.")
     seed: int = R.seed_option()
 
     def __post_init__(self) -> None:

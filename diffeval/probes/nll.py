@@ -1,11 +1,8 @@
 """`nll`: long-sequence negative log-likelihood by position (the DIFF paper's section 3.3).
-
-Each sequence is BOS + `length` tokens of one document (or, with `pack`, of documents joined
-by EOS / a blank line). Position p is the p-th text token after BOS; its NLL is
--log p(token_p | BOS, tokens_1..p-1). The curve is the cumulative average NLL up to p, at
-log-spaced positions (1, 2, 4, ..., length, and the end), and the mean NLL per position
-bucket between those points; each with n (sequences) and a 95% t interval across sequences.
-NLL is computed in chunks through the engine's TokenNLL request: no (n x vocab) logits."""
+Each sequence is BOS + `length` tokens of one document (with `pack`, of documents joined by
+EOS / a blank line); position p is the p-th text token after BOS. The curve is the cumulative
+average NLL up to log-spaced positions (1, 2, 4, ..., length) and the mean NLL per bucket
+between them, each with a 95% t interval across sequences (TokenNLL: no n x vocab logits)."""
 
 from __future__ import annotations
 
@@ -19,7 +16,7 @@ import numpy as np
 from diffeval.errors import ConfigError
 from diffeval.probes.base import Figure, Generated, Probe, Table, TableData, by_model, metric
 from diffeval.probes.config import ModelDefault, ProbeConfig, option
-from diffeval.probes.streams import documents, take_tokens
+from diffeval.probes.streams import document_sequences, documents
 from diffeval.requests import TokenNLL, ids_sha256
 from diffeval.specs import as_text, check_int, parse_length, token_count
 from diffeval.stats import mean_ci
@@ -93,9 +90,6 @@ class NllConfig(ProbeConfig):
         return {"positions": self.curve_positions(), "short_documents": "packed" if self.pack else "skipped"}
 
 
-# --- documents ------------------------------------------------------------------------------
-
-
 def _files(cfg: NllConfig) -> Optional[list[Path]]:
     if cfg.data == "synthetic":
         return None
@@ -130,29 +124,10 @@ def _generate(cfg: NllConfig, ctx) -> Generated:
     ctx.check_length(len(bos) + cfg.length, "sequence")
     want = cfg.docs if cfg.docs is not None else (SYNTHETIC_DOCS if cfg.data == "synthetic" else None)
     files = _files(cfg)
-    out: list[_Seq] = []
-    skipped = 0
-    if cfg.pack:  # each sequence starts at a document; documents follow one another until it is full
-        sep = [int(tok.eos_id)] if tok.eos_id is not None else list(tok.encode("\n\n"))
-        ids: list[int] = []
-        names: list[str] = []
-        for name, blocks in documents(files, cfg.text_field, cfg.seed):
-            if want is not None and len(out) >= want:
-                break
-            ids.extend(take_tokens(blocks, tok.encode, cfg.length - len(ids)) + sep)
-            names.append(name)
-            if len(ids) >= cfg.length:
-                out.append(_Seq(len(out), "+".join(names), tuple(bos + ids[:cfg.length])))
-                ids, names = [], []
-    else:
-        for name, blocks in documents(files, cfg.text_field, cfg.seed):
-            if want is not None and len(out) >= want:
-                break
-            ids = take_tokens(blocks, tok.encode, cfg.length)
-            if len(ids) < cfg.length:
-                skipped += 1
-                continue
-            out.append(_Seq(len(out), name, tuple(bos + ids)))
+    sep = [int(tok.eos_id)] if tok.eos_id is not None else list(tok.encode("\n\n"))
+    seqs, skipped = document_sequences(documents(files, cfg.text_field, cfg.seed), tok.encode, cfg.length, want,
+                                       sep if cfg.pack else None)
+    out = [_Seq(i, name, tuple(bos + ids)) for i, (name, ids) in enumerate(seqs)]
     if not out or (want is not None and len(out) < want):
         how = "joined" if cfg.pack else f"of at least {cfg.length} tokens ({skipped} shorter skipped)"
         asked = f"the {want} asked for" if want is not None else "one"
@@ -163,9 +138,6 @@ def _generate(cfg: NllConfig, ctx) -> Generated:
 
 def _requests(cfg: NllConfig, seq: _Seq, ctx) -> list:
     return [TokenNLL(seq.ids)]
-
-
-# --- scoring and aggregation ----------------------------------------------------------------
 
 
 def curve(nll: np.ndarray, first: int, points: list[int]) -> tuple[list[float], list[list[float]]]:

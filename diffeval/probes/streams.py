@@ -162,3 +162,29 @@ def text_sequences(data: str, files: Optional[list[Path]], n_tokens: Optional[in
         raise ConfigError(f"{data} holds {have} tokens under the tokenizer of {label}, less than one "
                           f"sequence of {seq_len}; give more text or a shorter --len", "data")
     return out
+
+
+def document_sequences(docs: Iterator[tuple[str, Iterator[str]]], encode, length: int, want: Optional[int],
+                       pack: Optional[list[int]]) -> tuple[list[tuple[str, list[int]]], int]:
+    """Sequences of `length` text tokens, each starting at a document, until `want` (None: the
+    documents end) -> ([(document names, ids)], documents skipped). Without `pack` a document
+    shorter than `length` is skipped; with it (the separator ids) documents follow one another
+    until the sequence is full, and the rest of its last document is dropped."""
+    out: list[tuple[str, list[int]]] = []
+    skipped, ids, names = 0, [], []
+    for name, blocks in docs:
+        if want is not None and len(out) >= want:
+            break
+        if pack is None:
+            got = take_tokens(blocks, encode, length)
+            if len(got) < length:
+                skipped += 1
+            else:
+                out.append((name, got))
+            continue
+        ids.extend(take_tokens(blocks, encode, length - len(ids)) + pack)
+        names.append(name)
+        if len(ids) >= length:
+            out.append(("+".join(names), ids[:length]))
+            ids, names = [], []
+    return out, skipped
