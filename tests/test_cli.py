@@ -1,17 +1,13 @@
 """The command surface: every command listed, parser errors as one line with exit 2 (under
-the installed typer, which vendors its own click), bare `diffeval` prints help, and the
-layering (commands -> run -> probes / engine -> models) has no import back up."""
+the installed typer, which vendors its own click), and bare `diffeval` prints help. The
+layering of the modules is tested in test_layering.py."""
 
-import ast
 import re
-from pathlib import Path
 
 import pytest
 
 from diffeval.cli import COMMANDS
 from helpers import run_cli
-
-PACKAGE = Path(__file__).parent.parent / "diffeval"
 
 
 def test_help_lists_every_command(capsys):
@@ -57,30 +53,3 @@ def test_parser_errors_are_one_line_exit_2(argv, needle, capsys):
 def test_every_command_lives_in_its_own_module():
     for name, fn in COMMANDS.items():
         assert fn.__module__.startswith("diffeval.commands."), name
-
-
-def _imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            out.add(node.module)
-        elif isinstance(node, ast.Import):
-            out.update(a.name for a in node.names)
-    return out
-
-
-def test_layers_never_import_back_up():
-    """cli <- commands <- run <- probes / engine <- models / kernels / checkpoints."""
-    upper = {"models": ("diffeval.run", "diffeval.probes", "diffeval.commands", "diffeval.cli", "diffeval.engine"),
-             "kernels": ("diffeval.run", "diffeval.probes", "diffeval.commands", "diffeval.cli", "diffeval.engine"),
-             "checkpoints": ("diffeval.run", "diffeval.probes", "diffeval.commands", "diffeval.cli", "diffeval.engine"),
-             "probes": ("diffeval.run", "diffeval.commands", "diffeval.cli"),
-             "commands": ("diffeval.cli",)}
-    for folder, banned in upper.items():
-        for path in (PACKAGE / folder).rglob("*.py"):
-            bad = [m for m in _imports(path) if m.startswith(banned)]
-            assert not bad, f"{path.relative_to(PACKAGE)} imports {bad}"
-    for name in ("engine.py", "run.py", "results.py"):
-        bad = [m for m in _imports(PACKAGE / name) if m.startswith(("diffeval.commands", "diffeval.cli"))]
-        assert not bad, f"{name} imports {bad}"

@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from diffeval.commands import options as o
+from diffeval.dist import is_main
 from diffeval.errors import UsageError
 
 
@@ -37,10 +38,8 @@ def check(
         markdown_summary,
         read_reference,
         reference_of,
-        run_suite,
         write_reference,
     )
-    from diffeval.dist import is_main
     from diffeval.results import write_atomic
 
     suite = load_suite(suite_file, reference)
@@ -73,3 +72,18 @@ def check(
             f.write(md)
     if failed:
         raise typer.Exit(1)
+
+
+def run_suite(suite, runs: Path, opts, ckpts: Optional[list[str]] = None) -> dict[str, dict]:
+    """Results per task name of a loaded `Suite` (each task run into runs/<name>, resuming a
+    finished run)."""
+    from diffeval.probes import get_probe
+    from diffeval.run import TaskInfo, run_probe  # imports torch: only when a suite runs
+
+    out = {}
+    for task in suite.tasks:
+        probe = get_probe(task.probe)
+        info = TaskInfo(task.name, 1, str(suite.path), suite.sha256)
+        out[task.name] = run_probe(probe, probe.config(task.params), list(ckpts or suite.models), runs / task.name,
+                                   opts, task=info)
+    return out

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 from diffeval.errors import UsageError
 from diffeval.report.runs import RunFolder, read_run
+from diffeval.results import write_atomic
 
 
 Run = RunFolder
@@ -196,8 +197,6 @@ def render_table(runs: list[Run], all_metrics: bool = False) -> None:
 
 
 def write_reports(runs: list[Run], out: Path, all_metrics: bool = False) -> dict[str, Any]:
-    from diffeval.results import write_atomic
-
     write_atomic(out / "report.md", markdown(runs, all_metrics))
     write_atomic(out / "report.html", html_report(runs, all_metrics))
     return {"markdown": out / "report.md", "html": out / "report.html"}
