@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 
+from diffeval import terminal
 from diffeval.commands import options as o
 from diffeval.dist import is_main
 from diffeval.errors import UsageError
@@ -17,6 +18,7 @@ from diffeval.errors import UsageError
 
 @o.with_run_options("device", "dtype", "backend", "overwrite")
 def check(
+    ctx: typer.Context,
     suite_file: str = typer.Argument(..., metavar="SUITE.yaml", help="A suite of small tasks (see tasks/ci/)."),
     reference: Optional[str] = typer.Option(None, "--reference", help="Reference scores (default: the suite's `reference`)."),
     runs: Optional[str] = typer.Option(None, "--runs", help="Run folder per task (finished runs are read, not rerun). Default: a temporary folder."),
@@ -28,8 +30,6 @@ def check(
 ) -> None:
     """Run (or read) a suite and compare every metric with the reference: exit 0 when nothing
     regressed, 1 on a regression, 2 on bad input."""
-    from rich.console import Console
-
     from diffeval.report.check import (
         compare,
         junit_xml,
@@ -54,7 +54,7 @@ def check(
         print(f"reference written: {suite.reference}", file=sys.stderr)
         return
     rows = compare(read_reference(suite.reference), results)
-    console = Console(highlight=False, soft_wrap=True)
+    console = terminal.of(ctx).console(highlight=False, soft_wrap=True)
     colour = {"regressed": "red", "missing": "red", "improved": "green", "moved": "yellow"}
     for r in rows:
         if r.status != "ok":
