@@ -21,16 +21,19 @@ torchrun stops the others, and collectives time out after DIFFEVAL_DIST_TIMEOUT 
 (default 3600) should a peer on another node vanish. Multi-node runs need --out on a file
 system every node sees (resume files and arrays are written by the ranks).
 
-Importing this module imports no torch: the CLI uses `rank_tag` for its messages."""
+The launcher's environment (RANK, WORLD_SIZE, LOCAL_RANK, GROUP_WORLD_SIZE) is read once per
+process into a `Launch`, which `World.join`, `is_main` and `rank_tag` use. Importing this
+module imports no torch: the CLI uses `rank_tag` for its messages."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import socket
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 from diffeval.errors import UsageError
 
@@ -43,31 +46,70 @@ class PeerFailed(RuntimeError):
     """A collective failed because another rank stopped (its own message names it) or timed out."""
 
 
-def env_world() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from the launcher's environment; (0, 1, 0) outside torchrun."""
-    try:
-        size = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    except ValueError as exc:
-        raise UsageError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers ({exc})") from None
-    if size < 1 or not 0 <= rank < size:
-        raise UsageError(f"RANK ({rank}) must lie in [0, WORLD_SIZE ({size}))")
-    return rank, size, local
+@dataclass(frozen=True)
+class Launch:
+    """This process's place in a torchrun job, as the launcher's environment gives it; the
+    default is a single process."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    nodes: int = 1
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> "Launch":
+        """The Launch that `environ` describes; UsageError for values torchrun would not set."""
+        try:
+            size = int(environ.get("WORLD_SIZE", "1"))
+            rank = int(environ.get("RANK", "0"))
+            local = int(environ.get("LOCAL_RANK", str(rank)))
+        except ValueError as exc:
+            raise UsageError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers ({exc})") from None
+        if size < 1 or not 0 <= rank < size:
+            raise UsageError(f"RANK ({rank}) must lie in [0, WORLD_SIZE ({size}))")
+        nodes = environ.get("GROUP_WORLD_SIZE", "1") if size > 1 else "1"
+        if not nodes.isdigit():
+            raise UsageError(f"GROUP_WORLD_SIZE ({nodes!r}) must be an integer")
+        return cls(rank, size, local, int(nodes))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def tag(self) -> str:
+        """' (rank k of N)' inside a multi-rank job, '' otherwise: for one-line messages."""
+        return f" (rank {self.rank} of {self.size})" if self.size > 1 else ""
 
 
-def rank_tag() -> str:
-    """' (rank k of N)' inside a multi-rank job, '' otherwise: for one-line messages."""
+@functools.cache
+def _launch_read_once() -> Union[Launch, UsageError]:
     try:
-        rank, size, _ = env_world()
+        return Launch.from_env(os.environ)
+    except UsageError as exc:
+        return exc
+
+
+def launch() -> Launch:
+    """This process's Launch, read from the environment at the first call and kept (the
+    launcher sets it before the process starts); a malformed one is a UsageError at every call."""
+    read = _launch_read_once()
+    if isinstance(read, UsageError):
+        raise UsageError(str(read))
+    return read
+
+
+def rank_tag(place: Optional[Launch] = None) -> str:
+    """' (rank k of N)' inside a multi-rank job (this process's, or `place`), '' otherwise."""
+    try:
+        return (place or launch()).tag
     except UsageError:  # a malformed environment is reported where the job starts
         return ""
-    return f" (rank {rank} of {size})" if size > 1 else ""
 
 
-def is_main() -> bool:
+def is_main(place: Optional[Launch] = None) -> bool:
     """True on rank 0 (and in a single process): the rank that prints tables."""
-    return env_world()[0] == 0
+    return (place or launch()).is_main
 
 
 def resume_path(stem: Path, rank: int, size: int) -> Path:
@@ -116,10 +158,13 @@ class World:
     backend: Optional[str] = None
     group: Any = None  # the gloo group the records travel in (None: the default group)
     ranks: dict[int, dict] = field(default_factory=dict)  # rank -> accumulated timing (rank 0 holds all)
+    nodes: int = 1
 
     @classmethod
-    def join(cls, device: str) -> "World":
-        rank, size, local = env_world()
+    def join(cls, device: str, place: Optional[Launch] = None) -> "World":
+        """This process's World (`place`: this process's Launch unless given)."""
+        place = place or launch()
+        rank, size, local = place.rank, place.size, place.local_rank
         if size == 1:
             return cls()
         if device.startswith("cuda"):
@@ -133,7 +178,7 @@ class World:
                                  "use --nproc-per-node <= the GPU count")
             torch.cuda.set_device(local)  # "cuda" now means cuda:LOCAL_RANK for this process
         backend = "nccl" if device.startswith("cuda") else "gloo"
-        return cls(rank, size, local, backend, _init_group(backend))
+        return cls(rank, size, local, backend, _init_group(backend), nodes=place.nodes)
 
     @property
     def is_main(self) -> bool:
@@ -209,8 +254,7 @@ class World:
         return [self.ranks[k] for k in sorted(self.ranks)]
 
     def provenance(self) -> dict:
-        nodes = int(os.environ.get("GROUP_WORLD_SIZE", "1")) if self.size > 1 else 1
-        return {"world_size": self.size, "nnodes": nodes, "dist_backend": self.backend}
+        return {"world_size": self.size, "nnodes": self.nodes, "dist_backend": self.backend}
 
     def _log(self, rank: int, part: dict) -> None:
         c = part["counters"]
