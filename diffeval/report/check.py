@@ -20,7 +20,7 @@ when they move, never failed."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -217,12 +217,3 @@ def markdown_summary(suite: Suite, rows: list[Comparison]) -> str:
             change = "-" if r.delta is None else f"{r.delta:+.4g}"
             lines.append(f"| {r.task} | {r.model} | {r.metric} | {r.reference:.4g} | {now} | {change} | {r.tolerance:.3g} | {r.status} |")
     return "\n".join(lines) + "\n"
-
-
-@dataclass
-class CheckResult:
-    rows: list[Comparison] = field(default_factory=list)
-
-    @property
-    def failed(self) -> bool:
-        return any(r.status in ("regressed", "missing") for r in self.rows)
