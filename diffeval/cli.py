@@ -24,8 +24,8 @@ from diffeval.commands.nll import nll
 from diffeval.commands.outliers import outliers
 from diffeval.commands.run import run_task
 from diffeval.commands.train import train, zoo
-from diffeval.dist import PeerFailed, rank_tag
 from diffeval.errors import DiffevalError, Interrupted, shorten
+from diffeval.launch import PeerFailed, rank_tag
 from diffeval.terminal import Terminal
 from diffeval.version import __version__
 

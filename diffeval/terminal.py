@@ -6,14 +6,12 @@ Nothing is written to the environment. Importing this module imports no rich."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Mapping, Optional, TextIO
+from typing import Any, Mapping, NamedTuple, Optional, TextIO
 
 PIPED_COLUMNS = 160
 
 
-@dataclass(frozen=True)
-class Terminal:
+class Terminal(NamedTuple):
     """The width of this command line's output; `columns` None: measured where it is drawn
     (click and rich read the terminal's size, or COLUMNS)."""
 

@@ -5,8 +5,9 @@ import os
 
 import pytest
 
-from diffeval.dist import Launch, World, is_main, launch, plan, rank_tag, resume_files, resume_path
+from diffeval.dist import World, plan, resume_files, resume_path
 from diffeval.errors import UsageError
+from diffeval.launch import Launch, is_main, launch, rank_tag
 
 
 def test_plan_balances_tokens_heaviest_first_and_keeps_state_on_rank_0():
@@ -81,7 +82,7 @@ def test_a_malformed_environment_is_refused_where_the_job_starts_and_not_in_mess
     import subprocess
     import sys
 
-    code = ("from diffeval.dist import is_main, rank_tag\nfrom diffeval.errors import UsageError\n"
+    code = ("from diffeval.launch import is_main, rank_tag\nfrom diffeval.errors import UsageError\n"
             "print(repr(rank_tag()))\ntry:\n    is_main()\nexcept UsageError as exc:\n    print(exc)\n"
             "try:\n    is_main()\nexcept UsageError as exc:\n    print(exc)\n")
     env = {**os.environ, "WORLD_SIZE": "2", "RANK": "one"}

@@ -12,8 +12,8 @@ import typer
 
 from diffeval import terminal
 from diffeval.commands import options as o
-from diffeval.dist import is_main
 from diffeval.errors import UsageError
+from diffeval.launch import is_main
 
 
 @o.with_run_options("device", "dtype", "backend", "overwrite")
