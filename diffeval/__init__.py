@@ -8,7 +8,7 @@ and Differential Transformer checkpoints.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from diffeval.version import __version__
 
 __all__ = ["__version__", "load", "save"]
 

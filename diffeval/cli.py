@@ -19,9 +19,13 @@ from diffeval.commands.info import info
 from diffeval.commands.options import probe_command
 from diffeval.commands.run import run_task
 from diffeval.commands.train import train, zoo
-from diffeval.dist import PeerFailed, rank_tag
 from diffeval.errors import DiffevalError, Interrupted, shorten
+from diffeval.launch import PeerFailed, rank_tag
 from diffeval.probes import PROBES, get_probe
+from diffeval.terminal import Terminal
+from diffeval.version import __version__
+
+HELP_WIDTH = 120  # help text is wrapped at most this wide, whatever the terminal's width
 
 app = typer.Typer(
     name="diffeval",
@@ -30,14 +34,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: values like 0:100:5 stay text (rich would draw an emoji)
-    context_settings={"max_content_width": 120},
+    context_settings={"max_content_width": HELP_WIDTH},
 )
 
 
 def _version(value: bool) -> None:
     if value:
-        from diffeval import __version__
-
         typer.echo(f"diffeval {__version__}")
         raise typer.Exit()
 
@@ -158,13 +160,6 @@ def _resume_command(args: list[str], out) -> str:
     return shlex.join(["diffeval", *args, *([] if given else ["--out", str(out)])])
 
 
-def _isatty(stream) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
 def _warnings_to_stderr() -> None:
     """Library warnings (damaged resume records, ...) as one 'diffeval: warning:' line each."""
     import logging
@@ -189,15 +184,12 @@ def main(argv: Optional[list[str]] = None) -> None:
         app(args=["--help"], standalone_mode=False)
         return
     _warnings_to_stderr()
-    if not _isatty(sys.stdout):  # piped: help and tables are not cut at 80 columns
-        os.environ.setdefault("COLUMNS", "160")
-    # Figures are drawn on Agg canvases, never on a GUI: a MPLBACKEND the environment sets for
-    # other tools (or a misspelt one, which matplotlib refuses at import) must not matter here.
-    os.environ["MPLBACKEND"] = "agg"
+    terminal = Terminal.for_output(sys.stdout, os.environ)
     exits, aborts = _exit_classes()
     rc = 0
     try:
-        rc = app(args=args, standalone_mode=False)
+        with _environ_while_running(terminal):
+            rc = app(args=args, standalone_mode=False, terminal_width=terminal.help_width(HELP_WIDTH), obj=terminal)
         sys.stdout.flush()
     except exits as exc:
         sys.exit(exc.exit_code)
@@ -230,6 +222,26 @@ def main(argv: Optional[list[str]] = None) -> None:
               file=sys.stderr)
     if isinstance(rc, int) and rc:
         sys.exit(rc)
+
+
+@contextlib.contextmanager
+def _environ_while_running(terminal: Terminal):
+    """Two variables for code that reads them from the environment, set while the command runs
+    and restored after it: COLUMNS for the probes' tables (rich reads it; help and the other
+    tables take `terminal` instead), and MPLBACKEND=agg, since matplotlib refuses a misspelt
+    backend when it is imported, and figures are drawn on Agg canvases whatever the
+    environment names for other tools."""
+    values = {"MPLBACKEND": "agg", **({"COLUMNS": str(terminal.columns)} if terminal.columns else {})}
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _name_rank(exc: BaseException) -> None:

@@ -21,7 +21,9 @@ torchrun stops the others, and collectives time out after DIFFEVAL_DIST_TIMEOUT 
 (default 3600) should a peer on another node vanish. Multi-node runs need --out on a file
 system every node sees (resume files and arrays are written by the ranks).
 
-Importing this module imports no torch: the CLI uses `rank_tag` for its messages."""
+The launcher's environment is read once per process into a `Launch` (diffeval/launch.py, with
+`is_main` and `rank_tag`, re-exported here), which `World.join` takes. Importing this module
+imports no torch."""
 
 from __future__ import annotations
 
@@ -33,41 +35,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from diffeval.errors import UsageError
+from diffeval.launch import Launch, PeerFailed, is_main, launch, rank_tag  # noqa: F401 (is_main, rank_tag: for callers)
 
 TIMEOUT_ENV = "DIFFEVAL_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 3600
 _STATE_GROUP = "\0state"  # the group of stateful samples: always rank 0
-
-
-class PeerFailed(RuntimeError):
-    """A collective failed because another rank stopped (its own message names it) or timed out."""
-
-
-def env_world() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from the launcher's environment; (0, 1, 0) outside torchrun."""
-    try:
-        size = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    except ValueError as exc:
-        raise UsageError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers ({exc})") from None
-    if size < 1 or not 0 <= rank < size:
-        raise UsageError(f"RANK ({rank}) must lie in [0, WORLD_SIZE ({size}))")
-    return rank, size, local
-
-
-def rank_tag() -> str:
-    """' (rank k of N)' inside a multi-rank job, '' otherwise: for one-line messages."""
-    try:
-        rank, size, _ = env_world()
-    except UsageError:  # a malformed environment is reported where the job starts
-        return ""
-    return f" (rank {rank} of {size})" if size > 1 else ""
-
-
-def is_main() -> bool:
-    """True on rank 0 (and in a single process): the rank that prints tables."""
-    return env_world()[0] == 0
 
 
 def resume_path(stem: Path, rank: int, size: int) -> Path:
@@ -116,10 +88,13 @@ class World:
     backend: Optional[str] = None
     group: Any = None  # the gloo group the records travel in (None: the default group)
     ranks: dict[int, dict] = field(default_factory=dict)  # rank -> accumulated timing (rank 0 holds all)
+    nodes: int = 1
 
     @classmethod
-    def join(cls, device: str) -> "World":
-        rank, size, local = env_world()
+    def join(cls, device: str, place: Optional[Launch] = None) -> "World":
+        """This process's World (`place`: this process's Launch unless given)."""
+        place = place or launch()
+        rank, size, local = place.rank, place.size, place.local_rank
         if size == 1:
             return cls()
         if device.startswith("cuda"):
@@ -133,7 +108,7 @@ class World:
                                  "use --nproc-per-node <= the GPU count")
             torch.cuda.set_device(local)  # "cuda" now means cuda:LOCAL_RANK for this process
         backend = "nccl" if device.startswith("cuda") else "gloo"
-        return cls(rank, size, local, backend, _init_group(backend))
+        return cls(rank, size, local, backend, _init_group(backend), nodes=place.nodes)
 
     @property
     def is_main(self) -> bool:
@@ -209,8 +184,7 @@ class World:
         return [self.ranks[k] for k in sorted(self.ranks)]
 
     def provenance(self) -> dict:
-        nodes = int(os.environ.get("GROUP_WORLD_SIZE", "1")) if self.size > 1 else 1
-        return {"world_size": self.size, "nnodes": nodes, "dist_backend": self.backend}
+        return {"world_size": self.size, "nnodes": self.nodes, "dist_backend": self.backend}
 
     def _log(self, rank: int, part: dict) -> None:
         c = part["counters"]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from diffeval.errors import UsageError
+from diffeval.version import __version__
 
 log = logging.getLogger("diffeval")
 
@@ -221,18 +222,8 @@ def safe_name(text: str, limit: int = 40) -> str:
     return f"{slug[:limit].rstrip('-.')}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def provenance(seed: Optional[int], device: str) -> dict[str, Any]:
     import torch
-
-    from diffeval import __version__
 
     return {
         "diffeval_version": __version__,

@@ -18,6 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from diffeval.errors import DiffevalError, UsageError, shown
+from diffeval.hashing import file_sha256
+from diffeval.probes import PROBES, get_probe
+from diffeval.results import safe_name
+from diffeval.yamlio import read_yaml_mapping
 
 TOP_KEYS = {"name", "probe", "version", "description", "params", "grid"}
 
@@ -35,9 +39,6 @@ class Task:
     def variants(self, overrides: dict[str, Any]) -> list[tuple[str, Any]]:
         """(folder name, validated probe config) per variant, overrides applied last. Generic
         override names (samples, lengths, depths, seed) map onto the probe's own names."""
-        from diffeval.probes import get_probe
-        from diffeval.results import safe_name
-
         probe = get_probe(self.probe)
         overrides = {probe.aliases.get(k, k): v for k, v in overrides.items()}
         out = []
@@ -54,8 +55,6 @@ class Task:
 
 def build_config(probe_name: str, params: dict[str, Any], where: str):
     """The probe's validated config from plain values; errors name `where` and the field."""
-    from diffeval.probes import get_probe
-
     probe = get_probe(probe_name)
     try:
         return probe.config(params)
@@ -73,10 +72,6 @@ def build_config(probe_name: str, params: dict[str, Any], where: str):
 
 
 def load_task(path: str | Path) -> Task:
-    from diffeval.probes import PROBES
-    from diffeval.results import file_sha256
-    from diffeval.yamlio import read_yaml_mapping
-
     path = Path(path)
     raw = read_yaml_mapping(path, "task")
     unknown = sorted(set(raw) - TOP_KEYS)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional, Protocol
 
 from diffeval.errors import TokenizerError
+from diffeval.yamlio import read_json, read_text
 
 
 class Tokenizer(Protocol):
@@ -103,8 +104,6 @@ def load_tokenizer(directory: Path, eos_ids: tuple[int, ...] = ()) -> Optional[H
     path = Path(directory) / "tokenizer.json"
     if not path.exists():
         return None
-    from diffeval.yamlio import read_json, read_text
-
     cfg_path = Path(directory) / "tokenizer_config.json"
     cfg = read_json(cfg_path, "", TokenizerError) if cfg_path.exists() else None
     template = Path(directory) / "chat_template.jinja"

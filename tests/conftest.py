@@ -1,4 +1,3 @@
-import os
 import sys
 from pathlib import Path
 
@@ -12,8 +11,11 @@ torch.set_num_threads(2)
 
 @pytest.fixture(autouse=True, scope="session")
 def _own_cache_dir(tmp_path_factory):
-    """Weight-hash and judge caches of the test session, not the user's."""
-    os.environ["DIFFEVAL_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    """Weight-hash and judge caches of the test session, not the user's (the variable is
+    restored when the session ends)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DIFFEVAL_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        yield
 
 
 @pytest.fixture(scope="session")

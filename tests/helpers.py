@@ -41,6 +41,21 @@ def rope64(T: int, d: int, theta: float = 10000.0):
     return rot
 
 
+def argmax_continuation(model, prompt: list[int], n: int, stop_ids=frozenset()) -> list[int]:
+    """Greedy continuation of `prompt` written from the definition: one full forward pass (no
+    cache) per new token, argmax of the last logits, ending before a token in `stop_ids` or
+    after `n`. The reference that cached and batched decoding are compared with."""
+    seq, out = list(prompt), []
+    with torch.no_grad():
+        for _ in range(n):
+            tok = int(model(torch.tensor([seq]))[0, -1].argmax())
+            if tok in stop_ids:
+                break
+            out.append(tok)
+            seq.append(tok)
+    return out
+
+
 def saved_tiny_models(root) -> list[str]:
     """A transformer and a DIFF tiny model saved natively (byte tokenizer, 1024 positions)."""
     import diffeval

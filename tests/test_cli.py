@@ -1,17 +1,18 @@
 """The command surface: every command listed, parser errors as one line with exit 2 (under
-the installed typer, which vendors its own click), bare `diffeval` prints help, and the
-layering (commands -> run -> probes / engine -> models) has no import back up."""
+the installed typer, which vendors its own click), and bare `diffeval` prints help. The
+layering of the modules is tested in test_layering.py."""
 
-import ast
+import os
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from diffeval.cli import COMMANDS
+from diffeval import terminal
+from diffeval.cli import COMMANDS, HELP_WIDTH
+from diffeval.terminal import PIPED_COLUMNS, Terminal
 from helpers import run_cli
-
-PACKAGE = Path(__file__).parent.parent / "diffeval"
 
 
 def test_help_lists_every_command(capsys):
@@ -60,28 +61,32 @@ def test_every_command_lives_in_its_own_module():
         assert fn.__module__.startswith("diffeval.commands."), name
 
 
-def _imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            out.add(node.module)
-        elif isinstance(node, ast.Import):
-            out.update(a.name for a in node.names)
-    return out
+def test_piped_output_is_drawn_wide_and_the_environment_is_left_as_it_was(monkeypatch, capsys, tmp_path):
+    """Output that is not a terminal: help at the formatter's limit (118 columns) and tables
+    160 wide, with nothing left behind in os.environ."""
+    runs = Path(__file__).parent / "fixtures" / "runs"
+    for name in ("COLUMNS", "MPLBACKEND"):
+        monkeypatch.delenv(name, raising=False)
+    before = dict(os.environ)
+    assert run_cli(["needle", "--help"]) == 0
+    assert max(map(len, capsys.readouterr().out.splitlines())) == HELP_WIDTH - 2
+    assert run_cli(["compare", str(runs / "needle-n1r1"), str(runs / "needle-n4r2"), "--out", str(tmp_path / "r")]) == 0
+    assert 80 < max(map(len, capsys.readouterr().out.splitlines())) <= PIPED_COLUMNS
+    assert dict(os.environ) == before
 
 
-def test_layers_never_import_back_up():
-    """cli <- commands <- run <- probes / engine <- models / kernels / checkpoints."""
-    upper = {"models": ("diffeval.run", "diffeval.probes", "diffeval.commands", "diffeval.cli", "diffeval.engine"),
-             "kernels": ("diffeval.run", "diffeval.probes", "diffeval.commands", "diffeval.cli", "diffeval.engine"),
-             "checkpoints": ("diffeval.run", "diffeval.probes", "diffeval.commands", "diffeval.cli", "diffeval.engine"),
-             "probes": ("diffeval.run", "diffeval.commands", "diffeval.cli"),
-             "commands": ("diffeval.cli",)}
-    for folder, banned in upper.items():
-        for path in (PACKAGE / folder).rglob("*.py"):
-            bad = [m for m in _imports(path) if m.startswith(banned)]
-            assert not bad, f"{path.relative_to(PACKAGE)} imports {bad}"
-    for name in ("engine.py", "run.py", "results.py"):
-        bad = [m for m in _imports(PACKAGE / name) if m.startswith(("diffeval.commands", "diffeval.cli"))]
-        assert not bad, f"{name} imports {bad}"
+class _Stream:
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_the_width_is_chosen_once_from_the_output_and_columns():
+    assert Terminal.for_output(_Stream(False), {}).columns == PIPED_COLUMNS
+    assert Terminal.for_output(_Stream(True), {}).columns is None  # click and rich measure the terminal
+    assert Terminal.for_output(_Stream(False), {"COLUMNS": "100"}).columns is None  # the user's COLUMNS is read
+    assert Terminal(160).help_width(120) == 118 and Terminal(60).help_width(120) == 58
+    assert Terminal(30).help_width(120) == 50 and Terminal().help_width(120) is None
+    assert terminal.of(None) == Terminal() and terminal.of(SimpleNamespace(obj=Terminal(99))).columns == 99

@@ -1,10 +1,13 @@
 """The pure parts of data-parallel runs: the assignment of sample groups to ranks, resume file
 names, and the launcher environment (the launched runs are in tests/run/test_torchrun.py)."""
 
+import os
+
 import pytest
 
-from diffeval.dist import World, plan, rank_tag, resume_files, resume_path
+from diffeval.dist import World, plan, resume_files, resume_path
 from diffeval.errors import UsageError
+from diffeval.launch import Launch, is_main, launch, rank_tag
 
 
 def test_plan_balances_tokens_heaviest_first_and_keeps_state_on_rank_0():
@@ -39,28 +42,51 @@ def test_resume_files_of_every_world_size_and_only_them(tmp_path):
                                                     "Llama-3.1-8B.rank12.jsonl"]
 
 
-def test_a_single_process_is_a_world_of_one(monkeypatch):
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(name, raising=False)
-    world = World.join("cpu")
+def test_a_single_process_is_a_world_of_one():
+    place = Launch.from_env({})
+    assert place == Launch(rank=0, size=1, local_rank=0, nodes=1) and place.is_main and place.tag == ""
+    world = World.join("cpu", place)
     assert (world.rank, world.size, world.is_main, world.backend) == (0, 1, True, None)
-    assert rank_tag() == "" and world.provenance() == {"world_size": 1, "nnodes": 1, "dist_backend": None}
+    assert rank_tag(place) == "" and world.provenance() == {"world_size": 1, "nnodes": 1, "dist_backend": None}
     todo = [0, 2, 5]
     assert world.assign(todo, [], [], [], None, []) == (todo, 3)
     assert world.share({"a": 1}) == {"a": 1}
 
 
-def test_launcher_environment_is_checked_before_any_collective(monkeypatch):
+def test_launcher_environment_is_checked_before_any_collective():
+    env = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "GROUP_WORLD_SIZE": "2"}
+    place = Launch.from_env(env)
+    assert place == Launch(rank=1, size=2, local_rank=1, nodes=2) and not is_main(place)
+    assert rank_tag(place) == " (rank 1 of 2)"
+    with pytest.raises(UsageError, match="cuda:LOCAL_RANK; pass --device cuda or auto"):
+        World.join("cuda:1", place)
+    with pytest.raises(UsageError, match=r"RANK \(2\) must lie in \[0, WORLD_SIZE \(2\)\)"):
+        Launch.from_env({**env, "RANK": "2"})
+    with pytest.raises(UsageError, match="must be integers"):
+        Launch.from_env({**env, "RANK": "one"})
+    with pytest.raises(UsageError, match=r"GROUP_WORLD_SIZE \('two'\) must be an integer"):
+        Launch.from_env({**env, "GROUP_WORLD_SIZE": "two"})
+
+
+def test_the_environment_is_read_once_per_process(monkeypatch):
+    """is_main, rank_tag and World.join answer from the Launch read at the first call: a
+    variable changed later (by a library, a test) does not move this process to another rank."""
+    first = launch()
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    assert rank_tag() == " (rank 1 of 2)"
-    with pytest.raises(UsageError, match="cuda:LOCAL_RANK; pass --device cuda or auto"):
-        World.join("cuda:1")
-    monkeypatch.setenv("RANK", "2")
-    with pytest.raises(UsageError, match=r"RANK \(2\) must lie in \[0, WORLD_SIZE \(2\)\)"):
-        World.join("cpu")
-    monkeypatch.setenv("RANK", "one")
-    with pytest.raises(UsageError, match="must be integers"):
-        World.join("cpu")
-    assert rank_tag() == ""
+    assert launch() is first and is_main() == first.is_main and rank_tag() == first.tag
+    assert Launch.from_env(os.environ).rank == 1  # what a fresh read would have said
+
+
+def test_a_malformed_environment_is_refused_where_the_job_starts_and_not_in_messages():
+    import subprocess
+    import sys
+
+    code = ("from diffeval.launch import is_main, rank_tag\nfrom diffeval.errors import UsageError\n"
+            "print(repr(rank_tag()))\ntry:\n    is_main()\nexcept UsageError as exc:\n    print(exc)\n"
+            "try:\n    is_main()\nexcept UsageError as exc:\n    print(exc)\n")
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "one"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "''" and len(lines) == 3 and lines[1] == lines[2] and "must be integers" in lines[1]

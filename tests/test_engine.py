@@ -1,11 +1,11 @@
-"""The engine: prefix reuse and batching give the same generations as plain greedy decoding."""
+"""The engine: cached decoding, prefix reuse and batching give the same generations as greedy
+decoding by full forward passes."""
 
 import pytest
 import torch
 
 from diffeval.engine import Engine, Generate, common_prefix
-from diffeval.models import greedy_generate
-from helpers import tiny_model
+from helpers import argmax_continuation, tiny_model
 
 
 def _prompts():
@@ -16,19 +16,29 @@ def _prompts():
     return prompts
 
 
-def _run(model, prompts, **kw):
+def _run(model, prompts, stop_ids=frozenset({3}), n=6, **kw):
     outs = {}
-    engine = Engine(model, stop_ids=frozenset({3}), align=16, **kw)
-    for i, out in engine.run([[Generate(tuple(p), 6, None)] for p in prompts]):
-        outs.__setitem__(i, out[0])
+    engine = Engine(model, stop_ids=frozenset(stop_ids), align=16, **kw)
+    for i, out in engine.run([[Generate(tuple(p), n, None)] for p in prompts]):
+        outs[i] = out[0]
     return [outs[i] for i in range(len(prompts))], engine.counters
+
+
+def test_generate_is_the_argmax_of_full_forwards_and_stops_before_a_stop_token():
+    model = tiny_model("transformer")
+    prompt = [1, 2, 3, 4, 5]
+    want = argmax_continuation(model, prompt, 6)
+    assert len(want) == 6
+    assert _run(model, [prompt], stop_ids=())[0] == [want]
+    stop = want[2]
+    assert _run(model, [prompt], stop_ids={stop})[0] == [want[: want.index(stop)]]  # the stop token is not kept
+    assert _run(model, [prompt], stop_ids=(), n=2)[0] == [want[:2]]
 
 
 def test_reuse_and_batching_match_independent_greedy_decoding():
     model = tiny_model("diff", vocab_size=259)
     prompts = _prompts()
-    with torch.no_grad():
-        want = [greedy_generate(model, p, model.new_cache(), 6, stop_ids={3}) for p in prompts]
+    want = [argmax_continuation(model, p, 6, stop_ids={3}) for p in prompts]
     plain, plain_stats = _run(model, prompts, reuse=False)
     reused, reuse_stats = _run(model, prompts)
     batched, batch_stats = _run(model, prompts, batch_size=3)
@@ -45,8 +55,7 @@ def test_a_batch_of_unrelated_prompts_decodes_together_exactly():
     model = tiny_model("transformer", n_kv_heads=2, vocab_size=259)
     g = torch.Generator().manual_seed(5)
     prompts = [torch.randint(0, 256, (70,), generator=g).tolist() for _ in range(4)]
-    with torch.no_grad():
-        want = [greedy_generate(model, p, model.new_cache(), 6, stop_ids={3}) for p in prompts]
+    want = [argmax_continuation(model, p, 6, stop_ids={3}) for p in prompts]
     got, stats = _run(model, prompts, batch_size=4)
     assert got == want and stats.generated_tokens == sum(len(w) for w in want)
 
@@ -54,13 +63,12 @@ def test_a_batch_of_unrelated_prompts_decodes_together_exactly():
 def test_stop_text_ends_a_continuation():
     model = tiny_model("transformer", vocab_size=259)
     prompt = list(range(40, 80))
-    with torch.no_grad():
-        free = greedy_generate(model, prompt, model.new_cache(), 6)
-    stop_at = bytes([free[1]]).decode("latin-1")
-    outs = {}
     engine = Engine(model, decode=lambda ids: bytes(ids).decode("latin-1"))
-    for i, out in engine.run([[Generate(tuple(prompt), 6, stop_at)]]):
-        outs.__setitem__(i, out[0])
+    outs = dict(engine.run([[Generate(tuple(prompt), 6, None)]]))
+    free = outs[0][0]  # the continuation without a stop text
+    assert free == argmax_continuation(model, prompt, 6)
+    stop_at = bytes([free[1]]).decode("latin-1")
+    outs = {i: out[0] for i, out in engine.run([[Generate(tuple(prompt), 6, stop_at)]])}
     first = next(k for k, t in enumerate(free) if bytes([t]).decode("latin-1") == stop_at)
     assert outs[0] == free[: first + 1]
 
@@ -106,8 +114,7 @@ def test_greedy_flag_marks_the_model_own_continuation():
 
     model = tiny_model("transformer", vocab_size=259)
     prompt = list(range(30, 70))
-    with torch.no_grad():
-        own = greedy_generate(model, prompt, model.new_cache(), 3)
+    own = argmax_continuation(model, prompt, 3)
     other = [(own[0] + 1) % 256, *own[1:]]
     got = {}
     for i, out in Engine(model).run([[Choice(tuple(prompt), (tuple(own), tuple(other)))]]):

@@ -18,6 +18,7 @@ from diffeval.errors import CheckpointError, did_you_mean
 from diffeval.models.config import ModelConfig
 from diffeval.models.decoder import Decoder
 from diffeval.tokenizers import ByteTokenizer, load_tokenizer
+from diffeval.yamlio import read_json
 
 FORMATS = {"native": native, "hf": hf, "unilm": unilm}
 
@@ -100,8 +101,6 @@ def resolve_spec(spec: str) -> Path:
 
 def read_config(directory: Path) -> tuple[str, ModelConfig, dict[str, Any]]:
     """(format of config.json: native | hf | unilm, its ModelConfig, the raw JSON)."""
-    from diffeval.yamlio import read_json
-
     path = directory / "config.json"
     if not path.exists() and not path.is_symlink() and os.access(directory, os.R_OK | os.X_OK):
         raise CheckpointError(f"{path}: missing (a checkpoint directory needs config.json)")

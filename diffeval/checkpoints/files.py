@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 
 from diffeval.errors import CheckpointError, shown
+from diffeval.hashing import file_sha256
+from diffeval.yamlio import read_json
 
 PICKLE_NAMES = ("pytorch_model.bin", "model.bin", "model.pt", "consolidated.pt")
 
@@ -47,8 +49,6 @@ def cached_sha256(path: Path) -> tuple[str, str]:
     the fixed cost of a short one, so digests are kept under cache_dir()/sha256, keyed by the
     resolved path and valid while size, mtime, ctime and inode are unchanged (a rewrite
     changes ctime even when it keeps size and mtime)."""
-    from diffeval.results import file_sha256
-
     path = path.resolve()
     st = path.stat()
     stamp = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
@@ -95,7 +95,6 @@ def _opened(path: Path):
     """safe_open(path), also for a path the file system gave in bytes that are not UTF-8 (a
     unicode name under a C locale): safetensors takes text paths only, so such a file is
     opened here and handed over as /proc/self/fd/N where that exists."""
-    import os
     from contextlib import contextmanager
 
     from safetensors import safe_open
@@ -120,8 +119,6 @@ def _opened(path: Path):
 
 def readable(path: Path, what: str) -> None:
     """A regular file this process may read; CheckpointError saying which of these it is not."""
-    import os
-
     if not path.exists():
         raise CheckpointError(f"{path}: {what} missing")
     if not path.is_file():
@@ -171,8 +168,6 @@ def read_weights(directory: Path, allow_pickle: bool = False) -> WeightFiles:
     index = directory / "model.safetensors.index.json"
     single = directory / "model.safetensors"
     if index.exists():
-        from diffeval.yamlio import read_json
-
         weight_map = read_json(index, "", CheckpointError).get("weight_map")
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise CheckpointError(f"{index}: not a valid shard index (no weight_map of tensor -> file)")

@@ -22,15 +22,39 @@ ARCHITECTURES = {
 }
 MODEL_TYPES = {v: k for k, v in ARCHITECTURES.items()}
 
-_NAME_RULES = [
-    (re.compile(r"^model\.embed_tokens\.weight$"), "embed.weight"),
-    (re.compile(r"^model\.norm\.weight$"), "norm.weight"),
-    (re.compile(r"^lm_head\.weight$"), "lm_head.weight"),
-    (re.compile(r"^model\.layers\.(\d+)\.input_layernorm\.weight$"), r"layers.\1.attn_norm.weight"),
-    (re.compile(r"^model\.layers\.(\d+)\.post_attention_layernorm\.weight$"), r"layers.\1.mlp_norm.weight"),
-    (re.compile(r"^model\.layers\.(\d+)\.self_attn\.(\w+(?:\.\w+)?)$"), r"layers.\1.attn.\2"),
-    (re.compile(r"^model\.layers\.(\d+)\.mlp\.(\w+\.\w+)$"), r"layers.\1.mlp.\2"),
-]
+# One row per tensor name pattern: (Hugging Face name, native name). {i} is a layer index, {attn}
+# and {mlp} a parameter path kept as it is (`q_proj.weight`, `lambda_q1`, `subln.weight`,
+# `gate_proj.bias`). Both directions are read from this one table.
+NAME_MAP: tuple[tuple[str, str], ...] = (
+    ("model.embed_tokens.weight", "embed.weight"),
+    ("model.norm.weight", "norm.weight"),
+    ("lm_head.weight", "lm_head.weight"),
+    ("model.layers.{i}.input_layernorm.weight", "layers.{i}.attn_norm.weight"),
+    ("model.layers.{i}.post_attention_layernorm.weight", "layers.{i}.mlp_norm.weight"),
+    ("model.layers.{i}.self_attn.{attn}", "layers.{i}.attn.{attn}"),
+    ("model.layers.{i}.mlp.{mlp}", "layers.{i}.mlp.{mlp}"),
+)
+_SLOTS = {"i": r"\d+", "attn": r"\w+(?:\.\w+)?", "mlp": r"\w+\.\w+"}
+
+
+def _pattern(template: str) -> re.Pattern:
+    """The regex of a NAME_MAP template: literal text, each {slot} a named group."""
+    parts = re.split(r"\{(\w+)\}", template)  # text, slot, text, ...
+    return re.compile("".join(f"(?P<{p}>{_SLOTS[p]})" if k % 2 else re.escape(p) for k, p in enumerate(parts)))
+
+
+_TO_NATIVE = [(_pattern(hf_name), native) for hf_name, native in NAME_MAP]
+_TO_HF = [(_pattern(native), hf_name) for hf_name, native in NAME_MAP]
+
+
+def _translate(name: str, rules: list[tuple[re.Pattern, str]]) -> str | None:
+    for pattern, template in rules:
+        m = pattern.fullmatch(name)
+        if m:
+            return template.format(**m.groupdict())
+    return None
+
+
 _IGNORED = re.compile(r"rotary_emb\.inv_freq$")
 
 
@@ -158,29 +182,13 @@ def config_from(raw: dict[str, Any], path: Path) -> ModelConfig:
 
 
 def native_name(name: str) -> str | None:
-    for pattern, repl in _NAME_RULES:
-        if pattern.match(name):
-            return pattern.sub(repl, name)
-    return None
-
-
-_REVERSE_RULES = [
-    (re.compile(r"^embed\.weight$"), "model.embed_tokens.weight"),
-    (re.compile(r"^norm\.weight$"), "model.norm.weight"),
-    (re.compile(r"^lm_head\.weight$"), "lm_head.weight"),
-    (re.compile(r"^layers\.(\d+)\.attn_norm\.weight$"), r"model.layers.\1.input_layernorm.weight"),
-    (re.compile(r"^layers\.(\d+)\.mlp_norm\.weight$"), r"model.layers.\1.post_attention_layernorm.weight"),
-    (re.compile(r"^layers\.(\d+)\.attn\.(.+)$"), r"model.layers.\1.self_attn.\2"),
-    (re.compile(r"^layers\.(\d+)\.mlp\.(.+)$"), r"model.layers.\1.mlp.\2"),
-]
+    """The native name of a Hugging Face tensor name; None for a name outside NAME_MAP."""
+    return _translate(name, _TO_NATIVE)
 
 
 def file_name(native: str) -> str:
     """The name a native parameter has in a Hugging Face checkpoint."""
-    for pattern, repl in _REVERSE_RULES:
-        if pattern.match(native):
-            return pattern.sub(repl, native)
-    return native
+    return _translate(native, _TO_HF) or native
 
 
 def map_state(tensors: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, str]:

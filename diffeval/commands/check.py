@@ -10,12 +10,15 @@ from typing import Optional
 
 import typer
 
+from diffeval import terminal
 from diffeval.commands import options as o
 from diffeval.errors import UsageError
+from diffeval.launch import is_main
 
 
 @o.with_run_options("device", "dtype", "backend", "overwrite")
 def check(
+    ctx: typer.Context,
     suite_file: str = typer.Argument(..., metavar="SUITE.yaml", help="A suite of small tasks (see tasks/ci/)."),
     reference: Optional[str] = typer.Option(None, "--reference", help="Reference scores (default: the suite's `reference`)."),
     runs: Optional[str] = typer.Option(None, "--runs", help="Run folder per task (finished runs are read, not rerun). Default: a temporary folder."),
@@ -27,8 +30,6 @@ def check(
 ) -> None:
     """Run (or read) a suite and compare every metric with the reference: exit 0 when nothing
     regressed, 1 on a regression, 2 on bad input."""
-    from rich.console import Console
-
     from diffeval.report.check import (
         compare,
         junit_xml,
@@ -37,10 +38,8 @@ def check(
         markdown_summary,
         read_reference,
         reference_of,
-        run_suite,
         write_reference,
     )
-    from diffeval.dist import is_main
     from diffeval.results import write_atomic
 
     suite = load_suite(suite_file, reference)
@@ -55,7 +54,7 @@ def check(
         print(f"reference written: {suite.reference}", file=sys.stderr)
         return
     rows = compare(read_reference(suite.reference), results)
-    console = Console(highlight=False, soft_wrap=True)
+    console = terminal.of(ctx).console(highlight=False, soft_wrap=True)
     colour = {"regressed": "red", "missing": "red", "improved": "green", "moved": "yellow"}
     for r in rows:
         if r.status != "ok":
@@ -73,3 +72,18 @@ def check(
             f.write(md)
     if failed:
         raise typer.Exit(1)
+
+
+def run_suite(suite, runs: Path, opts, ckpts: Optional[list[str]] = None) -> dict[str, dict]:
+    """Results per task name of a loaded `Suite` (each task run into runs/<name>, resuming a
+    finished run)."""
+    from diffeval.probes import get_probe
+    from diffeval.run import TaskInfo, run_probe  # imports torch: only when a suite runs
+
+    out = {}
+    for task in suite.tasks:
+        probe = get_probe(task.probe)
+        info = TaskInfo(task.name, 1, str(suite.path), suite.sha256)
+        out[task.name] = run_probe(probe, probe.config(task.params), list(ckpts or suite.models), runs / task.name,
+                                   opts, task=info)
+    return out

@@ -8,8 +8,11 @@ from typing import Optional
 
 import typer
 
+from diffeval import terminal
+
 
 def compare(
+    ctx: typer.Context,
     runs: list[str] = typer.Argument(..., metavar="RUN_DIR", help="Run folders of one probe; the first is the baseline."),
     out: Optional[str] = typer.Option(None, "--out", help="Where report.md and report.html go (default: report-<UTC time>)."),
     all_metrics: bool = typer.Option(False, "--all", help="Every metric, breakdowns (name@key=value) included."),
@@ -20,6 +23,6 @@ def compare(
     from diffeval.results import utc_stamp
 
     loaded = load_runs(list(runs))
-    render_table(loaded, all_metrics)
+    render_table(loaded, all_metrics, width=terminal.of(ctx).columns)
     paths = write_reports(loaded, Path(out) if out else Path(f"report-{utc_stamp()}"), all_metrics)
     print(f"report: {paths['html']} and {paths['markdown'].name}", file=sys.stderr)

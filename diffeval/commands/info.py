@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from diffeval import terminal
 from diffeval.commands import options as o
 
 
@@ -26,6 +27,7 @@ def _heads(data: dict) -> str:
 
 
 def info(
+    ctx: typer.Context,
     ckpt: str = typer.Option(..., "--ckpt", help="Checkpoint: zoo:NAME, a native or a Hugging Face directory."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     allow_pickle: bool = o.ALLOW_PICKLE,
@@ -40,7 +42,6 @@ def info(
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{ckpt}", show_header=False)
@@ -72,4 +73,4 @@ def info(
                                           "sigmoid per token and head"))
     for k, v in rows:
         table.add_row(k, str(v))
-    Console().print(table)
+    terminal.of(ctx).console().print(table)

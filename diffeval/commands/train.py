@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from diffeval import terminal
 from diffeval.errors import UsageError
 
 
@@ -40,9 +41,8 @@ def train(
           f"{summary['final_loss']}, {state}; checkpoint: {out}", file=sys.stderr)
 
 
-def zoo() -> None:
+def zoo(ctx: typer.Context) -> None:
     """List the shipped reference models: family, parameters, trained length, scores."""
-    from rich.console import Console
     from rich.table import Table
 
     from diffeval.checkpoints.zoo import zoo_card, zoo_models
@@ -69,4 +69,4 @@ def zoo() -> None:
     table.caption = ("len: trained context (tokens); needle: single-needle accuracy; 4/2: four needles, two "
                      "asked (diffeval needle at the trained length, 5 depths x 20 samples). "
                      "Model cards: diffeval/zoo/NAME/NAME.md")
-    Console().print(table)
+    terminal.of(ctx).console().print(table)

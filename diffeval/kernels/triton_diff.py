@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from diffeval.kernels.common import DiffNorm
+from diffeval.kernels.sdpa import SdpaBackend
 
 
 @triton.jit
@@ -159,8 +160,6 @@ class TritonBackend:
     name = "triton"
 
     def __init__(self) -> None:
-        from diffeval.kernels.sdpa import SdpaBackend
-
         self._sdpa = SdpaBackend()
 
     def attend(self, q, k, v, *, scale: float, logit_fn=None):

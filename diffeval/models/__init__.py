@@ -2,7 +2,7 @@
 
 from diffeval.models.cache import KVCache
 from diffeval.models.config import ModelConfig, RopeConfig
-from diffeval.models.decoder import Decoder, greedy_generate
+from diffeval.models.decoder import Decoder
 from diffeval.models.inspect import ActivationStats, Capture
 
-__all__ = ["ActivationStats", "Capture", "Decoder", "KVCache", "ModelConfig", "RopeConfig", "greedy_generate"]
+__all__ = ["ActivationStats", "Capture", "Decoder", "KVCache", "ModelConfig", "RopeConfig"]

@@ -95,9 +95,3 @@ class KVCache:
             raise ValueError(f"cannot truncate a cache of length {self.length} to {length}")
         for layer in self.layers:
             layer.length = length
-
-    def nbytes(self) -> int:
-        return sum(
-            (layer.k.numel() * layer.k.element_size() * 2) if layer.k is not None else 0
-            for layer in self.layers
-        )

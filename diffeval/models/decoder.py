@@ -159,32 +159,3 @@ class Decoder(nn.Module):
             lg = self.project(h[:, s : s + tg.shape[1]]).float()  # (B, c, V)
             out.append(F.cross_entropy(lg.transpose(1, 2), tg, reduction="none"))
         return torch.cat(out, dim=1) if out else h.new_zeros(ids.shape[0], 0, dtype=torch.float32)
-
-
-@torch.no_grad()
-def greedy_generate(
-    model: Decoder,
-    ids: list[int],
-    cache: KVCache,
-    max_new_tokens: int,
-    stop_ids: frozenset[int] | set[int] = frozenset(),
-    stop: Optional[Callable[[list[int]], bool]] = None,
-) -> list[int]:
-    """Greedy continuation of `ids` after whatever `cache` already holds (batch 1). Stops at a
-    token in `stop_ids` (not returned), when `stop(generated)` is true, or after
-    `max_new_tokens`. Extends `cache`."""
-    device = model.embed.weight.device
-    out: list[int] = []
-    if max_new_tokens <= 0:
-        return out
-    nxt = torch.tensor([ids], dtype=torch.long, device=device)
-    for _ in range(max_new_tokens):
-        logits = model(nxt, cache, logits="last")  # (1, 1, V)
-        tok = int(logits[0, -1].argmax())
-        if tok in stop_ids:
-            break
-        out.append(tok)
-        if stop is not None and stop(out):
-            break
-        nxt = torch.tensor([[tok]], dtype=torch.long, device=device)
-    return out

@@ -1,5 +1,5 @@
-"""`diffeval check`: run (or read) a suite of small tasks and compare every metric with stored
-reference scores.
+"""`diffeval check`: a suite of small tasks (read and validated here; the command runs them)
+and the comparison of every metric with stored reference scores.
 
 Suite (YAML):
 
@@ -20,11 +20,16 @@ when they move, never failed."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from diffeval.errors import UsageError
+from diffeval.hashing import file_sha256
+from diffeval.probes import PROBES
+from diffeval.results import safe_name, write_atomic
+from diffeval.tasks import build_config
+from diffeval.yamlio import read_yaml_mapping
 
 SUITE_KEYS = {"name", "reference", "models", "tasks", "description"}
 TASK_KEYS = {"name", "probe", "params"}
@@ -49,11 +54,6 @@ class Suite:
 
 
 def load_suite(path: str | Path, reference: Optional[str] = None) -> Suite:
-    from diffeval.probes import PROBES
-    from diffeval.results import file_sha256, safe_name
-    from diffeval.tasks import build_config
-    from diffeval.yamlio import read_yaml_mapping
-
     path = Path(path)
     raw = read_yaml_mapping(path, "suite")
     unknown = sorted(set(raw) - SUITE_KEYS)
@@ -84,20 +84,6 @@ def load_suite(path: str | Path, reference: Optional[str] = None) -> Suite:
         raise UsageError(f"{path}: models must be a list of checkpoint specs")
     ref = Path(reference) if reference else path.parent / str(raw.get("reference", f"{path.stem}.reference.yaml"))
     return Suite(str(raw["name"]), path, ref, tuple(models), tuple(out), file_sha256(path))
-
-
-def run_suite(suite: Suite, runs: Path, opts, ckpts: Optional[list[str]] = None) -> dict[str, dict]:
-    """Results per task name (each task run into runs/<name>, resuming a finished run)."""
-    from diffeval.probes import get_probe
-    from diffeval.run import TaskInfo, run_probe
-
-    out = {}
-    for task in suite.tasks:
-        probe = get_probe(task.probe)
-        info = TaskInfo(task.name, 1, str(suite.path), suite.sha256)
-        out[task.name] = run_probe(probe, probe.config(task.params), list(ckpts or suite.models), runs / task.name,
-                                   opts, task=info)
-    return out
 
 
 def reference_of(results: dict[str, dict], suite: Suite) -> dict:
@@ -168,8 +154,6 @@ def compare(reference: dict, results: dict[str, dict]) -> list[Comparison]:
 
 
 def read_reference(path: Path) -> dict:
-    from diffeval.yamlio import read_yaml_mapping
-
     ref = read_yaml_mapping(path, "reference")
     if not isinstance(ref.get("metrics"), dict):
         raise UsageError(f"reference {path}: expected a 'metrics' mapping (task -> model -> metric)")
@@ -183,8 +167,6 @@ def read_reference(path: Path) -> dict:
 
 def write_reference(path: Path, ref: dict) -> None:
     import yaml
-
-    from diffeval.results import write_atomic
 
     header = ("# Reference scores for `diffeval check`; rewrite on purpose with --update.\n"
               "# A metric may declare `tolerance:` to override the sampling-noise tolerance.\n")
@@ -235,12 +217,3 @@ def markdown_summary(suite: Suite, rows: list[Comparison]) -> str:
             change = "-" if r.delta is None else f"{r.delta:+.4g}"
             lines.append(f"| {r.task} | {r.model} | {r.metric} | {r.reference:.4g} | {now} | {change} | {r.tolerance:.3g} | {r.status} |")
     return "\n".join(lines) + "\n"
-
-
-@dataclass
-class CheckResult:
-    rows: list[Comparison] = field(default_factory=list)
-
-    @property
-    def failed(self) -> bool:
-        return any(r.status in ("regressed", "missing") for r in self.rows)

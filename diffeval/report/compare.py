@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 from diffeval.errors import UsageError
 from diffeval.report.runs import RunFolder, read_run
+from diffeval.results import write_atomic
 
 
 Run = RunFolder
@@ -178,7 +179,8 @@ def html_report(runs: list[Run], all_metrics: bool = False) -> str:
     return "\n".join(parts) + "\n"
 
 
-def render_table(runs: list[Run], all_metrics: bool = False) -> None:
+def render_table(runs: list[Run], all_metrics: bool = False, width: Optional[int] = None) -> None:
+    """The comparison table on stdout, `width` columns wide (None: the terminal's)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -189,15 +191,13 @@ def render_table(runs: list[Run], all_metrics: bool = False) -> None:
         table.add_column(_col_name(runs, c), justify="right")
     for row in rows:
         table.add_row(row["metric"], *[_fmt(c) for c in row["cells"]])
-    console = Console()
+    console = Console(width=width)
     console.print(table)
     for w in warnings(runs):
         console.print(f"[yellow]not strictly comparable:[/] {w}")
 
 
 def write_reports(runs: list[Run], out: Path, all_metrics: bool = False) -> dict[str, Any]:
-    from diffeval.results import write_atomic
-
     write_atomic(out / "report.md", markdown(runs, all_metrics))
     write_atomic(out / "report.html", html_report(runs, all_metrics))
     return {"markdown": out / "report.md", "html": out / "report.html"}

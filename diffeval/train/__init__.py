@@ -1,1 +1,1 @@
-"""Tiny-model training for the zoo: synthetic corpus, tokenizer, trainer, circuit init, publishing."""
+"""Tiny-model training for the zoo: synthetic corpus, tokenizer, trainer, circuit init."""

@@ -30,6 +30,7 @@ import math
 import torch
 
 from diffeval.errors import ConfigError
+from diffeval.models.layers import rope_inv_freq
 
 PREV_AMP, MATCH_AMP = 1.5, 6.0  # score scales, chosen by measuring copy accuracy untrained
 
@@ -46,8 +47,6 @@ def _orthonormal(rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:
 
 def _pairs(model, seq_len: int) -> tuple[list[int], list[int]]:
     """(fast pairs for the position pattern, slow pairs for content matching)."""
-    from diffeval.models.layers import rope_inv_freq
-
     inv = rope_inv_freq(model.cfg.rope, model.cfg.d_head).double()  # (d_head / 2,)
     fast = [m for m in range(len(inv)) if inv[m] >= 0.05][:4]
     slow = [m for m in range(len(inv)) if inv[m] * seq_len <= 0.5]
@@ -95,8 +94,6 @@ def plant_induction(model, seq_len: int, seed: int, sha_induction_layers: int = 
     if dh > e_dims:
         raise ConfigError(f"circuit init needs d_head ({dh}) <= d_model / 2 ({e_dims})")
     gen = torch.Generator().manual_seed(seed + 7919)
-    from diffeval.models.layers import rope_inv_freq
-
     inv = rope_inv_freq(cfg.rope, dh).double()
     fast, slow = _pairs(model, seq_len)
     emb = model.embed.weight  # (V, d)

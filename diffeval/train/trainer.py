@@ -24,9 +24,20 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
-from diffeval.errors import ConfigError, UsageError, shown
-from diffeval.train.corpus import DOC_KINDS, CorpusConfig
+from diffeval.checkpoints import device_memory, save
+from diffeval.checkpoints.files import safe_torch_load
+from diffeval.errors import CheckpointError, ConfigError, UsageError, shown
+from diffeval.models.config import ModelConfig
+from diffeval.models.decoder import Decoder
+from diffeval.results import claimed_out
+from diffeval.tokenizers import load_tokenizer
+from diffeval.train.circuit_init import plant_induction
+from diffeval.train.corpus import DOC_KINDS, CorpusConfig, Packer, corpus_words
+from diffeval.train.tokenizer import build_tokenizer
+from diffeval.yamlio import read_yaml_mapping
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +170,6 @@ class Recipe:
 
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe YAML file."""
-    from diffeval.yamlio import read_yaml_mapping
-
     p = Path(path)
     raw = read_yaml_mapping(p, "recipe")
     known = {f.name for f in dataclasses.fields(Recipe)}
@@ -179,8 +188,6 @@ def load_recipe(path: str | Path) -> Recipe:
 def _check_training_memory(recipe: Recipe, cfg) -> None:
     """Weights, gradients and two AdamW moments in float32 (16 bytes per parameter, the
     vocabulary counted at the corpus's size) must fit the machine's memory."""
-    from diffeval.checkpoints import device_memory
-
     n_params = dataclasses.replace(cfg, vocab_size=8192).n_params()
     need, have = 16 * n_params, device_memory("cpu")
     if have is not None and need > have:
@@ -190,8 +197,6 @@ def _check_training_memory(recipe: Recipe, cfg) -> None:
 
 def model_config(recipe: Recipe, vocab_size: int):
     """The recipe's ModelConfig with vocab_size rounded up to a multiple of 64."""
-    from diffeval.models.config import ModelConfig
-
     return ModelConfig.from_dict({**recipe.model, "vocab_size": int(math.ceil(vocab_size / 64) * 64)},
                                  f"recipe {recipe.name}: model")
 
@@ -200,9 +205,6 @@ def weighted_loss(model, ids, weights, keep=None, bf16: bool = False):
     """ids (B, T+1), weights (B, T), keep (B, T) bool or None (all) -> (weighted mean NLL over
     the kept targets, their NLL (K,), their argmax predictions (K,)). Only kept positions are
     projected to the vocabulary, which is most of a tiny model's cost."""
-    import torch
-    import torch.nn.functional as F
-
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         h = model.hidden(ids[:, :-1])  # (B, T, C)
         if keep is None:
@@ -219,21 +221,12 @@ def _state_path(out: Path) -> Path:
 
 def _build(recipe: Recipe, out: Path):
     """Tokenizer (written to out/tok), seeded model and optimizer -> (tokenizer, model, optimizer)."""
-    import torch
-
-    from diffeval.models.decoder import Decoder
-    from diffeval.tokenizers import load_tokenizer
-    from diffeval.train.corpus import corpus_words
-    from diffeval.train.tokenizer import build_tokenizer
-
     build_tokenizer(corpus_words(recipe.seed), out / "tok")
     tok = load_tokenizer(out / "tok")
     assert tok is not None and tok.bos_id is not None and tok.eos_id is not None
     model = Decoder(model_config(recipe, tok.vocab_size))
     model.init_weights(recipe.seed)
     if recipe.init == "induction":
-        from diffeval.train.circuit_init import plant_induction
-
         plant_induction(model, recipe.seq_len, recipe.seed, recipe.sha_induction_layers)
     model.train()
     # No weight decay on embeddings, norms and lambda vectors.
@@ -251,9 +244,6 @@ def _saved_state(recipe: Recipe, out: Path, resume: bool) -> Optional[dict]:
     state_path = _state_path(out)
     if not (resume and state_path.exists()):
         return None
-    from diffeval.checkpoints.files import safe_torch_load
-    from diffeval.errors import CheckpointError
-
     try:
         state = safe_torch_load(state_path)
     except CheckpointError as exc:
@@ -308,8 +298,6 @@ def _log_rows(path: Path) -> list[dict]:
 
 def _train_step(recipe: Recipe, packer, model, opt, step: int) -> dict[str, Any]:
     """One optimizer step on the batch of `step` (a pure function of seed and step) -> record."""
-    import torch
-
     t0 = time.perf_counter()
     st = recipe.stage_at(step)
     ids_np, w_np, tag_np = packer.batch(np.random.SeedSequence([recipe.seed, 0x7A11, step]), st["batch_size"],
@@ -349,21 +337,13 @@ def train(recipe: Recipe, out: Path, resume: bool = True, progress: bool = True,
     """Train (or resume) `recipe` into `out`; export the native checkpoint at the end, or when
     `max_minutes` of this call have passed (checked at log boundaries, so that a resumed run
     logs exactly what an uninterrupted one does). Returns the summary dict."""
-    import torch
-
-    from diffeval.results import claimed_out
-
     torch.set_num_threads(recipe.threads)
     with claimed_out(Path(out), {}) as out:
         return _train(recipe, out, resume, progress, max_minutes)
 
 
 def _train(recipe: Recipe, out: Path, resume: bool, progress: bool, max_minutes: Optional[float]) -> dict[str, Any]:
-    import torch
     from tqdm import tqdm
-
-    from diffeval.checkpoints import save
-    from diffeval.train.corpus import Packer
 
     state = _saved_state(recipe, out, resume)
     tok, model, opt = _build(recipe, out)
@@ -413,8 +393,6 @@ def _train(recipe: Recipe, out: Path, resume: bool, progress: bool, max_minutes:
 
 def _summarize(recipe: Recipe, out: Path, step: int, stopped_early: bool, minutes: float, n_params: int) -> dict:
     """Write and return summary.json: recipe, steps, time, tokens, final losses (last 5 logs)."""
-    import torch
-
     tail = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()][-5:]
 
     def last(key: str) -> Optional[float]:

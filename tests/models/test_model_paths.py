@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from diffeval.models import Capture, greedy_generate
+from diffeval.models import Capture
 from helpers import tiny_model
 
 FAMILIES = ["transformer", "sha", "diff", "diff2"]
@@ -133,23 +133,6 @@ def test_logit_selection_and_token_nll():
     assert nll.shape == (2, 49)
     assert torch.allclose(nll, want, atol=1e-5)
     assert torch.allclose(odd, want, atol=1e-5)
-
-
-def test_greedy_generate_matches_argmax_of_full_forwards():
-    model = tiny_model("transformer")
-    prompt = [1, 2, 3, 4, 5]
-    with torch.no_grad():
-        out = greedy_generate(model, prompt, model.new_cache(), max_new_tokens=6)
-        seq = list(prompt)
-        for _ in range(6):
-            seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
-    assert out == seq[5:]
-    with torch.no_grad():
-        stopped = greedy_generate(model, prompt, model.new_cache(), 6, stop_ids={seq[7]})
-        by_fn = greedy_generate(model, prompt, model.new_cache(), 6, stop=lambda g: len(g) == 2)
-    gen = seq[5:]
-    assert stopped == gen[: gen.index(seq[7])]  # stops before the first stop token
-    assert by_fn == seq[5:7]
 
 
 def test_48_layer_single_head_model_loads_runs_and_captures(tmp_path):
