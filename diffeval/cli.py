@@ -226,12 +226,10 @@ def main(argv: Optional[list[str]] = None) -> None:
 
 @contextlib.contextmanager
 def _environ_while_running(terminal: Terminal):
-    """Two variables for code that reads them from the environment, set while the command runs
-    and restored after it: COLUMNS for the probes' tables (rich reads it; help and the other
-    tables take `terminal` instead), and MPLBACKEND=agg, since matplotlib refuses a misspelt
-    backend when it is imported, and figures are drawn on Agg canvases whatever the
-    environment names for other tools."""
-    values = {"MPLBACKEND": "agg", **({"COLUMNS": str(terminal.columns)} if terminal.columns else {})}
+    """MPLBACKEND=agg while the command runs, restored after it: matplotlib reads it (and refuses
+    a misspelt backend) when it is first imported, and figures are drawn on Agg canvases
+    whatever the environment names for other tools. (Widths are passed: `terminal`.)"""
+    values = {"MPLBACKEND": "agg"}
     saved = {name: os.environ.get(name) for name in values}
     os.environ.update(values)
     try:

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import typer
 
+from diffeval import terminal
 from diffeval.errors import DiffevalError, Interrupted, UsageError
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
@@ -199,14 +200,15 @@ def probe_command(probe):
     that applies to it."""
     options = [o for o in probe.Config.options() if o.cli]
     names = _run_names(probe)
-    params = [_parameter("ckpt", list[str], CKPT)]
+    params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+              _parameter("ckpt", list[str], CKPT)]
     for o in options:
         kind = o.cli_type if o.cli_default is not None else Optional[o.cli_type]
         params.append(_parameter(o.name, kind, typer.Option(o.cli_default, *o.flag.split(" "), help=o.help)))
     params.append(_parameter("out", Optional[str], OUT))
     params += [_parameter(n, RUN[n].kind, RUN[n].typer_option()) for n in names]
 
-    def command(**kwargs) -> None:
+    def command(ctx: typer.Context, **kwargs) -> None:
         ckpt, out = kwargs.pop("ckpt"), kwargs.pop("out")
         opts = run_options(**{n: kwargs.pop(n) for n in names})
         chosen = []
@@ -215,7 +217,8 @@ def probe_command(probe):
             if md is not None and kwargs.get(o.name) is None and not (md.unless and kwargs.get(md.unless) is not None):
                 chosen.append(default_lengths(ckpt, probe.name, md.reserve, md.cap, md.grid))
                 kwargs[o.name] = chosen[-1].value
-        run_command(probe, {k: v for k, v in kwargs.items() if v is not None}, ckpt, out, opts, chosen)
+        run_command(probe, {k: v for k, v in kwargs.items() if v is not None}, ckpt, out, opts, chosen,
+                    terminal.of(ctx).console())
 
     command.__name__ = probe.name.replace("-", "_")
     command.__doc__ = probe.summary
@@ -230,7 +233,7 @@ def say_chosen(chosen: list[Chosen]) -> None:
 
 
 def run_command(probe, params: dict[str, Any], ckpt: list[str], out: Optional[str], opts,
-                chosen: list[Chosen] = ()) -> dict:
+                chosen: list[Chosen] = (), console=None) -> dict:
     """Build the probe's config from command values, run it, print its tables."""
     from diffeval.dist import is_main
     from diffeval.report.tables import print_run_tables
@@ -242,7 +245,7 @@ def run_command(probe, params: dict[str, Any], ckpt: list[str], out: Optional[st
         cfg = probe.config(params)
         results = run_probe(probe, cfg, list(ckpt), out_dir, opts)
     if is_main():  # under torchrun, rank 0 speaks for the job
-        print_run_tables(probe, results)
+        print_run_tables(probe, results, console)
         say_chosen(chosen)
         print(f"results: {out_dir / 'results.json'}", file=sys.stderr)
     return results

@@ -69,8 +69,8 @@ def latex(table: TableData) -> str:
     return "\n".join(lines) + "\n"
 
 
-def print_run_tables(probe, results: dict) -> None:
-    """Every table the probe prints after a run."""
+def print_run_tables(probe, results: dict, console=None) -> None:
+    """Every table the probe prints after a run (on `console`, a rich Console)."""
     for view in probe.tables():
         if view.in_run:
-            print_table(view.build(results))
+            print_table(view.build(results), console)
