@@ -23,6 +23,7 @@ from diffeval.commands.needle import needle
 from diffeval.commands.nll import nll
 from diffeval.commands.outliers import outliers
 from diffeval.commands.run import run_task
+from diffeval.commands.tasks import tasks
 from diffeval.commands.train import train, zoo
 from diffeval.dist import PeerFailed, rank_tag
 from diffeval.errors import DiffevalError, Interrupted, shorten
@@ -55,7 +56,7 @@ def root(
 
 COMMANDS = {"info": info, "zoo": zoo, "train": train, "needle": needle, "attn-map": attn_map,
             "outliers": outliers, "nll": nll, "icl": icl, "halluc": halluc,
-            "run": run_task, "check": check, "compare": compare, "figures": figures}
+            "tasks": tasks, "run": run_task, "check": check, "compare": compare, "figures": figures}
 def _metavars(fn):
     """Help shows a word for each option's value (`--len LEN`, `--samples INT`) and nothing for
     flags, instead of typer's Python types (`<list[str]>`, `<bool>`)."""
@@ -91,11 +92,14 @@ EXAMPLES = {
     "nll": ["diffeval nll --docs 4", "diffeval nll --ckpt path/to/model --data books/ --len 32k --docs 20"],
     "icl": ["diffeval icl --shots 1,4,16 --test 30", "diffeval icl --ckpt path/to/model --data synthetic-77 --len 4k,16k"],
     "halluc": ["diffeval halluc --samples 5", "diffeval halluc --ckpt path/to/instruct --data qa.jsonl --prompt-format chat"],
-    "run": ["diffeval run tasks/outliers-paper.yaml --out runs/outliers",
-            "diffeval run tasks/needle-paper-4k.yaml --ckpt path/to/model --samples 10"],
+    "tasks": ["diffeval tasks"],
+    "run": ["diffeval run outliers-paper --out runs/outliers",
+            "diffeval run needle-paper-4k --ckpt path/to/model --samples 10",
+            "diffeval run my-task.yaml --ckpt path/to/model"],
     "check": ["diffeval check tasks/ci/suite.yaml --junit ci.xml"],
     "compare": ["diffeval compare runs/needle-a runs/needle-b --out report/"],
-    "figures": ["diffeval figures plots/paper.yaml --results runs/ --out figures/"],
+    "figures": ["diffeval figures paper --results runs/ --out figures/",
+                "diffeval figures my-recipe.yaml --results runs/needle-4k --out fig/"],
 }
 
 

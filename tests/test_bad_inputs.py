@@ -16,8 +16,6 @@ import pytest
 from diffeval.checkpoints.zoo import zoo_path
 from helpers import run_cli, saved_tiny_models
 
-ROOT = Path(__file__).resolve().parent.parent
-
 # `{ck}`: a tiny native checkpoint, `{out}`: a run folder that does not exist yet, `{t}`:
 # the test's own folder (for files the case writes first).
 TINY = ["--len", "256", "--depths", "50", "--samples", "1", "--ckpt", "{ck}", "--out", "{out}"]
@@ -192,7 +190,10 @@ CASES = [
     ("recipe-betas-text", ["train", "--recipe", "{t}/r.yaml", "--out", "{out}"], _write("r.yaml", "name: r\nmodel: {family: transformer, d_model: 32, n_layers: 1, n_heads: 2, d_ff: 32}\nbetas: [a, b]\n"), "betas"),
     ("recipe-stages-text", ["train", "--recipe", "{t}/r.yaml", "--out", "{out}"], _write("r.yaml", "name: r\nmodel: {family: transformer, d_model: 32, n_layers: 1, n_heads: 2, d_ff: 32}\nstages: [a, b]\n"), "stage"),
     ("recipe-binary", ["train", "--recipe", "{t}/r.yaml", "--out", "{out}"], _write("r.yaml", b"\x00\x01\xff"), "r.yaml"),
-    ("figures-no-runs", ["figures", str(ROOT / "plots" / "paper.yaml"), "--results", "{t}/none", "--out", "{out}"], None, "none"),
+    ("task-unknown-name", ["run", "needle-papr-4k", "--out", "{out}"], None, "did you mean 'needle-paper-4k'?"),
+    ("task-moved-path", ["run", "tasks/needle-paper-4k.yaml", "--out", "{out}"], None, "shipped task preset"),
+    ("recipe-unknown-name", ["figures", "papr", "--results", "{t}", "--out", "{out}"], None, "did you mean 'paper'?"),
+    ("figures-no-runs", ["figures", "paper", "--results", "{t}/none", "--out", "{out}"], None, "none"),
     ("compare-not-a-run", ["compare", "{t}", "--out", "{out}"], None, "results.json"),
     ("check-bad-suite", ["check", "{t}/s.yaml"], _write("s.yaml", "name: s\n"), "s.yaml"),
 ]

@@ -1,4 +1,5 @@
-"""`diffeval run TASK.yaml`: a task preset; each grid variant writes its own folder."""
+"""`diffeval run TASK`: a task preset, shipped (by name) or a file; each grid variant writes its
+own folder."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from diffeval.commands import options as o
 
 @o.with_run_options(*o.RUN_PARAMS)
 def run_task(
-    task_file: str = typer.Argument(..., metavar="TASK.yaml", help="A task preset (see tasks/)."),
+    task_file: str = typer.Argument(..., metavar="TASK", help="A shipped task preset by name (see diffeval tasks) or a task YAML file."),
     ckpt: list[str] = o.CKPT,
     out: Optional[str] = typer.Option(None, "--out", help="Output directory (default runs/<task>-<UTC time>). Rerun to resume."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Override samples per cell."),
@@ -23,14 +24,15 @@ def run_task(
     data: Optional[str] = typer.Option(None, "--data", help="Override the data (probes that read text: nll, outliers)."),
     opts=None,
 ) -> None:
-    """Run a task preset (YAML); each grid variant writes its own folder under --out."""
+    """Run a task preset (a shipped name or a YAML file); each grid variant writes its own folder under --out."""
+    from diffeval.catalog import resolve_task
     from diffeval.dist import is_main
     from diffeval.probes import get_probe
     from diffeval.results import default_out
     from diffeval.run import TaskInfo, run_probe
     from diffeval.tasks import load_task
 
-    task = load_task(task_file)
+    task = load_task(resolve_task(task_file))
     overrides = {k: v for k, v in dict(samples=samples, lengths=length, depths=depths, seed=seed, data=data).items()
                  if v is not None}
     variants = task.variants(overrides)

@@ -5,12 +5,13 @@ from pathlib import Path
 
 import pytest
 
+from diffeval.catalog import figure_recipes
 from diffeval.report.figures import KINDS, find_runs, latex, load_recipe, merge
 from helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "runs"
-RECIPES = sorted((ROOT / "plots").glob("*.yaml"))
+RECIPES = sorted(figure_recipes().values())
 
 
 def test_fixtures_cover_every_probe_a_kind_needs():

@@ -152,7 +152,7 @@ def test_a_failing_rank_is_named_and_the_rerun_resumes(reference, tmp_path):
 
 
 def test_a_task_with_running_statistics_gives_the_same_numbers(tmp_path):
-    """`diffeval run TASK.yaml` with the outliers probe: the statistics samples stay on rank 0,
+    """`diffeval run TASK` with the outliers probe: the statistics samples stay on rank 0,
     the quantized needle samples spread; results identical to one process."""
     task = tmp_path / "outliers.yaml"
     task.write_text(OUTLIERS_TASK)
