@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from diffeval.checkpoints.zoo import zoo_path
-from helpers import run_cli, saved_tiny_models
+from helpers import copy_zoo_model, run_cli, saved_tiny_models
 
 # `{ck}`: a tiny native checkpoint, `{out}`: a run folder that does not exist yet, `{t}`:
 # the test's own folder (for files the case writes first).
@@ -36,7 +35,10 @@ def _bad_ckpt(change, zoo: bool = False):
     damaged by change(path)."""
     def setup(t: Path, ck: str) -> None:
         target = t / "ck"
-        shutil.copytree(zoo_path("transformer-tiny") if zoo else ck, target)
+        if zoo:
+            copy_zoo_model("transformer-tiny", target)
+        else:
+            shutil.copytree(ck, target)
         change(target)
     return setup
 
@@ -162,6 +164,7 @@ CASES = [
      _bad_ckpt(lambda p: (p / "config.json").write_text(json.dumps(
          {"architectures": ["LlamaForCausalLM"], "hidden_size": "abc", "num_attention_heads": 4, "vocab_size": 259,
           "num_hidden_layers": 2.5, "intermediate_size": 96}))), "hidden_size ('abc'), num_hidden_layers (2.5)"),
+    ("ckpt-native-tokenizer-missing", ["info", "--ckpt", "{t}/ck"], _bad_ckpt(lambda p: (p / "tokenizer.json").unlink(), zoo=True), "tokenizer.json: missing"),
     ("ckpt-tokenizer-config-list", ["info", "--ckpt", "{t}/ck"], _bad_ckpt(lambda p: (p / "tokenizer_config.json").write_text("[1, 2]"), zoo=True), "tokenizer_config.json"),
     ("ckpt-tokenizer-config-not-utf8", ["info", "--ckpt", "{t}/ck"], _bad_ckpt(lambda p: (p / "tokenizer_config.json").write_bytes(b"\xff\xff"), zoo=True), "tokenizer_config.json"),
     ("ckpt-tokenizer-beyond-vocab", ["info", "--ckpt", "{t}/ck"], _bad_ckpt(_big_tokenizer), "vocab_size"),

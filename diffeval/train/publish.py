@@ -1,6 +1,8 @@
 """Turn a finished training run into a zoo model: copy the checkpoint into diffeval/zoo/NAME/,
 measure it with the needle probe (the same runner `diffeval needle` uses), and write
-zoo.json (metadata `diffeval zoo` shows) and NAME.md (the model card)."""
+zoo.json (metadata `diffeval zoo` shows) and NAME.md (the model card). The zoo models share
+one tokenizer (diffeval/zoo/tokenizer.json + tokenizer_config.json); a model trained with
+another keeps its own copy in its folder, which the loader finds first."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any
 
 from diffeval.errors import UsageError
 
-CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+CHECKPOINT_FILES = ("config.json", "model.safetensors")
 
 # The measurements behind the zoo's scores: `diffeval needle --ckpt zoo:NAME --len L
 # --depths 0:100:5 --samples 20 --device cpu` (+ `--needles 4 --queries 2` for multi).
@@ -24,14 +26,28 @@ SCORE_GRIDS: dict[str, dict[str, Any]] = {
 
 
 def copy_checkpoint(run_dir: Path, zoo_dir: Path) -> None:
-    """Copy the native checkpoint files of `run_dir` into `zoo_dir` (created or replaced)."""
-    missing = [f for f in CHECKPOINT_FILES[:2] if not (run_dir / f).is_file()]
+    """Copy the native checkpoint files of `run_dir` into `zoo_dir` (created or replaced). Its
+    tokenizer becomes the zoo's shared one when there is none yet, is not copied when it is the
+    shared one byte for byte, and is kept in `zoo_dir` otherwise."""
+    missing = [f for f in CHECKPOINT_FILES if not (run_dir / f).is_file()]
     if missing:
         raise UsageError(f"{run_dir}: not a finished run (missing {missing[0]})")
     zoo_dir.mkdir(parents=True, exist_ok=True)
     for f in CHECKPOINT_FILES:
-        if (run_dir / f).is_file():
-            shutil.copyfile(run_dir / f, zoo_dir / f)
+        shutil.copyfile(run_dir / f, zoo_dir / f)
+    from diffeval.checkpoints import TOKENIZER_FILES
+
+    def read(folder: Path) -> dict[str, bytes]:
+        return {f: (folder / f).read_bytes() for f in TOKENIZER_FILES if (folder / f).is_file()}
+
+    mine, shared = read(run_dir), read(zoo_dir.parent)
+    for f in TOKENIZER_FILES:  # a republished model drops the copy of its own it had
+        (zoo_dir / f).unlink(missing_ok=True)
+    if not mine or mine == shared:
+        return
+    target = zoo_dir if shared else zoo_dir.parent
+    for f, data in mine.items():
+        (target / f).write_bytes(data)
 
 
 def measure(spec: str, length: int, out: Path, samples: int = 20, seed: int = 0) -> dict[str, dict]:
@@ -94,6 +110,8 @@ def write_card(name: str, zoo_dir: Path, run_dir: Path, scores: dict[str, dict],
     (zoo_dir / "zoo.json").write_text(json.dumps(card, indent=2) + "\n")
     stages = ", ".join(f"{s['steps']} steps x {s['batch_size']} x {s['seq_len']} tokens" for s in recipe["stages"])
     length = summary["trained_len"]
+    tokenizer = ("`tokenizer.json` (its own)" if (zoo_dir / "tokenizer.json").exists() else
+                 "`diffeval/zoo/tokenizer.json` (one file the zoo models share)")
     text = f"""# zoo:{name}
 
 A tiny {config['family']} reference model trained by diffeval on its own synthetic corpus
@@ -107,7 +125,7 @@ language model of any use beyond the probes' formats.
 |---|---|---|---|---|---|---|---|---|
 | {config['family']} | {summary['n_params']:,} | {config['n_layers']} x {config['n_heads']} | {config['d_model']} | {config['d_head']} | {config['d_ff']} | {config['vocab_size']} | {length} | {config['max_seq_len']} |
 
-Tokenizer: `tokenizer.json`, word level, built from the corpus vocabulary
+Tokenizer: {tokenizer}, word level, built from the corpus vocabulary
 (`diffeval/train/tokenizer.py`): " CITY is" is one token (so finding a city needle is a
 one-token match), digits come in chunks of up to three, any other ASCII character is its own
 token. Text outside ASCII becomes `<unk>`.
