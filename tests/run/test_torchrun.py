@@ -18,6 +18,8 @@ import torch
 from diffeval.results import SCHEMA_FILE
 from helpers import run_cli
 
+pytestmark = pytest.mark.integration
+
 MODELS = ["--ckpt", "zoo:transformer-tiny", "--ckpt", "zoo:diff-tiny"]
 NEEDLE = ["needle", *MODELS, "--len", "300,600", "--depths", "0,50,100", "--samples", "2", "--needles", "2",
           "--queries", "2", "--device", "cpu", "--max-new-tokens", "4"]
