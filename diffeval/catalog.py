@@ -1,5 +1,6 @@
 """What the package ships for the examples to run anywhere: task presets (`presets/*.yaml`,
-for `diffeval run NAME`) and figure recipes (`recipes/*.yaml`, for `diffeval figures NAME`).
+for `diffeval run NAME`), figure recipes (`recipes/*.yaml`, for `diffeval figures NAME`) and
+training recipes (`train/recipes/*.yaml`, for `diffeval train --recipe NAME`).
 
 A bare word (no folder, no .yaml / .yml suffix) names a shipped file; anything else is a path.
 The registries are plain dicts, name -> file, read from the package folders."""
@@ -14,6 +15,7 @@ from diffeval.errors import UsageError, did_you_mean
 PACKAGE = Path(__file__).resolve().parent
 PRESET_DIR = PACKAGE / "presets"
 RECIPE_DIR = PACKAGE / "recipes"
+TRAINING_DIR = PACKAGE / "train" / "recipes"
 SUFFIXES = (".yaml", ".yml")
 
 
@@ -31,6 +33,11 @@ def task_presets() -> dict[str, Path]:
 def figure_recipes() -> dict[str, Path]:
     """name -> file, for every shipped figure recipe."""
     return _shipped(RECIPE_DIR)
+
+
+def training_recipes() -> dict[str, Path]:
+    """name -> file, for every shipped training recipe (the zoo models')."""
+    return _shipped(TRAINING_DIR)
 
 
 def is_name(arg: str) -> bool:
@@ -59,6 +66,11 @@ def resolve_task(arg: str) -> Path:
 def resolve_recipe(arg: str) -> Path:
     """The file of a figure recipe given by name (`paper`) or by path."""
     return _resolve(arg, figure_recipes(), "figure recipe")
+
+
+def resolve_training_recipe(arg: str) -> Path:
+    """The file of a training recipe given by name (`transformer-tiny`) or by path."""
+    return _resolve(arg, training_recipes(), "training recipe")
 
 
 def listing() -> dict[str, list[dict[str, Any]]]:

@@ -82,7 +82,8 @@ def _metavars(fn):
 EXAMPLES = {
     "info": ["diffeval info --ckpt zoo:diff-tiny", "diffeval info --ckpt path/to/hf-dir --json"],
     "zoo": ["diffeval zoo"],
-    "train": ["diffeval train --recipe diffeval/train/recipes/transformer-tiny.yaml --out runs/my-tiny --max-minutes 5"],
+    "train": ["diffeval train --recipe transformer-tiny --out runs/my-tiny --max-minutes 5",
+              "diffeval train --recipe my-recipe.yaml --out runs/mine"],
     "needle": ["diffeval needle  # the zoo models: 256, 512, 1K tokens x 5 depths, under a minute",
                "diffeval needle --depths 0:100:11 --samples 20  # 11 depths 0, 10, ..., 100",
                "diffeval needle --ckpt path/to/model --len 4k,8k,16k --needles 4 --queries 2"],

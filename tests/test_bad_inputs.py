@@ -195,6 +195,7 @@ CASES = [
     ("recipe-binary", ["train", "--recipe", "{t}/r.yaml", "--out", "{out}"], _write("r.yaml", b"\x00\x01\xff"), "r.yaml"),
     ("task-unknown-name", ["run", "needle-papr-4k", "--out", "{out}"], None, "did you mean 'needle-paper-4k'?"),
     ("task-moved-path", ["run", "tasks/needle-paper-4k.yaml", "--out", "{out}"], None, "shipped task preset"),
+    ("train-recipe-unknown-name", ["train", "--recipe", "sha-tny", "--out", "{out}"], None, "did you mean 'sha-tiny'?"),
     ("recipe-unknown-name", ["figures", "papr", "--results", "{t}", "--out", "{out}"], None, "did you mean 'paper'?"),
     ("figures-no-runs", ["figures", "paper", "--results", "{t}/none", "--out", "{out}"], None, "none"),
     ("compare-not-a-run", ["compare", "{t}", "--out", "{out}"], None, "results.json"),

@@ -133,7 +133,7 @@ token. Text outside ASCII becomes `<unk>`.
 ## Training
 
 - recipe: `diffeval/train/recipes/{recipe['name']}.yaml`, seed {recipe['seed']}
-  (`diffeval train --recipe diffeval/train/recipes/{recipe['name']}.yaml --out DIR`)
+  (`diffeval train --recipe {recipe['name']} --out DIR`)
 - stages: {stages}
 - AdamW (betas {recipe['betas']}, weight decay {recipe['weight_decay']}), peak lr {recipe['lr']},
   {recipe['warmup_steps']} warm-up steps, cosine to {recipe['min_lr_ratio']} x peak, gradient clip {recipe['grad_clip']},
