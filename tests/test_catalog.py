@@ -2,6 +2,7 @@
 work, unknown names get "did you mean", and `diffeval tasks` lists them all."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -17,9 +18,9 @@ def test_the_paper_presets_and_recipe_are_shipped_inside_the_package():
     assert {"needle-paper-4k", "needle-paper-64k", "attn-map-paper", "outliers-paper", "icl-paper",
             "halluc-paper", "nll-paper-64k"} <= set(task_presets())
     assert "paper" in figure_recipes()
-    package = diffeval.__file__.rsplit("/", 1)[0]
+    package = Path(diffeval.__file__).resolve().parent
     for path in (*task_presets().values(), *figure_recipes().values()):
-        assert str(path).startswith(package) and path.is_file()
+        assert path.is_relative_to(package) and path.is_file()
 
 
 def test_every_shipped_recipe_loads_under_its_file_name():
