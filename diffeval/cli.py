@@ -18,6 +18,7 @@ from diffeval.commands.figures import figures
 from diffeval.commands.info import info
 from diffeval.commands.options import probe_command
 from diffeval.commands.run import run_task
+from diffeval.commands.tasks import tasks
 from diffeval.commands.train import train, zoo
 from diffeval.errors import DiffevalError, Interrupted, shorten
 from diffeval.launch import PeerFailed, rank_tag
@@ -53,7 +54,7 @@ def root(
 
 COMMANDS = {"info": info, "zoo": zoo, "train": train,
             **{name: probe_command(get_probe(name)) for name in PROBES},  # generated from each probe's options
-            "run": run_task, "check": check, "compare": compare, "figures": figures}
+            "tasks": tasks, "run": run_task, "check": check, "compare": compare, "figures": figures}
 def _metavars(fn):
     """Help shows a word for each option's value (`--len LEN`, `--samples INT`) and nothing for
     flags, instead of typer's Python types (`<list[str]>`, `<bool>`)."""
@@ -79,12 +80,16 @@ def _metavars(fn):
 EXAMPLES = {
     "info": ["diffeval info --ckpt zoo:diff-tiny", "diffeval info --ckpt path/to/hf-dir --json"],
     "zoo": ["diffeval zoo"],
-    "train": ["diffeval train --recipe diffeval/train/recipes/transformer-tiny.yaml --out runs/my-tiny --max-minutes 5"],
-    "run": ["diffeval run tasks/outliers-paper.yaml --out runs/outliers",
-            "diffeval run tasks/needle-paper-4k.yaml --ckpt path/to/model --samples 10"],
+    "train": ["diffeval train --recipe transformer-tiny --out runs/my-tiny --max-minutes 5",
+              "diffeval train --recipe my-recipe.yaml --out runs/mine"],
+    "tasks": ["diffeval tasks"],
+    "run": ["diffeval run outliers-paper --out runs/outliers",
+            "diffeval run needle-paper-4k --ckpt path/to/model --samples 10",
+            "diffeval run my-task.yaml --ckpt path/to/model"],
     "check": ["diffeval check tasks/ci/suite.yaml --junit ci.xml"],
     "compare": ["diffeval compare runs/needle-a runs/needle-b --out report/"],
-    "figures": ["diffeval figures plots/paper.yaml --results runs/ --out figures/"],
+    "figures": ["diffeval figures paper --results runs/ --out figures/",
+                "diffeval figures my-recipe.yaml --results runs/needle-4k --out fig/"],
 }
 
 

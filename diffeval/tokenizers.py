@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional, Protocol
 
@@ -52,7 +51,7 @@ class HFTokenizer:
     tokens; `bos_id` is set when the checkpoint asks for a BOS token at the start."""
 
     def __init__(self, path: Path, config: Optional[dict] = None, eos_ids: tuple[int, ...] = (),
-                 chat_template: Optional[str] = None) -> None:
+                 chat_template: Optional[str] = None, label: Optional[str] = None) -> None:
         from tokenizers import Tokenizer as _Tok
 
         self.path = Path(path)
@@ -62,7 +61,7 @@ class HFTokenizer:
         except Exception as exc:  # tokenizers raises a bare Exception subclass on bad JSON
             lines = str(exc).splitlines() or [type(exc).__name__]
             raise TokenizerError(f"{self.path}: cannot read tokenizer: {lines[0]}") from None
-        self.name = f"tokenizer.json ({self.path.parent.name})"
+        self.name = f"tokenizer.json ({label or self.path.parent.name})"
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         vocab = self._tok.get_vocab(with_added_tokens=True)
         self.max_id = max(vocab.values()) if vocab else -1  # ids need not be dense
@@ -99,8 +98,9 @@ def _chat_template(cfg: dict) -> Optional[str]:
     return value if isinstance(value, str) and value.strip() else None
 
 
-def load_tokenizer(directory: Path, eos_ids: tuple[int, ...] = ()) -> Optional[HFTokenizer]:
-    """The tokenizer of a checkpoint directory, or None when it has no tokenizer.json."""
+def load_tokenizer(directory: Path, eos_ids: tuple[int, ...] = (), label: Optional[str] = None) -> Optional[HFTokenizer]:
+    """The tokenizer whose files are in `directory`, or None when it has no tokenizer.json.
+    `label` names it (default: the folder's name), e.g. the checkpoint that uses a shared one."""
     path = Path(directory) / "tokenizer.json"
     if not path.exists():
         return None
@@ -108,7 +108,7 @@ def load_tokenizer(directory: Path, eos_ids: tuple[int, ...] = ()) -> Optional[H
     cfg = read_json(cfg_path, "", TokenizerError) if cfg_path.exists() else None
     template = Path(directory) / "chat_template.jinja"
     text = read_text(template, "", TokenizerError) if template.exists() else None
-    return HFTokenizer(path, cfg, eos_ids, text)
+    return HFTokenizer(path, cfg, eos_ids, text, label)
 
 
 def stop_ids(tok) -> frozenset[int]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from diffeval.models import Decoder, ModelConfig
@@ -65,6 +67,22 @@ def saved_tiny_models(root) -> list[str]:
         diffeval.save(tiny_model(family, vocab_size=259, max_seq_len=1024), root / family)
         out.append(str(root / family))
     return out
+
+
+def copy_zoo_model(name: str, target) -> Path:
+    """A standalone copy of a zoo model at `target`: its folder plus the tokenizer files the zoo
+    models share."""
+    import shutil
+
+    from diffeval.checkpoints import TOKENIZER_FILES
+    from diffeval.checkpoints.zoo import tokenizer_dir, zoo_path
+
+    src, target = zoo_path(name), Path(target)
+    shutil.copytree(src, target)
+    for f in TOKENIZER_FILES:
+        if (tokenizer_dir(src) / f).is_file():
+            shutil.copyfile(tokenizer_dir(src) / f, target / f)
+    return target
 
 
 def run_cli(argv) -> int:

@@ -13,10 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from diffeval.checkpoints.zoo import zoo_path
-from helpers import run_cli, saved_tiny_models
-
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import copy_zoo_model, run_cli, saved_tiny_models
 
 # `{ck}`: a tiny native checkpoint, `{out}`: a run folder that does not exist yet, `{t}`:
 # the test's own folder (for files the case writes first).
@@ -38,7 +35,10 @@ def _bad_ckpt(change, zoo: bool = False):
     damaged by change(path)."""
     def setup(t: Path, ck: str) -> None:
         target = t / "ck"
-        shutil.copytree(zoo_path("transformer-tiny") if zoo else ck, target)
+        if zoo:
+            copy_zoo_model("transformer-tiny", target)
+        else:
+            shutil.copytree(ck, target)
         change(target)
     return setup
 
@@ -164,6 +164,7 @@ CASES = [
      _bad_ckpt(lambda p: (p / "config.json").write_text(json.dumps(
          {"architectures": ["LlamaForCausalLM"], "hidden_size": "abc", "num_attention_heads": 4, "vocab_size": 259,
           "num_hidden_layers": 2.5, "intermediate_size": 96}))), "hidden_size ('abc'), num_hidden_layers (2.5)"),
+    ("ckpt-native-tokenizer-missing", ["info", "--ckpt", "{t}/ck"], _bad_ckpt(lambda p: (p / "tokenizer.json").unlink(), zoo=True), "tokenizer.json: missing"),
     ("ckpt-tokenizer-config-list", ["info", "--ckpt", "{t}/ck"], _bad_ckpt(lambda p: (p / "tokenizer_config.json").write_text("[1, 2]"), zoo=True), "tokenizer_config.json"),
     ("ckpt-tokenizer-config-not-utf8", ["info", "--ckpt", "{t}/ck"], _bad_ckpt(lambda p: (p / "tokenizer_config.json").write_bytes(b"\xff\xff"), zoo=True), "tokenizer_config.json"),
     ("ckpt-tokenizer-beyond-vocab", ["info", "--ckpt", "{t}/ck"], _bad_ckpt(_big_tokenizer), "vocab_size"),
@@ -192,7 +193,11 @@ CASES = [
     ("recipe-betas-text", ["train", "--recipe", "{t}/r.yaml", "--out", "{out}"], _write("r.yaml", "name: r\nmodel: {family: transformer, d_model: 32, n_layers: 1, n_heads: 2, d_ff: 32}\nbetas: [a, b]\n"), "betas"),
     ("recipe-stages-text", ["train", "--recipe", "{t}/r.yaml", "--out", "{out}"], _write("r.yaml", "name: r\nmodel: {family: transformer, d_model: 32, n_layers: 1, n_heads: 2, d_ff: 32}\nstages: [a, b]\n"), "stage"),
     ("recipe-binary", ["train", "--recipe", "{t}/r.yaml", "--out", "{out}"], _write("r.yaml", b"\x00\x01\xff"), "r.yaml"),
-    ("figures-no-runs", ["figures", str(ROOT / "plots" / "paper.yaml"), "--results", "{t}/none", "--out", "{out}"], None, "none"),
+    ("task-unknown-name", ["run", "needle-papr-4k", "--out", "{out}"], None, "did you mean 'needle-paper-4k'?"),
+    ("task-moved-path", ["run", "tasks/needle-paper-4k.yaml", "--out", "{out}"], None, "shipped task preset"),
+    ("train-recipe-unknown-name", ["train", "--recipe", "sha-tny", "--out", "{out}"], None, "did you mean 'sha-tiny'?"),
+    ("recipe-unknown-name", ["figures", "papr", "--results", "{t}", "--out", "{out}"], None, "did you mean 'paper'?"),
+    ("figures-no-runs", ["figures", "paper", "--results", "{t}/none", "--out", "{out}"], None, "none"),
     ("compare-not-a-run", ["compare", "{t}", "--out", "{out}"], None, "results.json"),
     ("check-bad-suite", ["check", "{t}/s.yaml"], _write("s.yaml", "name: s\n"), "s.yaml"),
 ]

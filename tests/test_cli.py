@@ -45,7 +45,7 @@ def test_bare_diffeval_prints_help(capsys):
     (["needle", "--no-such-option"], "--no-such-option"),
     (["needle", "--samples"], "--samples"),
     (["info"], "--ckpt"),
-    (["run"], "TASK.yaml"),
+    (["run"], "TASK"),
     (["nedle"], "nedle"),
 ])
 def test_parser_errors_are_one_line_exit_2(argv, needle, capsys):

@@ -13,7 +13,7 @@ import torch
 
 from diffeval.checkpoints import hf, native, unilm
 from diffeval.checkpoints.files import read_weights
-from diffeval.checkpoints.zoo import zoo_path
+from diffeval.checkpoints.zoo import tokenizer_dir, zoo_path
 from diffeval.errors import CheckpointError, did_you_mean
 from diffeval.models.config import ModelConfig
 from diffeval.models.decoder import Decoder
@@ -187,15 +187,20 @@ instead when `require_tokenizer`); probes that need text say so in one line. `fo
     model = model.to(device=device, dtype=dtype).eval()
     model.set_backend(backend, device)
     _check_first_forward(model, directory, dtype)
+    tok_dir = tokenizer_dir(directory)
     if fmt in ("hf", "unilm"):
         eos = raw.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if isinstance(eos, int) else ())
-        tokenizer = load_tokenizer(directory, eos_ids)
+        tokenizer = load_tokenizer(tok_dir, eos_ids, label=directory.name)
         if tokenizer is None and require_tokenizer:
             raise CheckpointError(f"{directory / 'tokenizer.json'}: missing ({fmt} checkpoints need it)")
         arch = hf.architecture(raw, directory / "config.json") if fmt == "hf" else "unilm Diff-Transformer"
     else:
-        tokenizer = load_tokenizer(directory) or ByteTokenizer()
+        tokenizer = load_tokenizer(tok_dir, label=directory.name)
+        if tokenizer is None and raw.get("tokenizer") == "tokenizer.json":
+            raise CheckpointError(f"{directory / 'tokenizer.json'}: missing (config.json says the model was saved "
+                                  "with it; copy it next to config.json)")
+        tokenizer = tokenizer or ByteTokenizer()
         arch = "diffeval"
     if tokenizer is not None and tokenizer.max_id >= cfg.vocab_size:
         raise CheckpointError(
@@ -229,7 +234,7 @@ instead when `require_tokenizer`); probes that need text say so in one line. `fo
         sha256_from=digest_from,
         config=cfg.to_dict(),
         config_sha256=_files_sha256([directory / "config.json"]),
-        tokenizer_sha256=(None if tokenizer is None else _files_sha256([directory / n for n in TOKENIZER_FILES])
+        tokenizer_sha256=(None if tokenizer is None else _files_sha256([tok_dir / n for n in TOKENIZER_FILES])
                           if hasattr(tokenizer, "path") else tokenizer.name),
     )
     return Loaded(model, tokenizer, info)

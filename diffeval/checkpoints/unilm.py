@@ -176,7 +176,7 @@ def convert(weights: WeightFiles, cfg: ModelConfig, raw: dict[str, Any]) -> tupl
         if m is None:
             out.tensors[name], out.origin[name] = t, where
             continue
-        layer, part = m.group(1), m.group(2)
+        part = m.group(2)
         if part in ("q_proj", "k_proj"):
             t = _pairs(t, d, H if part == "q_proj" else G, file_name, where)
         elif part == "v_proj":

@@ -1,4 +1,5 @@
-"""The zoo: tiny reference checkpoints shipped inside the package (diffeval/zoo/NAME/)."""
+"""The zoo: tiny reference checkpoints shipped inside the package (diffeval/zoo/NAME/), with one
+tokenizer (diffeval/zoo/tokenizer.json + tokenizer_config.json) that every model shares."""
 
 from __future__ import annotations
 
@@ -15,6 +16,15 @@ def zoo_models() -> dict[str, Path]:
     if not ZOO_DIR.is_dir():
         return {}
     return {p.name: p for p in sorted(ZOO_DIR.iterdir()) if (p / "config.json").is_file()}
+
+
+def tokenizer_dir(directory: Path) -> Path:
+    """The folder holding a checkpoint directory's tokenizer files: the directory itself, or,
+    for a zoo model without a tokenizer of its own, the zoo's shared one."""
+    directory = Path(directory)
+    if (directory / "tokenizer.json").exists() or directory.resolve().parent != ZOO_DIR:
+        return directory
+    return ZOO_DIR
 
 
 def zoo_path(name: str) -> Path:

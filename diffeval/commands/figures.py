@@ -9,15 +9,16 @@ import typer
 
 
 def figures(
-    recipe: str = typer.Argument(..., metavar="RECIPE.yaml", help="A figure recipe (see plots/)."),
+    recipe: str = typer.Argument(..., metavar="RECIPE", help="A shipped figure recipe by name (see diffeval tasks) or a recipe YAML file."),
     results: list[str] = typer.Option(..., "--results", help="Run folders, or folders holding them (repeatable)."),
     out: str = typer.Option("figures", "--out", help="Where the figures (PNG, PDF, SVG) and tables (LaTeX, markdown) go."),
 ) -> None:
     """Draw a recipe's figures and tables from saved runs (no model is loaded)."""
+    from diffeval.catalog import resolve_recipe
     from diffeval.errors import UsageError
     from diffeval.report.figures import find_runs, load_recipe, render
 
-    rec = load_recipe(recipe)
+    rec = load_recipe(resolve_recipe(recipe))
     runs = find_runs(list(results))
     written, skipped = render(rec, runs, Path(out))
     for note in skipped:

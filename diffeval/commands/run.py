@@ -1,4 +1,5 @@
-"""`diffeval run TASK.yaml`: a task preset; each grid variant writes its own folder."""
+"""`diffeval run TASK`: a task preset, shipped (by name) or a file; each grid variant writes its
+own folder."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ from typing import Optional
 
 import typer
 
+from diffeval import terminal
 from diffeval.commands import options as o
 
 
 @o.with_run_options(*o.RUN_PARAMS)
 def run_task(
-    task_file: str = typer.Argument(..., metavar="TASK.yaml", help="A task preset (see tasks/)."),
+    ctx: typer.Context,
+    task_file: str = typer.Argument(..., metavar="TASK", help="A shipped task preset by name (see diffeval tasks) or a task YAML file."),
     ckpt: list[str] = o.CKPT,
     out: Optional[str] = typer.Option(None, "--out", help="Output directory (default runs/<task>-<UTC time>). Rerun to resume."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Override samples per cell."),
@@ -23,7 +26,8 @@ def run_task(
     data: Optional[str] = typer.Option(None, "--data", help="Override the data (probes that read text: nll, outliers)."),
     opts=None,
 ) -> None:
-    """Run a task preset (YAML); each grid variant writes its own folder under --out."""
+    """Run a task preset (a shipped name or a YAML file); each grid variant writes its own folder under --out."""
+    from diffeval.catalog import resolve_task
     from diffeval.dist import is_main
     from diffeval.probes import get_probe
     from diffeval.report.tables import print_run_tables
@@ -31,14 +35,15 @@ def run_task(
     from diffeval.run import TaskInfo, run_probe
     from diffeval.tasks import load_task
 
-    task = load_task(task_file)
+    task = load_task(resolve_task(task_file))
     overrides = {k: v for k, v in dict(samples=samples, lengths=length, depths=depths, seed=seed, data=data).items()
                  if v is not None}
     variants = task.variants(overrides)
     probe = get_probe(task.probe)
     field = probe.aliases.get("lengths", "lengths")
+    names = {n for n, f in probe.aliases.items() if f == field}  # every name the preset may give it under
     chosen = []
-    if length is None and not any(field in {**task.params, **v} for v in task.grid or ({},)):
+    if length is None and not any(names & {**task.params, **v}.keys() for v in task.grid or ({},)):
         # the preset leaves the length to the probe's default: cap it to what every model fits
         default = variants[0][1].to_dict()[field]
         chosen.append(o.default_lengths(ckpt, task.name, cap=max(default) if isinstance(default, list) else default))
@@ -54,6 +59,6 @@ def run_task(
             continue
         if name:
             print(f"\n{task.name}: variant {name}", file=sys.stderr)
-        print_run_tables(probe, results)
+        print_run_tables(probe, results, terminal.of(ctx).console())
         o.say_chosen(chosen)
         print(f"results: {target / 'results.json'}", file=sys.stderr)

@@ -14,7 +14,7 @@ from diffeval.errors import UsageError
 
 
 def train(
-    recipe: str = typer.Option(..., "--recipe", help="Recipe YAML (see diffeval/train/recipes/)."),
+    recipe: str = typer.Option(..., "--recipe", help="A shipped recipe by name (transformer-tiny, sha-tiny, diff-tiny: the zoo models') or a recipe YAML file."),
     out: str = typer.Option(..., "--out", help="Output directory: the checkpoint, train_state.pt, log.jsonl."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from OUT/train_state.pt when present."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop after this many minutes (checkpoint kept; rerun to continue)."),
@@ -25,10 +25,11 @@ def train(
     import dataclasses
     from pathlib import Path
 
+    from diffeval.catalog import resolve_training_recipe
     from diffeval.train.trainer import load_recipe
     from diffeval.train.trainer import train as run_train
 
-    rec = load_recipe(recipe)
+    rec = load_recipe(resolve_training_recipe(recipe))
     if threads is not None:
         if threads < 1:
             raise UsageError(f"--threads ({threads}) must be >= 1")

@@ -1,5 +1,5 @@
 """`diffeval figures`: the DIFF paper's figure and table forms, drawn from saved run folders
-by a recipe (YAML, in plots/):
+by a recipe (YAML; shipped ones in diffeval/recipes/, by name):
 
     name: paper
     figures:

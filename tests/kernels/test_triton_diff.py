@@ -83,6 +83,7 @@ print(len(triton.compile(src, target=GPUTarget("cuda", int(sys.argv[1]), 32)).as
 """
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("arch,dtype", [(80, "fp16"), (90, "fp16"), (90, "fp32")])
 def test_kernel_compiles_for_real_gpus(arch, dtype):
     """Ahead-of-time compilation to a cubin (no GPU needed), outside the interpreter; float32

@@ -7,13 +7,12 @@ import shutil
 import pytest
 
 import diffeval
-from diffeval.checkpoints.zoo import zoo_path
 from diffeval.errors import ConfigError
 from diffeval.probes import needle as N
 from diffeval.probes import retrieval as R
 from diffeval.probes.scoring import answer_text
 from diffeval.probes.prompts import prompt_format, split_chat_template
-from helpers import run_cli
+from helpers import copy_zoo_model, run_cli
 
 # A chat template in the Hugging Face form (jinja2), written for these tests.
 TEMPLATE = ("{{ bos_token }}{% if messages[0]['role'] != 'system' %}<|system|>\nToday is {{ strftime_now('%d %b %Y') }}."
@@ -25,7 +24,7 @@ TEMPLATE = ("{{ bos_token }}{% if messages[0]['role'] != 'system' %}<|system|>\n
 def chat_model(tmp_path_factory):
     """The shipped transformer-tiny with a chat template added to its tokenizer_config.json."""
     root = tmp_path_factory.mktemp("chat") / "tiny-chat"
-    shutil.copytree(zoo_path("transformer-tiny"), root)
+    copy_zoo_model("transformer-tiny", root)
     cfg = json.loads((root / "tokenizer_config.json").read_text())
     cfg["chat_template"] = TEMPLATE
     (root / "tokenizer_config.json").write_text(json.dumps(cfg))

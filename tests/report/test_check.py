@@ -1,7 +1,6 @@
 """`diffeval check`: tolerances from sampling noise, directions, exit codes, JUnit, --update,
 and a broken model (one layer's attention zeroed) failing the check with the cells named."""
 
-import shutil
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -9,7 +8,7 @@ from safetensors.torch import load_file, save_file
 
 from diffeval.checkpoints.zoo import zoo_path
 from diffeval.report.check import compare, load_suite, tolerance
-from helpers import run_cli
+from helpers import copy_zoo_model, run_cli
 
 SUITE = """name: mini
 reference: ref.yaml
@@ -45,7 +44,7 @@ def test_tolerance_and_direction():
 def _broken(tmp_path):
     """transformer-tiny with layer 0's attention output zeroed (same name, so labels match)."""
     model = tmp_path / "broken" / "transformer-tiny"
-    shutil.copytree(zoo_path("transformer-tiny"), model)
+    copy_zoo_model("transformer-tiny", model)
     weights = load_file(str(model / "model.safetensors"))
     weights["layers.0.attn.o_proj.weight"].zero_()
     weights["layers.1.attn.q_proj.weight"] = weights["layers.1.attn.q_proj.weight"].flip(0).contiguous()

@@ -58,6 +58,7 @@ def test_report_files_and_warnings(runs, tmp_path, capsys):
     assert "not strictly comparable" in capsys.readouterr().out
 
 
+@pytest.mark.integration
 def test_report_renders_in_headless_chromium(runs, tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:

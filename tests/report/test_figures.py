@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from diffeval.catalog import figure_recipes
 from diffeval.probes.base import Figure, TableData
 from diffeval.report.figures import find_runs, kinds, load_recipe, merge
 from diffeval.report.tables import latex
@@ -12,7 +13,7 @@ from helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "runs"
-RECIPES = sorted((ROOT / "plots").glob("*.yaml"))
+RECIPES = sorted(figure_recipes().values())
 
 
 def test_fixtures_cover_every_probe_a_kind_needs():

@@ -18,6 +18,8 @@ import torch
 from diffeval.results import SCHEMA_FILE
 from helpers import run_cli
 
+pytestmark = pytest.mark.integration
+
 MODELS = ["--ckpt", "zoo:transformer-tiny", "--ckpt", "zoo:diff-tiny"]
 NEEDLE = ["needle", *MODELS, "--len", "300,600", "--depths", "0,50,100", "--samples", "2", "--needles", "2",
           "--queries", "2", "--device", "cpu", "--max-new-tokens", "4"]
@@ -152,7 +154,7 @@ def test_a_failing_rank_is_named_and_the_rerun_resumes(reference, tmp_path):
 
 
 def test_a_task_with_running_statistics_gives_the_same_numbers(tmp_path):
-    """`diffeval run TASK.yaml` with the outliers probe: the statistics samples stay on rank 0,
+    """`diffeval run TASK` with the outliers probe: the statistics samples stay on rank 0,
     the quantized needle samples spread; results identical to one process."""
     task = tmp_path / "outliers.yaml"
     task.write_text(OUTLIERS_TASK)

@@ -114,15 +114,15 @@ def test_recipe_errors_name_the_value(change, match):
         Recipe(**{**MICRO, **change})
 
 
-def test_shipped_recipes_load_and_follow_the_papers_constructions():
-    from importlib.resources import files
-
+def test_shipped_recipes_load_by_name_and_follow_the_papers_constructions():
+    from diffeval.catalog import resolve_training_recipe, training_recipes
     from diffeval.train.trainer import model_config
 
+    assert set(training_recipes()) == {"transformer-tiny", "sha-tiny", "diff-tiny"}
     cfgs = {}
-    for name in ("transformer-tiny", "sha-tiny", "diff-tiny"):
-        r = load_recipe(str(files("diffeval.train") / "recipes" / f"{name}.yaml"))
-        assert r.seq_len >= 1024 and r.threads == 1
+    for name in training_recipes():
+        r = load_recipe(resolve_training_recipe(name))
+        assert r.name == name and r.seq_len >= 1024 and r.threads == 1
         cfgs[name] = model_config(r, 4000)
     t, s, d = cfgs["transformer-tiny"], cfgs["sha-tiny"], cfgs["diff-tiny"]
     assert s.n_heads == 1 and s.n_layers == t.n_layers * t.n_heads  # same total heads, re-stacked
