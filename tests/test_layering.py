@@ -224,3 +224,30 @@ def test_layers_never_import_back_up(graph, layer):
     bad = sorted((m, t) for m, targets in graph.items() if _inside(m, layer) for t in targets
                  if any(_inside(t, banned) for banned in LAYERS[layer]))
     assert not bad, f"{layer} imports from a layer above it: {bad}"
+
+
+# Size: a probe is one small module on the shared pieces; functions fit on a screen.
+PROBE_MODULE_LINES = 250
+FUNCTION_LINES = 60
+
+
+def _module_file(module: str) -> Path:
+    path = PACKAGE.parent / (module.replace(".", "/") + ".py")
+    return path if path.is_file() else PACKAGE.parent / module.replace(".", "/") / "__init__.py"
+
+
+def test_every_probe_module_is_small():
+    sizes = {m: len(_module_file(m).read_text().splitlines()) for m in sorted(_probe_modules())}
+    big = {m: n for m, n in sizes.items() if n > PROBE_MODULE_LINES}
+    assert sizes and not big, f"probe modules over {PROBE_MODULE_LINES} lines (move shared pieces out): {big}"
+
+
+def test_no_function_is_longer_than_a_screen():
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                size = node.end_lineno - node.lineno + 1
+                if size > FUNCTION_LINES:
+                    long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({size} lines)")
+    assert not long, f"functions over {FUNCTION_LINES} lines: {long}"

@@ -188,11 +188,19 @@ instead when `require_tokenizer`); probes that need text say so in one line. `fo
     model.set_backend(backend, device)
     _check_first_forward(model, directory, dtype)
     tok_dir = tokenizer_dir(directory)
+    tokenizer, arch = _tokenizer(directory, tok_dir, fmt, raw, cfg, require_tokenizer)
+    info = _info(spec, directory, fmt, layout, arch, cfg, model, dtype, tokenizer, tok_dir, weights)
+    return Loaded(model, tokenizer, info)
+
+
+def _tokenizer(directory: Path, tok_dir: Path, fmt: str, raw: dict, cfg: ModelConfig, require: bool):
+    """The checkpoint's tokenizer (None: a Hugging Face directory without one) and its
+    architecture name; a tokenizer that emits ids beyond the vocabulary is refused."""
     if fmt in ("hf", "unilm"):
         eos = raw.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if isinstance(eos, int) else ())
         tokenizer = load_tokenizer(tok_dir, eos_ids, label=directory.name)
-        if tokenizer is None and require_tokenizer:
+        if tokenizer is None and require:
             raise CheckpointError(f"{directory / 'tokenizer.json'}: missing ({fmt} checkpoints need it)")
         arch = hf.architecture(raw, directory / "config.json") if fmt == "hf" else "unilm Diff-Transformer"
     else:
@@ -207,6 +215,11 @@ instead when `require_tokenizer`); probes that need text say so in one line. `fo
             f"{directory}: the tokenizer can emit id {tokenizer.max_id} but the model's vocab_size is "
             f"{cfg.vocab_size} (ids 0..{cfg.vocab_size - 1}); tokenizer and weights do not belong together"
         )
+    return tokenizer, arch
+
+
+def _info(spec: str, directory: Path, fmt: str, layout: str, arch: str, cfg: ModelConfig, model, dtype,
+          tokenizer, tok_dir: Path, weights) -> CheckpointInfo:
     digest, digest_from = weights.sha256()
     info = CheckpointInfo(
         spec=spec,
@@ -237,7 +250,7 @@ instead when `require_tokenizer`); probes that need text say so in one line. `fo
         tokenizer_sha256=(None if tokenizer is None else _files_sha256([tok_dir / n for n in TOKENIZER_FILES])
                           if hasattr(tokenizer, "path") else tokenizer.name),
     )
-    return Loaded(model, tokenizer, info)
+    return info
 
 
 def memory_estimate(cfg: ModelConfig, dtype: torch.dtype, length: Optional[int] = None) -> int:

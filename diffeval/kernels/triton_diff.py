@@ -36,6 +36,26 @@ def _online_step(q, k, va, vb, visible, scale, m, l, acc_a, acc_b, PREC: tl.cons
 
 
 @triton.jit
+def _combine(acc1a, acc1b, acc2a, acc2b, l1, l2, lam, NW, offs_d, d_ok, D, eps, out_scale,
+             NORM: tl.constexpr, HAS_W: tl.constexpr):
+    """The epilogue: A1 V - lambda A2 V for both value halves, then (NORM) the per-head
+    RMSNorm over the 2d features (padding columns are zero), its weight and the scale."""
+    out_a = acc1a / l1[:, None] - lam * (acc2a / l2[:, None])
+    out_b = acc1b / l1[:, None] - lam * (acc2b / l2[:, None])
+    if NORM:
+        ms = (tl.sum(out_a * out_a, 1) + tl.sum(out_b * out_b, 1)) / (2 * D)
+        inv = 1.0 / tl.sqrt(ms + eps)
+        out_a = out_a * inv[:, None]
+        out_b = out_b * inv[:, None]
+        if HAS_W:
+            out_a = out_a * tl.load(NW + offs_d, mask=d_ok, other=0.0)[None, :]
+            out_b = out_b * tl.load(NW + D + offs_d, mask=d_ok, other=0.0)[None, :]
+        out_a = out_a * out_scale
+        out_b = out_b * out_scale
+    return out_a, out_b
+
+
+@triton.jit
 def _diff_attn_fwd(
     Q, K, V, Out, NW, lam, scale, eps, out_scale,
     sqb, sqh, sqt, sqd,
@@ -88,18 +108,8 @@ def _diff_attn_fwd(
         m1, l1, acc1a, acc1b = _online_step(q1, k1, va, vb, visible, scale, m1, l1, acc1a, acc1b, PREC)
         m2, l2, acc2a, acc2b = _online_step(q2, k2, va, vb, visible, scale, m2, l2, acc2a, acc2b, PREC)
 
-    out_a = acc1a / l1[:, None] - lam * (acc2a / l2[:, None])
-    out_b = acc1b / l1[:, None] - lam * (acc2b / l2[:, None])
-    if NORM:  # per-head RMSNorm over the 2d features (padding columns are zero), then the scale
-        ms = (tl.sum(out_a * out_a, 1) + tl.sum(out_b * out_b, 1)) / (2 * D)
-        inv = 1.0 / tl.sqrt(ms + eps)
-        out_a = out_a * inv[:, None]
-        out_b = out_b * inv[:, None]
-        if HAS_W:
-            out_a = out_a * tl.load(NW + offs_d, mask=d_ok, other=0.0)[None, :]
-            out_b = out_b * tl.load(NW + D + offs_d, mask=d_ok, other=0.0)[None, :]
-        out_a = out_a * out_scale
-        out_b = out_b * out_scale
+    out_a, out_b = _combine(acc1a, acc1b, acc2a, acc2b, l1, l2, lam, NW, offs_d, d_ok, D, eps, out_scale,
+                            NORM, HAS_W)
     o_ptr = Out + b * sob + j * soh + offs_m[:, None] * sot + offs_d[None, :] * sod
     tl.store(o_ptr, out_a.to(Out.dtype.element_ty), mask=q_mask)
     tl.store(o_ptr + D * sod, out_b.to(Out.dtype.element_ty), mask=q_mask)

@@ -26,6 +26,7 @@ init, and training is free to change all of it.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -80,6 +81,51 @@ def _match_qk(wq: torch.Tensor, wk: torch.Tensor, e_dims: int, p_off: int, slow:
     wk[slots, p_off : p_off + e_dims - 1] = r
 
 
+@dataclass
+class _Circuit:
+    """What the planted heads share: the widths, the embedding's constant column, the RoPE
+    pairs that carry position (fast) and content match (slow), and the generator."""
+
+    dh: int
+    e_dims: int
+    const: int
+    fast: list
+    slow: list
+    inv: torch.Tensor
+    gen: torch.Generator
+
+    def prev(self, attn, qh: int, kh: int, vh: list[int], ocol: int, src: int, o_scale: float) -> None:
+        """A previous-token head: query head qh, key head kh, value heads vh copied to `src`."""
+        dh, e_dims = self.dh, self.e_dims
+        wq, wk = attn.q_proj.weight, attn.k_proj.weight
+        _prev_qk(wq[qh * dh:(qh + 1) * dh], wk[kh * dh:(kh + 1) * dh], self.const, self.fast, self.inv, PREV_AMP)
+        width = dh * len(vh)
+        attn.o_proj.weight[:, ocol:ocol + width] = 0.0
+        for n, h in enumerate(vh):
+            wv = attn.v_proj.weight[h * dh:(h + 1) * dh]
+            wv.zero_()
+            for r in range(dh):
+                s = src + n * dh + r
+                if s < e_dims:
+                    wv[r, s] = 1.0
+                    attn.o_proj.weight[e_dims + s, ocol + n * dh + r] = o_scale
+
+    def induct(self, attn, qh: int, kh: int, vh: list[int], ocol: int, o_scale: float) -> None:
+        """An induction head: matches the copied previous token, writes the token after it."""
+        dh, e_dims = self.dh, self.e_dims
+        wq, wk = attn.q_proj.weight, attn.k_proj.weight
+        _match_qk(wq[qh * dh:(qh + 1) * dh], wk[kh * dh:(kh + 1) * dh], e_dims, e_dims, self.slow, self.gen,
+                  MATCH_AMP)
+        width = dh * len(vh)
+        u = _orthonormal(width, e_dims - 1, self.gen)  # (width, E - 1)
+        for n, h in enumerate(vh):
+            wv = attn.v_proj.weight[h * dh:(h + 1) * dh]
+            wv.zero_()
+            wv[:, : e_dims - 1] = u[n * dh:(n + 1) * dh]
+        attn.o_proj.weight[:, ocol:ocol + width] = 0.0
+        attn.o_proj.weight[: e_dims - 1, ocol:ocol + width] = o_scale * u.T
+
+
 @torch.no_grad()
 def plant_induction(model, seq_len: int, seed: int, sha_induction_layers: int = 1) -> None:
     """Overwrite parts of a freshly initialised `model` (see the module docstring);
@@ -93,6 +139,8 @@ def plant_induction(model, seq_len: int, seed: int, sha_induction_layers: int = 
     e_dims, const = d // 2, d // 2 - 1
     if dh > e_dims:
         raise ConfigError(f"circuit init needs d_head ({dh}) <= d_model / 2 ({e_dims})")
+    if cfg.family not in _PLANT:
+        raise ConfigError(f"circuit init: unknown family {cfg.family!r}")
     gen = torch.Generator().manual_seed(seed + 7919)
     inv = rope_inv_freq(cfg.rope, dh).double()
     fast, slow = _pairs(model, seq_len)
@@ -100,68 +148,48 @@ def plant_induction(model, seq_len: int, seed: int, sha_induction_layers: int = 
     emb.zero_()
     emb[:, : e_dims - 1] = torch.randn(emb.shape[0], e_dims - 1, generator=gen) / math.sqrt(e_dims - 1)
     emb[:, const] = 1.0
-    prev_amp, match_amp = PREV_AMP, MATCH_AMP
+    circuit = _Circuit(dh, e_dims, const, fast, slow, inv, gen)
+    _PLANT[cfg.family](circuit, cfg, [blk.attn for blk in model.layers], sha_induction_layers)
 
-    def prev(attn, qh: int, kh: int, vh: list[int], ocol: int, src: int, o_scale: float) -> None:
-        wq, wk = attn.q_proj.weight, attn.k_proj.weight
-        _prev_qk(wq[qh * dh:(qh + 1) * dh], wk[kh * dh:(kh + 1) * dh], const, fast, inv, prev_amp)
-        width = dh * len(vh)
-        attn.o_proj.weight[:, ocol:ocol + width] = 0.0
-        for n, h in enumerate(vh):
-            wv = attn.v_proj.weight[h * dh:(h + 1) * dh]
-            wv.zero_()
-            for r in range(dh):
-                s = src + n * dh + r
-                if s < e_dims:
-                    wv[r, s] = 1.0
-                    attn.o_proj.weight[e_dims + s, ocol + n * dh + r] = o_scale
 
-    def induct(attn, qh: int, kh: int, vh: list[int], ocol: int, o_scale: float) -> None:
-        wq, wk = attn.q_proj.weight, attn.k_proj.weight
-        _match_qk(wq[qh * dh:(qh + 1) * dh], wk[kh * dh:(kh + 1) * dh], e_dims, e_dims, slow, gen, match_amp)
-        width = dh * len(vh)
-        u = _orthonormal(width, e_dims - 1, gen)  # (width, E - 1)
-        for n, h in enumerate(vh):
-            wv = attn.v_proj.weight[h * dh:(h + 1) * dh]
-            wv.zero_()
-            wv[:, : e_dims - 1] = u[n * dh:(n + 1) * dh]
-        attn.o_proj.weight[:, ocol:ocol + width] = 0.0
-        attn.o_proj.weight[: e_dims - 1, ocol:ocol + width] = o_scale * u.T
+def _plant_transformer(c: _Circuit, cfg, layers: list, sha_induction_layers: int) -> None:
+    if cfg.n_layers < 2 or cfg.n_heads < 2:
+        raise ConfigError("circuit init for a transformer needs >= 2 layers and >= 2 heads")
+    for h in range(2):
+        c.prev(layers[0], h, h, [h], h * c.dh, h * c.dh, 1.0 / 8)
+    for h in range(cfg.n_heads):
+        c.induct(layers[1], h, h, [h], h * c.dh, 0.5 / cfg.n_heads)
 
-    layers = [blk.attn for blk in model.layers]
-    if cfg.family == "transformer":
-        if cfg.n_layers < 2 or cfg.n_heads < 2:
-            raise ConfigError("circuit init for a transformer needs >= 2 layers and >= 2 heads")
-        for h in range(2):
-            prev(layers[0], h, h, [h], h * dh, h * dh, 1.0 / 8)
-        for h in range(cfg.n_heads):
-            induct(layers[1], h, h, [h], h * dh, 0.5 / cfg.n_heads)
-    elif cfg.family == "sha":
-        if cfg.n_layers < 3:
-            raise ConfigError("circuit init for sha needs >= 3 layers")
-        n_prev = max(1, math.ceil(e_dims / dh) if cfg.n_layers > 4 else 1)
-        n_prev = min(n_prev, 2)
-        for i in range(n_prev):
-            prev(layers[i], 0, 0, [0], 0, i * dh, 1.0 / 8)
-        # Induction heads in sequence read each other's output as part of their query (E then
-        # holds the current and the copied token): measured untrained copy accuracy at 64 / 256
-        # / 1000 tokens, 6 layers 0.45 / 0.37 / 0.17, the last one only 0.76 / 0.60 / 0.47.
-        # So only the top `sha_induction_layers` get one; the layers between keep the normal init.
-        n_ind = min(sha_induction_layers, cfg.n_layers - n_prev)
-        for i in range(cfg.n_layers - n_ind, cfg.n_layers):
-            induct(layers[i], 0, 0, [0], 0, 0.5 / n_ind)
-    elif cfg.family == "diff":
-        if cfg.n_layers < 2:
-            raise ConfigError("circuit init for diff needs >= 2 layers")
-        H = cfg.n_heads
-        a0 = layers[0]
-        prev(a0, 0, 0, [0, H], 0, 0, 1.0 / 8)
-        a0.q_proj.weight[H * dh:(H + 1) * dh] = 0.0  # map 2 uniform
-        a0.k_proj.weight[H * dh:(H + 1) * dh] = 0.0
-        a1 = layers[1]
-        for h in range(H):
-            induct(a1, h, h, [h, h + H], 2 * h * dh, 0.5 / H)
-            a1.q_proj.weight[(h + H) * dh:(h + H + 1) * dh] = 0.0
-            a1.k_proj.weight[(h + H) * dh:(h + H + 1) * dh] = 0.0
-    else:
-        raise ConfigError(f"circuit init: unknown family {cfg.family!r}")
+
+def _plant_sha(c: _Circuit, cfg, layers: list, sha_induction_layers: int) -> None:
+    if cfg.n_layers < 3:
+        raise ConfigError("circuit init for sha needs >= 3 layers")
+    n_prev = max(1, math.ceil(c.e_dims / c.dh) if cfg.n_layers > 4 else 1)
+    n_prev = min(n_prev, 2)
+    for i in range(n_prev):
+        c.prev(layers[i], 0, 0, [0], 0, i * c.dh, 1.0 / 8)
+    # Induction heads in sequence read each other's output as part of their query (E then
+    # holds the current and the copied token): measured untrained copy accuracy at 64 / 256
+    # / 1000 tokens, 6 layers 0.45 / 0.37 / 0.17, the last one only 0.76 / 0.60 / 0.47.
+    # So only the top `sha_induction_layers` get one; the layers between keep the normal init.
+    n_ind = min(sha_induction_layers, cfg.n_layers - n_prev)
+    for i in range(cfg.n_layers - n_ind, cfg.n_layers):
+        c.induct(layers[i], 0, 0, [0], 0, 0.5 / n_ind)
+
+
+def _plant_diff(c: _Circuit, cfg, layers: list, sha_induction_layers: int) -> None:
+    if cfg.n_layers < 2:
+        raise ConfigError("circuit init for diff needs >= 2 layers")
+    H, dh = cfg.n_heads, c.dh
+    a0 = layers[0]
+    c.prev(a0, 0, 0, [0, H], 0, 0, 1.0 / 8)
+    a0.q_proj.weight[H * dh:(H + 1) * dh] = 0.0  # map 2 uniform
+    a0.k_proj.weight[H * dh:(H + 1) * dh] = 0.0
+    a1 = layers[1]
+    for h in range(H):
+        c.induct(a1, h, h, [h, h + H], 2 * h * dh, 0.5 / H)
+        a1.q_proj.weight[(h + H) * dh:(h + H + 1) * dh] = 0.0
+        a1.k_proj.weight[(h + H) * dh:(h + H + 1) * dh] = 0.0
+
+
+_PLANT = {"transformer": _plant_transformer, "sha": _plant_sha, "diff": _plant_diff}

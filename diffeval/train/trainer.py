@@ -105,6 +105,15 @@ class Recipe:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"recipe {self.name}: betas ({self.betas!r}) must be two numbers in [0, 1)")
+        self._check_stages()
+        if isinstance(self.corpus, dict):
+            try:
+                object.__setattr__(self, "corpus", CorpusConfig(**self.corpus))
+            except TypeError as exc:
+                raise ConfigError(f"recipe {self.name}: corpus: {exc}") from None
+
+    def _check_stages(self) -> None:
+        """stages: a non-empty list of {steps, seq_len, batch_size[, mix]}, positive integers."""
         if not isinstance(self.stages, (list, tuple)) or not self.stages:
             raise ConfigError(f"recipe {self.name}: stages ({shown(self.stages)}) must be a non-empty list")
         for i, st in enumerate(self.stages):
@@ -125,11 +134,6 @@ class Recipe:
                     raise ConfigError(f"recipe {self.name}: stage {i} {k} ({v!r}) must be a positive integer")
             if st["seq_len"] < self.min_doc:
                 raise ConfigError(f"recipe {self.name}: stage {i} seq_len ({st['seq_len']}) is below min_doc ({self.min_doc})")
-        if isinstance(self.corpus, dict):
-            try:
-                object.__setattr__(self, "corpus", CorpusConfig(**self.corpus))
-            except TypeError as exc:
-                raise ConfigError(f"recipe {self.name}: corpus: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
