@@ -18,6 +18,7 @@ PROBES: dict[str, str] = {
     "nll": "diffeval.probes.nll",
     "icl": "diffeval.probes.icl",
     "halluc": "diffeval.probes.halluc",
+    "passkey": "diffeval.probes.passkey",
 }
 
 

@@ -221,6 +221,7 @@ PROBE = Probe(
            Figure("attn_pooled_whole", "attention:pooled_whole_view", stem="attn_pooled_whole"),
            Figure("attn_allocation", "attention:allocation_view", stem="attn_allocation"),
            Table("attn_table", allocation_table)),
+    quick={"lengths": [200], "depths": "0,100", "samples": 1, "n_needles": 2, "layers": "0,-1"},
     description="attention allocation on the answer span vs noise, per depth / layer / head",
     summary="Where attention goes: mass on the answer, needles, sink, question and noise, per depth,\n"
             "layer and head (DIFF: differential, map 1, map 2); arrays and figures.",

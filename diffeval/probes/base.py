@@ -146,6 +146,7 @@ class Probe:
     description: str = ""  # one line, for listings
     summary: str = ""  # the command's help text
     examples: tuple[str, ...] = ()  # command lines for the help; the first runs as written on the zoo
+    quick: dict = field(default_factory=dict)  # parameters of a run of seconds on tiny models (the tests')
     method: str = ""  # how samples are scored and aggregated, written into results.json
 
     def config(self, params: dict):

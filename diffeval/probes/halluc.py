@@ -206,6 +206,7 @@ PROBE = Probe(
     aggregate=_aggregate, cell_keys=("kind",), grid_params=("lengths", "samples"), data=_data, service=_judge,
     uses=("prompt_format", "batch"),
     views=(Figure("halluc_bars", "halluc:outcome_view", stem="halluc_outcomes"), Table("halluc_table", outcome_table)),
+    quick={"lengths": [500], "samples": 3, "n_facts": 4},
     description="contextual hallucination on long-context QA and summaries, judge-free by default",
     summary="Contextual hallucination (DIFF paper 3.6): answerable, confusable and unanswerable\n"
             "questions over long contexts, or your QA / summaries; judge-free labels, optional judge.",

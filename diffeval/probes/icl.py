@@ -231,6 +231,7 @@ PROBE = Probe(
     group=lambda q: f"{q.length}/{q.shots}/{q.arrangement}/{q.permutation}",
     views=(Figure("icl_curve", "icl:curve_view", stem="icl_curve"), Figure("icl_order", "icl:order_view", stem="icl_order"),
            Table("icl_table", accuracy_table)),
+    quick={"shots": "2,4", "n_test": 4, "permutations": 2, "arrangements": "random,grouped"},
     description="many-shot in-context classification and order robustness",
     summary="Many-shot in-context classification (DIFF paper 3.5): accuracy vs demonstrations, and\n"
             "the spread over orderings of the same demonstrations.",

@@ -8,11 +8,9 @@ import math
 from dataclasses import dataclass
 
 from diffeval.probes import retrieval as R
-from diffeval.probes.base import Figure, Probe, Table, TableData, metric
+from diffeval.probes.base import Figure, Probe, Table, TableData
 from diffeval.probes.config import ModelDefault, ProbeConfig, option
 from diffeval.probes.scoring import answer_text, string_match_all
-from diffeval.specs import length_label
-from diffeval.stats import average_by, mean_per_cell, wilson
 
 VERSION = 2  # bump when samples for the same config change (2: RULER kinds ask in the singular)
 
@@ -63,73 +61,14 @@ def score_sample(sample: R.NeedleSample, predictions) -> dict:
             "score": math.fsum(scores) / len(scores), "all_correct": all(x == 1.0 for x in scores)}
 
 
-def aggregate_cells(records: list[dict], labels: list[str]) -> list[dict]:
-    """One row per (model, length, depth), models in run order: mean score, n, Wilson 95% CI,
-    all-correct rate and mean real token count."""
-    keys = ("model", "length", "depth")
-    rows_of: dict[tuple, list[dict]] = {}
-    for r in records:
-        rows_of.setdefault(tuple(r[k] for k in keys), []).append(r)
-    cells = []
-    for cell in sorted(mean_per_cell(records, keys), key=lambda c: labels.index(c["model"])):
-        rows = rows_of[tuple(cell[k] for k in keys)]
-        cells.append({
-            **cell, "mean": round(cell["mean"], 6), "ci95": [round(x, 6) for x in cell["ci95"]],
-            "all_correct": round(sum(r["all_correct"] for r in rows) / len(rows), 6),
-            "n_tokens_mean": round(sum(max(r["n_tokens"]) for r in rows) / len(rows), 1),
-        })
-    return cells
-
-
-def model_metrics(cells: list[dict], records: list[dict], label: str) -> dict:
-    """Accuracy and all-correct rate (Wilson intervals), and the average row per length and
-    per depth (unweighted mean of cell means)."""
-    mine = [r for r in records if r["model"] == label]
-    n = len(mine)
-    total = math.fsum(r["score"] for r in mine)
-    allc = sum(r["all_correct"] for r in mine)
-    out = {"accuracy": metric(total / n, n, True, wilson(min(total, n), n)),
-           "all_correct": metric(allc / n, n, True, wilson(allc, n))}
-    own = [c for c in cells if c["model"] == label]
-    for key in ("length", "depth"):
-        for row in average_by(own, by=(key,)):
-            out[f"accuracy@{key}={row[key]:g}"] = metric(row["mean"], row["n"], True,
-                                                         wilson(row["mean"] * row["n"], row["n"]))
-    return out
-
-
-def _aggregate(cfg: NeedleConfig, records: list[dict], models: list[dict], extra: dict):
-    labels = [m["label"] for m in models]
-    cells = aggregate_cells(records, labels)
-    return cells, {label: model_metrics(cells, records, label) for label in labels}
-
-
 def experiment(p: dict) -> str:
     """The experiment in words, for figure and table titles."""
     return (f"needle: {p['needle_kind']} needles, N={p['n_needles']}, R={p['n_queries']}, haystack "
             f"{p['haystack']}, {p['samples']} samples per cell")
 
 
-def depth_table(results: dict) -> TableData:
-    """Accuracy by depth (rows) for every model and length (columns), the average row, and
-    each model's overall accuracy with its Wilson 95% interval."""
-    lengths = sorted({c["length"] for c in results["cells"]})
-    depths = sorted({c["depth"] for c in results["cells"]})
-    cells = {(c["model"], c["length"], c["depth"]): c for c in results["cells"]}
-    labels = [m["label"] for m in results["models"]]
-    header = ["depth %", *[f"{label}\n{length_label(L)}" for label in labels for L in lengths]]
-    rows = [[f"{d:g}", *[f"{cells[(m, L, d)]['mean']:.2f}" if (m, L, d) in cells else "-"
-                         for m in labels for L in lengths]] for d in depths]
-    rows.append(["avg", *[f"{results['metrics'][m][f'accuracy@length={L}']['value']:.2f}"
-                          for m in labels for L in lengths]])
-    notes = []
-    for m in results["models"]:
-        met = results["metrics"][m["label"]]
-        acc, allc = met["accuracy"], met["all_correct"]
-        notes.append(f"{m['label']} ({m['family']}): accuracy {acc['value']:.3f} [{acc['ci95'][0]:.3f}, "
-                     f"{acc['ci95'][1]:.3f}], all correct {allc['value']:.3f}, n={acc['n']}")
-    return TableData(f"retrieval accuracy by depth\n({experiment(results['task']['params'])})", header, rows,
-                     styles={len(rows) - 1: "bold"}, notes=notes)
+def _depth_table(results: dict) -> TableData:
+    return R.depth_table(results, f"retrieval accuracy by depth\n({experiment(results['task']['params'])})")
 
 
 def multi_needle_table(runs: list[dict]) -> TableData:
@@ -147,11 +86,12 @@ def multi_needle_table(runs: list[dict]) -> TableData:
 
 PROBE = Probe(
     name="needle", version=VERSION, Config=NeedleConfig, generate=_generate,
-    requests=lambda cfg, sample, ctx: sample.requests(ctx.decode), score=_score, aggregate=_aggregate,
+    requests=lambda cfg, sample, ctx: sample.requests(ctx.decode), score=_score, aggregate=R.grid_aggregate,
     cell_keys=("length", "depth"), grid_params=("lengths", "depths", "samples"),
     data=lambda cfg: R.haystack_data(cfg.haystack), group=lambda sample: sample.group,
-    views=(Figure("needle_heatmap", "needle:heatmap_view", stem="needle_heatmap"), Table("needle_depths", depth_table),
+    views=(Figure("needle_heatmap", "needle:heatmap_view", stem="needle_heatmap"), Table("needle_depths", _depth_table),
            Table("needle_table", multi_needle_table, in_run=False, across_runs=True)),
+    quick={"lengths": [200], "depths": [0, 100], "samples": 2, "n_needles": 2, "n_queries": 2},
     description="needle / multi-needle retrieval over a depth x length grid",
     summary="Needle / multi-needle retrieval over a depth x length grid; heatmap and results.",
     examples=("diffeval needle  # the zoo models: 256, 512, 1K tokens x 5 depths, under a minute",

@@ -228,6 +228,7 @@ PROBE = Probe(
     name=NAME, version=VERSION, Config=NllConfig, generate=_generate, requests=_requests, score=_score,
     aggregate=_aggregate, cell_keys=("kind", "position"), grid_params=("docs",), data=_data, uses=(),
     views=(Figure("nll_curve", "nll:curve_view", stem="nll_curve"), Table("nll_table", bucket_table)),
+    quick={"length": 160, "docs": 4},
     description="cumulative average NLL by position up to the full length",
     summary="Cumulative average NLL by position (DIFF paper 3.3): curve with 95% bands, per-bucket\n"
             "table, perplexity; past the trained length with --allow-beyond-max-positions.",

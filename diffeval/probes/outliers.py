@@ -232,6 +232,7 @@ PROBE = Probe(
     views=(Figure("quant_curve", "outliers:quant_view", stem="quant_curve"),
            Figure("outliers_by_layer", "outliers:by_layer_view", stem="outliers_by_layer"),
            Table("outliers_table", T.outliers_table), Table("quant_table", T.quant_table)),
+    quick={"n_tokens": "500", "seq_len": 128, "bits": [16, 4], "metric": "nll"},
     description="activation outliers (Table 5) and the metric under attention-logit quantization",
     summary="Activation outliers: top-k / median of |attention logits| and |hidden states|, and the\n"
             "metric with attention logits quantized to fewer bits (statistics and quantization always\n"

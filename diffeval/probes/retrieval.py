@@ -13,6 +13,7 @@ into three streams: needles (keys, values), haystack sentences, distractor posit
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -26,7 +27,9 @@ from diffeval.probes.haystack import Haystack, load_haystack
 from diffeval.probes.config import ModelDefault, option
 from diffeval.probes.prompts import PromptFormat
 from diffeval.probes.words import CITIES, KEY_ADJECTIVES, KEY_NOUNS, VALUE_WORDS
+from diffeval.probes.base import TableData, metric
 from diffeval.specs import check_int, length_label, parse_depths, parse_lengths
+from diffeval.stats import average_by, mean_per_cell, wilson
 
 TASK_KEY = int.from_bytes(b"needle", "big")  # the grid's share of every seed
 RULER_NEW_TOKENS = 128  # --decode ruler: RULER's and lm-eval's generation budget
@@ -312,3 +315,70 @@ def run_samples(grid: NeedleGrid, ctx, probe: str) -> list[NeedleSample]:
 def haystack_data(haystack: str) -> dict:
     """The haystack's identity and content hash, for results and resume keys."""
     return {"haystack": load_haystack(haystack).to_dict()}
+
+
+# --- a (length x depth) grid of scored samples: cells, metrics and the depth table -----------
+# Records need "model", "length", "depth", "score" (in [0, 1]), "all_correct" and "n_tokens".
+
+
+def aggregate_cells(records: list[dict], labels: list[str]) -> list[dict]:
+    """One row per (model, length, depth), models in run order: mean score, n, Wilson 95% CI,
+    all-correct rate and mean real token count."""
+    keys = ("model", "length", "depth")
+    rows_of: dict[tuple, list[dict]] = {}
+    for r in records:
+        rows_of.setdefault(tuple(r[k] for k in keys), []).append(r)
+    cells = []
+    for cell in sorted(mean_per_cell(records, keys), key=lambda c: labels.index(c["model"])):
+        rows = rows_of[tuple(cell[k] for k in keys)]
+        cells.append({
+            **cell, "mean": round(cell["mean"], 6), "ci95": [round(x, 6) for x in cell["ci95"]],
+            "all_correct": round(sum(r["all_correct"] for r in rows) / len(rows), 6),
+            "n_tokens_mean": round(sum(max(r["n_tokens"]) for r in rows) / len(rows), 1),
+        })
+    return cells
+
+
+def model_metrics(cells: list[dict], records: list[dict], label: str) -> dict:
+    """Accuracy and all-correct rate (Wilson intervals), and the average row per length and
+    per depth (unweighted mean of cell means)."""
+    mine = [r for r in records if r["model"] == label]
+    n = len(mine)
+    total = math.fsum(r["score"] for r in mine)
+    allc = sum(r["all_correct"] for r in mine)
+    out = {"accuracy": metric(total / n, n, True, wilson(min(total, n), n)),
+           "all_correct": metric(allc / n, n, True, wilson(allc, n))}
+    own = [c for c in cells if c["model"] == label]
+    for key in ("length", "depth"):
+        for row in average_by(own, by=(key,)):
+            out[f"accuracy@{key}={row[key]:g}"] = metric(row["mean"], row["n"], True,
+                                                         wilson(row["mean"] * row["n"], row["n"]))
+    return out
+
+
+def grid_aggregate(cfg, records: list[dict], models: list[dict], extra: dict):
+    """A probe's `aggregate` for a (length, depth) grid: aggregate_cells and model_metrics."""
+    labels = [m["label"] for m in models]
+    cells = aggregate_cells(records, labels)
+    return cells, {label: model_metrics(cells, records, label) for label in labels}
+
+
+def depth_table(results: dict, title: str) -> TableData:
+    """Accuracy by depth (rows) for every model and length (columns), the average row, and
+    each model's overall accuracy with its Wilson 95% interval."""
+    lengths = sorted({c["length"] for c in results["cells"]})
+    depths = sorted({c["depth"] for c in results["cells"]})
+    cells = {(c["model"], c["length"], c["depth"]): c for c in results["cells"]}
+    labels = [m["label"] for m in results["models"]]
+    header = ["depth %", *[f"{label}\n{length_label(L)}" for label in labels for L in lengths]]
+    rows = [[f"{d:g}", *[f"{cells[(m, L, d)]['mean']:.2f}" if (m, L, d) in cells else "-"
+                         for m in labels for L in lengths]] for d in depths]
+    rows.append(["avg", *[f"{results['metrics'][m][f'accuracy@length={L}']['value']:.2f}"
+                          for m in labels for L in lengths]])
+    notes = []
+    for m in results["models"]:
+        met = results["metrics"][m["label"]]
+        acc, allc = met["accuracy"], met["all_correct"]
+        notes.append(f"{m['label']} ({m['family']}): accuracy {acc['value']:.3f} [{acc['ci95'][0]:.3f}, "
+                     f"{acc['ci95'][1]:.3f}], all correct {allc['value']:.3f}, n={acc['n']}")
+    return TableData(title, header, rows, styles={len(rows) - 1: "bold"}, notes=notes)

@@ -12,7 +12,8 @@ def print_table(table: TableData, console=None) -> None:
     from rich.table import Table
 
     console = console or Console()
-    out = Table(title=table.title)
+    console.print(table.title, highlight=False, style="italic")  # above the table, not wrapped to its width
+    out = Table()
     for i, name in enumerate(table.header):
         out.add_column(name, justify="left" if i == 0 or not _numeric(table, i) else "right", no_wrap=i == 0)
     for i, row in enumerate(table.rows):
