@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import typer
 
-def tasks() -> None:
+from diffeval import terminal
+
+
+def tasks(ctx: typer.Context) -> None:
     """List the shipped task presets (for `diffeval run NAME`) and figure recipes (for
     `diffeval figures NAME`)."""
-    from rich.console import Console
     from rich.table import Table
 
     from diffeval.catalog import listing
@@ -22,6 +25,6 @@ def tasks() -> None:
         recipes.add_column(col, no_wrap=col != "description", justify="right" if col == "figures" else "left")
     for r in shipped["recipes"]:
         recipes.add_row(r["name"], str(r["figures"]), r["description"])
-    console = Console()
+    console = terminal.of(ctx).console()
     console.print(presets)
     console.print(recipes)

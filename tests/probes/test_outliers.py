@@ -59,7 +59,7 @@ def test_16_bit_nll_equals_the_model_without_a_hook(ckpts, tmp_path):
     """Rebuild the sequences from the recorded hashes' source and score them independently."""
     from diffeval.engine import ids_sha256 as _ids_hash
     from diffeval.probes import activations as probe
-    from diffeval.probes.outliers import text_blocks
+    from diffeval.probes.streams import text_blocks
 
     out = tmp_path / "run"
     assert run(["outliers", "--ckpt", ckpts[1], *BASE, "--quant-bits", "16,6", "--out", str(out)]) == 0
