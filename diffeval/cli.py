@@ -193,8 +193,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     exits, aborts = _exit_classes()
     rc = 0
     try:
-        with _environ_while_running(terminal):
-            rc = app(args=args, standalone_mode=False, terminal_width=terminal.help_width(HELP_WIDTH), obj=terminal)
+        rc = app(args=args, standalone_mode=False, terminal_width=terminal.help_width(HELP_WIDTH), obj=terminal)
         sys.stdout.flush()
     except exits as exc:
         sys.exit(exc.exit_code)
@@ -227,24 +226,6 @@ def main(argv: Optional[list[str]] = None) -> None:
               file=sys.stderr)
     if isinstance(rc, int) and rc:
         sys.exit(rc)
-
-
-@contextlib.contextmanager
-def _environ_while_running(terminal: Terminal):
-    """MPLBACKEND=agg while the command runs, restored after it: matplotlib reads it (and refuses
-    a misspelt backend) when it is first imported, and figures are drawn on Agg canvases
-    whatever the environment names for other tools. (Widths are passed: `terminal`.)"""
-    values = {"MPLBACKEND": "agg"}
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _name_rank(exc: BaseException) -> None:

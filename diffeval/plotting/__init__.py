@@ -1,9 +1,33 @@
-"""Figure functions built on matplotlib's object-oriented API (Agg canvas, no pyplot state)."""
+"""Figure functions built on matplotlib's object-oriented API (Agg canvas, no pyplot state).
+
+matplotlib is imported here first, with the environment's MPLBACKEND out of its sight: it
+reads the variable at import and refuses a name it does not know, while these figures are
+drawn on Agg canvases whatever backend the environment names for other tools."""
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from pathlib import Path
+
+_IMPORTING = threading.Lock()
+
+
+def import_matplotlib():
+    """matplotlib, imported (once) without reading MPLBACKEND; the variable is left as it was."""
+    with _IMPORTING:
+        if "matplotlib" not in sys.modules:
+            foreign = os.environ.pop("MPLBACKEND", None)
+            try:
+                import matplotlib  # noqa: F401
+            finally:
+                if foreign is not None:
+                    os.environ["MPLBACKEND"] = foreign
+    return sys.modules["matplotlib"]
+
+
+import_matplotlib()  # before the figure modules of this package import from matplotlib
 
 
 def prewarm() -> threading.Thread:
