@@ -69,17 +69,23 @@ def _length_range(part: str, field: str) -> list[int]:
     return out
 
 
+def _list_text(spec: Any, field: str, what: str, example: str) -> str:
+    """A comma list as text, refused when empty or longer than MAX_ITEMS items."""
+    spec = as_text(spec) if spec is not None else ""
+    if not spec.strip():
+        raise ConfigError(f"{shown(spec)}: give {example}", field)
+    if spec.count(",") >= MAX_ITEMS:
+        raise ConfigError(f"{shown(spec)} lists {spec.count(',') + 1:,} {what}; at most {MAX_ITEMS}", field)
+    return spec
+
+
 def parse_lengths(spec: Any, field: str = "lengths", allow_empty: bool = False) -> list[int]:
     """"4k,8K,16384" -> [4096, 8192, 16384]; k = 1024, m = 1024^2. Ranges: "4k:64k" doubles
     (4k, 8k, ..., 64k); "1000:4000:1000" steps evenly. Order is kept; repeats are refused.
     `allow_empty`: "" or an empty list -> [] (the option is left to another)."""
     if allow_empty and spec in ("", (), []):
         return []
-    spec = as_text(spec) if spec is not None else ""
-    if not spec.strip():
-        raise ConfigError(f"{shown(spec)}: give token counts like 4k,8k,16k", field)
-    if spec.count(",") >= MAX_ITEMS:
-        raise ConfigError(f"{shown(spec)} lists {spec.count(',') + 1:,} lengths; at most {MAX_ITEMS}", field)
+    spec = _list_text(spec, field, "lengths", "token counts like 4k,8k,16k")
     out: list[int] = []
     for part in spec.split(","):
         if not part.strip():
@@ -113,11 +119,7 @@ def _one_depth(text: str, field: str) -> float:
 def parse_depths(spec: Any, field: str = "depths") -> list[float]:
     """"0,25,50" -> [0.0, 25.0, 50.0]; "0:100:11" -> 11 evenly spaced depths 0, 10, ..., 100
     (start:stop:count, both ends included). Each depth is a percentage in [0, 100]."""
-    spec = as_text(spec) if spec is not None else ""
-    if not spec.strip():
-        raise ConfigError(f"{shown(spec)}: give percentages like 0,25,50,75,100 or 0:100:5", field)
-    if spec.count(",") >= MAX_ITEMS:
-        raise ConfigError(f"{shown(spec)} lists {spec.count(',') + 1:,} depths; at most {MAX_ITEMS}", field)
+    spec = _list_text(spec, field, "depths", "percentages like 0,25,50,75,100 or 0:100:5")
     out: list[float] = []
     for part in spec.split(","):
         if ":" in part:
