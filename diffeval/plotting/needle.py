@@ -104,4 +104,5 @@ def heatmap_view(results: dict, run) -> Figure:
     p = results["task"]["params"]
     title = (f"needle: {p['needle_kind']} needles, N={p['n_needles']}, R={p['n_queries']}, haystack "
              f"{p['haystack']}, {p['samples']} samples per cell")
-    return needle_figure(results["cells"], [m["label"] for m in results["models"]], title=title)
+    merged = "merged_runs" in results  # runs of several parameter sets side by side (a figure recipe)
+    return needle_figure(results["cells"], [m["label"] for m in results["models"]], title=None if merged else title)

@@ -60,6 +60,8 @@ def merge(runs: list[RunFolder], models: Optional[list[str]] = None) -> tuple[di
         samples += [{**s, "model": rename[s["model"]], "_run": str(r.path)} for s in r.samples() if s["model"] in keep]
     if not base["models"]:
         raise UsageError(f"none of the models {models} is in the selected runs")
+    if len(runs) > 1:  # the task's parameters are the first run's: figures that title by them leave it
+        base["merged_runs"] = [r.path.name for r in runs]
     return base, samples
 
 

@@ -16,9 +16,25 @@ FIXTURES = ROOT / "tests" / "fixtures" / "runs"
 RECIPES = sorted(figure_recipes().values())
 
 
-def test_fixtures_cover_every_probe_a_kind_needs():
+def test_fixtures_cover_every_probe_a_shipped_recipe_draws():
     probes = {r.probe for r in find_runs([str(FIXTURES)])}
-    assert {probe for probe, _ in kinds().values()} <= probes
+    used = {kinds()[e["kind"]][0] for recipe in RECIPES for e in load_recipe(recipe)["figures"]}
+    assert used and used <= probes, sorted(used - probes)
+
+
+def test_every_declared_kind_draws_from_a_run_of_its_probe(tmp_path):
+    """Kinds no shipped recipe uses (passkey's, attn-map's per-prompt maps) draw too."""
+    from diffeval.probes.passkey import PROBE
+    from diffeval.run import RunOptions, run_probe
+
+    run_probe(PROBE, PROBE.config({"lengths": [256], "depths": [0, 100], "samples": 1}), ["zoo:sha-tiny"],
+              tmp_path / "pk", RunOptions(device="cpu", progress=False))
+    recipe = tmp_path / "all.yaml"
+    recipe.write_text("figures:\n" + "".join(f"  - {{kind: {k}}}\n" for k, (p, _) in kinds().items()
+                                              if p in ("passkey", "needle")))
+    assert run_cli(["figures", str(recipe), "--results", str(tmp_path / "pk"), "--results", str(FIXTURES),
+                    "--out", str(tmp_path / "fig")]) == 0
+    assert {p.stem for p in (tmp_path / "fig").iterdir()} >= {"passkey_heatmap", "passkey_depths", "needle_depths"}
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
