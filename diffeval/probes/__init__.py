@@ -19,6 +19,7 @@ PROBES: dict[str, str] = {
     "icl": "diffeval.probes.icl",
     "halluc": "diffeval.probes.halluc",
     "passkey": "diffeval.probes.passkey",
+    "ruler": "diffeval.probes.ruler",
 }
 
 
