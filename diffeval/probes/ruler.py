@@ -202,7 +202,7 @@ def _heatmap(results: dict, run):
 
     p, labels = results["task"]["params"], [m["label"] for m in results["models"]]
     tasks, lengths = [*p["tasks"], "avg"], sorted({c["length"] for c in results["cells"]})
-    fig = MplFigure(figsize=(1.2 + 0.9 * len(lengths) * len(labels), 0.9 + 0.32 * len(tasks)), layout="constrained")
+    fig = MplFigure(figsize=(max(4.0, 1.6 + 0.8 * len(lengths) * len(labels)), 0.9 + 0.32 * len(tasks)), layout="constrained")
     for k, (m, ax) in enumerate(zip(labels, np.atleast_1d(fig.subplots(1, len(labels), squeeze=False)[0]))):
         grid = np.full((len(tasks), len(lengths)), np.nan)  # (tasks + 1, L)
         for c in results["cells"]:
@@ -210,6 +210,7 @@ def _heatmap(results: dict, run):
                 grid[p["tasks"].index(c["task"]), lengths.index(c["length"])] = 100 * c["mean"]
         grid[-1] = [100 * results["metrics"][m][f"score@length={L}"]["value"] for L in lengths]
         ax.imshow(grid, cmap=CMAP, vmin=0, vmax=100, aspect="auto")
+        ax.axhline(len(tasks) - 1.5, color="white", lw=2)  # the average row below the tasks
         for (i, j), v in np.ndenumerate(grid):
             ax.text(j, i, "-" if np.isnan(v) else f"{v:.0f}", ha="center", va="center", fontsize=7)
         ax.set_xticks(range(len(lengths)), [length_label(L) for L in lengths])

@@ -1,0 +1,196 @@
+"""`ruler`: RULER's synthetic tasks regenerated and checked — exact lengths, answers where
+RULER puts them, the CWE / FWE frequency profiles, VT chains, distinct keys —, the
+string_match_all scorer on a table of cases, the effective-length definitions, bad input, and
+a run through the command line on a zoo model."""
+
+import json
+import re
+from collections import Counter
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from diffeval.checkpoints import load
+from diffeval.errors import ConfigError
+from diffeval.probes import ruler as P
+from diffeval.probes import ruler_tasks as T
+from diffeval.run import RunOptions, model_context
+from helpers import run_cli
+
+OPTS = RunOptions(device="cpu", progress=False)
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    return model_context("transformer-tiny", load("zoo:transformer-tiny"), OPTS)
+
+
+@pytest.fixture(scope="module")
+def samples(ctx):
+    return P.PROBE.generate(P.PROBE.config({"lengths": "512,896", "samples": 2}), ctx)
+
+
+def _text(ctx, s) -> str:
+    return ctx.tokenizer.decode(list(s.prompt))
+
+
+def test_every_prompt_has_exactly_the_requested_length(samples):
+    assert len(samples) == 2 * 2 * len(T.SYNTHETIC) and len({s.id for s in samples}) == len(samples)
+    assert {s.task for s in samples} == set(T.SYNTHETIC)
+    for s in samples:
+        assert len(s.prompt) == s.length, s.id
+        assert s.budget == T.TASKS[s.task].budget
+
+
+@pytest.mark.parametrize("task", [t for t in T.SYNTHETIC if t.startswith("niah")])
+def test_niah_needles_hold_the_answers_once_with_rulers_wording(ctx, samples, task):
+    cfg = T.TASKS[task].niah
+    for s in (s for s in samples if s.task == task):
+        text = _text(ctx, s)
+        keys = [k.strip() for k in re.split(r",(?: and)? ", s.info["query"])]
+        assert len(keys) == cfg.n_queries and len(set(keys)) == len(keys)
+        assert len(s.answers) == cfg.n_queries * cfg.n_values and len(set(s.answers)) == len(s.answers)
+        for a in s.answers:
+            assert text.count(a) == 1 and any(f"for {k} is: {a}." in text for k in keys)
+        needles = re.findall(r"One of the special magic (\w+) for (\S+) is: (\S+)\.", text)
+        assert needles and all(t == cfg.values for t, _, _ in needles)
+        if cfg.haystack != "needle":  # the placed needles only: n_keys distinct keys
+            assert len(needles) == cfg.n_keys * cfg.n_values and len({k for _, k, _ in needles}) == cfg.n_keys
+        else:  # distractor needles all around, the asked key once
+            assert len(needles) >= 3 and [k for _, k, _ in needles].count(keys[0]) == 1
+        if cfg.n_queries * cfg.n_values == 1:
+            assert text.startswith(f"A special magic {cfg.values[:-1]} is hidden")
+            assert text.endswith(f"mentioned in the provided text is")
+        else:
+            assert text.startswith(f"Some special magic {cfg.values} are hidden")
+            assert text.endswith(f"The special magic {cfg.values} for {s.info['query']} mentioned in the provided text are")
+        if cfg.keys == "uuids":
+            assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", keys[0])
+        if task == "niah_single_1":
+            assert "The grass is green." in text
+
+
+def test_vt_is_one_chain_of_four_hops_in_order(ctx, samples):
+    for s in (s for s in samples if s.task == "vt"):
+        text, names, value = _text(ctx, s), s.answers, s.info["query"]
+        assert len(names) == 5 and len(set(names)) == 5 and all(re.fullmatch(r"[A-Z]{5}", n) for n in names)
+        lines = [f"VAR {names[0]} = {value}."] + [f"VAR {names[j + 1]} = VAR {names[j]}." for j in range(4)]
+        at = [text.index(line) for line in lines]
+        assert at == sorted(at) and all(text.count(line) == 1 for line in lines)
+        assert text.count(value) == 3  # its line, the question and the answer prefix
+        assert text.endswith(f"5 variables are assigned the value {value}, they are: ")
+
+
+def _cwe_long(ctx):
+    """A 4K cwe prompt (RULER's long setting), built without the zoo's position check."""
+    p = T.generate_prompt(T.TASKS["cwe"], ctx.tokenizer, ctx.prompt_format, None, 4096, np.random.SeedSequence(1))
+    return P.Sample("cwe-L4096-s0", "cwe", 4096, 0, p.ids, p.answers, 120, p.info)
+
+
+def test_cwe_profile_is_rulers(ctx, samples):
+    long = _cwe_long(ctx)
+    assert len(long.prompt) == 4096 and long.info["repeats"] == [30, 3] and long.info["n_fewshot"] == 1
+    shot = _text(ctx, long).split(T.CWE_HEAD)[1]
+    assert shot.count(T.CWE_ANSWER) == 1 and re.search(r"are: 1\. \w+ 2\. \w+", shot)
+    for s in [*(s for s in samples if s.task == "cwe"), long]:
+        text = _text(ctx, s)
+        listed = text.split(T.CWE_HEAD)[-1].split("\nQuestion:")[0]
+        entries = re.findall(r"(\d+)\. (\w+)", listed)
+        assert [int(i) for i, _ in entries] == list(range(1, len(entries) + 1))
+        counts = Counter(w for _, w in entries)
+        common, rare = s.info["repeats"]
+        assert len(s.answers) == 10 and set(s.answers) <= set(counts)
+        assert all(counts[w] == common for w in s.answers)
+        assert all(c == rare for w, c in counts.items() if w not in s.answers) and common > rare
+        assert len(counts) == 10 + s.info["n_rare"]
+        assert text.endswith(T.CWE_ANSWER.strip())
+        if s.length == 896:  # RULER's counts below 4K; at 512 they do not fit and common words repeat less
+            assert s.info["repeats"] == [6, 1]
+        elif s.length == 512:
+            assert 2 <= common < 6
+
+
+def test_fwe_counts_follow_zipf_and_the_answer_is_ranks_two_to_four(ctx, samples):
+    for s in (s for s in samples if s.task == "fwe"):
+        text = _text(ctx, s)
+        coded = text[len(T.FWE_HEAD):].split("\nQuestion:")[0].split()
+        counts = Counter(coded)
+        expected = T.fwe_counts(s.info["n_words"], s.length // 50)
+        assert counts[s.answers[0]] == expected[1] and counts[s.answers[2]] == expected[3]
+        top = [w for w, _ in counts.most_common() if w != T.FWE_NOISE][:3]
+        assert set(top) == set(s.answers)
+        others = [c for w, c in counts.items() if w != T.FWE_NOISE and w not in s.answers]
+        assert min(counts[a] for a in s.answers) > max(others, default=0)
+        assert counts[T.FWE_NOISE] >= expected[0]  # the noise word also closes the length
+
+
+def test_samples_are_seeded(ctx, samples):
+    again = P.PROBE.generate(P.PROBE.config({"lengths": "512,896", "samples": 2}), ctx)
+    assert [(s.id, s.prompt) for s in again] == [(s.id, s.prompt) for s in samples]
+    other = P.PROBE.generate(P.PROBE.config({"lengths": "512", "samples": 2, "seed": 1, "tasks": "vt,fwe"}), ctx)
+    mine = {s.id: s.prompt for s in samples}
+    assert all(s.prompt != mine[s.id] for s in other)
+
+
+@pytest.mark.parametrize("prediction, answers, score", [
+    (" 1234567.", ("1234567",), 1.0),
+    (" 123456", ("1234567",), 0.0),
+    (" 1111111 and 2222222", ("1111111", "2222222", "3333333", "4444444"), 0.5),
+    (" abcde, FGHIJ, klmno", ("ABCDE", "FGHIJ", "KLMNO", "PQRST", "UVWXY"), 0.6),
+    (" 1. apple 2. pear", ("apple", "pear", "plum"), 2 / 3),
+    ("", ("apple",), 0.0),
+])
+def test_score_is_rulers_string_match_all(prediction, answers, score):
+    tok = SimpleNamespace(decode=lambda ids: prediction)
+    s = P.Sample("x", "niah_multivalue", 512, 0, (1, 2), answers, 128, {})
+    record = P.PROBE.score(P.PROBE.config({"lengths": "512"}), s, [[]], SimpleNamespace(tokenizer=tok, decode="ruler"))
+    assert record["score"] == pytest.approx(score) and record["all_correct"] == (score == 1.0)
+
+
+def test_effective_lengths_under_the_three_definitions():
+    avg = {4096: 95.0, 8192: 88.0, 16384: 82.0, 32768: 70.0}  # 85% of 95 = 80.75
+    per_task = {4096: [99.0, 91.0], 8192: [96.0, 80.0], 16384: [84.0, 80.0], 32768: [70.0, 70.0]}
+    assert P.effective_lengths(avg, per_task, 85.6) == {"ruler": 8192, "relative": 16384, "strict": 4096}
+    assert P.effective_lengths(avg, per_task, 96.0) == {"ruler": 0, "relative": 16384, "strict": 0}
+    dip = {1: 90.0, 2: 50.0, 3: 90.0}  # a length that passes after one that fails does not count
+    assert P.effective_lengths(dip, {L: [v] for L, v in dip.items()}, 85.6) == {"ruler": 1, "relative": 1, "strict": 1}
+    w = P.weighted_averages({1: 100.0, 2: 0.0})
+    assert w["increasing"] == pytest.approx(100 / 3) and w["decreasing"] == pytest.approx(200 / 3)
+
+
+@pytest.mark.parametrize("params, field", [({"tasks": "niah_single_1,nope"}, "tasks"), ({"tasks": ""}, "tasks"),
+                                           ({"tasks": "vt,vt"}, "tasks"), ({"threshold": 101}, "threshold"),
+                                           ({"threshold": -0.5}, "threshold"), ({"threshold": "high"}, "threshold"),
+                                           ({"samples": 0}, "samples")])
+def test_bad_parameters_name_the_field(params, field):
+    with pytest.raises(ConfigError) as err:
+        P.PROBE.config({"lengths": "512", **params})
+    assert err.value.field == field
+
+
+def test_a_prompt_and_its_budget_must_fit_the_position_limit(ctx):
+    with pytest.raises(ConfigError) as err:  # the zoo's 1088 positions: 1024 + 128 do not fit
+        P.PROBE.generate(P.PROBE.config({"lengths": "1024", "samples": 1, "tasks": "niah_single_1"}), ctx)
+    assert err.value.field == "lengths" and "1152" in str(err.value)
+
+
+def test_runs_from_the_command_line_and_refuses_bad_input(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["ruler", "--ckpt", "zoo:transformer-tiny", "--len", "512", "--samples", "2", "--max-new-tokens", "4",
+            "--out", str(out)]
+    assert run_cli(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["probe"] == "ruler" and results["task"]["params"]["tasks"] == list(T.SYNTHETIC)
+    assert sorted((c["task"], c["length"]) for c in results["cells"]) == sorted((t, 512) for t in T.SYNTHETIC)
+    met = results["metrics"]["transformer-tiny"]
+    assert {"effective_length", "effective_length@definition=relative", "effective_length@definition=strict",
+            "score@length=512", "score_wavg@weights=increasing"} <= set(met)
+    assert met["effective_length"]["threshold"] == 85.6
+    assert results["artifacts"]["figures"] == ["ruler_heatmap.png", "ruler_heatmap.pdf"]
+    assert (out / "ruler_heatmap.png").stat().st_size > 1000
+    assert "RULER score (0-100) by task and length" in capsys.readouterr().out
+    for bad, flag in ((["--tasks", "niah_single_9"], "--tasks"), (["--threshold", "120"], "--threshold")):
+        assert run_cli(["ruler", "--ckpt", "zoo:transformer-tiny", *bad, "--out", str(tmp_path / "b")]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and flag in err and not (tmp_path / "b").exists()
