@@ -29,8 +29,10 @@ METRIC_FNS = {"niah": string_match_all, "vt": string_match_all, "cwe": string_ma
 
 
 def parse_tasks(value) -> tuple[str, ...]:
-    """Task names: a comma-separated string or a list."""
+    """Task names: a comma-separated string or a list; "synthetic" stands for all of them."""
     names = value.split(",") if isinstance(value, str) else value
+    if isinstance(names, (list, tuple)) and list(names) == ["synthetic"]:
+        return T.SYNTHETIC
     if not isinstance(names, (list, tuple)):
         raise ConfigError(f"{value!r} must be a list of task names", "tasks")
     return tuple(str(n).strip() for n in names if str(n).strip())
@@ -41,7 +43,8 @@ class RulerConfig(ProbeConfig):
     PROBE = "ruler"
     lengths: tuple[int, ...] = R.lengths_option(ModelDefault(grid=True))
     tasks: tuple[str, ...] = option(T.SYNTHETIC, parse=parse_tasks,
-                                    help="RULER tasks, comma-separated: " + ", ".join(T.SYNTHETIC) + ".")
+                                    shown="synthetic",
+                                    help="RULER tasks, comma-separated, or synthetic (all): " + ", ".join(T.SYNTHETIC) + ".")
     samples: int = option(10, help="Samples per (task, length) cell.")
     haystack: str = option("essay", help="Haystack of the essay tasks: essay (generated prose standing in for "
                                          "Paul Graham's essays) or a text file / folder.")
