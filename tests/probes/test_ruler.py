@@ -194,3 +194,16 @@ def test_runs_from_the_command_line_and_refuses_bad_input(tmp_path, capsys):
         assert run_cli(["ruler", "--ckpt", "zoo:transformer-tiny", *bad, "--out", str(tmp_path / "b")]) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and flag in err and not (tmp_path / "b").exists()
+
+
+def test_chat_format_keeps_exact_lengths_and_puts_the_answer_prefix_after_the_assistant_header(ctx):
+    from dataclasses import replace
+
+    from diffeval.probes.prompts import PromptFormat
+
+    chat = replace(ctx, prompt_format=PromptFormat("chat", head="<user>\n", tail="\n<assistant>\n"))
+    cfg = P.PROBE.config({"lengths": "512", "samples": 1, "tasks": "niah_single_2,vt,cwe,fwe"})
+    for s in P.PROBE.generate(cfg, chat):
+        text = _text(ctx, s)
+        assert len(s.prompt) == 512 and text.startswith("<user>\n")
+        assert re.search(r"\?\n<assistant>\n(The special|Answer: )", text) or "above.\n<assistant>\nAnswer:" in text
