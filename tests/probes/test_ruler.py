@@ -71,25 +71,30 @@ def test_niah_needles_hold_the_answers_once_with_rulers_wording(ctx, samples, ta
             assert "The grass is green." in text
 
 
+def _long(ctx, task, length, seed=1):
+    """A prompt past the zoo's position limit (RULER's long settings), built without its check."""
+    p = T.generate_prompt(T.TASKS[task], ctx.tokenizer, ctx.prompt_format, None, length, np.random.SeedSequence(seed))
+    return P.Sample(f"{task}-L{length}-s0", task, length, 0, p.ids, p.answers, T.TASKS[task].budget, p.info)
+
+
 def test_vt_is_one_chain_of_four_hops_in_order(ctx, samples):
-    for s in (s for s in samples if s.task == "vt"):
+    long = _long(ctx, "vt", 1024)
+    assert long.info["n_fewshot"] == 1 and all(s.info["n_fewshot"] == 0 for s in samples if s.task == "vt")
+    shot, main = _text(ctx, long).rsplit(T.VT_HEAD, 1)
+    solved = re.search(r"they are: ([A-Z]{3}) ([A-Z]{3}) ([A-Z]{3}) ([A-Z]{3}) ([A-Z]{3})\n$", shot)
+    assert solved and f"VAR {solved.group(2)} = VAR {solved.group(1)}." in shot and long.info["query"] in main
+    for s in [*(s for s in samples if s.task == "vt"), long]:
         text, names, value = _text(ctx, s), s.answers, s.info["query"]
         assert len(names) == 5 and len(set(names)) == 5 and all(re.fullmatch(r"[A-Z]{5}", n) for n in names)
         lines = [f"VAR {names[0]} = {value}."] + [f"VAR {names[j + 1]} = VAR {names[j]}." for j in range(4)]
         at = [text.index(line) for line in lines]
         assert at == sorted(at) and all(text.count(line) == 1 for line in lines)
-        assert text.count(value) == 3  # its line, the question and the answer prefix
+        assert text.count(value) == 3 and len(s.prompt) == s.length  # its line, the question, the answer prefix
         assert text.endswith(f"5 variables are assigned the value {value}, they are: ")
 
 
-def _cwe_long(ctx):
-    """A 4K cwe prompt (RULER's long setting), built without the zoo's position check."""
-    p = T.generate_prompt(T.TASKS["cwe"], ctx.tokenizer, ctx.prompt_format, None, 4096, np.random.SeedSequence(1))
-    return P.Sample("cwe-L4096-s0", "cwe", 4096, 0, p.ids, p.answers, 120, p.info)
-
-
 def test_cwe_profile_is_rulers(ctx, samples):
-    long = _cwe_long(ctx)
+    long = _long(ctx, "cwe", 4096)
     assert len(long.prompt) == 4096 and long.info["repeats"] == [30, 3] and long.info["n_fewshot"] == 1
     shot = _text(ctx, long).split(T.CWE_HEAD)[1]
     assert shot.count(T.CWE_ANSWER) == 1 and re.search(r"are: 1\. \w+ 2\. \w+", shot)
