@@ -66,6 +66,9 @@ class RulerConfig(ProbeConfig):
             raise ConfigError(f"{t!r} must be a number between 0 and 100", "threshold")
         object.__setattr__(self, "threshold", float(t))
 
+    def extra(self) -> dict:
+        return {"suite": "synthetic: RULER's QA tasks (qa_1, qa_2) are not part of this version"}
+
 
 @dataclass(frozen=True)
 class Sample:

@@ -285,7 +285,7 @@ def fit_count(build: Callable[[int, str], tuple[int, ...]], length: int, lo: int
         head += fill
     gap = length - len(build(a, head))
     for unit in _PADS:
-        for k in range(gap + 3):
+        for k in sorted(range(gap + 3), key=lambda k: abs(k - gap)):  # one token per pad unit, usually
             ids = build(a, head + unit * k)
             if len(ids) == length:
                 return _Fit(ids, a, head + unit * k)
