@@ -6,7 +6,8 @@ generation budgets.
 Each prompt has exactly `length` tokens under the model's tokenizer (prefix, template and
 answer prefix included). NIAH and VT place their sentences in a seeded haystack with
 `Assembler`; CWE and FWE grow their word list to the longest that fits and close the gap with
-newlines after the list. Everything random comes from the SeedSequence handed in."""
+newlines after the list (FWE: first with more '...' noise words). Everything random comes from
+the SeedSequence handed in."""
 
 from __future__ import annotations
 
