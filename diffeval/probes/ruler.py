@@ -16,7 +16,7 @@ from diffeval.probes import ruler_tasks as T
 from diffeval.probes.base import Figure, Probe, Table, TableData, by_model, metric
 from diffeval.probes.config import ModelDefault, ProbeConfig, option
 from diffeval.probes.haystack import load_haystack
-from diffeval.probes.scoring import answer_text, string_match_all
+from diffeval.probes.scoring import answer_text, string_match_all, string_match_part
 from diffeval.requests import Generate, ids_sha256
 from diffeval.specs import length_label
 from diffeval.stats import mean_per_cell, wilson
@@ -25,17 +25,16 @@ VERSION = 1
 _TASK_KEY = int.from_bytes(b"ruler", "big")
 THRESHOLD = 85.6  # RULER's: Llama-2-7B's average at 4K
 RELATIVE = 0.85  # relative definition: share of the model's own shortest-length average
-METRIC_FNS = {"niah": string_match_all, "vt": string_match_all, "cwe": string_match_all, "fwe": string_match_all}
+METRIC_FNS = {**dict.fromkeys(("niah", "vt", "cwe", "fwe"), string_match_all), "qa": string_match_part}
 
 
 def parse_tasks(value) -> tuple[str, ...]:
     """Task names: a comma-separated string or a list; "synthetic" stands for all of them."""
     names = value.split(",") if isinstance(value, str) else value
-    if isinstance(names, (list, tuple)) and list(names) == ["synthetic"]:
-        return T.SYNTHETIC
     if not isinstance(names, (list, tuple)):
         raise ConfigError(f"{value!r} must be a list of task names", "tasks")
-    return tuple(str(n).strip() for n in names if str(n).strip())
+    names = [str(n).strip() for n in names if str(n).strip()]
+    return tuple(t for n in names for t in (T.SYNTHETIC if n == "synthetic" else (n,)))
 
 
 @dataclass(frozen=True)
@@ -44,10 +43,12 @@ class RulerConfig(ProbeConfig):
     lengths: tuple[int, ...] = R.lengths_option(ModelDefault(grid=True))
     tasks: tuple[str, ...] = option(T.SYNTHETIC, parse=parse_tasks,
                                     shown="synthetic",
-                                    help="RULER tasks, comma-separated, or synthetic (all): " + ", ".join(T.SYNTHETIC) + ".")
+                                    help="RULER tasks, comma-separated; synthetic = " + ", ".join(T.SYNTHETIC) + "; qa_1, qa_2 with --qa-data.")
     samples: int = option(10, help="Samples per (task, length) cell.")
     haystack: str = option("essay", help="Haystack of the essay tasks: essay (generated prose standing in for "
                                          "Paul Graham's essays) or a text file / folder.")
+    qa_data: str = option("", help="RULER's QA data for qa_1 (and, after a comma, qa_2): JSONL, one question a line, "
+                                   '{"query", "outputs": [answers], "context": [its documents]}.')
     threshold: float = option(THRESHOLD, help="Effective-length threshold, 0-100 (RULER: 85.6, Llama-2-7B at 4K).")
     seed: int = R.seed_option()
 
@@ -61,13 +62,16 @@ class RulerConfig(ProbeConfig):
                 raise ConfigError(f"{name!r} is unknown: {did_you_mean(name, T.TASKS)}", "tasks")
         if len(set(self.tasks)) != len(self.tasks):
             raise ConfigError(f"{list(self.tasks)} repeat a task", "tasks")
+        files = T.qa_paths(self.qa_data)
+        for name in (n for n in self.tasks if n in T.QA_TASKS and T.QA_TASKS.index(n) >= len(files)):
+            raise ConfigError(f"{name} needs its JSONL file in qa_data ({self.qa_data!r})", "qa_data")
         t = self.threshold
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 100.0:
             raise ConfigError(f"{t!r} must be a number between 0 and 100", "threshold")
         object.__setattr__(self, "threshold", float(t))
 
     def extra(self) -> dict:
-        return {"suite": "synthetic: RULER's QA tasks (qa_1, qa_2) are not part of this version"}
+        return {"suite": "synthetic and QA" if any(n in T.QA_TASKS for n in self.tasks) else "synthetic (no QA data)"}
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,8 @@ class Sample:
 
 def _generate(cfg: RulerConfig, ctx) -> list[Sample]:
     tok, fmt = ctx.need_tokenizer("ruler"), ctx.prompt_format
-    hay = load_haystack(cfg.haystack)
+    hay, files = load_haystack(cfg.haystack), T.qa_paths(cfg.qa_data)
+    qa = {name: T.load_qa(files[T.QA_TASKS.index(name)]) for name in cfg.tasks if name in T.QA_TASKS}
     out = []
     for length in sorted(cfg.lengths):
         for name in cfg.tasks:
@@ -99,7 +104,7 @@ def _generate(cfg: RulerConfig, ctx) -> list[Sample]:
             task_key = int.from_bytes(name.encode(), "big") % 2 ** 63
             for index in range(cfg.samples):
                 ss = np.random.SeedSequence([cfg.seed, _TASK_KEY, task_key, length, index])
-                p = T.generate_prompt(task, tok, fmt, hay, length, ss)
+                p = T.generate_prompt(task, tok, fmt, hay, length, ss, qa.get(name), index)
                 out.append(Sample(f"{name}-L{length}-s{index}", name, length, index, p.ids, p.answers, budget, p.info))
     return out
 
@@ -229,7 +234,7 @@ def _heatmap(results: dict, run):
 PROBE = Probe(
     name="ruler", version=VERSION, Config=RulerConfig, generate=_generate, requests=_requests, score=_score,
     aggregate=_aggregate, cell_keys=("task", "length"), grid_params=("lengths", "samples", "tasks"),
-    data=lambda cfg: R.haystack_data(cfg.haystack),
+    data=lambda cfg: {**R.haystack_data(cfg.haystack), **T.qa_files(cfg.qa_data)},
     views=(Figure("ruler_heatmap", _heatmap, stem="ruler_heatmap"), Table("ruler_tasks", _table)),
     quick={"tasks": ["niah_single_1", "niah_multikey_2", "vt", "cwe", "fwe"], "lengths": [512], "samples": 1},
     description="RULER's synthetic suite (NIAH, VT, CWE, FWE) and effective length",

@@ -11,15 +11,17 @@ the SeedSequence handed in."""
 
 from __future__ import annotations
 
+import json
 import math
 import string
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from diffeval.errors import UsageError
+from diffeval.errors import ConfigError, UsageError
 from diffeval.probes.assembly import Assembler, Item, first_clean, make_item
 from diffeval.probes.haystack import Haystack, load_haystack
 from diffeval.probes.prompts import PromptFormat
@@ -62,8 +64,10 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     _niah("niah_multivalue", "essay", "words", "numbers", n_values=4),
     _niah("niah_multiquery", "essay", "words", "numbers", n_keys=4, n_queries=4),
     Task("vt", "vt", 30), Task("cwe", "cwe", 120), Task("fwe", "fwe", 50),
+    Task("qa_1", "qa", 32), Task("qa_2", "qa", 32),  # RULER: SQuAD and HotpotQA; here the files of qa_data
 )}
-SYNTHETIC: tuple[str, ...] = tuple(TASKS)
+SYNTHETIC: tuple[str, ...] = tuple(n for n, t in TASKS.items() if t.kind != "qa")
+QA_TASKS: tuple[str, ...] = ("qa_1", "qa_2")
 
 NEEDLE = "One of the special magic {types} for {key} is: {value}."
 NIAH_HEAD = ("Some special magic {types} are hidden within the following text. Make sure to memorize it. "
@@ -88,6 +92,9 @@ FWE_QUESTION = ("Question: Do not provide any explanation. Please ignore the dot
                 "most frequently appeared words in the above coded text?")
 FWE_ANSWER = " Answer: According to the coded text above, the three most frequently appeared words are:"
 FWE_ALPHA, FWE_WORD_LEN, FWE_NOISE = 2.0, 6, "..."  # zeta exponent; the top-ranked word is noise
+QA_INSTRUCTION = "Answer the question based on the given documents. Only give me the answer and do not output any other words."
+QA_HEAD = f"{QA_INSTRUCTION}\n\nThe following are given documents.\n\n"
+QA_QUESTION, QA_ANSWER, QA_DOCUMENT = "Question: {query}", " Answer:", "Document {i}:\n{document}"
 _PADS = ("\n", " ", ".")  # what closes the last tokens of a word list
 
 
@@ -267,10 +274,9 @@ class _Fit:
     pad: str
 
 
-def fit_count(build: Callable[[int, str], tuple[int, ...]], length: int, lo: int, what: str, fill: str = "") -> _Fit:
+def largest_count(build: Callable[[int, str], tuple[int, ...]], length: int, lo: int, what: str) -> int:
     """The largest n >= lo whose build(n, "") has at most `length` tokens (build's length must
-    grow with n), and the pad (copies of `fill` that fit, then a run of one of _PADS) that
-    makes it exactly `length` -> _Fit; UsageError when none does."""
+    grow with n); UsageError when not even lo fits."""
     shortest = len(build(lo, ""))
     if shortest > length:
         raise UsageError(f"length {length} is too short for {what}: the smallest prompt takes {shortest} tokens")
@@ -281,6 +287,13 @@ def fit_count(build: Callable[[int, str], tuple[int, ...]], length: int, lo: int
             a = mid
         else:
             b = mid - 1
+    return a
+
+
+def fit_count(build: Callable[[int, str], tuple[int, ...]], length: int, lo: int, what: str, fill: str = "") -> _Fit:
+    """largest_count, and the pad (copies of `fill` that fit, then a run of one of _PADS)
+    that makes the prompt exactly `length` -> _Fit; UsageError when none does."""
+    a = largest_count(build, length, lo, what)
     head = ""
     while fill and len(build(a, head + fill)) <= length:  # the task's own filler first (fwe: noise words)
         head += fill
@@ -388,10 +401,84 @@ def fwe(task: Task, tok, fmt: PromptFormat, hay: Haystack, length: int, ss: np.r
     return Prompt(fit.ids, tuple(vocab[1:4]), {"n_words": fit.n, "counts": counts[:5]})
 
 
+def load_qa(path: Path, field: str = "qa_data") -> list[dict]:
+    """RULER's QA items from JSONL: one question a line, {"query": str, "outputs": [answers],
+    "context": [its gold documents]}; the other lines' documents are the distractors."""
+    from diffeval.textdata import read_text
+
+    items = []
+    for k, line in enumerate(read_text(path, field).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path} line {k}: not JSON ({exc.msg})", field) from None
+        ok = isinstance(item, dict) and isinstance(item.get("query"), str) and all(
+            isinstance(item.get(f), list) and item[f] and all(isinstance(x, str) and x for x in item[f])
+            for f in ("outputs", "context"))
+        if not ok:
+            raise ConfigError(f"{path} line {k}: needs query (text), outputs and context (lists of text)", field)
+        items.append(item)
+    if len(items) < 2:
+        raise ConfigError(f"{path} holds {len(items)} question(s); distractors need at least 2", field)
+    return items
+
+
+def qa_paths(spec) -> list[Path]:
+    """The files of qa_data ("qa_1.jsonl[,qa_2.jsonl]"), each checked to exist."""
+    if not isinstance(spec, str):
+        raise ConfigError(f"{spec!r} must be file paths, comma-separated", "qa_data")
+    files = [Path(f.strip()).expanduser() for f in spec.split(",") if f.strip()]
+    for f in files:
+        if not f.is_file():
+            raise ConfigError(f"{str(f)!r}: no such file", "qa_data")
+    return files
+
+
+def qa_files(spec: str) -> dict:
+    """The QA files' identity and content hash, for results and resume keys."""
+    from diffeval.textdata import describe_files
+
+    files = qa_paths(spec)
+    return {"qa_data": describe_files(spec, files)} if files else {}
+
+
+def qa(task: Task, tok, fmt: PromptFormat, items: list[dict], length: int, ss: np.random.SeedSequence,
+       index: int) -> Prompt:
+    """RULER's QA: question `index` (cycled) with its gold documents among distractor
+    documents of the other questions, the last distractor cut to the length."""
+    item = items[index % len(items)]
+    gold = list(dict.fromkeys(item["context"]))
+    pool = sorted({d for it in items for d in it["context"]} - set(gold))
+    if not pool:
+        raise ConfigError("every document is a gold document of this question: no distractors", "qa_data")
+    ss_pool, ss_order = ss.spawn(2)
+    pool = [pool[i] for i in np.random.Generator(np.random.PCG64(ss_pool)).permutation(len(pool))]
+    prefix = fmt.prefix_ids(tok)
+    suffix = close(f"\n{QA_INSTRUCTION}\n\n" + QA_QUESTION.format(query=item["query"]), QA_ANSWER, fmt)
+
+    def build(n: int, words: int, pad: str) -> tuple[int, ...]:
+        docs = gold + [pool[i % len(pool)] for i in range(n)]
+        if words:
+            docs.append(" ".join(pool[n % len(pool)].split()[:words]))
+        order = np.random.Generator(np.random.PCG64(ss_order)).permutation(len(docs))
+        context = "\n\n".join(QA_DOCUMENT.format(i=i + 1, document=docs[j]) for i, j in enumerate(order.tolist()))
+        return tuple(prefix + list(tok.encode(QA_HEAD + context + pad + suffix)))
+
+    n = largest_count(lambda n, pad: build(n, 0, ""), length, 0, task.name)
+    fit = fit_count(lambda w, pad: build(n, min(w, len(pool[n % len(pool)].split())), pad), length, 0, task.name)
+    return Prompt(fit.ids, tuple(item["outputs"]),
+                  {"query": item["query"], "n_documents": len(gold) + n + (fit.n > 0), "cut_words": fit.n})
+
+
 GENERATORS: dict[str, Callable] = {"niah": niah, "vt": vt, "cwe": cwe, "fwe": fwe}
 
 
 def generate_prompt(task: Task, tok, fmt: PromptFormat, hay: Haystack, length: int,
-                    ss: np.random.SeedSequence) -> Prompt:
-    """The prompt of one (task, length, seed): exactly `length` tokens under `tok`."""
+                    ss: np.random.SeedSequence, qa_items: Optional[list[dict]] = None, index: int = 0) -> Prompt:
+    """The prompt of one (task, length, seed): exactly `length` tokens under `tok` (qa: of
+    question `index` of `qa_items`)."""
+    if task.kind == "qa":
+        return qa(task, tok, fmt, qa_items, length, ss, index)
     return GENERATORS[task.kind](task, tok, fmt, hay, length, ss)

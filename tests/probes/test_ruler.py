@@ -195,7 +195,8 @@ def test_runs_from_the_command_line_and_refuses_bad_input(tmp_path, capsys):
     assert results["artifacts"]["figures"] == ["ruler_heatmap.png", "ruler_heatmap.pdf"]
     assert (out / "ruler_heatmap.png").stat().st_size > 1000
     assert "RULER score (0-100) by task and length" in capsys.readouterr().out
-    for bad, flag in ((["--tasks", "niah_single_9"], "--tasks"), (["--threshold", "120"], "--threshold")):
+    for bad, flag in ((["--tasks", "niah_single_9"], "--tasks"), (["--threshold", "120"], "--threshold"),
+                      (["--tasks", "qa_1"], "--qa-data")):
         assert run_cli(["ruler", "--ckpt", "zoo:transformer-tiny", *bad, "--out", str(tmp_path / "b")]) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and flag in err and not (tmp_path / "b").exists()
@@ -212,3 +213,48 @@ def test_chat_format_keeps_exact_lengths_and_puts_the_answer_prefix_after_the_as
         text = _text(ctx, s)
         assert len(s.prompt) == 512 and text.startswith("<user>\n")
         assert re.search(r"\?\n<assistant>\n(The special|Answer: )", text) or "above.\n<assistant>\nAnswer:" in text
+
+
+def _qa_file(path, n=12):
+    rows = [{"query": f"Which river runs past the town of Eldham {i}?", "outputs": [f"the Vell{i}", f"Vell{i}"],
+             "context": [f"Eldham {i} is a small market town. The river Vell{i} runs past its old mill."]}
+            for i in range(n)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_qa_puts_the_gold_document_among_distractors_at_the_exact_length(ctx, tmp_path):
+    data = _qa_file(tmp_path / "qa.jsonl")
+    cfg = P.PROBE.config({"lengths": "512,896", "samples": 2, "tasks": "qa_1", "qa_data": str(data)})
+    assert cfg.to_dict()["suite"] == "synthetic and QA" and P.PROBE.data(cfg)["qa_data"]["n_files"] == 1
+    for s in P.PROBE.generate(cfg, ctx):
+        text, i = _text(ctx, s), s.index
+        assert len(s.prompt) == s.length and s.answers == (f"the Vell{i}", f"Vell{i}")
+        assert text.count(f"The river Vell{i} runs past its old mill.") == 1 and text.count("Document ") >= 3
+        assert text.startswith(T.QA_HEAD) and text.endswith(f"Question: {s.info['query']} Answer:")
+    tok = SimpleNamespace(decode=lambda ids: " Vell0, I think")
+    s = P.Sample("x", "qa_1", 512, 0, (1,), ("the Vell0", "Vell0"), 32, {})  # string_match_part: any answer
+    assert P.PROBE.score(cfg, s, [[]], SimpleNamespace(tokenizer=tok, decode="ruler"))["score"] == 1.0
+    assert P.PROBE.config({"lengths": "512"}).to_dict()["suite"] == "synthetic (no QA data)"
+
+
+def test_qa_runs_from_the_command_line(tmp_path):
+    data, out = _qa_file(tmp_path / "qa.jsonl"), tmp_path / "run"
+    assert run_cli(["ruler", "--ckpt", "zoo:transformer-tiny", "--len", "512", "--samples", "1", "--tasks", "qa_1",
+                    "--qa-data", str(data), "--max-new-tokens", "4", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [c["task"] for c in results["cells"]] == ["qa_1"] and results["data"]["qa_data"]["n_files"] == 1
+
+
+def test_qa_data_is_checked(ctx, tmp_path):
+    for params in ({"tasks": "qa_1"}, {"tasks": "qa_2", "qa_data": str(_qa_file(tmp_path / "a.jsonl"))},
+                   {"tasks": "qa_1", "qa_data": str(tmp_path / "missing.jsonl")}):
+        with pytest.raises(ConfigError) as err:
+            P.PROBE.config({"lengths": "512", **params})
+        assert err.value.field == "qa_data"
+    bad = tmp_path / "bad.jsonl"
+    for text in ('{"query": "q?", "outputs": []}\n{"query": "r?", "outputs": ["a"], "context": ["d"]}\n', "not json\n"):
+        bad.write_text(text)
+        with pytest.raises(ConfigError) as err:
+            P.PROBE.generate(P.PROBE.config({"lengths": "512", "tasks": "qa_1", "qa_data": str(bad)}), ctx)
+        assert err.value.field == "qa_data" and "line 1" in str(err.value)
