@@ -41,9 +41,9 @@ def parse_tasks(value) -> tuple[str, ...]:
 class RulerConfig(ProbeConfig):
     PROBE = "ruler"
     lengths: tuple[int, ...] = R.lengths_option(ModelDefault(grid=True))
-    tasks: tuple[str, ...] = option(T.SYNTHETIC, parse=parse_tasks,
-                                    shown="synthetic",
-                                    help="RULER tasks, comma-separated; synthetic = " + ", ".join(T.SYNTHETIC) + "; qa_1, qa_2 with --qa-data.")
+    tasks: tuple[str, ...] = option(T.SYNTHETIC, parse=parse_tasks, shown="synthetic",
+                                    help="RULER tasks, comma-separated; synthetic = " + ", ".join(T.SYNTHETIC)
+                                    + "; qa_1, qa_2 with --qa-data.")
     samples: int = option(10, help="Samples per (task, length) cell.")
     haystack: str = option("essay", help="Haystack of the essay tasks: essay (generated prose standing in for "
                                          "Paul Graham's essays) or a text file / folder.")
@@ -178,10 +178,6 @@ def _summarise(cfg: RulerConfig, model: dict, rows: list[dict]):
     return cells, out
 
 
-def _aggregate(cfg: RulerConfig, records: list[dict], models: list[dict], extra: dict):
-    return by_model(records, models, lambda m, rows: _summarise(cfg, m, rows))
-
-
 def _table(results: dict) -> TableData:
     p = results["task"]["params"]
     lengths = sorted({c["length"] for c in results["cells"]})
@@ -213,7 +209,8 @@ def _heatmap(results: dict, run):
 
     p, labels = results["task"]["params"], [m["label"] for m in results["models"]]
     tasks, lengths = [*p["tasks"], "avg"], sorted({c["length"] for c in results["cells"]})
-    fig = MplFigure(figsize=(max(4.0, 1.6 + 0.8 * len(lengths) * len(labels)), 0.9 + 0.32 * len(tasks)), layout="constrained")
+    size = (max(4.0, 1.6 + 0.8 * len(lengths) * len(labels)), 0.9 + 0.32 * len(tasks))
+    fig = MplFigure(figsize=size, layout="constrained")
     for k, (m, ax) in enumerate(zip(labels, np.atleast_1d(fig.subplots(1, len(labels), squeeze=False)[0]))):
         grid = np.full((len(tasks), len(lengths)), np.nan)  # (tasks + 1, L)
         for c in results["cells"]:
@@ -233,16 +230,18 @@ def _heatmap(results: dict, run):
 
 PROBE = Probe(
     name="ruler", version=VERSION, Config=RulerConfig, generate=_generate, requests=_requests, score=_score,
-    aggregate=_aggregate, cell_keys=("task", "length"), grid_params=("lengths", "samples", "tasks"),
+    aggregate=lambda cfg, records, models, extra: by_model(records, models, lambda m, rows: _summarise(cfg, m, rows)),
+    cell_keys=("task", "length"), grid_params=("lengths", "samples", "tasks"),
     data=lambda cfg: {**R.haystack_data(cfg.haystack), **T.qa_files(cfg.qa_data)},
     views=(Figure("ruler_heatmap", _heatmap, stem="ruler_heatmap"), Table("ruler_tasks", _table)),
     quick={"tasks": ["niah_single_1", "niah_multikey_2", "vt", "cwe", "fwe"], "lengths": [512], "samples": 1},
     description="RULER's synthetic suite (NIAH, VT, CWE, FWE) and effective length",
     summary="RULER (Hsieh et al. 2024): eight needle-in-a-haystack settings, variable tracking, common- and\n"
-            "frequent-words extraction at exact prompt lengths; string_match_all per (task, length), the\n"
+            "frequent-words extraction (and QA on your JSONL) at exact prompt lengths; string_match_all per (task, length), the\n"
             "average over tasks, and the effective length (RULER's threshold, relative, strict).",
     examples=("diffeval ruler --len 512 --samples 2", "diffeval ruler --ckpt path/to/model --len 4k:128k"),
-    method="greedy answer; score = RULER string_match_all (share of expected values in the answer, "
-           "case-insensitive); cells: mean, n, Wilson 95% interval; per-length average: unweighted over tasks; "
-           "effective length: longest length up to which the average (RULER), 85% of the shortest length's "
-           "average (relative) or every task (strict) stays at or above the threshold")
+    method="greedy answer; score = RULER string_match_all (share of expected values in the answer, case-"
+           "insensitive; qa: string_match_part, any of them); cells: mean, n, Wilson 95% interval; "
+           "per-length average: unweighted over tasks; effective length: longest length up to which the "
+           "average (RULER), 85% of the shortest length's average (relative) or every task (strict) stays "
+           "at or above the threshold")

@@ -92,7 +92,8 @@ FWE_QUESTION = ("Question: Do not provide any explanation. Please ignore the dot
                 "most frequently appeared words in the above coded text?")
 FWE_ANSWER = " Answer: According to the coded text above, the three most frequently appeared words are:"
 FWE_ALPHA, FWE_WORD_LEN, FWE_NOISE = 2.0, 6, "..."  # zeta exponent; the top-ranked word is noise
-QA_INSTRUCTION = "Answer the question based on the given documents. Only give me the answer and do not output any other words."
+QA_INSTRUCTION = ("Answer the question based on the given documents. Only give me the answer and do not output any "
+                  "other words.")
 QA_HEAD = f"{QA_INSTRUCTION}\n\nThe following are given documents.\n\n"
 QA_QUESTION, QA_ANSWER, QA_DOCUMENT = "Question: {query}", " Answer:", "Document {i}:\n{document}"
 _PADS = ("\n", " ", ".")  # what closes the last tokens of a word list
