@@ -275,29 +275,65 @@ class _Fit:
     pad: str
 
 
-def largest_count(build: Callable[[int, str], tuple[int, ...]], length: int, lo: int, what: str) -> int:
-    """The largest n >= lo whose build(n, "") has at most `length` tokens (build's length must
-    grow with n); UsageError when not even lo fits."""
-    shortest = len(build(lo, ""))
-    if shortest > length:
-        raise UsageError(f"length {length} is too short for {what}: the smallest prompt takes {shortest} tokens")
-    a, b = lo, max(lo, length)  # every unit of n costs at least one token
+def _largest(fits: Callable[[int], bool], lo: int, hi: int, guess: int) -> int:
+    """The largest n in [lo, hi] with fits(n), for fits monotone and fits(lo) true: gallop
+    from `guess` to a bracket, then bisect (a good guess costs a few calls)."""
+    g = min(max(guess, lo), hi)
+    if fits(g):
+        a, b, step = g, hi, 1
+        while a < b:
+            n = min(a + step, b)
+            if not fits(n):
+                b = n - 1
+                break
+            a, step = n, step * 2
+    else:
+        a, b, step = lo, g - 1, 1
+        while g - step > lo:
+            if fits(g - step):
+                a = g - step
+                break
+            b, step = g - step - 1, step * 2
     while a < b:
         mid = (a + b + 1) // 2
-        if len(build(mid, "")) <= length:
+        if fits(mid):
             a = mid
         else:
             b = mid - 1
     return a
 
 
+def largest_count(build: Callable[[int, str], tuple[int, ...]], length: int, lo: int, what: str) -> int:
+    """The largest n >= lo whose build(n, "") has at most `length` tokens (build's length must
+    grow with n); UsageError when not even lo fits. Secant steps guess n from the cost per
+    unit, so that long prompts take a few encodings, not a bisection over `length`."""
+    memo: dict[int, int] = {}
+
+    def cost(n: int) -> int:
+        if n not in memo:
+            memo[n] = len(build(n, ""))
+        return memo[n]
+
+    shortest, hi = cost(lo), max(lo, length)  # every unit of n costs at least one token
+    if shortest > length:
+        raise UsageError(f"length {length} is too short for {what}: the smallest prompt takes {shortest} tokens")
+    prev, guess = lo, min(lo + 16, hi)
+    for _ in range(4):  # secant steps through the last two points
+        grown = cost(guess) - cost(prev)
+        if guess == prev or grown <= 0 or cost(guess) == length:
+            break
+        prev, guess = guess, min(max(guess + (length - cost(guess)) * (guess - prev) // grown, lo), hi)
+    return _largest(lambda n: cost(n) <= length, lo, hi, guess)
+
+
 def fit_count(build: Callable[[int, str], tuple[int, ...]], length: int, lo: int, what: str, fill: str = "") -> _Fit:
     """largest_count, and the pad (copies of `fill` that fit, then a run of one of _PADS)
     that makes the prompt exactly `length` -> _Fit; UsageError when none does."""
     a = largest_count(build, length, lo, what)
-    head = ""
-    while fill and len(build(a, head + fill)) <= length:  # the task's own filler first (fwe: noise words)
-        head += fill
+    base, head = len(build(a, "")), ""
+    if fill:  # the task's own filler first (fwe: noise words)
+        per = max(1, len(build(a, fill)) - base)
+        head = fill * _largest(lambda k: len(build(a, fill * k)) <= length, 0, length - base, (length - base) // per)
     gap = length - len(build(a, head))
     for unit in _PADS:
         for k in sorted(range(gap + 3), key=lambda k: abs(k - gap)):  # one token per pad unit, usually
