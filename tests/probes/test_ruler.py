@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from diffeval.checkpoints import load
-from diffeval.errors import ConfigError
+from diffeval.errors import ConfigError, UsageError
 from diffeval.probes import ruler as P
 from diffeval.probes import ruler_tasks as T
 from diffeval.run import RunOptions, model_context
@@ -258,3 +258,16 @@ def test_qa_data_is_checked(ctx, tmp_path):
         with pytest.raises(ConfigError) as err:
             P.PROBE.generate(P.PROBE.config({"lengths": "512", "tasks": "qa_1", "qa_data": str(bad)}), ctx)
         assert err.value.field == "qa_data" and "line 1" in str(err.value)
+
+
+@pytest.mark.parametrize("length", [5, 6, 40, 333, 1000, 4097])
+def test_word_list_fit_finds_the_largest_count_and_pads_to_the_exact_length(length):
+    def build(n, pad):  # a step-wise cost, as zipf counts give, plus one token per pad character
+        return tuple(range(5 + 3 * n + n // 7 + 2 * (n // 50) + len(pad)))
+
+    best = max(n for n in range(length + 1) if len(build(n, "")) <= length)
+    assert T.largest_count(build, length, 0, "toy") == best
+    fit = T.fit_count(build, length, 0, "toy")
+    assert fit.n == best and len(fit.ids) == length and set(fit.pad) <= {"\n"}
+    with pytest.raises(UsageError, match="too short"):
+        T.largest_count(build, 4, 0, "toy")
