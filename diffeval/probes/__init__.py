@@ -3,7 +3,8 @@ module exposes `PROBE`, a `diffeval.probes.base.Probe`); task YAML, `diffeval ru
 commands find probes through it; a probe's command is generated from its declared options.
 Shared pieces (no probe imports another probe): `assembly` (exact-length contexts, items at
 depths, token spans), `retrieval` (the needle grid), `prompts` (token budgets, prompt formats),
-`haystack`, `words`, `scoring`, `grounding`, `attention`, `activations` / `streams`, `icl_data`."""
+`haystack`, `words`, `scoring`, `grounding`, `attention`, `activations` / `streams`, `icl_data`,
+`ruler_tasks` / `ruler_words` (RULER's task generators and word list)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ PROBES: dict[str, str] = {
     "icl": "diffeval.probes.icl",
     "halluc": "diffeval.probes.halluc",
     "passkey": "diffeval.probes.passkey",
+    "ruler": "diffeval.probes.ruler",
 }
 
 
