@@ -271,3 +271,18 @@ def test_word_list_fit_finds_the_largest_count_and_pads_to_the_exact_length(leng
     assert fit.n == best and len(fit.ids) == length and set(fit.pad) <= {"\n"}
     with pytest.raises(UsageError, match="too short"):
         T.largest_count(build, 4, 0, "toy")
+
+
+def test_compare_puts_two_ruler_runs_side_by_side(tmp_path, capsys):
+    runs = []
+    for seed in (0, 1):
+        runs.append(tmp_path / f"s{seed}")
+        assert run_cli(["ruler", "--ckpt", "zoo:sha-tiny", "--len", "512", "--samples", "1", "--tasks", "vt,cwe",
+                        "--seed", str(seed), "--max-new-tokens", "4", "--out", str(runs[-1])]) == 0
+    capsys.readouterr()
+    assert run_cli(["compare", *map(str, runs), "--out", str(tmp_path / "report")]) == 0
+    out = capsys.readouterr().out
+    assert "effective_length" in out and "s1/sha-tiny" in out
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "| score |" in report and "| effective_length |" in report
+    assert "task parameters differ from s0 (seed)" in report  # another seed: said, not hidden
