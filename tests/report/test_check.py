@@ -90,5 +90,5 @@ def test_bad_suites_exit_2(tmp_path, capsys):
 
 def test_shipped_suite_loads():
     suite = load_suite(zoo_path("transformer-tiny").parents[2] / "tasks" / "ci" / "suite.yaml")
-    assert {t.probe for t in suite.tasks} == {"needle", "attn-map", "nll", "icl", "halluc"}
+    assert {t.probe for t in suite.tasks} == {"needle", "attn-map", "nll", "icl", "halluc", "ruler"}
     assert suite.reference.is_file()
