@@ -11,7 +11,6 @@ the SeedSequence handed in."""
 
 from __future__ import annotations
 
-import json
 import math
 import string
 import uuid
@@ -441,17 +440,11 @@ def fwe(task: Task, tok, fmt: PromptFormat, hay: Haystack, length: int, ss: np.r
 def load_qa(path: Path, field: str = "qa_data") -> list[dict]:
     """RULER's QA items from JSONL: one question a line, {"query": str, "outputs": [answers],
     "context": [its gold documents]}; the other lines' documents are the distractors."""
-    from diffeval.textdata import read_text
+    from diffeval.textdata import jsonl_rows
 
     items = []
-    for k, line in enumerate(read_text(path, field).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path} line {k}: not JSON ({exc.msg})", field) from None
-        ok = isinstance(item, dict) and isinstance(item.get("query"), str) and all(
+    for k, item in enumerate(jsonl_rows(path, field), start=1):
+        ok = isinstance(item.get("query"), str) and all(
             isinstance(item.get(f), list) and item[f] and all(isinstance(x, str) and x for x in item[f])
             for f in ("outputs", "context"))
         if not ok:
