@@ -110,12 +110,13 @@ def load_recipe(path: str | Path) -> dict:
     entries = raw.get("figures")
     if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
         raise UsageError(f"{path}: figures must be a non-empty list of mappings")
+    known = kinds()
     for i, e in enumerate(entries):
         bad = sorted(set(e) - ENTRY_KEYS)
         if bad:
             raise UsageError(f"{path}: figures[{i}]: unknown key {bad[0]!r}; valid: {', '.join(sorted(ENTRY_KEYS))}")
-        if e.get("kind") not in kinds():
-            raise UsageError(f"{path}: figures[{i}]: kind {e.get('kind')!r}: {did_you_mean(str(e.get('kind')), kinds())}")
+        if e.get("kind") not in known:
+            raise UsageError(f"{path}: figures[{i}]: kind {e.get('kind')!r}: {did_you_mean(str(e.get('kind')), known)}")
         name = str(e.get("name", e["kind"]))
         if safe_name(name) != name:
             raise UsageError(f"{path}: figures[{i}]: name {name!r} must be a plain file name")
@@ -133,8 +134,9 @@ def render(recipe: dict, runs: list[RunFolder], out: Path) -> tuple[list[Path], 
     # one colour per model across every figure of the report (labels as merged runs show them)
     labels = list(dict.fromkeys(m["label"] for probe in dict.fromkeys(r.probe for r in runs)
                                 for m in merge([r for r in runs if r.probe == probe])[0]["models"]))
+    known = kinds()
     for e in recipe["figures"]:
-        probe, view = kinds()[e["kind"]]
+        probe, view = known[e["kind"]]
         name = str(e.get("name", e["kind"]))
         mine = [r for r in runs if r.probe == probe and fnmatch.fnmatch(r.path.name, e.get("runs", "*"))]
         if not mine:
@@ -161,5 +163,6 @@ def render(recipe: dict, runs: list[RunFolder], out: Path) -> tuple[list[Path], 
 
 
 def describe(recipe: dict) -> list[dict[str, Any]]:
-    return [{"kind": e["kind"], "probe": kinds()[e["kind"]][0],
-             "form": "figure" if isinstance(kinds()[e["kind"]][1], Figure) else "table"} for e in recipe["figures"]]
+    known = kinds()
+    return [{"kind": e["kind"], "probe": known[e["kind"]][0],
+             "form": "figure" if isinstance(known[e["kind"]][1], Figure) else "table"} for e in recipe["figures"]]
