@@ -47,7 +47,7 @@ def heatmap_matrix(cells: Iterable[Mapping], model: str, value: str = "mean"
     return depths, lengths, grid
 
 
-def _text_colour(rgba) -> str:
+def text_colour(rgba) -> str:
     r, g, b = rgba[:3]
     return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
 
@@ -73,7 +73,7 @@ def needle_figure(cells: Sequence[Mapping], models: Sequence[str], title: Option
                           aspect="auto", interpolation="nearest")
         size = 8 if len(lengths) <= 8 else 6
         for (i, j), v in np.ndenumerate(grid):
-            colour = "#555555" if math.isnan(v) else _text_colour(CMAP(v))
+            colour = "#555555" if math.isnan(v) else text_colour(CMAP(v))
             ax.text(j, i, "-" if math.isnan(v) else f"{v:.2f}", ha="center", va="center",
                     fontsize=size, color=colour)
         ax.axhline(len(depths) - 0.5, color="white", linewidth=3)

@@ -1,6 +1,6 @@
 """`ruler`: RULER's synthetic suite (Hsieh et al. 2024) — eight NIAH settings, variable
-tracking, common- and frequent-words extraction — at exact prompt lengths, scored with
-RULER's string_match_all, and the effective context length under three definitions.
+tracking, common- and frequent-words extraction — at exact lengths (as RULER counts them: prompt plus the task's
+generation budget), scored with RULER's string_match_all, and the effective context length under three definitions.
 Generators: `probes/ruler_tasks.py`. Cells: (model, task, length)."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from diffeval.errors import ConfigError, did_you_mean
+from diffeval.errors import ConfigError, UsageError, did_you_mean
+from diffeval.probes import effective as E
 from diffeval.probes import retrieval as R
 from diffeval.probes import ruler_tasks as T
 from diffeval.probes.base import Figure, Probe, Table, TableData, by_model, metric
@@ -21,10 +22,9 @@ from diffeval.requests import Generate, ids_sha256
 from diffeval.specs import length_label
 from diffeval.stats import mean_per_cell, wilson
 
-VERSION = 1
+VERSION = 2
 _TASK_KEY = int.from_bytes(b"ruler", "big")
 THRESHOLD = 85.6  # RULER's: Llama-2-7B's average at 4K
-RELATIVE = 0.85  # relative definition: share of the model's own shortest-length average
 METRIC_FNS = {**dict.fromkeys(("niah", "vt", "cwe", "fwe"), string_match_all), "qa": string_match_part}
 
 
@@ -99,12 +99,19 @@ def _generate(cfg: RulerConfig, ctx) -> list[Sample]:
     for length in sorted(cfg.lengths):
         for name in cfg.tasks:
             task = T.TASKS[name]
-            budget = ctx.max_new_tokens or task.budget
-            ctx.check_length(length + budget, f"{name} prompt with its generation budget")
+            budget, n_prompt = ctx.max_new_tokens or task.budget, length - task.budget
+            ctx.check_length(max(length, n_prompt + budget), f"{name} prompt with its generation budget")
+            if n_prompt < 1:
+                raise ConfigError(f"{length} leaves no prompt after {name}'s {task.budget}-token generation budget "
+                                  "(RULER's lengths count prompt and generation)", "lengths")
             task_key = int.from_bytes(name.encode(), "big") % 2 ** 63
             for index in range(cfg.samples):
                 ss = np.random.SeedSequence([cfg.seed, _TASK_KEY, task_key, length, index])
-                p = T.generate_prompt(task, tok, fmt, hay, length, ss, qa.get(name), index)
+                try:
+                    p = T.generate_prompt(task, tok, fmt, hay, n_prompt, ss, qa.get(name), index)
+                except UsageError as err:
+                    raise UsageError(f"--len {length}: {name} gets {n_prompt} prompt tokens after its "
+                                     f"{task.budget}-token generation budget, and {err}") from None
                 out.append(Sample(f"{name}-L{length}-s{index}", name, length, index, p.ids, p.answers, budget, p.info))
     return out
 
@@ -119,63 +126,47 @@ def _score(cfg: RulerConfig, s: Sample, outputs: list, ctx) -> dict:
     return {**s.to_record(), "prediction": [answer], "score": score, "all_correct": score == 1.0}
 
 
-def _prefix_length(lengths: list[int], passes) -> int:
-    """The longest length L such that it and every shorter length pass (0: the shortest fails)."""
-    best = 0
-    for L in lengths:
-        if not passes(L):
-            break
-        best = L
-    return best
-
-
-def effective_lengths(avg: dict[int, float], per_task: dict[int, list[float]], threshold: float) -> dict[str, int]:
-    """Effective length (scores in 0-100) -> {"ruler", "relative", "strict"}: the longest
-    length up to which the task average stays >= threshold (RULER), >= 85% of the shortest
-    length's average (relative), and every task stays >= threshold (strict)."""
-    lengths = sorted(avg)
-    base = avg[lengths[0]]
-    return {"ruler": _prefix_length(lengths, lambda L: avg[L] >= threshold),
-            "relative": _prefix_length(lengths, lambda L: base > 0 and avg[L] >= RELATIVE * base),
-            "strict": _prefix_length(lengths, lambda L: min(per_task[L]) >= threshold)}
-
-
-def weighted_averages(avg: dict[int, float]) -> dict[str, float]:
-    """RULER's wAvg: weights rising (inc) or falling (dec) linearly with the length's rank."""
-    lengths = sorted(avg)
-    n = len(lengths)
-    inc = [k + 1 for k in range(n)]
-    return {w: math.fsum(x * avg[L] for x, L in zip(ws, lengths)) / sum(ws)
-            for w, ws in (("increasing", inc), ("decreasing", inc[::-1]))}
-
-
 def _summarise(cfg: RulerConfig, model: dict, rows: list[dict]):
     label = model["label"]
     cells = [{"model": label, **c, "mean": round(c["mean"], 6), "ci95": [round(x, 6) for x in c["ci95"]]}
              for c in mean_per_cell(rows, ("task", "length"))]
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["length"]), []).append(r)
+    eff = E.effective({k: E.Cell(np.array([r["score"] for r in g]),
+                                 np.array([r["depth"] for r in g]) if "depth" in g[0] else None)
+                       for k, g in groups.items()}, cfg.threshold, seed=cfg.seed)
     n = len(rows)
-    per_task: dict[int, list[float]] = {}
-    for c in cells:
-        per_task.setdefault(c["length"], []).append(100.0 * c["mean"])
-    avg = {L: math.fsum(v) / len(v) for L, v in per_task.items()}
     total = math.fsum(r["score"] for r in rows)
     out = {"score": metric(total / n, n, True, wilson(total, n))}
-    for L in sorted(avg):
+    for L, avg in zip(eff["lengths"], eff["avg"]):  # Wilson on the pooled cells (a bootstrap collapses at 0 and 1)
         k = sum(c["n"] for c in cells if c["length"] == L)
-        out[f"score@length={L}"] = metric(avg[L] / 100, k, True, wilson(avg[L] / 100 * k, k))
+        out[f"score@length={L}"] = metric(avg / 100, k, True, wilson(avg / 100 * k, k))
     for name in cfg.tasks:
         mine = [c for c in cells if c["task"] == name]
         if mine:
             k = sum(c["n"] for c in mine)
             mean = math.fsum(c["mean"] for c in mine) / len(mine)
             out[f"score@task={name}"] = metric(mean, k, True, wilson(mean * k, k))
-    eff = effective_lengths(avg, per_task, cfg.threshold)
-    out["effective_length"] = metric(eff["ruler"], n, True, threshold=cfg.threshold)
-    out["effective_length@definition=relative"] = metric(eff["relative"], n, True, share=RELATIVE)
-    out["effective_length@definition=strict"] = metric(eff["strict"], n, True, threshold=cfg.threshold)
-    for w, v in weighted_averages(avg).items():
+    for d, name in zip(E.DEFINITIONS, ("effective_length", *(f"effective_length@definition={d}" for d in E.DEFINITIONS[1:]))):
+        extra = {"share": E.RELATIVE} if d == "relative" else {"threshold": cfg.threshold}
+        out[name] = metric(eff[d], n, True, eff[d + "_ci95"], **extra)
+    for w, v in E.weighted_averages(eff["avg"]).items():
         out[f"score_wavg@weights={w}"] = metric(v / 100, n, True)
     return cells, out
+
+
+def _effective(met: dict) -> list[tuple[str, dict]]:
+    """(definition, metric) in the order they are reported; RULER's is the headline."""
+    return [("RULER", met["effective_length"]), ("relative", met["effective_length@definition=relative"]),
+            ("strict", met["effective_length@definition=strict"])]
+
+
+def _span(m: dict) -> str:
+    """An effective length with its interval: "2K (95% 1K-4K)"; "none" for 0."""
+    name = lambda v: length_label(int(v)) if v else "none"  # noqa: E731
+    lo, hi = m.get("ci95", (m["value"], m["value"]))
+    return f"{name(m['value'])} (95% {name(lo)}-{name(hi)})"
 
 
 def _table(results: dict) -> TableData:
@@ -191,41 +182,12 @@ def _table(results: dict) -> TableData:
     notes = []
     for m in labels:
         met = results["metrics"][m]
-        eff = [f"{d} {length_label(v) if v else 'none'}" for d, v in
-               (("RULER", met["effective_length"]["value"]),
-                ("relative", met["effective_length@definition=relative"]["value"]),
-                ("strict", met["effective_length@definition=strict"]["value"]))]
-        notes.append(f"{m}: effective length {', '.join(eff)} (threshold {p['threshold']:g}); wAvg inc "
+        eff = ", ".join(f"{d} {_span(x)}" for d, x in _effective(met))
+        notes.append(f"{m}: effective length {eff} (threshold {p['threshold']:g}; 95% bootstrap intervals); wAvg inc "
                      f"{100 * met['score_wavg@weights=increasing']['value']:.1f}, dec "
                      f"{100 * met['score_wavg@weights=decreasing']['value']:.1f}")
     title = f"RULER score (0-100) by task and length ({p['samples']} samples per cell, haystack {p['haystack']})"
     return TableData(title, header, rows, styles={len(rows) - 1: "bold"}, notes=notes)
-
-
-def _heatmap(results: dict, run):
-    from matplotlib.figure import Figure as MplFigure
-
-    from diffeval.plotting.needle import CMAP
-
-    p, labels = results["task"]["params"], [m["label"] for m in results["models"]]
-    tasks, lengths = [*p["tasks"], "avg"], sorted({c["length"] for c in results["cells"]})
-    size = (max(4.0, 1.6 + 0.8 * len(lengths) * len(labels)), 0.9 + 0.32 * len(tasks))
-    fig = MplFigure(figsize=size, layout="constrained")
-    for k, (m, ax) in enumerate(zip(labels, np.atleast_1d(fig.subplots(1, len(labels), squeeze=False)[0]))):
-        grid = np.full((len(tasks), len(lengths)), np.nan)  # (tasks + 1, L)
-        for c in results["cells"]:
-            if c["model"] == m:
-                grid[p["tasks"].index(c["task"]), lengths.index(c["length"])] = 100 * c["mean"]
-        grid[-1] = [100 * results["metrics"][m][f"score@length={L}"]["value"] for L in lengths]
-        ax.imshow(grid, cmap=CMAP, vmin=0, vmax=100, aspect="auto")
-        ax.axhline(len(tasks) - 1.5, color="white", lw=2)  # the average row below the tasks
-        for (i, j), v in np.ndenumerate(grid):
-            ax.text(j, i, "-" if np.isnan(v) else f"{v:.0f}", ha="center", va="center", fontsize=7)
-        ax.set_xticks(range(len(lengths)), [length_label(L) for L in lengths])
-        ax.set_yticks(range(len(tasks)), tasks if k == 0 else [""] * len(tasks))
-        ax.set_title(m, fontsize=9)
-    fig.suptitle("RULER score by task and length", fontsize=10)
-    return fig
 
 
 PROBE = Probe(
@@ -233,14 +195,15 @@ PROBE = Probe(
     aggregate=lambda cfg, records, models, extra: by_model(records, models, lambda m, rows: _summarise(cfg, m, rows)),
     cell_keys=("task", "length"), grid_params=("lengths", "samples", "tasks"),
     data=lambda cfg: {**R.haystack_data(cfg.haystack), **T.qa_files(cfg.qa_data)},
-    views=(Figure("ruler_heatmap", _heatmap, stem="ruler_heatmap"), Table("ruler_tasks", _table)),
+    views=(Figure("ruler_heatmap", "ruler:heatmap_view", stem="ruler_heatmap"),
+           Figure("ruler_curve", "ruler:curve_view", stem="ruler_curve"), Table("ruler_tasks", _table)),
     quick={"tasks": ["niah_single_1", "niah_multikey_2", "vt", "cwe", "fwe"], "lengths": [512], "samples": 1},
     description="RULER's synthetic suite (NIAH, VT, CWE, FWE) and effective length",
     summary="RULER (Hsieh et al. 2024): eight needle-in-a-haystack settings, variable tracking, common- and\n"
             "frequent-words extraction (and QA on your JSONL) at exact prompt lengths; string_match_all per (task, length), the\n"
             "average over tasks, and the effective length (RULER's threshold, relative, strict).",
     examples=("diffeval ruler --len 512 --samples 2", "diffeval ruler --ckpt path/to/model --len 4k:128k"),
-    method="greedy answer; score = RULER string_match_all (share of expected values in the answer, case-"
+    method="length = prompt tokens + the task's generation budget (RULER's max_seq_length); greedy answer; score = RULER string_match_all (share of expected values in the answer, case-"
            "insensitive; qa: string_match_part, any of them); cells: mean, n, Wilson 95% interval; "
            "per-length average: unweighted over tasks; effective length: longest length up to which the "
            "average (RULER), 85% of the shortest length's average (relative) or every task (strict) stays "

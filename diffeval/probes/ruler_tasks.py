@@ -199,8 +199,10 @@ def niah(task: Task, tok, fmt: PromptFormat, hay: Haystack, length: int, ss: np.
         raise UsageError(f"{task.name}: after 20 draws a needle value still also occurs in the haystack "
                          f"(length {length})")
     built, answers, query, asm, items = got
-    spans = asm.spans(built, items)[0]
-    return Prompt(built.ids, tuple(answers), {"query": query, "needle_spans": [list(spans[k][:2]) for k in sorted(spans)]})
+    spans, n_ctx = asm.spans(built, items)
+    first = min(spans[k][0] for k in spans if items[k].value in answers) - len(asm.prefix)
+    return Prompt(built.ids, tuple(answers), {"query": query, "depth": round(min(max(first / max(n_ctx, 1), 0.0), 1.0), 4),
+                                              "needle_spans": [list(spans[k][:2]) for k in sorted(spans)]})
 
 
 def _vt_chains(rng: np.random.Generator, name_len: int) -> tuple[list[list[str]], list[str]]:
@@ -400,9 +402,12 @@ def cwe(task: Task, tok, fmt: PromptFormat, hay: Haystack, length: int, ss: np.r
 
 
 def fwe_counts(n_words: int, vocab_size: int) -> list[int]:
-    """Zipf counts int(n k^-alpha / zeta(alpha)) of ranks k = 1..vocab_size (alpha = 2)."""
+    """Zipf counts int(n k^-alpha / zeta(alpha)) of ranks k = 1..vocab_size (alpha = 2), RULER's;
+    where short lists round rank 5 up to rank 4's count, ranks 5 on are capped one below it, so
+    that the three answers (ranks 2-4) stay the most frequent words (never so at 4K and more)."""
     zeta2 = math.pi ** 2 / 6
-    return [int(n_words * k ** -FWE_ALPHA / zeta2) for k in range(1, vocab_size + 1)]
+    counts = [int(n_words * k ** -FWE_ALPHA / zeta2) for k in range(1, vocab_size + 1)]
+    return counts[:4] + [min(c, counts[3] - 1) for c in counts[4:]] if len(counts) > 4 else counts
 
 
 def fwe(task: Task, tok, fmt: PromptFormat, hay: Haystack, length: int, ss: np.random.SeedSequence) -> Prompt:
@@ -431,9 +436,8 @@ def fwe(task: Task, tok, fmt: PromptFormat, hay: Haystack, length: int, ss: np.r
 
     fit = fit_count(build, length, 10, "fwe", fill=" " + FWE_NOISE)
     counts = fwe_counts(fit.n, len(vocab))
-    if len(counts) < 5 or counts[3] <= counts[4]:
-        raise UsageError(f"length {length} is too short for fwe: the third word ({counts[3]} times) is not "
-                         "more frequent than the next")
+    if len(counts) < 5 or counts[3] < 1:
+        raise UsageError(f"length {length} is too short for fwe: the third answer word does not occur")
     return Prompt(fit.ids, tuple(vocab[1:4]), {"n_words": fit.n, "counts": counts[:5]})
 
 

@@ -4,6 +4,7 @@ string_match_all scorer on a table of cases, the effective-length definitions, b
 a run through the command line on a zoo model."""
 
 import json
+from dataclasses import replace
 import re
 from collections import Counter
 from types import SimpleNamespace
@@ -13,6 +14,7 @@ import pytest
 
 from diffeval.checkpoints import load
 from diffeval.errors import ConfigError, UsageError
+from diffeval.probes import effective as E
 from diffeval.probes import ruler as P
 from diffeval.probes import ruler_tasks as T
 from diffeval.run import RunOptions, model_context
@@ -39,8 +41,8 @@ def test_every_prompt_has_exactly_the_requested_length(samples):
     assert len(samples) == 2 * 2 * len(T.SYNTHETIC) and len({s.id for s in samples}) == len(samples)
     assert {s.task for s in samples} == set(T.SYNTHETIC)
     for s in samples:
-        assert len(s.prompt) == s.length, s.id
-        assert s.budget == T.TASKS[s.task].budget
+        assert len(s.prompt) + T.TASKS[s.task].budget == s.length, s.id  # RULER counts the budget in
+        assert s.budget == T.TASKS[s.task].budget and s.to_record()["n_tokens"] == [len(s.prompt)]
 
 
 @pytest.mark.parametrize("task", [t for t in T.SYNTHETIC if t.startswith("niah")])
@@ -61,7 +63,7 @@ def test_niah_needles_hold_the_answers_once_with_rulers_wording(ctx, samples, ta
             assert len(needles) >= 3 and [k for _, k, _ in needles].count(keys[0]) == 1
         if cfg.n_queries * cfg.n_values == 1:
             assert text.startswith(f"A special magic {cfg.values[:-1]} is hidden")
-            assert text.endswith(f"mentioned in the provided text is")
+            assert text.endswith("mentioned in the provided text is")
         else:
             assert text.startswith(f"Some special magic {cfg.values} are hidden")
             assert text.endswith(f"The special magic {cfg.values} for {s.info['query']} mentioned in the provided text are")
@@ -74,7 +76,8 @@ def test_niah_needles_hold_the_answers_once_with_rulers_wording(ctx, samples, ta
 def _long(ctx, task, length, seed=1):
     """A prompt past the zoo's position limit (RULER's long settings), built without its check."""
     p = T.generate_prompt(T.TASKS[task], ctx.tokenizer, ctx.prompt_format, None, length, np.random.SeedSequence(seed))
-    return P.Sample(f"{task}-L{length}-s0", task, length, 0, p.ids, p.answers, T.TASKS[task].budget, p.info)
+    budget = T.TASKS[task].budget
+    return P.Sample(f"{task}-L{length + budget}-s0", task, length + budget, 0, p.ids, p.answers, budget, p.info)
 
 
 def test_vt_is_one_chain_of_four_hops_in_order(ctx, samples):
@@ -89,7 +92,7 @@ def test_vt_is_one_chain_of_four_hops_in_order(ctx, samples):
         lines = [f"VAR {names[0]} = {value}."] + [f"VAR {names[j + 1]} = VAR {names[j]}." for j in range(4)]
         at = [text.index(line) for line in lines]
         assert at == sorted(at) and all(text.count(line) == 1 for line in lines)
-        assert text.count(value) == 3 and len(s.prompt) == s.length  # its line, the question, the answer prefix
+        assert text.count(value) == 3 and len(s.prompt) == s.length - s.budget  # its line, the question, the answer prefix
         assert text.endswith(f"5 variables are assigned the value {value}, they are: ")
 
 
@@ -121,13 +124,20 @@ def test_fwe_counts_follow_zipf_and_the_answer_is_ranks_two_to_four(ctx, samples
         text = _text(ctx, s)
         coded = text[len(T.FWE_HEAD):].split("\nQuestion:")[0].split()
         counts = Counter(coded)
-        expected = T.fwe_counts(s.info["n_words"], s.length // 50)
+        expected = T.fwe_counts(s.info["n_words"], (s.length - s.budget) // 50)  # RULER: the prompt's length
         assert counts[s.answers[0]] == expected[1] and counts[s.answers[2]] == expected[3]
         top = [w for w, _ in counts.most_common() if w != T.FWE_NOISE][:3]
         assert set(top) == set(s.answers)
         others = [c for w, c in counts.items() if w != T.FWE_NOISE and w not in s.answers]
         assert min(counts[a] for a in s.answers) > max(others, default=0)
         assert counts[T.FWE_NOISE] >= expected[0]  # the noise word also closes the length
+
+
+def test_fwe_counts_are_zipf_and_capped_only_where_rounding_ties_the_answer():
+    zipf = [int(5000 * k ** -2.0 / (np.pi ** 2 / 6)) for k in range(1, 81)]
+    assert T.fwe_counts(5000, 80) == zipf  # RULER's counts untouched at real lengths
+    short = T.fwe_counts(54, 9)  # 54 / zeta(2) / 16 and / 25 both round to 2
+    assert short[:4] == [32, 8, 3, 2] and max(short[4:]) == 1
 
 
 def test_samples_are_seeded(ctx, samples):
@@ -153,15 +163,58 @@ def test_score_is_rulers_string_match_all(prediction, answers, score):
     assert record["score"] == pytest.approx(score) and record["all_correct"] == (score == 1.0)
 
 
+def _cells(table: dict, n: int = 20, depths: dict | None = None) -> dict:
+    """{(task, length): percent} -> exact cells of n samples (k of them scored 1)."""
+    out = {}
+    for key, pct in table.items():
+        k = round(pct * n / 100)
+        d = None if depths is None or key[0] not in depths else np.asarray(depths[key[0]](n), dtype=float)
+        out[key] = E.Cell(np.array([1.0] * k + [0.0] * (n - k)), d)
+    return out
+
+
 def test_effective_lengths_under_the_three_definitions():
-    avg = {4096: 95.0, 8192: 88.0, 16384: 82.0, 32768: 70.0}  # 85% of 95 = 80.75
-    per_task = {4096: [99.0, 91.0], 8192: [96.0, 80.0], 16384: [84.0, 80.0], 32768: [70.0, 70.0]}
-    assert P.effective_lengths(avg, per_task, 85.6) == {"ruler": 8192, "relative": 16384, "strict": 4096}
-    assert P.effective_lengths(avg, per_task, 96.0) == {"ruler": 0, "relative": 16384, "strict": 0}
-    dip = {1: 90.0, 2: 50.0, 3: 90.0}  # a length that passes after one that fails does not count
-    assert P.effective_lengths(dip, {L: [v] for L, v in dip.items()}, 85.6) == {"ruler": 1, "relative": 1, "strict": 1}
-    w = P.weighted_averages({1: 100.0, 2: 0.0})
+    # averages 95, 87.5, 82.5, 70; 85% of 95 = 80.75
+    table = {("a", 4096): 100, ("b", 4096): 90, ("a", 8192): 95, ("b", 8192): 80, ("a", 16384): 85,
+             ("b", 16384): 80, ("a", 32768): 70, ("b", 32768): 70}
+    eff = E.effective(_cells(table), 85.6, replicates=200)
+    assert eff["avg"] == pytest.approx([95.0, 87.5, 82.5, 70.0])
+    assert (eff["ruler"], eff["relative"], eff["strict"]) == (8192, 16384, 4096)
+    eff = E.effective(_cells(table), 96.0, replicates=200)
+    assert (eff["ruler"], eff["relative"], eff["strict"]) == (0, 16384, 0)
+    dip = {("a", 1): 90, ("a", 2): 50, ("a", 3): 90}  # a length that passes after one that fails does not count
+    eff = E.effective(_cells(dip), 85.6, replicates=200)
+    assert (eff["ruler"], eff["relative"], eff["strict"]) == (1, 1, 1)
+    w = E.weighted_averages([100.0, 0.0])
     assert w["increasing"] == pytest.approx(100 / 3) and w["decreasing"] == pytest.approx(200 / 3)
+
+
+def test_strict_effective_length_fails_on_a_depth_region_the_task_average_hides():
+    # every needle sample in the last fifth of the context fails: the task mean (80%) and the
+    # average pass 75, but the deepest bin scores 0
+    table = {("niah", 1024): 100, ("niah", 2048): 80}
+    depths = {"niah": lambda n: np.linspace(0, 0.99, n)}
+    cells = _cells(table, 20, depths)
+    cells[("niah", 2048)] = E.Cell(np.array([1.0] * 16 + [0.0] * 4), np.linspace(0, 0.99, 20))
+    eff = E.effective(cells, 75.0, replicates=200)
+    assert (eff["ruler"], eff["strict"]) == (2048, 1024)
+
+
+def test_bootstrap_intervals_cover_the_estimate_narrow_with_samples_and_repeat():
+    table = {("a", 1): 100, ("a", 2): 90, ("a", 4): 85, ("a", 8): 40}
+    small = E.effective(_cells(table, 10), 85.6, seed=3)
+    big = E.effective(_cells(table, 400), 85.6, seed=3)
+    assert small == E.effective(_cells(table, 10), 85.6, seed=3)  # seeded: reproducible
+    for eff in (small, big):
+        lo, hi = eff["ruler_ci95"]
+        assert lo <= eff["ruler"] <= hi and {lo, hi} <= {0, 1, 2, 4, 8}
+        for avg, (a, b) in zip(eff["avg"], eff["avg_ci95"]):
+            assert a <= avg + 1e-9 and avg - 1e-9 <= b
+    width = lambda e: sum(b - a for a, b in e["avg_ci95"])  # noqa: E731
+    assert width(big) < 0.4 * width(small)
+    # 85% at length 4 sits on the threshold's edge: with 10 samples the interval reaches both sides
+    assert small["ruler_ci95"][0] <= 2 and small["ruler_ci95"][1] == 4
+    assert E.effective(_cells({("a", 1): 100, ("a", 2): 100}, 10), 85.6)["ruler_ci95"] == [2, 2]
 
 
 @pytest.mark.parametrize("params, field", [({"tasks": "niah_single_1,nope"}, "tasks"), ({"tasks": ""}, "tasks"),
@@ -175,9 +228,18 @@ def test_bad_parameters_name_the_field(params, field):
 
 
 def test_a_prompt_and_its_budget_must_fit_the_position_limit(ctx):
-    with pytest.raises(ConfigError) as err:  # the zoo's 1088 positions: 1024 + 128 do not fit
-        P.PROBE.generate(P.PROBE.config({"lengths": "1024", "samples": 1, "tasks": "niah_single_1"}), ctx)
-    assert err.value.field == "lengths" and "1152" in str(err.value)
+    with pytest.raises(ConfigError) as err:  # the zoo's 1088 positions: 1100 (prompt and budget) does not fit
+        P.PROBE.generate(P.PROBE.config({"lengths": "1100", "samples": 1, "tasks": "niah_single_1"}), ctx)
+    assert err.value.field == "lengths" and "1100" in str(err.value)
+    with pytest.raises(ConfigError) as err:  # a larger decode budget than RULER's must fit as well
+        P.PROBE.generate(P.PROBE.config({"lengths": "1024", "samples": 1, "tasks": "vt"}),
+                         replace(ctx, max_new_tokens=100))
+    assert err.value.field == "lengths" and "1094" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        P.PROBE.generate(P.PROBE.config({"lengths": "100", "samples": 1, "tasks": "cwe"}), ctx)
+    assert "generation budget" in str(err.value)
+    with pytest.raises(UsageError, match="--len 150: niah_single_1 gets 22 prompt tokens"):
+        P.PROBE.generate(P.PROBE.config({"lengths": "150", "samples": 1, "tasks": "niah_single_1"}), ctx)
 
 
 def test_runs_from_the_command_line_and_refuses_bad_input(tmp_path, capsys):
@@ -192,7 +254,9 @@ def test_runs_from_the_command_line_and_refuses_bad_input(tmp_path, capsys):
     assert {"effective_length", "effective_length@definition=relative", "effective_length@definition=strict",
             "score@length=512", "score_wavg@weights=increasing"} <= set(met)
     assert met["effective_length"]["threshold"] == 85.6
-    assert results["artifacts"]["figures"] == ["ruler_heatmap.png", "ruler_heatmap.pdf"]
+    assert results["artifacts"]["figures"] == ["ruler_heatmap.png", "ruler_heatmap.pdf", "ruler_curve.png",
+                                               "ruler_curve.pdf"]
+    assert len(met["effective_length"]["ci95"]) == 2 and len(met["score@length=512"]["ci95"]) == 2
     assert (out / "ruler_heatmap.png").stat().st_size > 1000
     assert "RULER score (0-100) by task and length" in capsys.readouterr().out
     for bad, flag in ((["--tasks", "niah_single_9"], "--tasks"), (["--threshold", "120"], "--threshold"),
@@ -203,7 +267,6 @@ def test_runs_from_the_command_line_and_refuses_bad_input(tmp_path, capsys):
 
 
 def test_chat_format_keeps_exact_lengths_and_puts_the_answer_prefix_after_the_assistant_header(ctx):
-    from dataclasses import replace
 
     from diffeval.probes.prompts import PromptFormat
 
@@ -211,7 +274,7 @@ def test_chat_format_keeps_exact_lengths_and_puts_the_answer_prefix_after_the_as
     cfg = P.PROBE.config({"lengths": "512", "samples": 1, "tasks": "niah_single_2,vt,cwe,fwe"})
     for s in P.PROBE.generate(cfg, chat):
         text = _text(ctx, s)
-        assert len(s.prompt) == 512 and text.startswith("<user>\n")
+        assert len(s.prompt) == 512 - s.budget and text.startswith("<user>\n")
         assert re.search(r"\?\n<assistant>\n(The special|Answer: )", text) or "above.\n<assistant>\nAnswer:" in text
 
 
@@ -229,7 +292,7 @@ def test_qa_puts_the_gold_document_among_distractors_at_the_exact_length(ctx, tm
     assert cfg.to_dict()["suite"] == "synthetic and QA" and P.PROBE.data(cfg)["qa_data"]["n_files"] == 1
     for s in P.PROBE.generate(cfg, ctx):
         text, i = _text(ctx, s), s.index
-        assert len(s.prompt) == s.length and s.answers == (f"the Vell{i}", f"Vell{i}")
+        assert len(s.prompt) == s.length - 32 and s.answers == (f"the Vell{i}", f"Vell{i}")
         assert text.count(f"The river Vell{i} runs past its old mill.") == 1 and text.count("Document ") >= 3
         assert text.startswith(T.QA_HEAD) and text.endswith(f"Question: {s.info['query']} Answer:")
     tok = SimpleNamespace(decode=lambda ids: " Vell0, I think")
@@ -286,3 +349,24 @@ def test_compare_puts_two_ruler_runs_side_by_side(tmp_path, capsys):
     report = (tmp_path / "report" / "report.md").read_text()
     assert "| score |" in report and "| effective_length |" in report
     assert "task parameters differ from s0 (seed)" in report  # another seed: said, not hidden
+
+
+def test_the_ruler_table_renders_to_markdown_and_latex_and_a_check_reads_the_run(tmp_path):
+    from diffeval.report import check as C
+    from diffeval.report.tables import latex, markdown
+
+    out = tmp_path / "run"
+    assert run_cli(["ruler", "--ckpt", "zoo:transformer-tiny", "--len", "512", "--samples", "1", "--tasks",
+                    "niah_single_1,vt", "--max-new-tokens", "4", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    table = P.PROBE.views[-1].build(results)
+    md, tex = markdown(table), latex(table)
+    for name in ("niah\\_single\\_1", "vt", "avg"):
+        assert name in tex and name.replace("\\", "") in md
+    assert "effective length RULER none (95% none-none)" in md and "\\begin{tabular}" in tex
+    met = results["metrics"]["transformer-tiny"]
+    reference = {"metrics": {"ruler": {"transformer-tiny": {
+        "effective_length": {**met["effective_length"], "value": 512, "ci95": [512, 512]},
+        "score@task=vt": met["score@task=vt"]}}}}
+    rows = {r.metric: r.status for r in C.compare(reference, {"ruler": results})}
+    assert rows == {"effective_length": "regressed", "score@task=vt": "ok"}
