@@ -197,7 +197,7 @@ PROBE = Probe(
     data=lambda cfg: {**R.haystack_data(cfg.haystack), **T.qa_files(cfg.qa_data)},
     views=(Figure("ruler_heatmap", "ruler:heatmap_view", stem="ruler_heatmap"),
            Figure("ruler_curve", "ruler:curve_view", stem="ruler_curve"), Table("ruler_tasks", _table)),
-    quick={"tasks": ["niah_single_1", "niah_multikey_2", "vt", "cwe", "fwe"], "lengths": [512], "samples": 1},
+    quick={"tasks": ["niah_single_1", "niah_multikey_2", "vt", "cwe", "fwe"], "lengths": [640], "samples": 1},
     description="RULER's synthetic suite (NIAH, VT, CWE, FWE) and effective length",
     summary="RULER (Hsieh et al. 2024): eight needle-in-a-haystack settings, variable tracking, common- and\n"
             "frequent-words extraction (and QA on your JSONL) at exact prompt lengths; string_match_all per (task, length), the\n"
