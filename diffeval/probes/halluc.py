@@ -43,7 +43,7 @@ from diffeval.stats import mean_ci
 from diffeval.textdata import describe_files
 
 NAME = "halluc"
-VERSION = 1
+VERSION = 2  # 2: BOS by the tokenizer's rule, chat prompts as apply_chat_template
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from diffeval.stats import wilson
 from diffeval.textdata import describe_files
 
 NAME = "icl"
-VERSION = 1
+VERSION = 2  # 2: BOS by the tokenizer's rule, chat prompts as apply_chat_template
 ARRANGEMENTS = ("random", "alternating", "grouped")
 MODES = ("choice", "generate")
 

@@ -21,7 +21,7 @@ from diffeval.requests import Generate, ids_sha256
 from diffeval.specs import length_label
 from diffeval.stats import mean_per_cell, wilson
 
-VERSION = 1
+VERSION = 2  # 2: BOS by the tokenizer's rule, chat prompts as apply_chat_template
 _TASK_KEY = int.from_bytes(b"ruler", "big")
 THRESHOLD = 85.6  # RULER's: Llama-2-7B's average at 4K
 RELATIVE = 0.85  # relative definition: share of the model's own shortest-length average
