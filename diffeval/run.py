@@ -34,6 +34,7 @@ from diffeval.results import (
     write_json,
     write_jsonl,
 )
+from diffeval.tokenizers import BOS_POLICIES
 
 DECODE_MODES = ("default", "ruler")
 
@@ -56,6 +57,7 @@ class RunOptions:
     save_prompts: bool = False
     overwrite: bool = False  # replace another run's results in the output folder
     allow_beyond_memory: bool = False  # load a model (and KV cache) larger than the device's memory
+    bos: str = "auto"  # auto (the tokenizer's own rule) | always | never
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -66,13 +68,15 @@ class RunOptions:
             raise ConfigError(f"{self.decode!r}: choose {' or '.join(DECODE_MODES)}", "decode")
         if self.prompt_format not in ("plain", "chat"):
             raise ConfigError(f"{self.prompt_format!r}: choose plain or chat", "prompt_format")
+        if self.bos not in BOS_POLICIES:
+            raise ConfigError(f"{self.bos!r}: choose {', '.join(BOS_POLICIES)}", "bos")
 
     def settings(self) -> dict[str, Any]:
         """The options that change outputs, for results.json."""
         return {"device": self.device, "dtype": str(self.dtype).replace("torch.", ""), "backend": self.backend,
                 "batch_size": self.batch_size, "max_new_tokens": self.max_new_tokens,
                 "allow_beyond_max_positions": self.allow_beyond_max_positions,
-                "prompt_format": self.prompt_format, "decode": self.decode}
+                "prompt_format": self.prompt_format, "decode": self.decode, "bos": self.bos}
 
 
 @dataclass(frozen=True)
@@ -123,8 +127,9 @@ def progress_bar(total: Optional[int], desc: str, enabled: bool, unit: str = "re
 
 def model_context(label: str, loaded, opts: RunOptions, service: Any = None) -> ModelContext:
     from diffeval.probes.prompts import PromptFormat, prompt_format
+    from diffeval.tokenizers import with_bos
 
-    tok = loaded.tokenizer
+    tok = with_bos(loaded.tokenizer, opts.bos)
     fmt = prompt_format(opts.prompt_format, tok) if tok is not None else PromptFormat()
     cfg = loaded.model.cfg
     return ModelContext(label=label, tokenizer=tok, max_positions=cfg.max_seq_len,
@@ -216,6 +221,7 @@ def _run_model(job: _Job, label: str, spec: str) -> None:
     """Load one model, generate its samples, run what the resume cache lacks, and add its
     records, statistics and timing to the job (rank 0; other ranks send theirs there)."""
     from diffeval.checkpoints import load
+    from diffeval.tokenizers import bos_record
 
     opts, clock = job.opts, _Clock()
     loaded = load(spec, device=opts.device, dtype=opts.dtype, backend=opts.backend, allow_pickle=opts.allow_pickle,
@@ -244,7 +250,8 @@ def _run_model(job: _Job, label: str, spec: str) -> None:
     clock.laps.update(prefill=c.prefill_seconds, decode=c.decode_seconds, score=score_seconds)
     job.timing[label] = _timing(c, wall, len(samples), len(samples) - plan.n_todo, opts.device, clock.laps)
     job.add_phases(clock.laps)
-    job.models.append({**model_record(label, loaded, opts), **({"notes": notes} if notes else {})})
+    bos = {"bos": bos_record(ctx.tokenizer)} if ctx.tokenizer is not None else {}
+    job.models.append({**model_record(label, loaded, opts), **bos, **({"notes": notes} if notes else {})})
 
 
 def _generated(got) -> tuple[list, dict]:
@@ -463,14 +470,21 @@ def _timing(c, wall: float, n_samples: int, resumed: int, device: str, phases: d
 
 
 def _prompt_rows(label: str, samples, work, tok) -> list[dict]:
-    """prompts.jsonl: the text of every request of every sample (audit a cell by reading it)."""
+    """prompts.jsonl: every request of every sample as text with its special tokens kept
+    (BOS, chat turn markers), the ids' sha256 (requests.ids_sha256) and whether encoding the
+    text gives the ids back (`retokenizes`: false where a prompt joins separately encoded
+    pieces that merge differently, or for the byte tokenizer, whose BOS has no text)."""
+    from diffeval.requests import ids_sha256
+
+    text_of = getattr(tok, "text_of", tok.decode)
     rows = []
     for s, reqs in zip(samples, work):
         for j, r in enumerate(reqs):
-            ids = getattr(r, "prompt", None) or getattr(r, "ids", None)
+            ids = list(getattr(r, "prompt", None) or getattr(r, "ids", None))
+            text = text_of(ids)
             row = {"model": label, "id": s.id, "request": j, "type": type(r).__name__, "n_tokens": len(ids),
-                   "text": tok.decode(list(ids))}
+                   "ids_sha256": ids_sha256(ids), "retokenizes": list(tok.encode(text)) == ids, "text": text}
             if getattr(r, "candidates", None):
-                row["candidates"] = [tok.decode(list(c)) for c in r.candidates]
+                row["candidates"] = [text_of(list(c)) for c in r.candidates]
             rows.append(row)
     return rows

@@ -48,6 +48,9 @@ RUN: dict[str, RunOption] = {
                                str, "prompt_format"),
     "decode": RunOption("--decode", "default (stop at a newline, score the first line) or ruler (up to 128 tokens, "
                         "no newline stop, match anywhere).", "default", str, "decode"),
+    "bos": RunOption("--bos", "BOS before every prompt: auto (the tokenizer's own rule: tokenizer_config.json "
+                     "add_bos_token, else tokenizer.json's post-processor), always, or never. Chat prompts: the "
+                     "template's own BOS (auto), one added (always) or a leading one removed (never).", "auto", str),
     "save_prompts": RunOption("--save-prompts", "Also write prompts.jsonl: the text of every prompt, to audit any "
                               "cell.", False, bool),
     "allow_beyond": RunOption("--allow-beyond-max-positions", "Allow prompts longer than the model's position limit "
@@ -63,7 +66,8 @@ RUN: dict[str, RunOption] = {
 RUN_PARAMS = {name: (r.kind, r.typer_option()) for name, r in RUN.items()}
 # Flags of the run options, by RunOptions field.
 RUN_FLAGS = {"batch_size": "--batch-size", "max_new_tokens": "--max-new-tokens", "decode": "--decode",
-             "prompt_format": "--prompt-format", "device": "--device", "dtype": "--dtype", "backend": "--backend"}
+             "prompt_format": "--prompt-format", "device": "--device", "dtype": "--dtype", "backend": "--backend",
+             "bos": "--bos"}
 CKPT = typer.Option([], "--ckpt", help="Checkpoint (repeatable): zoo:NAME, a native or a Hugging Face directory. "
                     "Default: the zoo models.")
 OUT = typer.Option(None, "--out", help="Output directory (default runs/<probe>-<UTC time>). Rerun the same command "
@@ -123,7 +127,7 @@ def run_options(device: str = "auto", dtype: str = "auto", backend: str = "auto"
                 max_new_tokens: Optional[int] = None, allow_beyond: bool = False, allow_pickle: bool = False,
                 prompt_format: str = "plain", decode: str = "default", save_prompts: bool = False,
                 allow_memory: bool = False, overwrite: bool = False,
-                weights_format: Optional[str] = None):
+                weights_format: Optional[str] = None, bos: str = "auto"):
     from diffeval.run import RunOptions
 
     dev = parse_device(device)
@@ -134,7 +138,7 @@ def run_options(device: str = "auto", dtype: str = "auto", backend: str = "auto"
                           max_new_tokens=max_new_tokens, allow_beyond_max_positions=allow_beyond,
                           allow_pickle=allow_pickle, progress=True, prompt_format=prompt_format, decode=decode,
                           save_prompts=save_prompts, allow_beyond_memory=allow_memory, overwrite=overwrite,
-                          weights_format=weights_format)
+                          weights_format=weights_format, bos=bos)
 
 
 @contextmanager

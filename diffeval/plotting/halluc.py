@@ -9,8 +9,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 # colour-blind-safe (Okabe-Ito) colours per outcome
-COLOURS = {"correct": "#009E73", "abstained": "#56B4E9", "confused": "#E69F00", "hallucinated": "#D55E00",
-           "wrong": "#999999"}
+COLOURS = {"correct": "#009E73", "abstained": "#56B4E9", "lookalike": "#F0E442", "confused": "#E69F00",
+           "invented": "#D55E00", "wrong": "#999999"}
 
 
 def outcome_figure(results: dict, outcomes: tuple[str, ...] = tuple(COLOURS)) -> Figure:
@@ -25,7 +25,7 @@ def outcome_figure(results: dict, outcomes: tuple[str, ...] = tuple(COLOURS)) ->
         x = np.arange(len(kinds)) + (i - (len(models) - 1) / 2) * width
         bottom = np.zeros(len(kinds))
         for o in outcomes:
-            vals = np.array([by[(model, k)][f"{o}_rate"] if (model, k) in by else 0.0 for k in kinds])
+            vals = np.array([by[(model, k)].get(f"{o}_rate", 0.0) if (model, k) in by else 0.0 for k in kinds])
             ax.bar(x, vals, width * 0.92, bottom=bottom, color=COLOURS[o], edgecolor="white", lw=0.5,
                    label=o if i == 0 else None)
             bottom += vals
@@ -40,7 +40,7 @@ def outcome_figure(results: dict, outcomes: tuple[str, ...] = tuple(COLOURS)) ->
     what = (f"synthetic, {','.join(map(str, p['lengths']))} tokens, {p['n_facts']} facts" if p["data"] == "synthetic"
             else p["data"])
     ax.set_title(f"Answer outcomes per question kind: {what} (n = {', '.join(map(str, n))} per bar)", fontsize=9)
-    ax.legend(ncols=5, fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.08))
+    ax.legend(ncols=6, fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.08))
     return fig
 
 

@@ -35,7 +35,7 @@ from diffeval.specs import check_int, parse_index_list
 from diffeval.stats import breakdown
 
 NAME = "attn-map"
-VERSION = 3  # 3: the DIFF headline is the signed differential row (2: the pipeline)
+VERSION = 4  # 4: BOS by the tokenizer's rule, chat prompts as apply_chat_template (3: the signed DIFF row)
 AGGREGATION = ("mean over the selected layers, heads and query tokens of each prompt, then over "
                "the samples of each depth; DIFF headline rows are the differential rows A1 - lambda A2 as "
                "the layer computes them (categories sum to 1 - lambda, and can be negative: not a mass); "

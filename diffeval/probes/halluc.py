@@ -14,10 +14,16 @@ and three questions are asked over it:
 User data: a .jsonl with `context`, `question` (absent: summarisation), optional `answers`
 (a list) and `answerable`.
 
-Each answer gets one outcome: `correct`, `abstained`, `confused` (a value that the context
-gives for another key; for user data: an answer fully supported by the context but not the
-expected one), `hallucinated` (asserts a number, name or content word the context does not
-contain), `wrong` otherwise (empty, or a partial answer). A summary gets a support score:
+Each answer gets one outcome (probes/grounding.py): `correct`, `abstained`, `lookalike` (the
+value of the key that looks like the asked one), `confused` (a value that the context gives
+for another key; for user data: an answer fully supported by the context but not the
+expected one), `invented` (a number the context does not hold, whatever else the answer
+says; or, with no value given, a name or content word absent from the context), `wrong`
+otherwise (empty, or a partial answer). The headline `paper_hallucination_rate` is the DIFF
+paper's sense: the share of answers that are not accurate and free of hallucination (every
+outcome but the right one; 1 - accuracy); the outcomes are its breakdown. With
+`--prompt-format chat` the question ends at the assistant header, no answer prefix forced,
+and the first claim of the reply is scored. A summary gets a support score:
 the fraction of its content units (numbers, capitalised names, content words) found in the
 source, with the unsupported ones listed. An optional judge (probes/judge.py) adds the
 paper's binary verdict."""
@@ -43,7 +49,8 @@ from diffeval.stats import mean_ci
 from diffeval.textdata import describe_files
 
 NAME = "halluc"
-VERSION = 1
+VERSION = 3  # 3: outcomes lookalike / invented, unsupported values first, chat without a forced prefix
+# (2: BOS by the tokenizer's rule, chat prompts as apply_chat_template)
 
 
 @dataclass(frozen=True)
@@ -88,14 +95,17 @@ def _generate(cfg: HallucConfig, ctx) -> list[QASample]:
 
 def _requests(cfg: HallucConfig, s: QASample, ctx) -> list:
     budget = ctx.max_new_tokens or cfg.max_new_tokens
-    return [Generate(p, budget * 4 if k == "summary" else budget, "\n\n" if k == "summary" else "\n")
+    chat = ctx.prompt_format.name == "chat"  # a reply may open with a line break: stop at a blank line
+    return [Generate(p, budget * 4 if k == "summary" else budget, "\n\n" if k == "summary" or chat else "\n")
             for p, k in zip(s.prompts, s.kinds)]
 
 
 def _score(cfg: HallucConfig, s: QASample, outputs: list, ctx) -> dict:
     tok, judge = ctx.tokenizer, ctx.service
     preds, labels = [], []
-    for kind, out, answers, others, question in zip(s.kinds, outputs, s.answers, s.others, s.questions):
+    lookalikes = s.lookalike or ((),) * len(s.kinds)
+    for kind, out, answers, others, question, look in zip(s.kinds, outputs, s.answers, s.others, s.questions,
+                                                          lookalikes):
         text = tok.decode(list(out)).strip()
         text = text if kind == "summary" else text.split("\n")[0].strip()
         preds.append(text)
@@ -104,7 +114,7 @@ def _score(cfg: HallucConfig, s: QASample, outputs: list, ctx) -> dict:
             score, missing = support(text, s.context)
             row.update(outcome=None, support=round(score, 6), unsupported=missing)
         else:
-            row["outcome"] = outcome(text, answers, others, cfg.abstain, s.context, question or "")
+            row["outcome"] = outcome(text, answers, others, cfg.abstain, s.context, question or "", look)
         if judge is not None:
             row["judge"] = judge.verdict(s.context, question, text)
         labels.append(row)
@@ -128,8 +138,11 @@ def _summary(label: str, answers: list[dict]) -> tuple[list[dict], dict]:
     out: dict[str, Any] = {}
     qa = [a for a in answers if a["kind"] != "summary"]
     if qa:
-        out["accuracy"] = rate(sum(a["outcome"] == _GOOD.get(a["kind"], "correct") for a in qa), len(qa), True)
-        out["hallucination_rate"] = rate(sum(a["outcome"] == "hallucinated" for a in qa), len(qa), False)
+        good = sum(a["outcome"] == _GOOD.get(a["kind"], "correct") for a in qa)
+        out["accuracy"] = rate(good, len(qa), True)
+        out["paper_hallucination_rate"] = rate(len(qa) - good, len(qa), False)
+        for o in OUTCOMES:
+            out[f"outcome_rate@outcome={o}"] = rate(sum(a["outcome"] == o for a in qa), len(qa), None)
     cells = [_kind_cell(label, kind, [a for a in answers if a["kind"] == kind], out)
              for kind in dict.fromkeys(a["kind"] for a in answers)]
     judged = [a["judge"] for a in answers if "judge" in a]
@@ -153,8 +166,11 @@ def _kind_cell(label: str, kind: str, mine: list[dict], out: dict) -> dict:
                 **({"ci95": [round(x, 6) for x in ci]} if ci else {})}
     counts = {o: sum(a["outcome"] == o for a in mine) for o in OUTCOMES}
     out[f"accuracy@kind={kind}"] = rate(counts[_GOOD.get(kind, "correct")], n, True)
-    out[f"hallucination@kind={kind}"] = rate(counts["hallucinated"], n, False)
+    out[f"paper_hallucination@kind={kind}"] = rate(n - counts[_GOOD.get(kind, "correct")], n, False)
+    out[f"invented@kind={kind}"] = rate(counts["invented"], n, False)
     out[f"confusion@kind={kind}"] = rate(counts["confused"], n, False)
+    if kind == "confusable":
+        out[f"lookalike@kind={kind}"] = rate(counts["lookalike"], n, False)
     if kind != "unanswerable":
         out[f"false_abstention@kind={kind}"] = rate(counts["abstained"], n, False)
     return {"model": label, "kind": kind, "n": n, **counts, **{f"{o}_rate": round(counts[o] / n, 6) for o in OUTCOMES}}
@@ -183,13 +199,18 @@ def outcome_table(results: dict) -> TableData:
         sections.add(len(rows))
         for i, o in enumerate(("support",) if kind == "summary" else OUTCOMES):
             key = "support" if kind == "summary" else f"{o}_rate"
-            rows.append([kind if i == 0 else "", o, *[f"{by[(m, kind)][key]:.3f}" if (m, kind) in by else "-"
-                                                      for m in labels]])
-    notes = [f"{m['label']} ({m['family']}): accuracy {met['accuracy']['value']:.3f}, hallucination rate "
-             f"{met['hallucination_rate']['value']:.3f}, n={met['accuracy']['n']}"
-             for m in results["models"] if "accuracy" in (met := results["metrics"][m["label"]])]
+            got = [by[(m, kind)].get(key) if (m, kind) in by else None for m in labels]
+            rows.append([kind if i == 0 else "", o, *["-" if g is None else f"{g:.3f}" for g in got]])
+    notes = [f"{m['label']} ({m['family']}): accuracy {met['accuracy']['value']:.3f}, paper hallucination rate "
+             f"(1 - accuracy) {1 - met['accuracy']['value']:.3f}, invented {_share(met, 'invented')}, "
+             f"n={met['accuracy']['n']}" for m in results["models"] if "accuracy" in (met := results["metrics"][m["label"]])]
     return TableData(f"contextual hallucination: outcome rates per question kind ({what})",
                      ["kind", "outcome", *labels], rows, sections=frozenset(sections - {0}), notes=notes)
+
+
+def _share(met: dict, o: str) -> str:
+    got = met.get(f"outcome_rate@outcome={o}")
+    return "-" if got is None else f"{got['value']:.3f}"
 
 
 def _data(cfg: HallucConfig) -> dict:
@@ -212,8 +233,11 @@ PROBE = Probe(
             "questions over long contexts, or your QA / summaries; judge-free labels, optional judge.",
     examples=("diffeval halluc --samples 5",
               "diffeval halluc --ckpt path/to/instruct --data qa.jsonl --prompt-format chat"),
-    method="greedy answer (first line; summaries up to a blank line) labelled correct / abstained / "
-           "confused (a value the context gives for another key) / hallucinated (a number, name or "
-           "content word absent from the context) / wrong; accuracy counts abstention as correct on "
-           "unanswerable questions; summaries: fraction of content units found in the source; optional "
-           "judge: fraction judged free of hallucination, errors reported apart")
+    method="greedy answer (first line; summaries up to a blank line; chat: no forced answer prefix) "
+           "labelled, first a number absent from the context -> invented whatever else it says, else by "
+           "its first claim: correct / lookalike (the look-alike key's value) / confused (another key's "
+           "value) / abstained, else invented (a name or content word absent from the context) or wrong; "
+           "accuracy counts abstention as correct on unanswerable questions; paper_hallucination_rate = "
+           "1 - accuracy, the DIFF paper's sense (not accurate or not free of hallucination), broken "
+           "down by outcome_rate@outcome=...; summaries: fraction of content units found in the source; "
+           "optional judge: fraction judged free of hallucination, errors reported apart")

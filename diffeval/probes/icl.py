@@ -1,9 +1,10 @@
 """`icl`: many-shot in-context classification and its robustness to the order of the
 demonstrations (the DIFF paper's section 3.5; HELMET's label-remapping variant). A block is
-one (budget, arrangement, permutation): the first k demonstrations of the seeded pool in the
-order the arrangement and permutation give (probes/icl_data.py); a sample is one (block,
-test query). Scoring is constrained choice by default: the log-likelihood of each label
-(sum and per-token mean; `score_by` picks), one Choice request that prefills a block once."""
+one (budget, arrangement, permutation): the first k demonstrations of the seeded pool taken
+in class rounds (class-balanced; its coverage recorded) in the order the arrangement and
+permutation give (probes/icl_data.py); a sample is one (block, test query). Scoring is
+constrained choice by default: the log-likelihood of each label (sum, per-token mean, or per
+byte as lm-eval's acc_norm; `score_by` picks), one Choice request that prefills a block once."""
 
 from __future__ import annotations
 
@@ -15,17 +16,18 @@ import numpy as np
 
 from diffeval.errors import ConfigError
 from diffeval.probes import retrieval as R
-from diffeval.probes.base import Figure, Generated, Probe, Table, TableData, by_model, metric, rate
+from diffeval.probes.base import Figure, Generated, Probe, Table, TableData, by_model, rate
 from diffeval.probes.config import ModelDefault, ProbeConfig, option
-from diffeval.probes.icl_data import SYNTHETIC, Pieces, blocks, class_counts, fill_budgets, load_dataset, split
+from diffeval.probes.icl_data import (
+    SYNTHETIC, Pieces, blocks, class_counts, class_rounds, coverage, fill_budgets, load_dataset, order_cells, split)
 from diffeval.probes.prompts import PieceEncoder
 from diffeval.requests import Choice, Generate
 from diffeval.specs import check_int, parse_counts, parse_lengths, parse_names, unescape
-from diffeval.stats import wilson
 from diffeval.textdata import describe_files
 
 NAME = "icl"
-VERSION = 1
+VERSION = 3  # 3: class-balanced demonstrations (2: BOS by the tokenizer's rule, chat as apply_chat_template)
+SCORE_BY = {"sum": "logprob", "mean": "mean_logprob", "norm": None}  # norm: per byte of the label's text
 ARRANGEMENTS = ("random", "alternating", "grouped")
 MODES = ("choice", "generate")
 
@@ -46,7 +48,8 @@ class IclConfig(ProbeConfig):
     permutations: int = option(3, help="Orders of the same demonstrations per arrangement.")
     arrangements: tuple[str, ...] = option(("random",), parse=parse_names, help="random, alternating, grouped (a list).")
     mode: str = option("choice", help="choice (log-likelihood of every label) or generate (greedy, exact match).")
-    score_by: str = option("sum", help="choice: rank labels by the sum or the per-token mean log-likelihood.")
+    score_by: str = option("sum", help="choice: rank labels by the sum, the per-token mean, or the per-byte "
+                           "(norm: lm-eval's acc_norm) log-likelihood.")
     remap_labels: bool = option(False, help="Replace label names by random integers per block.")
     template: str = option("input: {text}\nlabel: {label}", parse=unescape,
                            help="A demonstration, with {text} and {label}.")
@@ -69,8 +72,8 @@ class IclConfig(ProbeConfig):
             raise ConfigError(f"{list(self.arrangements)}: choose from {', '.join(ARRANGEMENTS)}, each once", "arrangements")
         if self.mode not in MODES:
             raise ConfigError(f"{self.mode!r}: choose {' or '.join(MODES)}", "mode")
-        if self.score_by not in ("sum", "mean"):
-            raise ConfigError(f"{self.score_by!r}: choose sum or mean", "score_by")
+        if self.score_by not in SCORE_BY:
+            raise ConfigError(f"{self.score_by!r}: choose {', '.join(SCORE_BY)}", "score_by")
         if self.template.count("{text}") != 1 or self.template.count("{label}") != 1 or \
                 self.template.index("{text}") > self.template.index("{label}"):
             raise ConfigError(f"{self.template!r} must hold {{text}} once, then {{label}} once", "template")
@@ -94,12 +97,15 @@ class _Query:
     gold: int  # index of the correct label
     block_tokens: int
     text: str
+    shown_classes: int  # classes among the block's demonstrations
+    label_bytes: tuple[int, ...]  # per candidate: UTF-8 bytes of its text (acc_norm's length)
 
 
 def _generate(cfg: IclConfig, ctx) -> Generated:
     tok = ctx.need_tokenizer(NAME)
     ds = load_dataset(cfg.data, cfg.text_field, cfg.label_field, cfg.seed)
     pool, test = split(ds, cfg.n_test, cfg.seed, max(cfg.shots, default=1))
+    pool = class_rounds(pool)
     pieces = Pieces(PieceEncoder(tok), cfg.template, cfg.separator, ctx.prompt_format)
     prefix = ctx.prompt_format.prefix_ids(tok)
     queries = [pieces.query(e) for e in test]
@@ -108,20 +114,24 @@ def _generate(cfg: IclConfig, ctx) -> Generated:
     budgets = [(None, k) for k in cfg.shots] + fill_budgets(cfg, pool, labels, pieces, len(prefix), queries)
     out: list[_Query] = []
     for length, k in budgets:
+        n_shown = coverage(pool[:k], test, labels)["classes_shown"]
         for arrangement, p, mapping, ids in blocks(cfg, k, pool, labels, pieces):
             block = tuple(prefix + ids)
             shown = tuple(mapping[c] for c in labels)
             for qi, (e, (piece, qids)) in enumerate(zip(test, queries)):
                 prompt = block + tuple(qids)
                 cands = tuple(pieces.label(piece, s) for s in shown)
+                nbytes = tuple(len(tok.decode(list(c)).encode("utf-8")) for c in cands)
                 ctx.check_length(len(prompt) + max(len(c) for c in cands), "prompt",
                                  "lengths" if length is not None else "shots")
                 budget = f"L{length}" if length is not None else f"k{k}"
                 out.append(_Query(f"{budget}-{arrangement}-p{p}-q{qi}", length, k, arrangement, p, qi, prompt,
-                                  cands, shown, labels, labels.index(e.label), len(block), e.text))
+                                  cands, shown, labels, labels.index(e.label), len(block), e.text, n_shown, nbytes))
     return Generated(out, {"pool": len(pool), "test": len(test), "classes": len(labels),
                            "test_class_counts": class_counts(test, labels),
-                           "shots": {str(length if length is not None else k): k for length, k in budgets}})
+                           "shots": {str(length if length is not None else k): k for length, k in budgets},
+                           "coverage": {str(length if length is not None else k): coverage(pool[:k], test, labels)
+                                        for length, k in budgets}})
 
 
 def _requests(cfg: IclConfig, q: _Query, ctx) -> list:
@@ -134,18 +144,20 @@ def _score(cfg: IclConfig, q: _Query, outputs: list, ctx) -> dict:
     row: dict[str, Any] = {"id": q.id, "length": q.length, "shots": q.shots, "arrangement": q.arrangement,
                            "permutation": q.permutation, "query": q.query, "n_tokens": [len(q.prompt)],
                            "block_tokens": q.block_tokens, "text": q.text, "label": q.labels[q.gold],
-                           "expected": q.shown[q.gold]}
+                           "expected": q.shown[q.gold], "classes_shown": q.shown_classes}
     if cfg.mode == "generate":
         pred = ctx.tokenizer.decode(list(outputs[0])).split("\n")[0].strip()
         return {**row, "prediction": [pred], "score": float(pred == q.shown[q.gold])}
     scores = outputs[0]
-    value = [s.logprob if cfg.score_by == "sum" else s.mean_logprob for s in scores]
+    field = SCORE_BY[cfg.score_by]
+    value = [getattr(s, field) if field else s.logprob / max(1, n) for s, n in zip(scores, q.label_bytes)]
     best = int(np.argmax(value))  # ties: the first label
     rank = 1 + sum(v > value[q.gold] for v in value)
     gold, top = scores[q.gold], scores[best]
     return {**row, "prediction": [q.shown[best]], "score": float(best == q.gold), "gold_rank": int(rank),
             "gold_logprob": round(gold.logprob, 6), "gold_mean_logprob": round(gold.mean_logprob, 6),
-            "pred_logprob": round(top.logprob, 6), "pred_mean_logprob": round(top.mean_logprob, 6)}
+            "pred_logprob": round(top.logprob, 6), "pred_mean_logprob": round(top.mean_logprob, 6),
+            "gold_bytes": q.label_bytes[q.gold], "pred_bytes": q.label_bytes[best]}
 
 
 def _budget(r: dict) -> str:
@@ -170,31 +182,10 @@ def _summary(cfg: IclConfig, label: str, mine: list[dict]) -> tuple[list[dict], 
         for arrangement in cfg.arrangements:
             runs = [groups[(length, shots, arrangement, p)] for p in range(cfg.permutations)]
             base = {"model": label, "length": length, "shots": shots, "arrangement": arrangement}
-            cells += _orders(base, runs, out, f"{key},arrangement={arrangement}")
+            cells += order_cells(base, runs, out, f"{key},arrangement={arrangement}")
     last = [r for r in mine if (r["length"], r["shots"]) == budgets[-1]]
     out["accuracy"] = rate(sum(r["score"] for r in last), len(last), True, at=_budget(last[0]))
     return cells, out
-
-
-def _orders(base: dict, runs: list[list[dict]], out: dict, tag: str) -> list[dict]:
-    """Cells of one arrangement, a permutation each, then their mean, std (ddof 1) and
-    best - worst margin (also added to `out` as metrics)."""
-    cells, accs = [], []
-    for p, rows in enumerate(runs):
-        hits = sum(r["score"] for r in rows)
-        accs.append(hits / len(rows))
-        cells.append({**base, "kind": "permutation", "permutation": p, "n": len(rows), "accuracy": round(accs[-1], 6),
-                      "ci95": [round(x, 6) for x in wilson(hits, len(rows))], "block_tokens": rows[0]["block_tokens"]})
-    n, mean = len(accs) * len(runs[0]), float(np.mean(accs))
-    std = float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0
-    margin = max(accs) - min(accs)
-    cells.append({**base, "kind": "arrangement", "permutation": None, "n": n, "accuracy": round(mean, 6),
-                  "ci95": [round(x, 6) for x in wilson(mean * n, n)], "std": round(std, 6), "margin": round(margin, 6),
-                  "best": round(max(accs), 6), "worst": round(min(accs), 6), "permutations": len(accs)})
-    out[f"accuracy@{tag}"] = metric(mean, n, True, wilson(mean * n, n))
-    out[f"std@{tag}"] = metric(std, len(accs), False)
-    out[f"margin@{tag}"] = metric(margin, len(accs), False)
-    return cells
 
 
 def accuracy_table(results: dict) -> TableData:
@@ -237,7 +228,10 @@ PROBE = Probe(
             "the spread over orderings of the same demonstrations.",
     examples=("diffeval icl --shots 1,4,16 --test 30",
               "diffeval icl --ckpt path/to/model --data synthetic-77 --len 4k,16k"),
-    method="choice: the label with the highest log-likelihood after the prompt (score_by: sum or "
-           "per-token mean over the label's tokens) among all labels; generate: greedy, exact match of "
-           "the first line. Accuracy per (budget, arrangement, permutation) with a Wilson interval; "
-           "per arrangement the mean over permutations, their std (ddof 1) and best - worst margin")
+    method="demonstrations: the first k of the seeded pool taken in class rounds (class-balanced; "
+           "coverage per budget in models[].notes.coverage, classes shown per block in the cells); choice: "
+           "the label with the highest log-likelihood after the prompt (score_by: sum, per-token mean, or "
+           "norm = sum / UTF-8 bytes of the label's text, lm-eval's acc_norm) among all labels; generate: "
+           "greedy, exact match of the first line. Accuracy per (budget, arrangement, permutation) with a "
+           "Wilson interval; per arrangement the mean over permutations, their std (ddof 1) and best - "
+           "worst margin")

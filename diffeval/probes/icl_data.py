@@ -16,7 +16,9 @@ from typing import Any, Optional
 import numpy as np
 
 from diffeval.errors import ConfigError
+from diffeval.probes.base import metric
 from diffeval.probes.prompts import PieceEncoder
+from diffeval.stats import wilson
 from diffeval.textdata import jsonl_rows
 
 _BLOCK_KEY = int.from_bytes(b"icl", "big")  # the probe's share of the block seeds
@@ -137,6 +139,29 @@ def split(ds: Dataset, n_test: int, seed: int, need_pool: int = 1) -> tuple[list
     return [ds.examples[i] for i in pool_idx], [ds.examples[i] for i in test]
 
 
+def class_rounds(pool: list[Example]) -> list[Example]:
+    """The pool in class rounds: one example of each class (classes in the order they first
+    occur in the seeded pool, examples in pool order), then the next round, a class that runs
+    out left out of later rounds. Its first k examples cover min(k, classes) classes with
+    counts that differ by at most one where every class has enough examples: the class-
+    balanced demonstrations of many-shot ICL protocols."""
+    queues: dict[str, list[Example]] = {}
+    for e in pool:
+        queues.setdefault(e.label, []).append(e)
+    deepest = max((len(q) for q in queues.values()), default=0)
+    return [q[r] for r in range(deepest) for q in queues.values() if r < len(q)]
+
+
+def coverage(demos: list[Example], test: list[Example], labels: tuple[str, ...]) -> dict[str, Any]:
+    """What a block of demonstrations shows: classes shown (of all), per class count
+    spread, and the share of test queries whose class is shown."""
+    counts = class_counts(demos, labels)
+    shown = {c for c, n in counts.items() if n}
+    return {"classes_shown": len(shown), "classes": len(labels),
+            "per_class": [min(counts.values()), max(counts.values())],
+            "queries_covered": round(sum(e.label in shown for e in test) / len(test), 6) if test else None}
+
+
 def class_counts(examples: list[Example], labels: Optional[tuple[str, ...]] = None) -> dict[str, int]:
     out: dict[str, int] = {c: 0 for c in labels or ()}
     for e in examples:
@@ -217,7 +242,7 @@ def _label_map(cfg, labels: tuple[str, ...], block: tuple[int, ...]) -> dict[str
 
 def blocks(cfg, k: int, pool: list[Example], labels: tuple[str, ...], pieces: "Pieces"):
     """(arrangement, permutation, label map, block ids) of budget k: the first k demonstrations
-    of the pool in each arrangement and permutation of `cfg` (the probe's config), labels
+    of the pool (in class rounds: see class_rounds) in each arrangement and permutation of `cfg` (the probe's config), labels
     remapped per block with `cfg.remap_labels`."""
     for a, arrangement in enumerate(cfg.arrangements):
         for p in range(cfg.permutations):
@@ -251,3 +276,28 @@ def fill_budgets(cfg, pool: list[Example], labels: tuple[str, ...], pieces: "Pie
             raise ConfigError(f"{length} tokens hold no demonstration besides the query", "lengths")
         out.append((length, k))
     return out
+
+
+# --- aggregation -------------------------------------------------------------------------------
+
+
+def order_cells(base: dict, runs: list[list[dict]], out: dict, tag: str) -> list[dict]:
+    """Cells of one arrangement, a permutation each, then their mean, std (ddof 1) and
+    best - worst margin (also added to `out` as metrics)."""
+    cells, accs = [], []
+    for p, rows in enumerate(runs):
+        hits = sum(r["score"] for r in rows)
+        accs.append(hits / len(rows))
+        cells.append({**base, "kind": "permutation", "permutation": p, "n": len(rows), "accuracy": round(accs[-1], 6),
+                      "ci95": [round(x, 6) for x in wilson(hits, len(rows))], "block_tokens": rows[0]["block_tokens"],
+                      "classes_shown": rows[0].get("classes_shown")})
+    n, mean = len(accs) * len(runs[0]), float(np.mean(accs))
+    std = float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0
+    margin = max(accs) - min(accs)
+    cells.append({**base, "kind": "arrangement", "permutation": None, "n": n, "accuracy": round(mean, 6),
+                  "ci95": [round(x, 6) for x in wilson(mean * n, n)], "std": round(std, 6), "margin": round(margin, 6),
+                  "best": round(max(accs), 6), "worst": round(min(accs), 6), "permutations": len(accs)})
+    out[f"accuracy@{tag}"] = metric(mean, n, True, wilson(mean * n, n))
+    out[f"std@{tag}"] = metric(std, len(accs), False)
+    out[f"margin@{tag}"] = metric(margin, len(accs), False)
+    return cells

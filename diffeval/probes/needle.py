@@ -12,7 +12,8 @@ from diffeval.probes.base import Figure, Probe, Table, TableData
 from diffeval.probes.config import ModelDefault, ProbeConfig, option
 from diffeval.probes.scoring import answer_text, string_match_all
 
-VERSION = 2  # bump when samples for the same config change (2: RULER kinds ask in the singular)
+VERSION = 3  # bump when samples for the same config change (3: BOS by the tokenizer's rule, chat
+# prompts as apply_chat_template; 2: RULER kinds ask in the singular)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from diffeval.stats import mean_ci
 from diffeval.textdata import describe_files, text_files
 
 NAME = "nll"
-VERSION = 1
+VERSION = 2  # 2: BOS by the tokenizer's rule; NLL over (N, V) rows, float64-summed
 SYNTHETIC_DOCS = 8  # sequences drawn from the generated prose when `docs` is not given
 _TASK_KEY = int.from_bytes(NAME.encode("ascii"), "big")
 

@@ -25,7 +25,7 @@ from diffeval.stats import mean_ci, wilson
 from diffeval.textdata import describe_files, text_files
 
 NAME = "outliers"
-VERSION = 2  # 2: runs on the probe pipeline
+VERSION = 3  # 3: BOS by the tokenizer's rule, NLL over (N, V) rows (2: runs on the probe pipeline)
 METRICS = ("nll", "needle")
 
 

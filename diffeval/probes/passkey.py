@@ -20,7 +20,7 @@ from diffeval.probes.haystack import load_haystack
 from diffeval.requests import Generate, ids_sha256
 from diffeval.specs import check_int
 
-VERSION = 1
+VERSION = 2  # 2: BOS by the tokenizer's rule, chat prompts as apply_chat_template
 _TASK_KEY = int.from_bytes(b"passkey", "big")
 INSTRUCTION = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
                "I will quiz you about the important information there.\n")

@@ -3,8 +3,10 @@
 Prompts are assembled from pieces (sentences with their leading space, a question suffix)
 whose token costs are measured with the model's own tokenizer; `fit_fragment` cuts filler
 text so that a prompt reaches an exact count. `PromptFormat` says how a probe's user text is
-wrapped: `plain` (BOS + text) or `chat` (the checkpoint's own chat template, rendered with
-jinja2 around the user text, the answer prefix after the assistant header)."""
+wrapped: `plain` ([BOS] + text, BOS as the tokenizer's rule or the run's `--bos` says) or `chat` (the
+checkpoint's own chat template rendered with jinja2 around the user text as transformers'
+`apply_chat_template(..., add_generation_prompt=True)` renders it, BOS text included where
+the template writes one, then the answer prefix)."""
 
 from __future__ import annotations
 
@@ -154,19 +156,29 @@ class PromptFormat:
     """How user text becomes a prompt.
 
     plain: [BOS] + user text + "\\nAnswer: " + answer prefix
-    chat:  [BOS] + head + user text + tail + answer prefix, where head and tail are the
-           checkpoint's chat template rendered around one user message with the generation
-           prompt (the assistant header) added. The head is tokenized on its own and put
-           before the text's ids, so lengths and spans stay exact under either format."""
+    chat:  head + user text + tail + answer prefix, where head and tail are the checkpoint's
+           chat template rendered around one user message with the generation prompt (the
+           assistant header) added, `bos_token` rendered as its text: the template alone
+           decides whether BOS starts the prompt (under `--bos auto`). The head is tokenized
+           on its own (special tokens in it parsed) and put before the text's ids, so lengths
+           and spans stay exact under either format."""
 
     name: str = "plain"
     head: str = ""
     tail: str = ""
 
     def prefix_ids(self, tok) -> list[int]:
-        """Token ids before the user text: BOS (when the tokenizer uses one) and the head."""
-        bos = [] if tok.bos_id is None else [int(tok.bos_id)]
-        return bos + (list(tok.encode(self.head)) if self.head else [])
+        """Token ids before the user text. plain: BOS when the tokenizer's rule (or the run's
+        policy) puts one. chat: the head's ids, a BOS added (policy always) or a leading one
+        removed (policy never)."""
+        if self.name == "plain":
+            return [] if tok.bos_id is None else [int(tok.bos_id)]
+        ids = list(tok.encode(self.head)) if self.head else []
+        policy, bos = getattr(tok, "bos_policy", "auto"), getattr(tok, "bos_token_id", tok.bos_id)
+        starts = bool(ids) and bos is not None and ids[0] == bos
+        if policy == "always" and bos is not None and not starts:
+            return [int(bos), *ids]
+        return ids[1:] if policy == "never" and starts else ids
 
     def answer_lead(self) -> str:
         """Text between the user text and the answer prefix."""
@@ -194,8 +206,8 @@ def prompt_format(name: str, tokenizer) -> PromptFormat:
 
 def split_chat_template(template: str, special: Optional[dict] = None) -> tuple[str, str]:
     """Render a Hugging Face chat template (jinja2, sandboxed) for one user message with the
-    generation prompt, and split it around the message -> (head, tail). BOS is left out of
-    the text (bos_token renders empty): it is added as an id, as for plain prompts."""
+    generation prompt, and split it around the message -> (head, tail). `special` gives the
+    tokenizer's special token texts (bos_token, eos_token, ...), rendered as transformers does."""
     import datetime as _dt
 
     from jinja2 import TemplateError
@@ -214,7 +226,7 @@ def split_chat_template(template: str, special: Optional[dict] = None) -> tuple[
     try:
         text = env.from_string(template).render(
             messages=[{"role": "user", "content": _CONTENT}], add_generation_prompt=True,
-            bos_token="", eos_token=special.get("eos_token", ""), pad_token=special.get("pad_token", ""),
+            bos_token=special.get("bos_token", ""), eos_token=special.get("eos_token", ""), pad_token=special.get("pad_token", ""),
             unk_token=special.get("unk_token", ""), tools=None, documents=None)
     except TemplateError as exc:
         raise ConfigError(f"the chat template cannot be rendered: {exc}", "prompt_format") from None

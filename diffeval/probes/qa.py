@@ -37,6 +37,7 @@ class QASample:
     others: tuple[tuple[str, ...], ...]  # per prompt: values the context gives for other keys
     context: str
     facts: tuple[tuple[str, str], ...] = ()  # synthetic: (key, value) in the context
+    lookalike: tuple[tuple[str, ...], ...] = ()  # per prompt: the value of the asked key's look-alike
 
 
 def _keys(rng: np.random.Generator, n_facts: int) -> tuple[list[str], str]:
@@ -54,8 +55,9 @@ def _draw(cfg, asm: Assembler, hay, fmt, length: int, rng, ss_hay, ss_place):
     values = [str(v) for v in rng.choice(9_000_000, size=len(keys), replace=False) + 1_000_000]
     facts = [FACT.item(k, v) for k, v in zip(keys, values)]
     asked = [facts[0], facts[1], FACT.item(absent, "0")]
-    suffixes = [question_suffix(QUESTION.format(question=n.question, abstain=cfg.abstain), n.answer, fmt)
-                for n in asked]
+    # chat: the reply is the model's own (no forced answer prefix), so that abstaining is natural
+    suffixes = [question_suffix(QUESTION.format(question=n.question, abstain=cfg.abstain),
+                                "" if fmt.name == "chat" else n.answer, fmt) for n in asked]
     depth = float(rng.uniform(0, 100))
 
     def clean(context: str, items, tails) -> bool:
@@ -86,7 +88,8 @@ def synthetic_samples(cfg, tok, ctx) -> list[QASample]:
                 ctx.check_length(len(p) + cfg.max_new_tokens, "prompt")
             others = tuple(tuple(v for v in values if v != own) for own in (values[0], values[1], ""))
             out.append(QASample(f"L{length}-s{index}", length, index, prompts, KINDS, tuple(n.key for n in asked),
-                               ((values[0],), (values[1],), ()), others, b.context, tuple(zip(keys, values))))
+                               ((values[0],), (values[1],), ()), others, b.context, tuple(zip(keys, values)),
+                               ((), (values[2],), ())))
     return out
 
 

@@ -22,7 +22,7 @@ from diffeval.requests import Generate, ids_sha256
 from diffeval.specs import length_label
 from diffeval.stats import mean_per_cell, wilson
 
-VERSION = 2
+VERSION = 2  # 2: lengths count the generation budget (RULER's); BOS by the tokenizer's rule, chat as apply_chat_template
 _TASK_KEY = int.from_bytes(b"ruler", "big")
 THRESHOLD = 85.6  # RULER's: Llama-2-7B's average at 4K
 METRIC_FNS = {**dict.fromkeys(("niah", "vt", "cwe", "fwe"), string_match_all), "qa": string_match_part}

@@ -3,6 +3,7 @@ judge against a local server (verdicts, cache, a timeout, a malformed reply), ba
 
 import json
 import threading
+from pathlib import Path
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -14,10 +15,19 @@ from diffeval.probes import halluc as P
 from diffeval.probes import qa as QA
 from diffeval.probes.judge import Judge
 from diffeval.run import RunOptions, model_context, run_probe
-from helpers import run_cli, saved_tiny_models
+from helpers import copy_zoo_model, run_cli, saved_tiny_models
 
 OPTS = RunOptions(device="cpu", progress=False)
 CONTEXT = "Notes. The magic number for brave-falcon is 1234567. The magic number for bold-falcon is 7654321. Paris is far."
+# The committed table of labelled answers: one context, each question kind's answers and values.
+TABLE = Path(__file__).parent.parent / "fixtures" / "halluc_labels" / "answers.jsonl"
+TABLE_CONTEXT = ("Notes. The magic number for brave-falcon is 1234567. The magic number for calm-otter is 5550001. "
+                 "The magic number for bold-otter is 7654321. Paris is far.")
+TABLE_KINDS = {  # kind -> (asked key, expected answers, the look-alike key's value, other keys' values)
+    "answerable": ("brave-falcon", ("1234567",), (), ("5550001", "7654321")),
+    "confusable": ("calm-otter", ("5550001",), ("7654321",), ("1234567", "7654321")),
+    "unanswerable": ("tiny-heron", (), (), ("1234567", "5550001", "7654321")),
+}
 
 
 @pytest.fixture(scope="module")
@@ -25,25 +35,47 @@ def ckpts(tmp_path_factory):
     return saved_tiny_models(tmp_path_factory.mktemp("hal"))
 
 
+def _table():
+    return [json.loads(line) for line in TABLE.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("row", _table(), ids=lambda r: r["note"])
+def test_outcome_labels_on_the_committed_table(row):
+    key, answers, lookalike, others = TABLE_KINDS[row["kind"]]
+    got = G.outcome(row["prediction"], answers, others, "unknown", TABLE_CONTEXT, key, lookalike)
+    assert got == row["want"], row["note"]
+
+
+def test_the_table_covers_every_outcome_and_kind():
+    rows = _table()
+    assert {r["want"] for r in rows} == set(G.OUTCOMES) and {r["kind"] for r in rows} == set(TABLE_KINDS)
+
+
 @pytest.mark.parametrize("prediction,answers,others,want", [
-    (" 1234567.", ("1234567",), ("7654321",), "correct"),
-    ("It is 7654321.", ("1234567",), ("7654321",), "confused"),  # another key's value
-    (" unknown.", ("1234567",), ("7654321",), "abstained"),  # a false abstention
-    (" unknown", (), ("1234567", "7654321"), "abstained"),  # the right call on an unanswerable key
-    (" 1234567.", (), ("1234567", "7654321"), "confused"),  # unanswerable, answered with a context value
-    (" 5550123.", ("1234567",), ("7654321",), "hallucinated"),  # a number absent from the context
-    (" 1234.", ("1234567",), ("7654321",), "wrong"),  # a partial answer
-    ("", ("1234567",), ("7654321",), "wrong"),
-    (" Berlin", ("1234567",), ("7654321",), "hallucinated"),  # a name the context does not contain
     (" Paris", ("1234567",), (), "confused"),  # user data: supported but not the answer
+    (" Berlin", ("1234567",), (), "invented"),
 ])
-def test_outcome_labels(prediction, answers, others, want):
+def test_user_data_labels(prediction, answers, others, want):
     assert G.outcome(prediction, answers, others, "unknown", CONTEXT, "What is the magic number for brave-falcon?") == want
 
 
 def test_echoing_the_question_is_not_hallucination():
     q = "What is the magic number for tiny-heron?"
     assert G.outcome("The magic number for tiny-heron is unknown.", (), ("1234567",), "unknown", CONTEXT, q) == "abstained"
+
+
+def test_headline_is_the_papers_sense_with_outcomes_as_breakdown():
+    answers = [{"kind": "answerable", "outcome": "correct"}, {"kind": "answerable", "outcome": "confused"},
+               {"kind": "confusable", "outcome": "lookalike"}, {"kind": "confusable", "outcome": "invented"},
+               {"kind": "unanswerable", "outcome": "abstained"}, {"kind": "unanswerable", "outcome": "confused"}]
+    _, met = P._summary("m", answers)
+    assert met["accuracy"]["value"] == pytest.approx(2 / 6, abs=1e-6)
+    assert met["paper_hallucination_rate"]["value"] == pytest.approx(4 / 6, abs=1e-6)
+    assert met["paper_hallucination_rate"]["higher_is_better"] is False
+    assert met["outcome_rate@outcome=invented"]["value"] == pytest.approx(1 / 6, abs=1e-6)
+    assert met["outcome_rate@outcome=lookalike"]["value"] == pytest.approx(1 / 6, abs=1e-6)
+    assert met["lookalike@kind=confusable"]["value"] == 0.5 and met["confusion@kind=unanswerable"]["value"] == 0.5
+    assert "hallucination_rate" not in met
 
 
 def test_summary_support_lists_unsupported_units():
@@ -69,10 +101,29 @@ def test_generator_guarantees(ckpts):
         assert absent not in s.context.lower() and absent not in facts
         twins = [k for k in facts if k != confusable and k.split("-")[1] == confusable.split("-")[1]]
         assert len(twins) == 1 and facts[twins[0]] != facts[confusable]  # differs only in the key
+        assert s.lookalike == ((), (facts[twins[0]],), ())
         assert all(k.split("-")[1] != asked.split("-")[1] for k in facts if k != asked)
         assert all(k.split("-")[1] != absent.split("-")[1] for k in facts)
         for p, q in zip(s.prompts, s.questions):
             assert tok.decode(list(p)).endswith(f"Answer: The magic number for {q} is")
+
+
+def test_chat_questions_end_at_the_assistant_header(tmp_path):
+    root = copy_zoo_model("transformer-tiny", tmp_path / "chat")
+    cfg_path = root / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["chat_template"] = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+                            "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    cfg_path.write_text(json.dumps(cfg))
+    loaded = diffeval.load(str(root))
+    ctx = model_context("m", loaded, RunOptions(device="cpu", progress=False, prompt_format="chat"))
+    samples = P.PROBE.generate(P.PROBE.config({"lengths": "400", "samples": 2, "n_facts": 4}), ctx)
+    for s in samples:
+        assert len(s.prompts[0]) == 400
+        for p, q in zip(s.prompts, s.questions):
+            text = loaded.tokenizer.decode(list(p))
+            assert text.endswith(f'for {q}? If the text does not say, answer "unknown".<|end|>\n<|assistant|>\n')
+    assert all(r.stop_text == "\n\n" for r in P.PROBE.requests(P.PROBE.config({}), samples[0], ctx))
 
 
 class _Server:

@@ -172,3 +172,42 @@ def test_csv_data_and_config_errors(ckpts, tmp_path):
     assert err.value.field == "shots"
     with pytest.raises(ConfigError, match="once"):
         P.PROBE.config({"shots": "4", "template": "{label}: {text}"})
+
+
+def test_demonstrations_are_class_balanced_and_their_coverage_recorded(ckpts, tmp_path):
+    ds = synthetic_task("synthetic-6", 0)
+    pool, test = split(ds, 24, 0, 16)
+    rounds = D.class_rounds(pool)
+    assert sorted(rounds, key=id) == sorted(pool, key=id)  # the same examples, reordered
+    for k in (1, 4, 6, 16):
+        counts = [n for n in class_counts(rounds[:k], ds.labels).values()]
+        assert sum(n > 0 for n in counts) == min(k, 6) and max(counts) - min(counts) <= 1
+        assert D.coverage(rounds[:k], test, ds.labels)["classes_shown"] == min(k, 6)
+    assert D.coverage(pool[:4], test, ds.labels)["classes_shown"] == 3  # the first k of the pool left classes out
+    uneven = [D.Example("a", "x")] * 5 + [D.Example("b", "y")]
+    assert [e.label for e in D.class_rounds(uneven)] == ["x", "y", "x", "x", "x", "x"]
+    results = run_probe(P.PROBE, P.PROBE.config({"shots": "4,8", "n_test": 6, "permutations": 1}), ckpts[:1],
+                        tmp_path / "r", OPTS)
+    notes = results["models"][0]["notes"]["coverage"]
+    assert notes["4"] == {"classes_shown": 4, "classes": 6, "per_class": [0, 1], "queries_covered": pytest.approx(4 / 6,
+                                                                                                                  abs=1e-6)}
+    assert notes["8"]["classes_shown"] == 6 and notes["8"]["per_class"] == [1, 2]
+    assert {c["classes_shown"] for c in results["cells"] if c["kind"] == "permutation" and c["shots"] == 8} == {6}
+
+
+def test_score_by_norm_divides_by_the_labels_bytes(ckpts):
+    from diffeval.requests import ChoiceScore
+
+    loaded, cfg, ctx, queries = _queries(ckpts[0], score_by="norm")
+    q = queries[0]
+    assert q.label_bytes == tuple(len(f" {s}".encode()) for s in q.shown)
+    # a long label with a higher sum but a lower per-byte log-likelihood loses under norm
+    scores = [ChoiceScore(-1.0 * n, 1, False) for n in q.label_bytes]
+    longest = int(np.argmax(q.label_bytes))
+    scores[longest] = ChoiceScore(-1.5 * q.label_bytes[longest], 1, False)
+    rec = P.PROBE.score(cfg, q, [scores], ctx)
+    assert rec["prediction"][0] != q.shown[longest] or len(set(q.label_bytes)) == 1
+    summed = P.PROBE.score(P.PROBE.config({"shots": "3", "n_test": 6, "permutations": 2}), q, [scores], ctx)
+    assert summed["prediction"] == [q.shown[int(np.argmax([s.logprob for s in scores]))]]
+    with pytest.raises(ConfigError, match="sum, mean, norm"):
+        P.PROBE.config({"shots": "3", "score_by": "bytes"})

@@ -74,6 +74,35 @@ def test_chunk_size_does_not_change_token_nll():
             assert torch.allclose(model.token_nll(ids, chunk=chunk), whole, atol=1e-6)
 
 
+@pytest.mark.parametrize("vocab", [259, 32000, 131072])
+def test_row_nll_equals_float64_within_1e6_per_token(vocab):
+    from diffeval.models.decoder import row_nll
+
+    g = torch.Generator().manual_seed(vocab)
+    logits = 4 * torch.randn(64, vocab, generator=g)  # (N, V) float32
+    targets = torch.randint(0, vocab, (64,), generator=g)
+    logits[torch.arange(64), targets] += torch.linspace(0, 16, 64)  # NLLs from near 0 to above 16, as a model's
+    want = torch.logsumexp(logits.double(), -1) - logits.double().gather(-1, targets[:, None])[:, 0]
+    got = row_nll(logits, targets)
+    err = (got.double() - want).abs()
+    assert got.dtype == torch.float32 and (want < 16).sum() > 16
+    assert err[want < 16].max() <= 1e-6  # float32's own rounding: half a unit is 4.8e-7 below 16
+    assert (err / want).max() <= 1.2e-7  # and within a float32 unit beyond
+    assert abs(float((got.double() - want).mean())) <= 2.5e-7  # no bias (the (B, V, T) layout: 3.7e-6 at 128K)
+
+
+def test_token_nll_equals_float64_on_the_same_logits():
+    from helpers import tiny_model
+
+    model = tiny_model("transformer", vocab_size=4096)
+    ids = torch.randint(0, 4096, (2, 200), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        logits = model(ids).double()  # (2, 200, V): the float32 logits, then float64 math
+        got = model.token_nll(ids, chunk=64)
+    want = torch.logsumexp(logits[:, :-1], -1) - logits[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
+    assert got.shape == (2, 199) and (got.double() - want).abs().max() <= 1e-6
+
+
 def test_curve_points_and_buckets():
     nll = np.arange(1, 11, dtype=np.float32)  # positions 1..10 carry NLL 1..10
     cum, buckets = P.curve(nll, 1, [1, 2, 4, 8, 10])
