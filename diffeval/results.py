@@ -11,6 +11,7 @@ import math
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import sys
 from contextlib import contextmanager, suppress
@@ -30,26 +31,78 @@ def utc_stamp() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
 
 
-def default_out(probe: str) -> Path:
-    return Path("runs") / f"{probe}-{utc_stamp()}"
+def default_out(name: str) -> Path:
+    """runs/<name>-<UTC time>: `name` (a probe's or a task's) made a plain, short file name, so
+    that no name ('../x', '/abs', 300 characters) leads outside runs/."""
+    return Path("runs") / f"{safe_name(name, 80)}-{utc_stamp()}"
 
 
 @contextmanager
-def atomic_path(path: Path):
-    """Yield a temporary path beside `path` to write; rename it over `path` on success,
-    remove it on any failure. A write that fails for the file system's reasons (no space,
-    no permission, read-only) is one UsageError naming the file."""
+def atomic_path(path: Path, follow: bool = False):
+    """Yield a path to write `path` through; a write that fails for the file system's reasons
+    (no space, no permission, read-only, a name too long) is one UsageError naming the file.
+
+    Over no file or a regular file the yielded path is a fresh temporary file beside it,
+    renamed over `path` on success and removed on any failure. Any other target (a device, a
+    pipe) is yielded itself and written in place: a rename would replace it. A symlink is
+    never followed for a file the run owns (`follow=False`: the link itself is replaced);
+    a target the user named (`follow=True`: `--junit out.xml`) is written where it leads."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        yield tmp
-        os.replace(tmp, path)
+        target, in_place = _write_target(path, follow)
+        if in_place:
+            yield target
+            return
+        tmp = target.with_name(target.name + ".tmp")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _fresh_file(tmp)
+            yield tmp
+            os.replace(tmp, target)
+        finally:
+            with suppress(OSError):
+                if tmp.is_symlink() or tmp.is_file():
+                    tmp.unlink()
     except OSError as exc:
         raise UsageError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    finally:
-        with suppress(OSError):
-            tmp.unlink()
+
+
+def _write_target(path: Path, follow: bool) -> tuple[Path, bool]:
+    """(where to write, whether in place) for `path`: see atomic_path."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return path, False
+    if stat.S_ISLNK(st.st_mode):
+        if not follow:
+            return path, False
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:  # a dangling link: create what it names
+            return path, True
+        return (Path(os.path.realpath(path)), False) if stat.S_ISREG(st.st_mode) else (path, True)
+    return path, not stat.S_ISREG(st.st_mode)
+
+
+def _fresh_file(path: Path) -> None:
+    """Create `path` as a new empty regular file, removing whatever entry held the name (a
+    stale temporary file, a planted symlink: it is removed, never followed)."""
+    with suppress(FileNotFoundError):
+        if not path.is_dir() or path.is_symlink():
+            path.unlink()
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644))
+
+
+def open_owned(path: Path, mode: str = "a"):
+    """Open a file the run owns (a lock, a resume log) for appending or updating without
+    following a symlink: a link planted in its place is removed and a fresh file created."""
+    path = Path(path)
+    if path.is_symlink():
+        path.unlink()
+    flags = os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | (os.O_RDWR if "+" in mode else os.O_WRONLY)
+    if mode.startswith("a"):
+        flags |= os.O_APPEND
+    return os.fdopen(os.open(path, flags, 0o644), mode, encoding="utf-8")
 
 
 RUN_FILES = ("results.json", "samples.jsonl", "prompts.jsonl")
@@ -102,7 +155,7 @@ def claimed_out(out: Path, identity: dict[str, Any], overwrite: bool = False, fl
         out.mkdir(parents=True, exist_ok=True)
         if shutil.disk_usage(out).free < MIN_FREE:
             raise UsageError(f"{where}: no space left on the device ({shutil.disk_usage(out).free:,} bytes free)")
-        lock = open(out / ".lock", "a+", encoding="utf-8")
+        lock = open_owned(out / ".lock", "a+")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -161,13 +214,23 @@ def _remove_run_files(out: Path) -> None:
             target.unlink()
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write text to a temporary file beside `path`, then rename over it."""
-    with atomic_path(path) as tmp:
+def out_folder(path: Path, flag: str = "--out") -> Path:
+    """`path` as a folder to write into: refused when it exists and is something else."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path}: exists and is not a folder")
+    return path
+
+
+def write_atomic(path: Path, text: str, follow: bool = False) -> None:
+    """Write text to `path` through atomic_path (a temporary file renamed over it, or in place
+    over a device or pipe; `follow`: a target the user named, see atomic_path)."""
+    with atomic_path(path, follow) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
-            os.fsync(f.fileno())
+            if stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # a device or pipe has nothing to sync
+                os.fsync(f.fileno())
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -287,7 +350,7 @@ class ResumeCache:
         try:
             if self._f is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._f = open(self.path, "a", encoding="utf-8")
+                self._f = open_owned(self.path, "a")
                 if self._cut:  # a line cut by a crash: end it so the next record starts clean
                     self._f.write("\n")
             self._f.write(json.dumps({"key": key, "value": value}, default=_json_default) + "\n")

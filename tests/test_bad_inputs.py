@@ -126,6 +126,40 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi")) + \
     "name: t\nprobe: needle\nversion: 1\nparams: {samples: *i}\n"
 
+FIXTURE_RUN = Path(__file__).parent / "fixtures" / "runs" / "needle-n1r1"
+
+
+def _damaged_run(change):
+    """A copy of a finished needle run at {t}/run whose results.json (a dict) change() edits;
+    change may return bytes to write instead."""
+    def setup(t: Path, ck: str) -> None:
+        shutil.copytree(FIXTURE_RUN, t / "run")
+        results = json.loads((t / "run" / "results.json").read_text())
+        new = change(results)
+        data = new if isinstance(new, bytes) else json.dumps(results if new is None else new).encode()
+        (t / "run" / "results.json").write_bytes(data)
+    return setup
+
+
+def _metric_text(results: dict) -> None:
+    label = results["models"][0]["label"]
+    next(iter(results["metrics"][label].values()))["value"] = "abc"
+
+
+CHECK_SUITE = ("name: s\nreference: ref.yaml\nmodels: [zoo:transformer-tiny]\ntasks:\n"
+               "  - {name: nll, probe: nll, params: {length: 128, docs: 1}}\n")
+
+
+def _check_files(reference: str):
+    def setup(t: Path, ck: str) -> None:
+        _write("s.yaml", CHECK_SUITE)(t, ck)
+        _write("ref.yaml", reference)(t, ck)
+    return setup
+
+
+REF = "metrics: {nll: {transformer-tiny: {nll: {value: 2.0, n: 1, higher_is_better: false%s}}}}\n"
+
+
 # (id, argv, setup or None, text the error line must contain)
 CASES = [
     # options: values, ranges and absurd sizes (class 7)
@@ -200,6 +234,36 @@ CASES = [
     ("figures-no-runs", ["figures", "paper", "--results", "{t}/none", "--out", "{out}"], None, "none"),
     ("compare-not-a-run", ["compare", "{t}", "--out", "{out}"], None, "results.json"),
     ("check-bad-suite", ["check", "{t}/s.yaml"], _write("s.yaml", "name: s\n"), "s.yaml"),
+    # report readers validate what they read (round 2)
+    ("compare-results-a-list", ["compare", "{t}/run", "--out", "{out}"], _damaged_run(lambda r: [r]), "results.json"),
+    ("compare-results-not-utf8", ["compare", "{t}/run", "--out", "{out}"], _damaged_run(lambda r: b"\xff\xfe{"), "not UTF-8"),
+    ("compare-results-without-timing", ["compare", "{t}/run", "--out", "{out}"], _damaged_run(lambda r: r.pop("timing") and None), "'timing'"),
+    ("compare-metric-value-text", ["compare", "{t}/run", "--out", "{out}"], _damaged_run(_metric_text), "value: expected number"),
+    ("compare-figure-outside-the-run", ["compare", "{t}/run", "--out", "{out}"],
+     _damaged_run(lambda r: r["artifacts"].update(figures=["../../secret.png"])), "secret.png"),
+    ("figures-a-damaged-run", ["figures", "paper", "--results", "{t}", "--out", "{out}"], _damaged_run(_metric_text), "results.json"),
+    ("figures-out-is-a-file", ["figures", "paper", "--results", "{t}/run", "--out", "{t}/file"],
+     lambda t, ck: (_damaged_run(lambda r: None)(t, ck), _write("file", "x")(t, ck)), "not a folder"),
+    ("check-tolerance-text", ["check", "{t}/s.yaml"], _check_files(REF % ", tolerance: abc"), "tolerance"),
+    ("check-tolerance-nan", ["check", "{t}/s.yaml"], _check_files(REF % ", tolerance: .nan"), "tolerance"),
+    ("check-reference-nan", ["check", "{t}/s.yaml"], _check_files(REF.replace("2.0", ".nan") % ""), "finite"),
+    ("check-ci95-one-number", ["check", "{t}/s.yaml"], _check_files(REF % ", ci95: [1.0]"), "ci95"),
+    ("check-reference-task-a-list", ["check", "{t}/s.yaml"], _check_files("metrics: {nll: [1, 2]}\n"), "nll"),
+    # templates and task files (round 2)
+    ("icl-template-positional-field", ["icl", "--shots", "1", "--template", "input: {text} {0} label: {label}", "--ckpt", "{ck}", "--out", "{out}"], None, "{0}"),
+    ("icl-template-unmatched-brace", ["icl", "--shots", "1", "--template", "input: {text {label}", "--ckpt", "{ck}", "--out", "{out}"], None, "--template"),
+    ("icl-template-unknown-field", ["icl", "--shots", "1", "--template", "input: {text} {other} label: {label}", "--ckpt", "{ck}", "--out", "{out}"], None, "{other}"),
+    ("task-icl-template-field", ["run", "{t}/t.yaml", "--ckpt", "{ck}", "--out", "{out}"],
+     _write("t.yaml", "name: t\nprobe: icl\nversion: 1\nparams: {shots: [1], template: 'x {text} {0} {label}'}\n"), "template"),
+    ("chat-template-raises", ["needle", "--prompt-format", "chat", *TINY[:-3], "{t}/ck", "--out", "{out}"],
+     _bad_ckpt(lambda p: (p / "chat_template.jinja").write_text("{{ 1 / 0 }}"), zoo=True), "ZeroDivisionError"),
+    ("chat-template-enormous", ["needle", "--prompt-format", "chat", *TINY[:-3], "{t}/ck", "--out", "{out}"],
+     _bad_ckpt(lambda p: (p / "chat_template.jinja").write_text(
+         "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"), zoo=True), "chat template"),
+    ("task-probe-a-list", ["run", "{t}/t.yaml", "--out", "{out}"], _write("t.yaml", "name: t\nprobe: [needle]\nversion: 1\n"), "needle"),
+    ("task-probe-a-mapping", ["run", "{t}/t.yaml", "--out", "{out}"], _write("t.yaml", "name: t\nprobe: {a: 1}\nversion: 1\n"), "probe"),
+    ("task-lengths-nested-deep", ["run", "{t}/t.yaml", "--out", "{out}"],
+     _write("t.yaml", "name: t\nprobe: needle\nversion: 1\nparams: {lengths: " + "[" * 20000 + "]" * 20000 + "}\n"), "nested too deeply"),
 ]
 
 

@@ -17,7 +17,8 @@ from diffeval.errors import ConfigError
 from diffeval.probes import retrieval as R
 from diffeval.probes.base import Figure, Generated, Probe, Table, TableData, by_model, metric, rate
 from diffeval.probes.config import ModelDefault, ProbeConfig, option
-from diffeval.probes.icl_data import SYNTHETIC, Pieces, blocks, class_counts, fill_budgets, load_dataset, split
+from diffeval.probes.icl_data import (SYNTHETIC, Pieces, blocks, check_template, class_counts, fill_budgets, load_dataset,
+                                      split)
 from diffeval.probes.prompts import PieceEncoder
 from diffeval.requests import Choice, Generate
 from diffeval.specs import check_int, parse_counts, parse_lengths, parse_names, unescape
@@ -71,9 +72,7 @@ class IclConfig(ProbeConfig):
             raise ConfigError(f"{self.mode!r}: choose {' or '.join(MODES)}", "mode")
         if self.score_by not in ("sum", "mean"):
             raise ConfigError(f"{self.score_by!r}: choose sum or mean", "score_by")
-        if self.template.count("{text}") != 1 or self.template.count("{label}") != 1 or \
-                self.template.index("{text}") > self.template.index("{label}"):
-            raise ConfigError(f"{self.template!r} must hold {{text}} once, then {{label}} once", "template")
+        check_template(self.template)
         if not self.separator:
             raise ConfigError("must not be empty", "separator")
         check_int("seed", self.seed, 0)

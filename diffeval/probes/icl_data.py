@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from diffeval.errors import ConfigError
+from diffeval.errors import ConfigError, shown
 from diffeval.probes.prompts import PieceEncoder
 from diffeval.textdata import jsonl_rows
 
@@ -26,6 +26,21 @@ SYNTHETIC = {"synthetic-6": 6, "synthetic-50": 50, "synthetic-77": 77, "syntheti
 _TASK_KEY = int.from_bytes(b"icl-data", "big")
 SYNTHETIC_EXAMPLES = 6000  # about this many synthetic examples per task: enough demonstrations for 64K
 MIN_PER_CLASS = 40
+
+
+def check_template(template: str) -> None:
+    """A demonstration template holds exactly {text} once, then {label} once, and no other
+    replacement field (write a literal brace as {{ or }})."""
+    import string
+
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise ConfigError(f"{shown(template)}: {exc} (write a literal brace as {{{{ or }}}})", "template") from None
+    if [f for f in fields] != [("text", "", None), ("label", "", None)]:
+        other = [f"{{{n}}}" for n, _, _ in fields if n not in ("text", "label")]
+        why = f"; {', '.join(other)} is not a field (write a literal brace as {{{{ or }}}})" if other else ""
+        raise ConfigError(f"{shown(template)} must hold {{text}} once, then {{label}} once{why}", "template")
 
 
 @dataclass(frozen=True)
