@@ -23,7 +23,7 @@ def figures(
     runs = find_runs(list(results))
     written, skipped = render(rec, runs, out_folder(Path(out)))
     for note in skipped:
-        print(f"skipped {note}", file=sys.stderr)
+        print(note, file=sys.stderr)
     if not written:
         raise UsageError(f"recipe {recipe}: nothing to draw from {len(runs)} run(s): " + "; ".join(skipped))
     print(f"{len(written)} files in {out}/: " + ", ".join(sorted({p.stem for p in written})), file=sys.stderr)

@@ -157,9 +157,12 @@ def allocation_figure(metrics: dict[str, Any], labels: list[str], families: Opti
     """Answer-span and noise-context share by depth, one bar per model (the paper's Table 3).
     Softmax rows are masses; DIFF rows are the signed differential rows A1 - λA2 (summing to
     1 - λ, possibly negative), said so in the legend."""
+    # the depths every model has (merged runs may differ); the recipe runner names the others
+    depths = sorted(set.intersection(*({float(d) for d in m["by_depth"]} for m in metrics.values())))
+    if not depths:
+        return None
     fig, axes = _figure(11, 4.0, cols=2)
     families = families or {}
-    depths = sorted({float(d) for m in metrics.values() for d in m["by_depth"]})
     width = 0.8 / max(1, len(labels))
     for ax, cat, title in ((axes[0, 0], "answer", "answer span"), (axes[0, 1], "noise", "noise context")):
         for k, label in enumerate(labels):
