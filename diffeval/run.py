@@ -12,6 +12,7 @@ share of the samples and writes `<model>.rank<k>.jsonl`; rank 0 writes the files
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from diffeval.errors import ConfigError, UsageError
+from diffeval.hashing import file_sha256
 from diffeval.probes.base import ModelContext, Probe, ProbeState, Scored
 from diffeval.results import (
     SCHEMA_VERSION,
@@ -36,6 +38,9 @@ from diffeval.results import (
 )
 
 DECODE_MODES = ("default", "ruler")
+
+
+log = logging.getLogger("diffeval")
 
 
 @dataclass(frozen=True)
@@ -235,7 +240,8 @@ def _run_model(job: _Job, label: str, spec: str) -> None:
     merged = job.world.gather(plan.cache, [plan.keys[i] for i in plan.todo], counters, wall, opts.device)
     if merged is None:  # not rank 0: its records went to rank 0
         return
-    job.records.extend({"model": label, **plan.cache.get(k)} for k in plan.keys)
+    job.records.extend({"model": label, **{n: v for n, v in plan.cache.get(k).items() if n != ARRAYS}}
+                       for k in plan.keys)
     if plan.state is not None:
         job.extra[label] = plan.state.finalise()
     if opts.save_prompts and ctx.tokenizer is not None:
@@ -282,7 +288,12 @@ class _Plan:
         state = _KeptState.open(job.probe, job.cfg, ctx, stem, keys) if job.probe.state else None
         stateful = [state is not None and any(isinstance(r, Stats) or getattr(r, "stats", False) for r in reqs)
                     for reqs in work]
-        todo = [i for i, k in enumerate(keys) if k not in cache or (stateful[i] and not state.holds(k))]
+        todo = [i for i, k in enumerate(keys) if k not in cache or (stateful[i] and not state.holds(k))
+                or not _arrays_intact(job.out, cache.get(k))]
+        redone = sum(k in cache and not _arrays_intact(job.out, cache.get(k)) for k in keys)
+        if redone:
+            log.warning("%s: %d finished sample(s) whose arrays are missing or changed are recomputed",
+                        job.out / "arrays", redone)
         todo, n_todo = job.world.assign(todo, keys, samples, work, job.probe.group, stateful)
         return cls(label, samples, work, keys, cache, state, stateful, todo, n_todo)
 
@@ -349,9 +360,12 @@ def _keep(job: _Job, plan: _Plan, i: int, outputs: list, ctx: ModelContext) -> N
     scored = job.probe.score(job.cfg, plan.samples[i], outputs, ctx)
     if not isinstance(scored, Scored):
         scored = Scored(scored)
+    written = {}
     for suffix, arrays in scored.arrays.items():
-        _save_npz(job.out / "arrays" / f"{safe_name(plan.label)}__{plan.samples[i].id}{suffix}.npz", arrays)
-    plan.cache.put(plan.keys[i], scored.record)
+        name = f"{safe_name(plan.label)}__{plan.samples[i].id}{suffix}.npz"
+        _save_npz(job.out / "arrays" / name, arrays)
+        written[name] = file_sha256(job.out / "arrays" / name)
+    plan.cache.put(plan.keys[i], {**scored.record, ARRAYS: written} if written else scored.record)
     if plan.stateful[i]:
         plan.state.add(plan.keys[i])
 
@@ -440,6 +454,22 @@ def _load_state(state, path: Path) -> Optional[set[str]]:
         logging.getLogger("diffeval").warning("%s: damaged (%s); its statistics are recomputed",
                                               path, type(exc).__name__)
         return None
+
+
+ARRAYS = "_arrays"  # in a resume record: the arrays the sample wrote -> their sha256
+
+
+def _arrays_intact(out: Path, record: Optional[dict]) -> bool:
+    """Whether the arrays a finished sample wrote are still there as written (a record
+    without arrays is intact)."""
+    files = (record or {}).get(ARRAYS) or {}
+    if not isinstance(files, dict):
+        return False
+    for name, digest in files.items():
+        path = out / "arrays" / str(name)
+        if "/" in str(name) or str(name).startswith(".") or not path.is_file() or file_sha256(path) != digest:
+            return False
+    return True
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

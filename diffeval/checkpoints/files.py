@@ -12,6 +12,7 @@ import torch
 
 from diffeval.errors import CheckpointError, shown
 from diffeval.hashing import file_sha256
+from diffeval.paths import confined
 from diffeval.yamlio import read_json
 
 PICKLE_NAMES = ("pytorch_model.bin", "model.bin", "model.pt", "consolidated.pt")
@@ -173,7 +174,7 @@ def read_weights(directory: Path, allow_pickle: bool = False) -> WeightFiles:
             raise CheckpointError(f"{index}: not a valid shard index (no weight_map of tensor -> file)")
         shards = sorted(set(weight_map.values()))
         for shard in shards:
-            _read_safetensors(directory / shard, out)
+            _read_safetensors(confined(directory, shard, f"{index}: shard", CheckpointError), out)
         missing = sorted(set(weight_map) - set(out.tensors))
         if missing:
             raise CheckpointError(f"{index}: tensor {missing[0]!r} listed for {weight_map[missing[0]]} but not in it")

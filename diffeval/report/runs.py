@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Optional
 
 from diffeval.errors import UsageError
 from diffeval.jsonshape import first_error
+from diffeval.paths import confined
 
 
 @dataclass(frozen=True)
@@ -57,22 +58,6 @@ def _schema() -> dict:
     from diffeval.results import SCHEMA_FILE
 
     return json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
-
-
-def confined(folder: Path, relative: str, what: str) -> Path:
-    """folder/relative, refused unless it is a relative path that stays inside `folder` (no
-    '..', not absolute, no symlink leading out)."""
-    rel = PurePosixPath(str(relative))
-    if rel.is_absolute() or ".." in rel.parts or not rel.parts or "\\" in str(relative):
-        raise UsageError(f"{what} {str(relative)!r} must be a path inside {folder}")
-    path = Path(folder) / rel
-    try:
-        inside = path.resolve().is_relative_to(Path(folder).resolve())
-    except (OSError, RuntimeError):
-        inside = False
-    if not inside:
-        raise UsageError(f"{what} {str(relative)!r} leads outside {folder}")
-    return path
 
 
 def _text(file: Path) -> str:
