@@ -346,7 +346,11 @@ class ResumeCache:
     def get(self, key: str) -> dict:
         return self.done[key]
 
-    def put(self, key: str, value: dict) -> None:
+    def put(self, key: str, value: dict, keep: bool = True) -> None:
+        """Add a finished sample; `keep=False`: for this run only (a rerun computes it again)."""
+        if not keep:
+            self.done[key] = value
+            return
         try:
             if self._f is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)

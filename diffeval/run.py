@@ -365,7 +365,8 @@ def _keep(job: _Job, plan: _Plan, i: int, outputs: list, ctx: ModelContext) -> N
         name = f"{safe_name(plan.label)}__{plan.samples[i].id}{suffix}.npz"
         _save_npz(job.out / "arrays" / name, arrays)
         written[name] = file_sha256(job.out / "arrays" / name)
-    plan.cache.put(plan.keys[i], {**scored.record, ARRAYS: written} if written else scored.record)
+    plan.cache.put(plan.keys[i], {**scored.record, ARRAYS: written} if written else scored.record,
+                   keep=not scored.retry)
     if plan.stateful[i]:
         plan.state.add(plan.keys[i])
 
