@@ -132,13 +132,16 @@ def claimed_out(out: Path, identity: dict[str, Any], overwrite: bool = False, fl
     diffeval run may be writing into it (a lock, released on exit). An empty `identity` (a
     training run) skips the results check. On failure, temporary files
     are removed, and so are the folder and parents this call created when nothing was kept."""
-    import fcntl
 
     out = Path(out)
     where = f"{flag} {out}"
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{where}: exists and is not a folder")
     results = out / "results.json"
+    try:
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"{where}: exists and is not a folder")
+        results.exists()
+    except OSError as exc:  # a name too long, a loop of links
+        raise UsageError(f"{where}: cannot write there ({exc.strerror or exc})") from None
     if identity and results.exists():
         try:
             old = _identity_of(json.loads(results.read_text(encoding="utf-8")))
@@ -155,19 +158,7 @@ def claimed_out(out: Path, identity: dict[str, Any], overwrite: bool = False, fl
         out.mkdir(parents=True, exist_ok=True)
         if shutil.disk_usage(out).free < MIN_FREE:
             raise UsageError(f"{where}: no space left on the device ({shutil.disk_usage(out).free:,} bytes free)")
-        lock = open_owned(out / ".lock", "a+")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "?"
-            lock.close()
-            lock = None
-            raise UsageError(f"{where}: another diffeval run (pid {holder[:20]}) is writing into it; "
-                             f"wait for it to finish or choose another {flag}") from None
-        lock.truncate(0)
-        lock.write(f"{os.getpid()}\n")
-        lock.flush()
+        lock = _take_lock(out, where, flag)
     except OSError as exc:
         _release(lock, out, created)
         raise UsageError(f"{where}: cannot write there ({exc.strerror or exc})") from None
@@ -185,6 +176,26 @@ def claimed_out(out: Path, identity: dict[str, Any], overwrite: bool = False, fl
         _release(lock, out, created)
         raise
     _release(lock, out, [])
+
+
+def _take_lock(out: Path, where: str, flag: str):
+    """The lock file of `out`, locked and holding this process's id; UsageError naming the
+    holder when another run has it."""
+    import fcntl
+
+    lock = open_owned(out / ".lock", "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "?"
+        lock.close()
+        raise UsageError(f"{where}: another diffeval run (pid {holder[:20]}) is writing into it; "
+                         f"wait for it to finish or choose another {flag}") from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
 
 
 MIN_FREE = 1 << 20  # bytes: below this a run could not even write its results
@@ -282,7 +293,7 @@ def safe_name(text: str, limit: int = 40) -> str:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "x"
     if slug == text and len(slug) <= limit:
         return slug
-    return f"{slug[:limit].rstrip('-.')}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+    return f"{slug[:limit].rstrip('-.')}-{hashlib.sha256(text.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
 
 
 def provenance(seed: Optional[int], device: str) -> dict[str, Any]:

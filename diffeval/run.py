@@ -103,8 +103,11 @@ def default_specs(specs: list[str]) -> list[str]:
 
 
 def model_labels(specs: list[str]) -> list[str]:
-    """Short distinct names: zoo name or directory name, numbered when repeated."""
+    """Short distinct names: zoo name or directory name, numbered when repeated. A name the
+    locale could not decode (its bytes kept as surrogates) is read as UTF-8, so that labels
+    are text that any file, table or figure can hold."""
     base = [s[4:] if s.startswith("zoo:") else (Path(s).name or s) for s in specs]
+    base = [b.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for b in base]
     out = []
     for i, b in enumerate(base):
         out.append(b if base.count(b) == 1 else f"{b}#{base[:i + 1].count(b)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -80,14 +81,18 @@ def jsonl_rows(path: Path, field: str) -> Iterator[dict[str, Any]]:
         raise ConfigError(f"file {path}: cannot read ({exc.strerror or exc})", field) from None
 
 
-def files_sha256(files: list[Path]) -> str:
-    """sha256 over the names and bytes of files, in order."""
+def files_sha256(files: list[Path], field: str = "data") -> str:
+    """sha256 over the names and bytes of files, in order; a file that cannot be read is a
+    ConfigError naming it."""
     digest = hashlib.sha256()
     for p in files:
-        digest.update(p.name.encode() + b"\0")
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
+        digest.update(os.fsencode(p.name) + b"\0")
+        try:
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+        except OSError as exc:
+            raise ConfigError(f"file {p}: cannot read ({exc.strerror or exc})", field) from None
     return digest.hexdigest()
 
 

@@ -126,6 +126,17 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi")) + \
     "name: t\nprobe: needle\nversion: 1\nparams: {samples: *i}\n"
 
+def _shard_outside(target: Path) -> None:
+    """A shard index that names weights beside (not inside) the checkpoint folder."""
+    shutil.move(target / "model.safetensors", target.parent / "stolen.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(target.parent / "stolen.safetensors"), "pt") as f:
+        names = list(f.keys())
+    (target / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {n: "../stolen.safetensors" for n in names}}))
+
+
 FIXTURE_RUN = Path(__file__).parent / "fixtures" / "runs" / "needle-n1r1"
 
 
@@ -234,6 +245,12 @@ CASES = [
     ("figures-no-runs", ["figures", "paper", "--results", "{t}/none", "--out", "{out}"], None, "none"),
     ("compare-not-a-run", ["compare", "{t}", "--out", "{out}"], None, "results.json"),
     ("check-bad-suite", ["check", "{t}/s.yaml"], _write("s.yaml", "name: s\n"), "s.yaml"),
+    # the judge, file targets and names (round 2)
+    ("judge-url-not-a-url", ["halluc", "--judge-url", "not a url", "--judge-model", "j", "--ckpt", "{ck}", "--out", "{out}"], None, "--judge-url"),
+    ("judge-url-file", ["halluc", "--judge-url", "file:///etc/passwd", "--judge-model", "j", "--ckpt", "{ck}", "--out", "{out}"], None, "http://"),
+    ("judge-url-with-key", ["halluc", "--judge-url", "http://user:s3cr3t@127.0.0.1:9/v1", "--judge-model", "j", "--ckpt", "{ck}", "--out", "{out}"], None, "DIFFEVAL_JUDGE_API_KEY"),
+    ("out-name-too-long", ["needle", *TINY[:-1], "{t}/" + "x" * 300], None, "too long"),
+    ("ckpt-shard-outside-the-folder", ["info", "--ckpt", "{t}/ck"], _bad_ckpt(_shard_outside), "stolen.safetensors' must be a path inside"),
     # report readers validate what they read (round 2)
     ("compare-results-a-list", ["compare", "{t}/run", "--out", "{out}"], _damaged_run(lambda r: [r]), "results.json"),
     ("compare-results-not-utf8", ["compare", "{t}/run", "--out", "{out}"], _damaged_run(lambda r: b"\xff\xfe{"), "not UTF-8"),
@@ -454,3 +471,173 @@ def test_a_damaged_statistics_state_is_recomputed_with_one_warning(ck, tmp_path,
     assert len(err) == 1 and "transformer.state.npz: damaged" in err[0], err
     again = json.loads((out / "results.json").read_text())
     assert again["metrics"] == first["metrics"] and again["cells"] == first["cells"]
+
+
+# --- round 2: file targets, names, streams, locales ----------------------------------------
+
+NEEDLE = ["needle", "--len", "256", "--depths", "50", "--samples", "1"]
+
+
+@pytest.mark.parametrize("planted", [".lock", "samples.jsonl.tmp", "results.json.tmp", ".resume/transformer.jsonl"])
+def test_a_planted_symlink_in_out_is_never_followed(planted, ck, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    out = tmp_path / "run"
+    (out / planted).parent.mkdir(parents=True)
+    (out / planted).symlink_to(victim)
+    assert run_cli([*NEEDLE, "--ckpt", ck, "--out", str(out)]) == 0
+    assert victim.read_text() == "precious\n"
+    assert (out / "results.json").is_file() and not (out / "results.json").is_symlink()
+
+
+def test_safe_write_replaces_regular_files_and_writes_other_targets_in_place(tmp_path):
+    from diffeval.results import write_atomic
+
+    regular = tmp_path / "a.xml"
+    regular.write_text("old")
+    write_atomic(regular, "new")
+    assert regular.read_text() == "new" and not list(tmp_path.glob("*.tmp"))
+    target = tmp_path / "target.xml"
+    target.write_text("old")
+    link = tmp_path / "link.xml"
+    link.symlink_to(target)
+    write_atomic(link, "through", follow=True)  # a target the user named: written where it leads
+    assert link.is_symlink() and target.read_text() == "through"
+    write_atomic(link, "owned")  # a file the run owns: the link itself is replaced, never followed
+    assert not link.is_symlink() and link.read_text() == "owned" and target.read_text() == "through"
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    import threading
+
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    write_atomic(fifo, "streamed", follow=True)
+    reader.join(10)
+    assert got == ["streamed"] and stat_is_fifo(fifo)
+
+
+def stat_is_fifo(path: Path) -> bool:
+    import stat
+
+    return stat.S_ISFIFO(os.lstat(path).st_mode)
+
+
+@pytest.mark.skipif(not Path("/dev/null").exists(), reason="needs /dev/null")
+def test_check_junit_to_a_device_or_a_link_to_one_leaves_it_a_device(tmp_path, capsys):
+    import stat
+
+    link = tmp_path / "out.xml"
+    link.symlink_to("/dev/null")
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: s\nreference: ref.yaml\nmodels: [zoo:transformer-tiny]\ntasks:\n"
+                     "  - {name: nll, probe: nll, params: {length: 128, docs: 1}}\n")
+    runs = tmp_path / "runs"
+    assert run_cli(["check", str(suite), "--runs", str(runs), "--update"]) == 0
+    assert run_cli(["check", str(suite), "--runs", str(runs), "--junit", str(link), "--summary", "/dev/null"]) == 0
+    assert link.is_symlink() and stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    assert not list(tmp_path.glob("*.tmp")) and not list(Path("/dev").glob("null*.tmp"))
+
+
+def test_a_task_name_never_leads_outside_runs(ck, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "work").mkdir()
+    for i, name in enumerate(["../../../../x", str(tmp_path / "abs"), "y" * 300]):
+        task = tmp_path / f"t{i}.yaml"
+        task.write_text(json.dumps({"name": name, "probe": "needle", "version": 1,
+                                    "params": {"lengths": [256], "depths": [50], "samples": 1}}))
+        assert run_cli(["run", str(task), "--ckpt", ck]) == 0
+    made = sorted(p.name for p in tmp_path.iterdir())
+    assert made == ["runs", "t0.yaml", "t1.yaml", "t2.yaml", "work"], made
+    assert len(list((tmp_path / "runs").iterdir())) == 3
+    assert all(len(p.name) < 120 for p in (tmp_path / "runs").iterdir())
+
+
+def test_an_icl_preset_with_shots_and_no_lengths_runs(ck, tmp_path):
+    task = tmp_path / "t.yaml"
+    task.write_text("name: t\nprobe: icl\nversion: 1\nparams: {shots: [1, 2], test: 4, permutations: 1}\n")
+    assert run_cli(["run", str(task), "--ckpt", ck, "--out", str(tmp_path / "r")]) == 0
+    assert run_cli(["icl", "--test", "4", "--permutations", "1", "--ckpt", ck, "--out", str(tmp_path / "plain")]) == 0
+
+
+def test_train_ctrl_c_prints_the_command_that_resumes_it(tmp_path, capsys, monkeypatch):
+    import shlex
+
+    import diffeval.train.trainer as trainer
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(MICRO_RECIPE.replace("steps: 2", "steps: 4") + "checkpoint_every: 2\nlog_every: 2\n")
+    original, calls = trainer._train_step, {"n": 0}
+
+    def step_then_stop(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(trainer, "_train_step", step_then_stop)
+        assert run_cli(["train", "--recipe", str(recipe), "--out", str(tmp_path / "t"), "--no-resume"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("diffeval: interrupted;") and "resume with: diffeval train" in err, err
+    command = shlex.split(err.split("resume with: ", 1)[1])
+    assert "--no-resume" not in command and command[command.index("--out") + 1] == str(tmp_path / "t")
+    assert run_cli(command[1:]) == 0
+    summary = json.loads((tmp_path / "t" / "summary.json").read_text())
+    assert summary["steps"] == 4
+
+
+def test_a_closed_stdout_is_one_line_exit_2_after_the_files_are_written(ck, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "r"
+    res = subprocess.run([sys.executable, "-m", "diffeval.cli", *NEEDLE, "--ckpt", ck, "--out", str(out)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300,
+                         preexec_fn=lambda: os.close(1))
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("diffeval:")]
+    assert res.returncode == 2 and lines == ["diffeval: error: cannot write to standard output (it is closed); "
+                                             "what the command wrote to files is kept"], res.stderr
+    assert "Traceback" not in res.stderr and (out / "results.json").is_file()
+
+
+def test_a_non_utf8_locale_with_a_non_ascii_checkpoint_path(tmp_path):
+    import subprocess
+    import sys
+
+    ckpt = tmp_path / "modèle"
+    copy_zoo_model("transformer-tiny", ckpt)
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": ""}
+    env.pop("PYTHONIOENCODING")
+    res = subprocess.run([sys.executable, "-X", "utf8=0", "-m", "diffeval.cli", *NEEDLE, "--ckpt", str(ckpt),
+                          "--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert results["models"][0]["label"] == "modèle"
+
+
+def test_os_faults_with_a_file_name_are_one_line(ck, tmp_path, capsys, monkeypatch):
+    """An unreadable .txt in a data folder (simulated: root reads everything)."""
+    data = tmp_path / "docs"
+    data.mkdir()
+    (data / "a.txt").write_text("some words " * 200)
+    (data / "b.txt").write_text("more words " * 200)
+    real_open = open
+
+    def deny_b(file, *args, **kwargs):
+        if str(file).endswith("b.txt"):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", deny_b)
+    assert run_cli(["nll", "--len", "128", "--docs", "1", "--data", str(data), "--ckpt", ck,
+                    "--out", str(tmp_path / "o")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "b.txt" in lines[0] and "ermission denied" in lines[0], lines
+    assert not (tmp_path / "o").exists()
+
+
+def test_outliers_tokens_1m_is_accepted():
+    from diffeval.probes import get_probe
+
+    assert get_probe("outliers").config({"n_tokens": "1m"}).n_tokens == 1 << 20

@@ -77,7 +77,7 @@ def _files_sha256(paths: list[Path]) -> str:
     digest = hashlib.sha256()
     for p in paths:
         if p.is_file():
-            digest.update(p.name.encode() + b"\0" + p.read_bytes())
+            digest.update(os.fsencode(p.name) + b"\0" + p.read_bytes())
     return digest.hexdigest()
 
 
