@@ -207,6 +207,7 @@ def _run_job(job: _Job) -> dict[str, Any]:
         _run_model(job, label, spec)
     if not job.world.is_main:
         return job.world.share(None)
+    _check_data_unchanged(job)
     clock = _Clock()
     results = _results(job, clock)
     _finish_timing(results["timing"], job.started, clock, "write")
@@ -372,6 +373,20 @@ def _keep(job: _Job, plan: _Plan, i: int, outputs: list, ctx: ModelContext) -> N
                    keep=not scored.retry)
     if plan.stateful[i]:
         plan.state.add(plan.keys[i])
+
+
+def _check_data_unchanged(job: _Job) -> None:
+    """The data hashes the results record must describe what was read: a data file that
+    changed during the run (one that grows) is refused, not recorded with its early hash."""
+    if not job.probe.data or not job.data:
+        return
+    now = job.probe.data(job.cfg)
+    if now != job.data:
+        changed = sorted(k for k in set(now) | set(job.data) if now.get(k) != job.data.get(k))
+        sources = [str((job.data.get(k) or {}).get("source", k)) if isinstance(job.data.get(k), dict) else k
+                   for k in changed]
+        raise UsageError(f"{', '.join(sources)}: changed while the run read it; its hash would not describe "
+                         "what was scored; rerun when the data is final")
 
 
 def _results(job: _Job, clock: "_Clock") -> dict[str, Any]:

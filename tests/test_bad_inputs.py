@@ -137,6 +137,10 @@ def _shard_outside(target: Path) -> None:
         json.dumps({"weight_map": {n: "../stolen.safetensors" for n in names}}))
 
 
+def _rows(rows: list[dict]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
 FIXTURE_RUN = Path(__file__).parent / "fixtures" / "runs" / "needle-n1r1"
 
 
@@ -251,6 +255,28 @@ CASES = [
     ("judge-url-with-key", ["halluc", "--judge-url", "http://user:s3cr3t@127.0.0.1:9/v1", "--judge-model", "j", "--ckpt", "{ck}", "--out", "{out}"], None, "DIFFEVAL_JUDGE_API_KEY"),
     ("out-name-too-long", ["needle", *TINY[:-1], "{t}/" + "x" * 300], None, "too long"),
     ("ckpt-shard-outside-the-folder", ["info", "--ckpt", "{t}/ck"], _bad_ckpt(_shard_outside), "stolen.safetensors' must be a path inside"),
+    # data that would give silently wrong results (round 2)
+    ("ckpt-unilm-config-over-native-tensors", ["info", "--ckpt", "{t}/ck"],
+     _bad_ckpt(lambda p: (p / "config.json").write_text(json.dumps(
+         {"format": "unilm", "vocab_size": 259, "embed_dim": 64, "num_layers": 2, "num_heads": 2, "ffn_dim": 96,
+          "max_seq_len": 1024}))), "not in the reference layout"),
+    ("icl-labels-tokenize-alike", ["icl", "--data", "{t}/d.jsonl", "--shots", "1", "--test", "2", "--ckpt", "{t}/ck", "--out", "{out}"],
+     lambda t, ck: (_bad_ckpt(lambda p: None, zoo=True)(t, ck), _write("d.jsonl", _rows([{"text": "a cat", "label": "猫"}] * 4
+                                                                                         + [{"text": "a dog", "label": "犬"}] * 4))(t, ck)),
+     "cannot be told apart"),
+    ("icl-label-blank", ["icl", "--data", "{t}/d.jsonl", "--shots", "1", "--test", "2", "--ckpt", "{ck}", "--out", "{out}"],
+     _write("d.jsonl", _rows([{"text": "a cat", "label": "x"}] * 4 + [{"text": "a dog", "label": "  "}] * 4)), "--label-field"),
+    ("icl-text-blank", ["icl", "--data", "{t}/d.jsonl", "--shots", "1", "--test", "2", "--ckpt", "{ck}", "--out", "{out}"],
+     _write("d.jsonl", _rows([{"text": "a cat", "label": "x"}] * 4 + [{"text": " \t ", "label": "y"}] * 4)), "--text-field"),
+    ("halluc-answerable-a-string", ["halluc", "--data", "{t}/d.jsonl", "--ckpt", "{ck}", "--out", "{out}"],
+     _write("d.jsonl", _rows([{"context": "The bridge opened in 1932.", "question": "When?", "answers": ["1932"],
+                              "answerable": "no"}])), "'answerable' must be true or false"),
+    ("halluc-question-blank", ["halluc", "--data", "{t}/d.jsonl", "--ckpt", "{ck}", "--out", "{out}"],
+     _write("d.jsonl", _rows([{"context": "The bridge opened in 1932.", "question": "   "}])), "'question'"),
+    ("nll-packed-empty-document", ["nll", "--len", "128", "--docs", "1", "--pack", "--data", "{t}/d.jsonl", "--ckpt", "{ck}", "--out", "{out}"],
+     _write("d.jsonl", _rows([{"text": ""}, {"text": "words " * 100}])), "blank"),
+    ("needle-prompt-and-budget-past-the-limit", ["needle", "--len", "1024", "--depths", "50", "--samples", "1", "--ckpt", "{ck}", "--out", "{out}"],
+     None, "generation budget"),
     # report readers validate what they read (round 2)
     ("compare-results-a-list", ["compare", "{t}/run", "--out", "{out}"], _damaged_run(lambda r: [r]), "results.json"),
     ("compare-results-not-utf8", ["compare", "{t}/run", "--out", "{out}"], _damaged_run(lambda r: b"\xff\xfe{"), "not UTF-8"),

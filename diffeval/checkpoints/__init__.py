@@ -124,6 +124,9 @@ def _layout(fmt: str, requested: Optional[str], tensors: dict[str, torch.Tensor]
             raise CheckpointError(f"{directory}: --format unilm but no attention tensor 'out_proj' (not the "
                                   "reference layout)")
         return requested
+    if fmt == "unilm" and not unilm.detect(tensors):  # read as unilm, native tensors load scrambled
+        raise CheckpointError(f"{directory}: config.json says \"format\": \"unilm\" but the attention tensors are "
+                              "not in the reference layout (no 'out_proj'); write a native or Hugging Face config")
     return "unilm" if fmt == "unilm" or unilm.detect(tensors) else fmt
 
 

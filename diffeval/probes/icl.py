@@ -17,8 +17,8 @@ from diffeval.errors import ConfigError
 from diffeval.probes import retrieval as R
 from diffeval.probes.base import Figure, Generated, Probe, Table, TableData, by_model, metric, rate
 from diffeval.probes.config import ModelDefault, ProbeConfig, option
-from diffeval.probes.icl_data import (SYNTHETIC, Pieces, blocks, check_template, class_counts, fill_budgets, load_dataset,
-                                      split)
+from diffeval.probes.icl_data import (SYNTHETIC, Pieces, blocks, check_template, class_counts, distinct_candidates,
+                                      fill_budgets, load_dataset, split)
 from diffeval.probes.prompts import PieceEncoder
 from diffeval.requests import Choice, Generate
 from diffeval.specs import check_int, parse_counts, parse_lengths, parse_names, unescape
@@ -112,7 +112,7 @@ def _generate(cfg: IclConfig, ctx) -> Generated:
             shown = tuple(mapping[c] for c in labels)
             for qi, (e, (piece, qids)) in enumerate(zip(test, queries)):
                 prompt = block + tuple(qids)
-                cands = tuple(pieces.label(piece, s) for s in shown)
+                cands = distinct_candidates(tuple(pieces.label(piece, s) for s in shown), shown)
                 ctx.check_length(len(prompt) + max(len(c) for c in cands), "prompt",
                                  "lengths" if length is not None else "shots")
                 budget = f"L{length}" if length is not None else f"k{k}"

@@ -309,6 +309,8 @@ def run_samples(grid: NeedleGrid, ctx, probe: str) -> list[NeedleSample]:
     tok = ctx.need_tokenizer(probe)
     samples = generate(grid, tok, ctx.max_positions, ctx.allow_beyond, ctx.prompt_format)
     budget = ctx.max_new_tokens or (RULER_NEW_TOKENS if ctx.decode == "ruler" else answer_budget(samples, tok))
+    longest = max((len(p) for s in samples for p in s.prompts), default=0)
+    ctx.check_length(longest + budget, f"prompt ({longest} tokens) with its generation budget ({budget})")
     return [replace(s, max_new_tokens=budget) for s in samples]
 
 
