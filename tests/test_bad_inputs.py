@@ -563,6 +563,12 @@ def test_check_junit_to_a_device_or_a_link_to_one_leaves_it_a_device(tmp_path, c
     assert run_cli(["check", str(suite), "--runs", str(runs), "--junit", str(link), "--summary", "/dev/null"]) == 0
     assert link.is_symlink() and stat.S_ISCHR(os.stat("/dev/null").st_mode)
     assert not list(tmp_path.glob("*.tmp")) and not list(Path("/dev").glob("null*.tmp"))
+    if Path("/dev/full").exists():  # a device that refuses the write: one line, and still a device
+        capsys.readouterr()
+        assert run_cli(["check", str(suite), "--runs", str(runs), "--junit", "/dev/full"]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert lines[-1].startswith("diffeval: error: /dev/full: cannot write"), lines
+        assert stat.S_ISCHR(os.stat("/dev/full").st_mode) and not list(Path("/dev").glob("full*.tmp"))
 
 
 def test_a_task_name_never_leads_outside_runs(ck, tmp_path, monkeypatch):
@@ -667,3 +673,24 @@ def test_outliers_tokens_1m_is_accepted():
     from diffeval.probes import get_probe
 
     assert get_probe("outliers").config({"n_tokens": "1m"}).n_tokens == 1 << 20
+
+
+def test_a_data_file_that_grows_during_the_run_is_refused(ck, tmp_path, capsys, monkeypatch):
+    import diffeval.run as run_mod
+
+    data = tmp_path / "d.txt"
+    data.write_text("Some words of a document. " * 200)
+    original = run_mod._run_model
+
+    def then_grow(job, label, spec):
+        original(job, label, spec)
+        with open(data, "a", encoding="utf-8") as f:
+            f.write("More words appended by another process. " * 50)
+
+    monkeypatch.setattr(run_mod, "_run_model", then_grow)
+    assert run_cli(["nll", "--len", "128", "--docs", "1", "--data", str(data), "--ckpt", ck,
+                    "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    lines = [ln[ln.index("diffeval:"):] for ln in err.splitlines() if "diffeval:" in ln]
+    assert len(lines) == 1 and "d.txt" in lines[0] and "changed while the run read it" in lines[0], lines
+    assert "Traceback" not in err and not (tmp_path / "o" / "results.json").exists()
