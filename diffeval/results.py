@@ -94,11 +94,13 @@ def _fresh_file(path: Path) -> None:
 
 
 def open_owned(path: Path, mode: str = "a"):
-    """Open a file the run owns (a lock, a resume log) for appending or updating without
-    following a symlink: a link planted in its place is removed and a fresh file created."""
+    """Open a file the run owns (a lock, a resume log) for appending or updating, never
+    through a symlink: a link in its place is an OSError naming it (its target is left alone)."""
+    import errno
+
     path = Path(path)
     if path.is_symlink():
-        path.unlink()
+        raise OSError(errno.ELOOP, f"{path.name} is a symlink; not followed (remove it)")
     flags = os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | (os.O_RDWR if "+" in mode else os.O_WRONLY)
     if mode.startswith("a"):
         flags |= os.O_APPEND
@@ -337,7 +339,8 @@ class ResumeCache:
             raise UsageError(f"{path}: the resume file is a directory; move it away and rerun "
                              "(its samples are recomputed)")
         try:
-            data = path.read_bytes() if path.exists() else b""
+            # a link in its place is not the run's file: not read, and refused at the first write
+            data = path.read_bytes() if path.exists() and not path.is_symlink() else b""
         except OSError as exc:
             raise UsageError(f"{path}: cannot read the resume file ({exc.strerror or exc}); move it away "
                              "and rerun (its samples are recomputed)") from None

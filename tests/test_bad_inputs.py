@@ -505,15 +505,21 @@ NEEDLE = ["needle", "--len", "256", "--depths", "50", "--samples", "1"]
 
 
 @pytest.mark.parametrize("planted", [".lock", "samples.jsonl.tmp", "results.json.tmp", ".resume/transformer.jsonl"])
-def test_a_planted_symlink_in_out_is_never_followed(planted, ck, tmp_path):
+def test_a_planted_symlink_in_out_is_never_followed(planted, ck, tmp_path, capsys):
+    """A temporary file's name is the run's to replace (the link goes); a lock or resume log
+    in the form of a link is refused, naming it. The link's target is never written."""
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")
     out = tmp_path / "run"
     (out / planted).parent.mkdir(parents=True)
     (out / planted).symlink_to(victim)
-    assert run_cli([*NEEDLE, "--ckpt", ck, "--out", str(out)]) == 0
+    code = run_cli([*NEEDLE, "--ckpt", ck, "--out", str(out)])
     assert victim.read_text() == "precious\n"
-    assert (out / "results.json").is_file() and not (out / "results.json").is_symlink()
+    if planted.endswith(".tmp"):
+        assert code == 0 and (out / "results.json").is_file() and not (out / "results.json").is_symlink()
+    else:
+        lines = [ln for ln in capsys.readouterr().err.splitlines() if "diffeval:" in ln]
+        assert code == 2 and len(lines) == 1 and f"{Path(planted).name} is a symlink; not followed" in lines[0], lines
 
 
 def test_safe_write_replaces_regular_files_and_writes_other_targets_in_place(tmp_path):

@@ -32,6 +32,7 @@ from diffeval.specs import check_int, length_label, parse_depths, parse_lengths
 from diffeval.stats import average_by, mean_per_cell, wilson
 
 TASK_KEY = int.from_bytes(b"needle", "big")  # the grid's share of every seed
+ANSWER_RESERVE = 64  # positions a default length leaves for the answer (prompt + answer fit the limit)
 RULER_NEW_TOKENS = 128  # --decode ruler: RULER's and lm-eval's generation budget
 CITY_NEEDLE = "The magic number for {key} is {value}."
 CITY_QUESTION = "What is the magic number for {key}?"
