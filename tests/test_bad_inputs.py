@@ -700,3 +700,28 @@ def test_a_data_file_that_grows_during_the_run_is_refused(ck, tmp_path, capsys, 
     lines = [ln[ln.index("diffeval:"):] for ln in err.splitlines() if "diffeval:" in ln]
     assert len(lines) == 1 and "d.txt" in lines[0] and "changed while the run read it" in lines[0], lines
     assert "Traceback" not in err and not (tmp_path / "o" / "results.json").exists()
+
+
+def test_a_file_of_one_huge_line_is_read_and_tokenized_in_pieces(ck, tmp_path, monkeypatch):
+    from diffeval import textdata
+
+    text = " ".join(f"word{i % 97}" for i in range(400_000))  # about 2.7 MB on one line
+    path = tmp_path / "one-line.txt"
+    path.write_text(text)
+    blocks = list(textdata.file_blocks(path, "data"))
+    assert len(blocks) > 3 and max(map(len, blocks)) <= 2 * textdata.LINE_CHARS + 16
+    assert "".join(blocks) == text + "\n\n" and all(b[:1] == " " for b in blocks[1:-1])  # cut before a space
+    pieces = list(textdata.text_pieces(text))
+    assert "".join(pieces) == text and max(map(len, pieces)) <= textdata.LINE_CHARS
+    encoded = []
+    import diffeval.probes.streams as streams
+
+    original = streams.take_tokens
+
+    def counting(blocks_, encode, n):
+        return original(blocks_, lambda s: encoded.append(len(s)) or encode(s), n)
+
+    monkeypatch.setattr(streams, "take_tokens", counting)
+    assert run_cli(["nll", "--len", "128", "--docs", "1", "--data", str(path), "--ckpt", ck,
+                    "--out", str(tmp_path / "o")]) == 0
+    assert encoded and sum(encoded) <= 2 * textdata.LINE_CHARS  # one block tokenized, not the whole line
