@@ -725,3 +725,20 @@ def test_a_file_of_one_huge_line_is_read_and_tokenized_in_pieces(ck, tmp_path, m
     assert run_cli(["nll", "--len", "128", "--docs", "1", "--data", str(path), "--ckpt", ck,
                     "--out", str(tmp_path / "o")]) == 0
     assert encoded and sum(encoded) <= 2 * textdata.LINE_CHARS  # one block tokenized, not the whole line
+
+
+def test_arrays_deleted_or_replaced_after_a_finished_run_are_recomputed_with_one_warning(ck, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["attn-map", "--len", "256", "--depths", "0,100", "--samples", "1", "--ckpt", ck, "--out", str(out)]
+    assert run_cli(argv) == 0
+    arrays = sorted((out / "arrays").glob("*.npz"))
+    first = {p.name: p.read_bytes() for p in arrays}
+    arrays[0].unlink()
+    arrays[-1].write_bytes(b"PK\x03\x04 replaced")
+    capsys.readouterr()
+    assert run_cli(argv) == 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("diffeval:")]
+    assert len(err) == 1 and "arrays are missing or changed are recomputed" in err[0], err
+    assert {p.name: p.read_bytes() for p in (out / "arrays").glob("*.npz")} == first
+    results = json.loads((out / "results.json").read_text())
+    assert results["timing"]["models"]["transformer"]["resumed_samples"] == 0
