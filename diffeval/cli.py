@@ -158,9 +158,11 @@ def _given(exc, args: list[str]) -> str:
 
 
 def _resume_command(args: list[str], out) -> str:
-    """The command line that resumes an interrupted run: the same one, with --out OUT."""
+    """The command line that resumes an interrupted run: the same one, with --out OUT (and
+    without train's --no-resume)."""
     import shlex
 
+    args = [a for a in args if a != "--no-resume"]
     given = any(a == "--out" or a.startswith("--out=") for a in args)
     return shlex.join(["diffeval", *args, *([] if given else ["--out", str(out)])])
 
@@ -188,6 +190,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     if not args:
         app(args=["--help"], standalone_mode=False)
         return
+    closed = _prepare_streams()
     _warnings_to_stderr()
     terminal = Terminal.for_output(sys.stdout, os.environ)
     exits, aborts = _exit_classes()
@@ -195,6 +198,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     try:
         rc = app(args=args, standalone_mode=False, terminal_width=terminal.help_width(HELP_WIDTH), obj=terminal)
         sys.stdout.flush()
+        if closed and not rc:
+            _fail("cannot write to standard output (it is closed); what the command wrote to files is kept")
     except exits as exc:
         sys.exit(exc.exit_code)
     except aborts:
@@ -214,6 +219,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"diffeval: stopped{rank_tag()}: {_one_line(exc)}", file=sys.stderr)
         sys.exit(1)
     except OSError as exc:
+        if exc.filename is not None:  # a file or folder the user named (or one derived from it)
+            _fail(f"{exc.filename}: {(exc.strerror or str(exc)).lower()}")
         if exc.errno not in (errno.ENOSPC, errno.EPIPE, errno.EIO, errno.EROFS):
             _name_rank(exc)
             raise
@@ -226,6 +233,21 @@ def main(argv: Optional[list[str]] = None) -> None:
               file=sys.stderr)
     if isinstance(rc, int) and rc:
         sys.exit(rc)
+
+
+def _prepare_streams() -> bool:
+    """Streams any locale can print to: characters the encoding lacks (a non-ASCII path under
+    LANG=C) are escaped, not fatal. A closed stdout is replaced by a null device (the command
+    still writes its files); -> whether it was closed."""
+    closed = sys.stdout is None
+    if closed:
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        if encoding != "utf8" and hasattr(stream, "reconfigure"):
+            with contextlib.suppress(ValueError, OSError):
+                stream.reconfigure(errors="backslashreplace")
+    return closed
 
 
 def _name_rank(exc: BaseException) -> None:

@@ -11,6 +11,7 @@ import math
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import sys
 from contextlib import contextmanager, suppress
@@ -30,26 +31,80 @@ def utc_stamp() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
 
 
-def default_out(probe: str) -> Path:
-    return Path("runs") / f"{probe}-{utc_stamp()}"
+def default_out(name: str) -> Path:
+    """runs/<name>-<UTC time>: `name` (a probe's or a task's) made a plain, short file name, so
+    that no name ('../x', '/abs', 300 characters) leads outside runs/."""
+    return Path("runs") / f"{safe_name(name, 80)}-{utc_stamp()}"
 
 
 @contextmanager
-def atomic_path(path: Path):
-    """Yield a temporary path beside `path` to write; rename it over `path` on success,
-    remove it on any failure. A write that fails for the file system's reasons (no space,
-    no permission, read-only) is one UsageError naming the file."""
+def atomic_path(path: Path, follow: bool = False):
+    """Yield a path to write `path` through; a write that fails for the file system's reasons
+    (no space, no permission, read-only, a name too long) is one UsageError naming the file.
+
+    Over no file or a regular file the yielded path is a fresh temporary file beside it,
+    renamed over `path` on success and removed on any failure. Any other target (a device, a
+    pipe) is yielded itself and written in place: a rename would replace it. A symlink is
+    never followed for a file the run owns (`follow=False`: the link itself is replaced);
+    a target the user named (`follow=True`: `--junit out.xml`) is written where it leads."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        yield tmp
-        os.replace(tmp, path)
+        target, in_place = _write_target(path, follow)
+        if in_place:
+            yield target
+            return
+        tmp = target.with_name(target.name + ".tmp")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _fresh_file(tmp)
+            yield tmp
+            os.replace(tmp, target)
+        finally:
+            with suppress(OSError):
+                if tmp.is_symlink() or tmp.is_file():
+                    tmp.unlink()
     except OSError as exc:
         raise UsageError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    finally:
-        with suppress(OSError):
-            tmp.unlink()
+
+
+def _write_target(path: Path, follow: bool) -> tuple[Path, bool]:
+    """(where to write, whether in place) for `path`: see atomic_path."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return path, False
+    if stat.S_ISLNK(st.st_mode):
+        if not follow:
+            return path, False
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:  # a dangling link: create what it names
+            return path, True
+        return (Path(os.path.realpath(path)), False) if stat.S_ISREG(st.st_mode) else (path, True)
+    return path, not stat.S_ISREG(st.st_mode)
+
+
+def _fresh_file(path: Path) -> None:
+    """Create `path` as a new empty regular file, removing whatever entry held the name (a
+    stale temporary file, a planted symlink: it is removed, never followed)."""
+    with suppress(FileNotFoundError):
+        if not path.is_dir() or path.is_symlink():
+            path.unlink()
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644))
+
+
+def open_owned(path: Path, mode: str = "a"):
+    """Open a file the run owns (a lock, a resume log) for appending or updating, never
+    through a symlink: a link in its place is an OSError naming it (its target is left alone)."""
+    import errno
+
+    path = Path(path)
+    if path.is_symlink():
+        raise OSError(errno.ELOOP, f"{path.name} is a symlink; not followed (remove it)")
+    flags = os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | (os.O_RDWR if "+" in mode else os.O_WRONLY)
+    if mode.startswith("a"):
+        flags |= os.O_APPEND
+    return os.fdopen(os.open(path, flags, 0o644), mode, encoding="utf-8")
 
 
 RUN_FILES = ("results.json", "samples.jsonl", "prompts.jsonl")
@@ -79,13 +134,16 @@ def claimed_out(out: Path, identity: dict[str, Any], overwrite: bool = False, fl
     diffeval run may be writing into it (a lock, released on exit). An empty `identity` (a
     training run) skips the results check. On failure, temporary files
     are removed, and so are the folder and parents this call created when nothing was kept."""
-    import fcntl
 
     out = Path(out)
     where = f"{flag} {out}"
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{where}: exists and is not a folder")
     results = out / "results.json"
+    try:
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"{where}: exists and is not a folder")
+        results.exists()
+    except OSError as exc:  # a name too long, a loop of links
+        raise UsageError(f"{where}: cannot write there ({exc.strerror or exc})") from None
     if identity and results.exists():
         try:
             old = _identity_of(json.loads(results.read_text(encoding="utf-8")))
@@ -102,19 +160,7 @@ def claimed_out(out: Path, identity: dict[str, Any], overwrite: bool = False, fl
         out.mkdir(parents=True, exist_ok=True)
         if shutil.disk_usage(out).free < MIN_FREE:
             raise UsageError(f"{where}: no space left on the device ({shutil.disk_usage(out).free:,} bytes free)")
-        lock = open(out / ".lock", "a+", encoding="utf-8")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "?"
-            lock.close()
-            lock = None
-            raise UsageError(f"{where}: another diffeval run (pid {holder[:20]}) is writing into it; "
-                             f"wait for it to finish or choose another {flag}") from None
-        lock.truncate(0)
-        lock.write(f"{os.getpid()}\n")
-        lock.flush()
+        lock = _take_lock(out, where, flag)
     except OSError as exc:
         _release(lock, out, created)
         raise UsageError(f"{where}: cannot write there ({exc.strerror or exc})") from None
@@ -132,6 +178,26 @@ def claimed_out(out: Path, identity: dict[str, Any], overwrite: bool = False, fl
         _release(lock, out, created)
         raise
     _release(lock, out, [])
+
+
+def _take_lock(out: Path, where: str, flag: str):
+    """The lock file of `out`, locked and holding this process's id; UsageError naming the
+    holder when another run has it."""
+    import fcntl
+
+    lock = open_owned(out / ".lock", "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "?"
+        lock.close()
+        raise UsageError(f"{where}: another diffeval run (pid {holder[:20]}) is writing into it; "
+                         f"wait for it to finish or choose another {flag}") from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
 
 
 MIN_FREE = 1 << 20  # bytes: below this a run could not even write its results
@@ -161,13 +227,23 @@ def _remove_run_files(out: Path) -> None:
             target.unlink()
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write text to a temporary file beside `path`, then rename over it."""
-    with atomic_path(path) as tmp:
+def out_folder(path: Path, flag: str = "--out") -> Path:
+    """`path` as a folder to write into: refused when it exists and is something else."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path}: exists and is not a folder")
+    return path
+
+
+def write_atomic(path: Path, text: str, follow: bool = False) -> None:
+    """Write text to `path` through atomic_path (a temporary file renamed over it, or in place
+    over a device or pipe; `follow`: a target the user named, see atomic_path)."""
+    with atomic_path(path, follow) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
-            os.fsync(f.fileno())
+            if stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # a device or pipe has nothing to sync
+                os.fsync(f.fileno())
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -219,7 +295,7 @@ def safe_name(text: str, limit: int = 40) -> str:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "x"
     if slug == text and len(slug) <= limit:
         return slug
-    return f"{slug[:limit].rstrip('-.')}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+    return f"{slug[:limit].rstrip('-.')}-{hashlib.sha256(text.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
 
 
 def provenance(seed: Optional[int], device: str) -> dict[str, Any]:
@@ -263,7 +339,8 @@ class ResumeCache:
             raise UsageError(f"{path}: the resume file is a directory; move it away and rerun "
                              "(its samples are recomputed)")
         try:
-            data = path.read_bytes() if path.exists() else b""
+            # a link in its place is not the run's file: not read, and refused at the first write
+            data = path.read_bytes() if path.exists() and not path.is_symlink() else b""
         except OSError as exc:
             raise UsageError(f"{path}: cannot read the resume file ({exc.strerror or exc}); move it away "
                              "and rerun (its samples are recomputed)") from None
@@ -283,11 +360,15 @@ class ResumeCache:
     def get(self, key: str) -> dict:
         return self.done[key]
 
-    def put(self, key: str, value: dict) -> None:
+    def put(self, key: str, value: dict, keep: bool = True) -> None:
+        """Add a finished sample; `keep=False`: for this run only (a rerun computes it again)."""
+        if not keep:
+            self.done[key] = value
+            return
         try:
             if self._f is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._f = open(self.path, "a", encoding="utf-8")
+                self._f = open_owned(self.path, "a")
                 if self._cut:  # a line cut by a crash: end it so the next record starts clean
                     self._f.write("\n")
             self._f.write(json.dumps({"key": key, "value": value}, default=_json_default) + "\n")

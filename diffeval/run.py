@@ -12,6 +12,7 @@ share of the samples and writes `<model>.rank<k>.jsonl`; rank 0 writes the files
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from diffeval.errors import ConfigError, UsageError
+from diffeval.hashing import file_sha256
 from diffeval.probes.base import ModelContext, Probe, ProbeState, Scored
 from diffeval.results import (
     SCHEMA_VERSION,
@@ -37,6 +39,9 @@ from diffeval.results import (
 from diffeval.tokenizers import BOS_POLICIES
 
 DECODE_MODES = ("default", "ruler")
+
+
+log = logging.getLogger("diffeval")
 
 
 @dataclass(frozen=True)
@@ -102,8 +107,11 @@ def default_specs(specs: list[str]) -> list[str]:
 
 
 def model_labels(specs: list[str]) -> list[str]:
-    """Short distinct names: zoo name or directory name, numbered when repeated."""
+    """Short distinct names: zoo name or directory name, numbered when repeated. A name the
+    locale could not decode (its bytes kept as surrogates) is read as UTF-8, so that labels
+    are text that any file, table or figure can hold."""
     base = [s[4:] if s.startswith("zoo:") else (Path(s).name or s) for s in specs]
+    base = [b.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for b in base]
     out = []
     for i, b in enumerate(base):
         out.append(b if base.count(b) == 1 else f"{b}#{base[:i + 1].count(b)}")
@@ -204,6 +212,7 @@ def _run_job(job: _Job) -> dict[str, Any]:
         _run_model(job, label, spec)
     if not job.world.is_main:
         return job.world.share(None)
+    _check_data_unchanged(job)
     clock = _Clock()
     results = _results(job, clock)
     _finish_timing(results["timing"], job.started, clock, "write")
@@ -241,7 +250,8 @@ def _run_model(job: _Job, label: str, spec: str) -> None:
     merged = job.world.gather(plan.cache, [plan.keys[i] for i in plan.todo], counters, wall, opts.device)
     if merged is None:  # not rank 0: its records went to rank 0
         return
-    job.records.extend({"model": label, **plan.cache.get(k)} for k in plan.keys)
+    job.records.extend({"model": label, **{n: v for n, v in plan.cache.get(k).items() if n != ARRAYS}}
+                       for k in plan.keys)
     if plan.state is not None:
         job.extra[label] = plan.state.finalise()
     if opts.save_prompts and ctx.tokenizer is not None:
@@ -289,7 +299,12 @@ class _Plan:
         state = _KeptState.open(job.probe, job.cfg, ctx, stem, keys) if job.probe.state else None
         stateful = [state is not None and any(isinstance(r, Stats) or getattr(r, "stats", False) for r in reqs)
                     for reqs in work]
-        todo = [i for i, k in enumerate(keys) if k not in cache or (stateful[i] and not state.holds(k))]
+        todo = [i for i, k in enumerate(keys) if k not in cache or (stateful[i] and not state.holds(k))
+                or not _arrays_intact(job.out, cache.get(k))]
+        redone = sum(k in cache and not _arrays_intact(job.out, cache.get(k)) for k in keys)
+        if redone:
+            log.warning("%s: %d finished sample(s) whose arrays are missing or changed are recomputed",
+                        job.out / "arrays", redone)
         todo, n_todo = job.world.assign(todo, keys, samples, work, job.probe.group, stateful)
         return cls(label, samples, work, keys, cache, state, stateful, todo, n_todo)
 
@@ -356,11 +371,29 @@ def _keep(job: _Job, plan: _Plan, i: int, outputs: list, ctx: ModelContext) -> N
     scored = job.probe.score(job.cfg, plan.samples[i], outputs, ctx)
     if not isinstance(scored, Scored):
         scored = Scored(scored)
+    written = {}
     for suffix, arrays in scored.arrays.items():
-        _save_npz(job.out / "arrays" / f"{safe_name(plan.label)}__{plan.samples[i].id}{suffix}.npz", arrays)
-    plan.cache.put(plan.keys[i], scored.record)
+        name = f"{safe_name(plan.label)}__{plan.samples[i].id}{suffix}.npz"
+        _save_npz(job.out / "arrays" / name, arrays)
+        written[name] = file_sha256(job.out / "arrays" / name)
+    plan.cache.put(plan.keys[i], {**scored.record, ARRAYS: written} if written else scored.record,
+                   keep=not scored.retry)
     if plan.stateful[i]:
         plan.state.add(plan.keys[i])
+
+
+def _check_data_unchanged(job: _Job) -> None:
+    """The data hashes the results record must describe what was read: a data file that
+    changed during the run (one that grows) is refused, not recorded with its early hash."""
+    if not job.probe.data or not job.data:
+        return
+    now = job.probe.data(job.cfg)
+    if now != job.data:
+        changed = sorted(k for k in set(now) | set(job.data) if now.get(k) != job.data.get(k))
+        sources = [str((job.data.get(k) or {}).get("source", k)) if isinstance(job.data.get(k), dict) else k
+                   for k in changed]
+        raise UsageError(f"{', '.join(sources)}: changed while the run read it; its hash would not describe "
+                         "what was scored; rerun when the data is final")
 
 
 def _results(job: _Job, clock: "_Clock") -> dict[str, Any]:
@@ -447,6 +480,22 @@ def _load_state(state, path: Path) -> Optional[set[str]]:
         logging.getLogger("diffeval").warning("%s: damaged (%s); its statistics are recomputed",
                                               path, type(exc).__name__)
         return None
+
+
+ARRAYS = "_arrays"  # in a resume record: the arrays the sample wrote -> their sha256
+
+
+def _arrays_intact(out: Path, record: Optional[dict]) -> bool:
+    """Whether the arrays a finished sample wrote are still there as written (a record
+    without arrays is intact)."""
+    files = (record or {}).get(ARRAYS) or {}
+    if not isinstance(files, dict):
+        return False
+    for name, digest in files.items():
+        path = out / "arrays" / str(name)
+        if "/" in str(name) or str(name).startswith(".") or not path.is_file() or file_sha256(path) != digest:
+            return False
+    return True
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

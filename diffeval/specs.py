@@ -211,9 +211,14 @@ def length_label(n: int) -> str:
     return f"{n / 1024:.1f}K" if n >= 1024 else str(n)
 
 
+# fields whose default bound is not MAX_COUNT: token counts are bounded as their parsers bound them
+_HIGH = {"seed": MAX_SEED, "n_tokens": MAX_TOTAL_TOKENS, "length": MAX_TOKENS, "lengths": MAX_TOKENS,
+         "seq_len": MAX_TOKENS, "sink": MAX_TOKENS}
+
+
 def check_int(field: str, value: Any, low: int, high: Optional[int] = None) -> None:
-    """An integer in [low, high]; `high` defaults to MAX_COUNT (MAX_SEED for a seed)."""
-    high = high if high is not None else MAX_SEED if field == "seed" else MAX_COUNT
+    """An integer in [low, high]; `high` defaults to the field's bound in _HIGH, else MAX_COUNT."""
+    high = high if high is not None else _HIGH.get(field, MAX_COUNT)
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
         raise ConfigError(f"{shown(value)} must be an integer in [{low}, {high:,}]", field)
 

@@ -80,7 +80,7 @@ def load_task(path: str | Path) -> Task:
     missing = [key for key in ("name", "probe", "version") if key not in raw]
     if missing:
         raise UsageError(f"{path}: missing key(s) {', '.join(map(repr, missing))}")
-    if raw["probe"] not in PROBES:
+    if not isinstance(raw["probe"], str) or raw["probe"] not in PROBES:
         raise UsageError(f"{path}: unknown probe {shown(raw['probe'])}; valid: {', '.join(PROBES)}")
     if not isinstance(raw["version"], int) or isinstance(raw["version"], bool):
         raise UsageError(f"{path}: version must be an integer, not {shown(raw['version'])}")

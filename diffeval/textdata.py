@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterator
 
 from diffeval.errors import ConfigError
 
 BLOCK_CHARS = 1 << 16  # characters of a data file read as one block
+LINE_CHARS = 4 * BLOCK_CHARS  # a longer line is read (and tokenized) in pieces cut before a space
 
 
 def text_files(path: Path, field: str, suffix: str = ".txt") -> list[Path]:
@@ -46,7 +48,7 @@ def file_blocks(path: Path, field: str) -> Iterator[str]:
     size = 0
     try:
         with open(path, encoding="utf-8") as f:
-            for line in f:
+            for line in _lines(f):
                 block.append(line)
                 size += len(line)
                 if (size >= BLOCK_CHARS and not line.strip()) or size >= 4 * BLOCK_CHARS:
@@ -58,6 +60,37 @@ def file_blocks(path: Path, field: str) -> Iterator[str]:
         raise ConfigError(f"file {path}: cannot read ({exc.strerror or exc})", field) from None
     text = "".join(block)
     yield text + ("" if text.endswith("\n\n") else "\n" if text.endswith("\n") else "\n\n")
+
+
+def _lines(f) -> Iterator[str]:
+    """A text file's lines, a line longer than LINE_CHARS in pieces cut before a space or tab
+    (a tokenizer that splits words at spaces sees the same words): a file of one 50 MB line
+    is read and tokenized a piece at a time."""
+    carry = ""
+    while True:
+        part = f.readline(LINE_CHARS)
+        if not part:
+            if carry:
+                yield carry
+            return
+        text, carry = carry + part, ""
+        if not text.endswith("\n") and len(part) == LINE_CHARS:
+            cut = max(text.rfind(" "), text.rfind("\t"))
+            if cut > 0:
+                text, carry = text[:cut], text[cut:]
+        yield text
+
+
+def text_pieces(text: str) -> Iterator[str]:
+    """A text in pieces of about LINE_CHARS characters, cut before a space or tab."""
+    start = 0
+    while len(text) - start > LINE_CHARS:
+        end = start + LINE_CHARS
+        cut = max(text.rfind(" ", start + 1, end), text.rfind("\t", start + 1, end))
+        end = cut if cut > start else end
+        yield text[start:end]
+        start = end
+    yield text[start:]
 
 
 def jsonl_rows(path: Path, field: str) -> Iterator[dict[str, Any]]:
@@ -80,14 +113,18 @@ def jsonl_rows(path: Path, field: str) -> Iterator[dict[str, Any]]:
         raise ConfigError(f"file {path}: cannot read ({exc.strerror or exc})", field) from None
 
 
-def files_sha256(files: list[Path]) -> str:
-    """sha256 over the names and bytes of files, in order."""
+def files_sha256(files: list[Path], field: str = "data") -> str:
+    """sha256 over the names and bytes of files, in order; a file that cannot be read is a
+    ConfigError naming it."""
     digest = hashlib.sha256()
     for p in files:
-        digest.update(p.name.encode() + b"\0")
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
+        digest.update(os.fsencode(p.name) + b"\0")
+        try:
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+        except OSError as exc:
+            raise ConfigError(f"file {p}: cannot read ({exc.strerror or exc})", field) from None
     return digest.hexdigest()
 
 

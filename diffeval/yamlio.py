@@ -76,6 +76,26 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
         raise UsageError(f"{what} {path}: not valid YAML{where}") from None
+    except RecursionError:
+        raise UsageError(f"{what} {path}: values nested too deeply (more than {MAX_DEPTH} levels)") from None
     if not isinstance(raw, dict):
         raise UsageError(f"{what} {path}: expected a mapping at the top level")
+    if _depth(raw) > MAX_DEPTH:
+        raise UsageError(f"{what} {path}: values nested too deeply (more than {MAX_DEPTH} levels)")
     return raw
+
+
+MAX_DEPTH = 32  # no task, suite, recipe or reference file nests deeper
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and mappings nest in `value`, counted without recursion (stops past
+    MAX_DEPTH)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, level = todo.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, level)
+            if level <= MAX_DEPTH:
+                todo += [(v, level + 1) for v in (item.values() if isinstance(item, dict) else item)]
+    return deepest

@@ -103,8 +103,8 @@ def interrupt_after(monkeypatch, n: int) -> None:
     original = results_mod.ResumeCache.put
     calls = {"n": 0}
 
-    def put_then_stop(self, key, value):
-        original(self, key, value)
+    def put_then_stop(self, key, value, **kwargs):
+        original(self, key, value, **kwargs)
         calls["n"] += 1
         if calls["n"] == n:
             raise KeyboardInterrupt

@@ -77,7 +77,7 @@ def _files_sha256(paths: list[Path]) -> str:
     digest = hashlib.sha256()
     for p in paths:
         if p.is_file():
-            digest.update(p.name.encode() + b"\0" + p.read_bytes())
+            digest.update(os.fsencode(p.name) + b"\0" + p.read_bytes())
     return digest.hexdigest()
 
 
@@ -124,6 +124,9 @@ def _layout(fmt: str, requested: Optional[str], tensors: dict[str, torch.Tensor]
             raise CheckpointError(f"{directory}: --format unilm but no attention tensor 'out_proj' (not the "
                                   "reference layout)")
         return requested
+    if fmt == "unilm" and not unilm.detect(tensors):  # read as unilm, native tensors load scrambled
+        raise CheckpointError(f"{directory}: config.json says \"format\": \"unilm\" but the attention tensors are "
+                              "not in the reference layout (no 'out_proj'); write a native or Hugging Face config")
     return "unilm" if fmt == "unilm" or unilm.detect(tensors) else fmt
 
 
@@ -312,22 +315,21 @@ def _check_first_forward(model: Decoder, directory: Path, dtype: torch.dtype) ->
 
 def save(model: Decoder, directory: str | Path, tokenizer: Optional[Any] = None) -> Path:
     """Write `model` in the native format (config.json, model.safetensors, tokenizer.json when
-    the tokenizer came from one). Files are written to temporaries and renamed."""
+    the tokenizer came from one). Files are written to temporaries and renamed, never through
+    a symlink in their place."""
     from safetensors.torch import save_file
+
+    from diffeval.results import atomic_path, write_atomic
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tok_name = "byte"
     if tokenizer is not None and hasattr(tokenizer, "path"):
-        tmp = directory / "tokenizer.json.tmp"
-        tmp.write_bytes(Path(tokenizer.path).read_bytes())
-        tmp.replace(directory / "tokenizer.json")
+        with atomic_path(directory / "tokenizer.json") as tmp:
+            tmp.write_bytes(Path(tokenizer.path).read_bytes())
         tok_name = "tokenizer.json"
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    tmp = directory / "model.safetensors.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    tmp.replace(directory / "model.safetensors")
-    tmp = directory / "config.json.tmp"
-    tmp.write_text(json.dumps(native.config_to(model.cfg, tok_name), indent=2) + "\n")
-    tmp.replace(directory / "config.json")
+    with atomic_path(directory / "model.safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
+    write_atomic(directory / "config.json", json.dumps(native.config_to(model.cfg, tok_name), indent=2) + "\n")
     return directory

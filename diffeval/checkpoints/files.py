@@ -12,6 +12,7 @@ import torch
 
 from diffeval.errors import CheckpointError, shown
 from diffeval.hashing import file_sha256
+from diffeval.paths import confined
 from diffeval.yamlio import read_json
 
 PICKLE_NAMES = ("pytorch_model.bin", "model.bin", "model.pt", "consolidated.pt")
@@ -34,7 +35,7 @@ class WeightFiles:
         if len(digests) == 1:
             return next(iter(digests.values())), source
         joined = "\n".join(f"{n}:{d}" for n, d in sorted(digests.items()))
-        return hashlib.sha256(joined.encode()).hexdigest(), source
+        return hashlib.sha256(joined.encode("utf-8", "surrogateescape")).hexdigest(), source
 
 
 def cache_dir() -> Path:
@@ -53,7 +54,7 @@ def cached_sha256(path: Path) -> tuple[str, str]:
     st = path.stat()
     stamp = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
              "inode": st.st_ino}
-    entry = cache_dir() / "sha256" / f"{hashlib.sha256(str(path).encode()).hexdigest()[:32]}.json"
+    entry = cache_dir() / "sha256" / f"{hashlib.sha256(os.fsencode(path)).hexdigest()[:32]}.json"
     try:
         saved = json.loads(entry.read_text())
         if isinstance(saved, dict) and {k: saved.get(k) for k in stamp} == stamp and _is_sha256(saved.get("sha256")):
@@ -173,7 +174,7 @@ def read_weights(directory: Path, allow_pickle: bool = False) -> WeightFiles:
             raise CheckpointError(f"{index}: not a valid shard index (no weight_map of tensor -> file)")
         shards = sorted(set(weight_map.values()))
         for shard in shards:
-            _read_safetensors(directory / shard, out)
+            _read_safetensors(confined(directory, shard, f"{index}: shard", CheckpointError), out)
         missing = sorted(set(weight_map) - set(out.tensors))
         if missing:
             raise CheckpointError(f"{index}: tensor {missing[0]!r} listed for {weight_map[missing[0]]} but not in it")

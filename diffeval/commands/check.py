@@ -45,6 +45,7 @@ def check(
     suite = load_suite(suite_file, reference)
     if not update and not suite.reference.is_file():
         raise UsageError(f"reference {suite.reference}: no such file (create it with --update)")
+    reference_scores = None if update else read_reference(suite.reference)  # refused before any run
     with tempfile.TemporaryDirectory() as tmp:
         results = run_suite(suite, Path(runs) if runs else Path(tmp), opts, list(ckpt) or None)
     if not is_main():  # under torchrun, rank 0 compares, prints and writes
@@ -53,7 +54,7 @@ def check(
         write_reference(suite.reference, reference_of(results, suite))
         print(f"reference written: {suite.reference}", file=sys.stderr)
         return
-    rows = compare(read_reference(suite.reference), results)
+    rows = compare(reference_scores, results)
     console = terminal.of(ctx).console(highlight=False, soft_wrap=True)
     colour = {"regressed": "red", "missing": "red", "improved": "green", "moved": "yellow"}
     for r in rows:
@@ -63,10 +64,10 @@ def check(
     console.print(f"{suite.name}: {len(rows)} metrics compared: {len(failed)} regressed or missing, "
                   f"{sum(r.status in ('improved', 'moved') for r in rows)} improved or moved")
     if junit:
-        write_atomic(Path(junit), junit_xml(suite, rows))
+        write_atomic(Path(junit), junit_xml(suite, rows), follow=True)
     md = markdown_summary(suite, rows)
     if summary:
-        write_atomic(Path(summary), md)
+        write_atomic(Path(summary), md, follow=True)
     if os.environ.get("GITHUB_STEP_SUMMARY"):
         with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as f:
             f.write(md)

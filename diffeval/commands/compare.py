@@ -20,9 +20,9 @@ def compare(
     """Align runs metric by metric with each value's difference to the first run and its
     significance; write report.md and report.html (figures inlined, provenance)."""
     from diffeval.report.compare import load_runs, render_table, write_reports
-    from diffeval.results import utc_stamp
+    from diffeval.results import out_folder, utc_stamp
 
     loaded = load_runs(list(runs))
     render_table(loaded, all_metrics, width=terminal.of(ctx).columns)
-    paths = write_reports(loaded, Path(out) if out else Path(f"report-{utc_stamp()}"), all_metrics)
+    paths = write_reports(loaded, out_folder(Path(out) if out else Path(f"report-{utc_stamp()}")), all_metrics)
     print(f"report: {paths['html']} and {paths['markdown'].name}", file=sys.stderr)

@@ -17,12 +17,13 @@ def figures(
     from diffeval.catalog import resolve_recipe
     from diffeval.errors import UsageError
     from diffeval.report.figures import find_runs, load_recipe, render
+    from diffeval.results import out_folder
 
     rec = load_recipe(resolve_recipe(recipe))
     runs = find_runs(list(results))
-    written, skipped = render(rec, runs, Path(out))
+    written, skipped = render(rec, runs, out_folder(Path(out)))
     for note in skipped:
-        print(f"skipped {note}", file=sys.stderr)
+        print(note, file=sys.stderr)
     if not written:
         raise UsageError(f"recipe {recipe}: nothing to draw from {len(runs)} run(s): " + "; ".join(skipped))
     print(f"{len(written)} files in {out}/: " + ", ".join(sorted({p.stem for p in written})), file=sys.stderr)

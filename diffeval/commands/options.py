@@ -218,7 +218,7 @@ def probe_command(probe):
         chosen = []
         for o in options:
             md = o.model_default
-            if md is not None and kwargs.get(o.name) is None and not (md.unless and kwargs.get(md.unless) is not None):
+            if md is not None and kwargs.get(o.name) is None and not (md.unless and kwargs.get(md.unless) not in (None, "")):
                 chosen.append(default_lengths(ckpt, probe.name, md.reserve, md.cap, md.grid))
                 kwargs[o.name] = chosen[-1].value
         run_command(probe, {k: v for k, v in kwargs.items() if v is not None}, ckpt, out, opts, chosen,

@@ -46,9 +46,10 @@ def run_task(
     if length is None and not any(names & {**task.params, **v}.keys() for v in task.grid or ({},)):
         # the preset leaves the length to the probe's default: cap it to what every model fits
         default = variants[0][1].to_dict()[field]
-        chosen.append(o.default_lengths(ckpt, task.name, cap=max(default) if isinstance(default, list) else default))
-        overrides["lengths"] = chosen[0].value
-        variants = task.variants(overrides)
+        if default not in ([], (), None):  # empty: another field replaces the lengths (icl's shots)
+            chosen.append(o.default_lengths(ckpt, task.name, cap=max(default) if isinstance(default, list) else default))
+            overrides["lengths"] = chosen[0].value
+            variants = task.variants(overrides)
     info = TaskInfo(task.name, task.version, str(Path(task.path).resolve()), task.sha256)
     root = Path(out) if out else default_out(task.name)
     for name, cfg in variants:

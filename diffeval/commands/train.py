@@ -36,7 +36,10 @@ def train(
         rec = dataclasses.replace(rec, threads=threads)
     if max_minutes is not None and not max_minutes > 0:
         raise UsageError(f"--max-minutes ({max_minutes}) must be > 0")
-    summary = run_train(rec, Path(out), resume=resume, progress=True, max_minutes=max_minutes)
+    from diffeval.commands.options import interruptible
+
+    with interruptible(Path(out)):
+        summary = run_train(rec, Path(out), resume=resume, progress=True, max_minutes=max_minutes)
     state = "finished" if summary["finished"] else "stopped (rerun the same command to resume)"
     print(f"{rec.name}: {summary['steps']} steps, {summary['minutes']:.1f} min, final loss "
           f"{summary['final_loss']}, {state}; checkpoint: {out}", file=sys.stderr)

@@ -59,7 +59,6 @@ def save_figure(fig, stem: str | Path, dpi: int = 200, formats: tuple[str, ...] 
     from diffeval.results import atomic_path
 
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
     if fig.canvas is None or not isinstance(fig.canvas, FigureCanvasAgg):
         FigureCanvasAgg(fig)
     paths = [stem.with_name(f"{stem.name}.{fmt}") for fmt in formats]

@@ -157,9 +157,12 @@ def allocation_figure(metrics: dict[str, Any], labels: list[str], families: Opti
     """Answer-span and noise-context share by depth, one bar per model (the paper's Table 3).
     Softmax rows are masses; DIFF rows are the signed differential rows A1 - λA2 (summing to
     1 - λ, possibly negative), said so in the legend."""
+    # the depths every model has (merged runs may differ); the recipe runner names the others
+    depths = sorted(set.intersection(*({float(d) for d in m["by_depth"]} for m in metrics.values())))
+    if not depths:
+        return None
     fig, axes = _figure(11, 4.0, cols=2)
     families = families or {}
-    depths = sorted({float(d) for m in metrics.values() for d in m["by_depth"]})
     width = 0.8 / max(1, len(labels))
     for ax, cat, title in ((axes[0, 0], "answer", "answer span"), (axes[0, 1], "noise", "noise context")):
         for k, label in enumerate(labels):
@@ -180,16 +183,30 @@ def allocation_figure(metrics: dict[str, Any], labels: list[str], families: Opti
     return fig
 
 
+def _load_arrays(path: Path):
+    """A run's saved arrays, fully read; a missing or damaged file is one error naming it."""
+    import zipfile
+
+    from diffeval.errors import UsageError
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        why = "missing" if isinstance(exc, FileNotFoundError) else f"damaged ({type(exc).__name__})"
+        raise UsageError(f"{path}: {why}; rerun the run's command to recompute its arrays") from None
+
+
 def representatives(reps: dict[str, tuple[Path, str]]) -> tuple[dict, dict, dict]:
     """The arrays of each model's representative prompt. `reps`: model label -> (path of its
     arrays without the suffix, family) -> (arrays by label, pooled maps by label, prompt id by
     label), each array entry (npz, family)."""
     arrays, pooled = {}, {}
     for label, (stem, family) in reps.items():
-        arrays[label] = (np.load(stem.with_name(stem.name + ".npz")), family)
+        arrays[label] = (_load_arrays(stem.with_name(stem.name + ".npz")), family)
         pooled_path = stem.with_name(stem.name + "__pooled.npz")
         if pooled_path.exists():
-            pooled[label] = (np.load(pooled_path), family)
+            pooled[label] = (_load_arrays(pooled_path), family)
     return arrays, pooled, {label: stem.name.split("__", 1)[1] for label, (stem, _) in reps.items()}
 
 

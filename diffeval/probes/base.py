@@ -72,6 +72,7 @@ class Scored:
 
     record: dict
     arrays: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # suffix -> arrays
+    retry: bool = False  # not finished (a service failed): kept for this run's results, not resumed
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from typing import Any, Optional
 
 from diffeval.errors import ConfigError
 from diffeval.probes import retrieval as R
-from diffeval.probes.base import Figure, Probe, Table, TableData, by_model, metric, rate
+from diffeval.probes.base import Figure, Probe, Scored, Table, TableData, by_model, metric, rate
 from diffeval.probes.config import ModelDefault, ProbeConfig, option
 from diffeval.probes.grounding import OUTCOMES, outcome, support
 from diffeval.probes.qa import QASample, synthetic_samples, user_samples
@@ -83,6 +83,10 @@ class HallucConfig(ProbeConfig):
         check_int("max_new_tokens", self.max_new_tokens, 1)
         if (self.judge_url is None) != (self.judge_model is None):
             raise ConfigError("a judge needs both a URL and a model name", "judge_model")
+        if self.judge_url is not None:
+            from diffeval.probes.judge import check_url
+
+            check_url(self.judge_url)
         if not self.judge_timeout > 0:
             raise ConfigError(f"{self.judge_timeout} must be > 0 seconds", "judge_timeout")
         check_int("seed", self.seed, 0)
@@ -120,10 +124,12 @@ def _score(cfg: HallucConfig, s: QASample, outputs: list, ctx) -> dict:
         labels.append(row)
     good = [r["outcome"] == ("abstained" if k == "unanswerable" else "correct") for r, k in zip(labels, s.kinds)
             if k != "summary"]
-    return {"id": s.id, "length": s.length, "index": s.index, "n_tokens": [len(p) for p in s.prompts],
-            "kinds": list(s.kinds), "questions": list(s.questions), "expected": [list(a) or [cfg.abstain] for a in s.answers],
-            "facts": [list(f) for f in s.facts], "prediction": preds, "answers": labels,
-            "score": sum(good) / len(good) if good else None}
+    record = {"id": s.id, "length": s.length, "index": s.index, "n_tokens": [len(p) for p in s.prompts],
+              "kinds": list(s.kinds), "questions": list(s.questions), "expected": [list(a) or [cfg.abstain] for a in s.answers],
+              "facts": [list(f) for f in s.facts], "prediction": preds, "answers": labels,
+              "score": sum(good) / len(good) if good else None}
+    # a judge failure is not a finished sample: a rerun asks the judge again
+    return Scored(record, retry=any("error" in r.get("judge", {}) for r in labels))
 
 
 # --- aggregation ------------------------------------------------------------------------------

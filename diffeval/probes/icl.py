@@ -19,7 +19,8 @@ from diffeval.probes import retrieval as R
 from diffeval.probes.base import Figure, Generated, Probe, Table, TableData, by_model, rate
 from diffeval.probes.config import ModelDefault, ProbeConfig, option
 from diffeval.probes.icl_data import (
-    SYNTHETIC, Pieces, blocks, class_counts, class_rounds, coverage, fill_budgets, load_dataset, order_cells, split)
+    SYNTHETIC, Pieces, blocks, check_template, class_counts, class_rounds, coverage, distinct_candidates, fill_budgets,
+    load_dataset, order_cells, split)
 from diffeval.probes.prompts import PieceEncoder
 from diffeval.requests import Choice, Generate
 from diffeval.specs import check_int, parse_counts, parse_lengths, parse_names, unescape
@@ -74,9 +75,7 @@ class IclConfig(ProbeConfig):
             raise ConfigError(f"{self.mode!r}: choose {' or '.join(MODES)}", "mode")
         if self.score_by not in SCORE_BY:
             raise ConfigError(f"{self.score_by!r}: choose {', '.join(SCORE_BY)}", "score_by")
-        if self.template.count("{text}") != 1 or self.template.count("{label}") != 1 or \
-                self.template.index("{text}") > self.template.index("{label}"):
-            raise ConfigError(f"{self.template!r} must hold {{text}} once, then {{label}} once", "template")
+        check_template(self.template)
         if not self.separator:
             raise ConfigError("must not be empty", "separator")
         check_int("seed", self.seed, 0)
@@ -120,7 +119,7 @@ def _generate(cfg: IclConfig, ctx) -> Generated:
             shown = tuple(mapping[c] for c in labels)
             for qi, (e, (piece, qids)) in enumerate(zip(test, queries)):
                 prompt = block + tuple(qids)
-                cands = tuple(pieces.label(piece, s) for s in shown)
+                cands = distinct_candidates(tuple(pieces.label(piece, s) for s in shown), shown)
                 nbytes = tuple(len(tok.decode(list(c)).encode("utf-8")) for c in cands)
                 ctx.check_length(len(prompt) + max(len(c) for c in cands), "prompt",
                                  "lengths" if length is not None else "shots")

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from diffeval.errors import ConfigError
+from diffeval.errors import ConfigError, shown
 from diffeval.probes.base import metric
 from diffeval.probes.prompts import PieceEncoder
 from diffeval.stats import wilson
@@ -28,6 +28,33 @@ SYNTHETIC = {"synthetic-6": 6, "synthetic-50": 50, "synthetic-77": 77, "syntheti
 _TASK_KEY = int.from_bytes(b"icl-data", "big")
 SYNTHETIC_EXAMPLES = 6000  # about this many synthetic examples per task: enough demonstrations for 64K
 MIN_PER_CLASS = 40
+
+
+def distinct_candidates(cands: tuple, labels: tuple[str, ...]) -> tuple:
+    """The labels' token ids, refused when two labels tokenize identically (two CJK labels
+    both <unk>): every prediction would be the first of them."""
+    seen: dict[tuple, str] = {}
+    for ids, label in zip(cands, labels):
+        if tuple(ids) in seen:
+            raise ConfigError(f"labels {shown(seen[tuple(ids)])} and {shown(label)} are the same tokens "
+                              f"{list(ids)[:8]} under this tokenizer: they cannot be told apart", "label_field")
+        seen[tuple(ids)] = label
+    return cands
+
+
+def check_template(template: str) -> None:
+    """A demonstration template holds exactly {text} once, then {label} once, and no other
+    replacement field (write a literal brace as {{ or }})."""
+    import string
+
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise ConfigError(f"{shown(template)}: {exc} (write a literal brace as {{{{ or }}}})", "template") from None
+    if [f for f in fields] != [("text", "", None), ("label", "", None)]:
+        other = [f"{{{n}}}" for n, _, _ in fields if n not in ("text", "label")]
+        why = f"; {', '.join(other)} is not a field (write a literal brace as {{{{ or }}}})" if other else ""
+        raise ConfigError(f"{shown(template)} must hold {{text}} once, then {{label}} once{why}", "template")
 
 
 @dataclass(frozen=True)
@@ -93,8 +120,9 @@ def load_examples(path: Path, text_field: str, label_field: str) -> Dataset:
     examples = []
     for n, row in rows:
         for field, option in ((text_field, "text_field"), (label_field, "label_field")):
-            if row.get(field) in (None, ""):
-                raise ConfigError(f"file {path} line {n}: no {field!r} value "
+            if row.get(field) is None or isinstance(row.get(field), (dict, list)) or not str(row[field]).strip():
+                what = "no" if row.get(field) in (None, "") else f"a blank or non-text ({shown(row.get(field))})"
+                raise ConfigError(f"file {path} line {n}: {what} {field!r} value "
                                   f"(has {', '.join(sorted(k for k in row if k)) or 'nothing'})", option)
         examples.append(Example(str(row[text_field]).strip(), str(row[label_field]).strip()))
     labels = tuple(dict.fromkeys(e.label for e in examples))

@@ -21,7 +21,7 @@ class NeedleConfig(ProbeConfig):
     """A needle task: which cells (lengths x depths), how many needles, asked and samples."""
 
     PROBE = "needle"
-    lengths: tuple[int, ...] = R.lengths_option(ModelDefault(grid=True))
+    lengths: tuple[int, ...] = R.lengths_option(ModelDefault(grid=True, reserve=R.ANSWER_RESERVE))
     depths: tuple[float, ...] = R.depths_option()
     n_needles: int = option(1, flag="--needles", help="Needles in the context (N).")
     n_queries: int = option(1, flag="--queries", help="Needles asked for (R <= N).")

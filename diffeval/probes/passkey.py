@@ -31,7 +31,7 @@ QUESTION, ANSWER = "What is the pass key?", "The pass key is"
 @dataclass(frozen=True)
 class PasskeyConfig(ProbeConfig):
     PROBE = "passkey"
-    lengths: tuple[int, ...] = R.lengths_option(ModelDefault(grid=True))
+    lengths: tuple[int, ...] = R.lengths_option(ModelDefault(grid=True, reserve=R.ANSWER_RESERVE))
     depths: tuple[float, ...] = R.depths_option()
     samples: int = option(10, help="Samples per (length, depth) cell.")
     digits: int = option(5, help="Digits of the pass key.")

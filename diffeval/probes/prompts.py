@@ -204,6 +204,72 @@ def prompt_format(name: str, tokenizer) -> PromptFormat:
     return PromptFormat("chat", head, tail)
 
 
+CHAT_LOOP_LIMIT = 100_000  # range() iterations one rendering may run (all loops together)
+CHAT_OUTPUT_LIMIT = 1 << 20  # characters of rendered text
+CHAT_SECONDS = 5.0  # wall-clock time of one rendering
+
+
+class _CountedRange:
+    """range() for templates, with one budget of iterations over every loop of a rendering."""
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+
+    def __call__(self, *args):
+        from jinja2 import TemplateError
+
+        for i in range(*args):
+            self.left -= 1
+            if self.left < 0:
+                raise TemplateError(f"its loops run more than {CHAT_LOOP_LIMIT:,} iterations")
+            yield i
+
+
+def _bounded_binop(context, operator: str, left, right):
+    """`*` and `**` in templates, refused when the result would be enormous ('x' * 10**10)."""
+    from jinja2 import TemplateError
+
+    if operator == "**":
+        if isinstance(right, (int, float)) and abs(right) > 1024:
+            raise TemplateError(f"exponent {right!r} is too large")
+        return left ** right
+    for seq, n in ((left, right), (right, left)):
+        if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > CHAT_OUTPUT_LIMIT:
+            raise TemplateError(f"a repetition of more than {CHAT_OUTPUT_LIMIT:,} items")
+    return left * right
+
+
+def _render_bounded(tmpl, context: dict) -> str:
+    """The template's text, stopped past CHAT_OUTPUT_LIMIT characters or CHAT_SECONDS."""
+    import signal
+    import threading
+    import time
+
+    from jinja2 import TemplateError
+
+    def late(*_):
+        raise TemplateError(f"rendering takes more than {CHAT_SECONDS:g} s")
+
+    alarm = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+    if alarm:
+        previous = signal.signal(signal.SIGALRM, late)
+        signal.setitimer(signal.ITIMER_REAL, CHAT_SECONDS)
+    try:
+        parts, size, start = [], 0, time.monotonic()
+        for chunk in tmpl.generate(**context):
+            parts.append(chunk)
+            size += len(chunk)
+            if size > CHAT_OUTPUT_LIMIT:
+                raise TemplateError(f"it renders more than {CHAT_OUTPUT_LIMIT:,} characters")
+            if time.monotonic() - start > CHAT_SECONDS:
+                late()
+        return "".join(parts)
+    finally:
+        if alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+
 def split_chat_template(template: str, special: Optional[dict] = None) -> tuple[str, str]:
     """Render a Hugging Face chat template (jinja2, sandboxed) for one user message with the
     generation prompt, and split it around the message -> (head, tail). `special` gives the
@@ -222,14 +288,19 @@ def split_chat_template(template: str, special: Optional[dict] = None) -> tuple[
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     env.filters["tojson"] = lambda x, indent=None, ensure_ascii=False: json.dumps(x, indent=indent, ensure_ascii=ensure_ascii)
     env.globals.update(raise_exception=raise_exception, strftime_now=strftime_now)
+    env.globals["range"] = _CountedRange(CHAT_LOOP_LIMIT)
+    env.intercepted_binops = frozenset({"*", "**"})
+    env.call_binop = _bounded_binop
     special = dict(special or {})
     try:
-        text = env.from_string(template).render(
+        text = _render_bounded(env.from_string(template), dict(
             messages=[{"role": "user", "content": _CONTENT}], add_generation_prompt=True,
             bos_token=special.get("bos_token", ""), eos_token=special.get("eos_token", ""), pad_token=special.get("pad_token", ""),
-            unk_token=special.get("unk_token", ""), tools=None, documents=None)
+            unk_token=special.get("unk_token", ""), tools=None, documents=None))
     except TemplateError as exc:
         raise ConfigError(f"the chat template cannot be rendered: {exc}", "prompt_format") from None
+    except Exception as exc:  # a template is user code: whatever it raises is its own error
+        raise ConfigError(f"the chat template cannot be rendered: {type(exc).__name__}: {exc}", "prompt_format") from None
     if text.count(_CONTENT) != 1:
         raise ConfigError("the chat template does not place the user message exactly once", "prompt_format")
     head, tail = text.split(_CONTENT)

@@ -11,7 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-from diffeval.errors import ConfigError
+from diffeval.errors import ConfigError, shown
 from diffeval.probes import retrieval as R
 from diffeval.probes.assembly import ATTEMPTS, Assembler, distinct_items, first_clean, question_suffix
 from diffeval.probes.haystack import load_haystack
@@ -107,8 +107,13 @@ def user_samples(cfg, tok, ctx) -> list[QASample]:
             raise ConfigError(f"file {path} line {n}: no 'context' text", "data")
         question = row.get("question")
         answers = row.get("answers", [])
-        if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
-            raise ConfigError(f"file {path} line {n}: 'answers' must be a list of strings", "data")
+        if not isinstance(answers, list) or not all(isinstance(a, str) and a.strip() for a in answers):
+            raise ConfigError(f"file {path} line {n}: 'answers' must be a list of strings (none blank)", "data")
+        if question is not None and (not isinstance(question, str) or not question.strip()):
+            raise ConfigError(f"file {path} line {n}: 'question' must be text, not {shown(question)}", "data")
+        if not isinstance(row.get("answerable", False), bool):
+            raise ConfigError(f"file {path} line {n}: 'answerable' must be true or false, not "
+                              f"{shown(row['answerable'])}", "data")
         if question is None:
             kind, suffix = "summary", f"\n\n{SUMMARY_TASK}" + ("\nSummary:" if fmt.name == "plain" else fmt.tail)
         else:

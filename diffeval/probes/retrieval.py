@@ -32,6 +32,7 @@ from diffeval.specs import check_int, length_label, parse_depths, parse_lengths
 from diffeval.stats import average_by, mean_per_cell, wilson
 
 TASK_KEY = int.from_bytes(b"needle", "big")  # the grid's share of every seed
+ANSWER_RESERVE = 64  # positions a default length leaves for the answer (prompt + answer fit the limit)
 RULER_NEW_TOKENS = 128  # --decode ruler: RULER's and lm-eval's generation budget
 CITY_NEEDLE = "The magic number for {key} is {value}."
 CITY_QUESTION = "What is the magic number for {key}?"
@@ -309,6 +310,8 @@ def run_samples(grid: NeedleGrid, ctx, probe: str) -> list[NeedleSample]:
     tok = ctx.need_tokenizer(probe)
     samples = generate(grid, tok, ctx.max_positions, ctx.allow_beyond, ctx.prompt_format)
     budget = ctx.max_new_tokens or (RULER_NEW_TOKENS if ctx.decode == "ruler" else answer_budget(samples, tok))
+    longest = max((len(p) for s in samples for p in s.prompts), default=0)
+    ctx.check_length(longest + budget, f"prompt ({longest} tokens) with its generation budget ({budget})")
     return [replace(s, max_new_tokens=budget) for s in samples]
 
 

@@ -40,7 +40,7 @@ def parse_tasks(value) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class RulerConfig(ProbeConfig):
     PROBE = "ruler"
-    lengths: tuple[int, ...] = R.lengths_option(ModelDefault(grid=True))
+    lengths: tuple[int, ...] = R.lengths_option(ModelDefault(grid=True, reserve=R.ANSWER_RESERVE))
     tasks: tuple[str, ...] = option(T.SYNTHETIC, parse=parse_tasks, shown="synthetic",
                                     help="RULER tasks, comma-separated; synthetic = " + ", ".join(T.SYNTHETIC)
                                     + "; qa_1, qa_2 with --qa-data.")

@@ -12,7 +12,7 @@ import numpy as np
 
 from diffeval.errors import ConfigError
 from diffeval.probes.haystack import essay_sentence
-from diffeval.textdata import file_blocks, jsonl_rows, text_files
+from diffeval.textdata import file_blocks, jsonl_rows, text_files, text_pieces
 
 _TASK_KEY = int.from_bytes(b"outliers", "big")
 _DOCS_KEY = int.from_bytes(b"nll", "big")  # the synthetic documents' share of their seeds
@@ -118,9 +118,10 @@ def documents(files: Optional[list[Path]], text_field: str, seed: int) -> Iterat
                     raise ConfigError(f"file {path} line {n}: no field {text_field!r} "
                                       f"(has {', '.join(sorted(row)) or 'nothing'})", "text_field")
                 text = row[text_field]
-                if not isinstance(text, str):
-                    raise ConfigError(f"file {path} line {n}: field {text_field!r} is not text", "text_field")
-                yield f"{path.name}:{n}", iter([text])
+                if not isinstance(text, str) or not text.strip():
+                    what = "blank" if isinstance(text, str) else "not text"
+                    raise ConfigError(f"file {path} line {n}: field {text_field!r} is {what}", "text_field")
+                yield f"{path.name}:{n}", text_pieces(text)
         else:
             yield path.name, file_blocks(path, "data")
 
@@ -182,7 +183,10 @@ def document_sequences(docs: Iterator[tuple[str, Iterator[str]]], encode, length
             else:
                 out.append((name, got))
             continue
-        ids.extend(take_tokens(blocks, encode, length - len(ids)) + pack)
+        got = take_tokens(blocks, encode, length - len(ids))
+        if not got:  # packed, an empty document would be a separator alone
+            raise ConfigError(f"document {name} is empty", "data")
+        ids.extend(got + pack)
         names.append(name)
         if len(ids) >= length:
             out.append(("+".join(names), ids[:length]))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from diffeval.errors import UsageError
+from diffeval.errors import UsageError, shown
 from diffeval.hashing import file_sha256
 from diffeval.probes import PROBES
 from diffeval.results import safe_name, write_atomic
@@ -70,7 +70,7 @@ def load_suite(path: str | Path, reference: Optional[str] = None) -> Suite:
         bad = sorted(set(t) - TASK_KEYS)
         if bad or "name" not in t or "probe" not in t:
             raise UsageError(f"{path}: tasks[{i}] needs name and probe (and params){f'; unknown key {bad[0]!r}' if bad else ''}")
-        if t["probe"] not in PROBES:
+        if not isinstance(t["probe"], str) or t["probe"] not in PROBES:
             raise UsageError(f"{path}: tasks[{i}]: unknown probe {t['probe']!r}; valid: {', '.join(PROBES)}")
         if safe_name(str(t["name"])) != str(t["name"]):
             raise UsageError(f"{path}: tasks[{i}]: name {t['name']!r} must be a plain file name")
@@ -158,11 +158,42 @@ def read_reference(path: Path) -> dict:
     if not isinstance(ref.get("metrics"), dict):
         raise UsageError(f"reference {path}: expected a 'metrics' mapping (task -> model -> metric)")
     for task, models in ref["metrics"].items():
+        _mapping(models, f"reference {path}: {task}", "model -> metric")
         for model, metrics in (models or {}).items():
+            _mapping(metrics, f"reference {path}: {task}.{model}", "metric name -> metric")
             for name, met in (metrics or {}).items():
-                if not isinstance(met, dict) or not isinstance(met.get("value"), (int, float)):
-                    raise UsageError(f"reference {path}: {task}.{model}.{name} needs a numeric 'value'")
+                err = _metric_error(met)
+                if err:
+                    raise UsageError(f"reference {path}: {task}.{model}.{name}: {err}")
     return ref
+
+
+def _mapping(value: Any, where: str, what: str) -> None:
+    if value is not None and not isinstance(value, dict):
+        raise UsageError(f"{where}: expected a mapping ({what}), got {shown(value)}")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _metric_error(met: Any) -> Optional[str]:
+    """What is wrong with one reference metric, or None: a finite value; a finite tolerance
+    >= 0; an interval of two finite numbers; a boolean (or null) direction."""
+    if not isinstance(met, dict):
+        return f"expected a mapping with a numeric 'value', got {shown(met)}"
+    if not _number(met.get("value")):
+        return f"value must be a finite number, got {shown(met.get('value'))}"
+    if "tolerance" in met and not (_number(met["tolerance"]) and met["tolerance"] >= 0):
+        return f"tolerance must be a finite number >= 0, got {shown(met['tolerance'])}"
+    ci = met.get("ci95")
+    if "ci95" in met and not (isinstance(ci, list) and len(ci) == 2 and all(map(_number, ci)) and ci[0] <= ci[1]):
+        return f"ci95 must be two finite numbers [low, high], got {shown(ci)}"
+    if met.get("higher_is_better") not in (True, False, None):
+        return f"higher_is_better must be true, false or null, got {shown(met['higher_is_better'])}"
+    if "n" in met and not (isinstance(met["n"], int) and not isinstance(met["n"], bool) and met["n"] >= 0):
+        return f"n must be a count, got {shown(met['n'])}"
+    return None
 
 
 def write_reference(path: Path, ref: dict) -> None:
@@ -170,7 +201,7 @@ def write_reference(path: Path, ref: dict) -> None:
 
     header = ("# Reference scores for `diffeval check`; rewrite on purpose with --update.\n"
               "# A metric may declare `tolerance:` to override the sampling-noise tolerance.\n")
-    write_atomic(path, header + yaml.safe_dump(ref, sort_keys=False, width=120))
+    write_atomic(path, header + yaml.safe_dump(ref, sort_keys=False, width=120), follow=True)
 
 
 def junit_xml(suite: Suite, rows: list[Comparison]) -> str:

@@ -162,8 +162,8 @@ def html_report(runs: list[Run], all_metrics: bool = False) -> str:
     parts.append("</table><h2>Figures</h2>")
     for r in runs:
         for fig in r.results["artifacts"]["figures"]:
-            path = r.path / fig
-            if fig.endswith(".png") and path.is_file():
+            path = r.file(fig)  # confined to the run folder when the run was read
+            if fig.endswith(".png") and path.is_file() and not path.is_symlink():
                 data = base64.b64encode(path.read_bytes()).decode("ascii")
                 parts.append(f"<figure><img alt='{e(fig)}' src='data:image/png;base64,{data}'>"
                              f"<figcaption>{e(r.name)}: {e(fig)}</figcaption></figure>")

@@ -62,7 +62,30 @@ def merge(runs: list[RunFolder], models: Optional[list[str]] = None) -> tuple[di
         raise UsageError(f"none of the models {models} is in the selected runs")
     if len(runs) > 1:  # the task's parameters are the first run's: figures that title by them leave it
         base["merged_runs"] = [r.path.name for r in runs]
+        base["left_out"] = _keep_shared(base, runs)
     return base, samples
+
+
+def _cell_id(cell: dict, keys: list[str]) -> str:
+    return ", ".join(f"{k}={cell.get(k)}" for k in keys if k != "model")
+
+
+def _keep_shared(merged: dict, runs: list[RunFolder]) -> list[str]:
+    """Keep the cells and metrics that every run has (runs over other depths or lengths share
+    only some); -> what was left out, per run."""
+    keys = merged["cell_keys"]
+    cells = [{_cell_id(c, keys) for c in r.results["cells"]} for r in runs]
+    names = [{n for m in r.results["metrics"].values() for n in m} for r in runs]
+    shared_cells, shared_names = set.intersection(*cells), set.intersection(*names)
+    merged["cells"] = [c for c in merged["cells"] if _cell_id(c, keys) in shared_cells]
+    merged["metrics"] = {label: {n: v for n, v in m.items() if n in shared_names} for label, m in merged["metrics"].items()}
+    notes = []
+    for r, mine, have in zip(runs, cells, names):
+        extra = sorted(mine - shared_cells) or sorted(n for n in have - shared_names if "@" in n)
+        if extra:
+            more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
+            notes.append(f"{r.name}: {'; '.join(extra[:3])}{more} (not in every run)")
+    return notes
 
 
 # --- the probes' declared tables and figures ---------------------------------------------------
@@ -75,15 +98,16 @@ def kinds() -> dict[str, tuple[str, Any]]:
     return {view.kind: (name, view) for name in PROBES for view in get_probe(name).views}
 
 
-def _table(view: Table, runs: list[RunFolder], models) -> TableData:
+def _table(view: Table, runs: list[RunFolder], models) -> tuple[TableData, list[str]]:
     if view.across_runs:
-        return view.build([merge([r], models)[0] for r in runs])
-    return view.build(merge(runs, models)[0])
+        return view.build([merge([r], models)[0] for r in runs]), []
+    results = merge(runs, models)[0]
+    return view.build(results), results.get("left_out", [])
 
 
 def _figure(view: Figure, runs: list[RunFolder], models):
     results, samples = merge(runs, models)
-    return view.figure(results, _Merged(runs[0].path, results, samples))
+    return view.figure(results, _Merged(runs[0].path, results, samples)), results.get("left_out", [])
 
 
 class _Merged(RunFolder):
@@ -140,20 +164,22 @@ def render(recipe: dict, runs: list[RunFolder], out: Path) -> tuple[list[Path], 
         name = str(e.get("name", e["kind"]))
         mine = [r for r in runs if r.probe == probe and fnmatch.fnmatch(r.path.name, e.get("runs", "*"))]
         if not mine:
-            skipped.append(f"{name}: no {probe} runs among the results")
+            skipped.append(f"skipped {name}: no {probe} runs among the results")
             continue
         models = e.get("models")
         if isinstance(view, Figure):
             with styled(labels):
-                fig = _figure(view, mine, models)
+                fig, left_out = _figure(view, mine, models)
+                skipped += [f"{name}: left out {note}" for note in left_out]
                 if fig is None:
-                    skipped.append(f"{name}: nothing to draw in the {probe} runs")
+                    skipped.append(f"skipped {name}: nothing to draw in the {probe} runs")
                     continue
                 if e.get("title"):
                     fig.suptitle(str(e["title"]))
                 written += save_figure(fig, out / name, formats=("png", "pdf", "svg"))
         else:
-            table = _table(view, mine, models)
+            table, left_out = _table(view, mine, models)
+            skipped += [f"{name}: left out {note}" for note in left_out]
             if e.get("title"):
                 table = replace(table, title=str(e["title"]))
             write_atomic(out / f"{name}.tex", latex(table))

@@ -360,34 +360,37 @@ def _train(recipe: Recipe, out: Path, resume: bool, progress: bool, max_minutes:
         return (elapsed + time.perf_counter() - started) / 60
 
     def checkpoint() -> None:
-        tmp = _state_path(out).with_suffix(".tmp")
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                    "elapsed": 60 * minutes(), "recipe": json.dumps(recipe.to_dict(), sort_keys=True)}, tmp)
-        tmp.replace(_state_path(out))
+        from diffeval.results import atomic_path
+
+        with atomic_path(_state_path(out)) as tmp:  # never through a link planted in `out`
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                        "elapsed": 60 * minutes(), "recipe": json.dumps(recipe.to_dict(), sort_keys=True)}, tmp)
 
     window: list[dict] = []
     stopped_early = False
-    with (out / "log.jsonl").open("a") as logf:
-        while step < recipe.steps:
-            at_boundary = step % recipe.log_every == 0
-            if at_boundary and max_minutes is not None and time.perf_counter() - started > 60 * max_minutes:
-                stopped_early = True
-                break
-            rec = _train_step(recipe, packer, model, opt, step)
-            step += 1
-            window.append(rec)
-            if step % recipe.log_every == 0 or step == recipe.steps:
-                avg = _window_average(window)
-                logf.write(json.dumps({**rec, **{f"avg_{k}": round(v, 5) for k, v in avg.items()},
-                                       "minutes": round(minutes(), 3)}) + "\n")
-                logf.flush()
-                bar.set_postfix(loss=f"{avg['loss']:.3f}", needle=f"{avg['needle_acc']:.2f}",
-                                tok_s=f"{avg['tokens_per_s']:.0f}")
-                window = []
-            bar.update(1)
-            if step % recipe.checkpoint_every == 0:
-                checkpoint()
-    bar.close()
+    try:
+        with (out / "log.jsonl").open("a") as logf:
+            while step < recipe.steps:
+                at_boundary = step % recipe.log_every == 0
+                if at_boundary and max_minutes is not None and time.perf_counter() - started > 60 * max_minutes:
+                    stopped_early = True
+                    break
+                rec = _train_step(recipe, packer, model, opt, step)
+                step += 1
+                window.append(rec)
+                if step % recipe.log_every == 0 or step == recipe.steps:
+                    avg = _window_average(window)
+                    logf.write(json.dumps({**rec, **{f"avg_{k}": round(v, 5) for k, v in avg.items()},
+                                           "minutes": round(minutes(), 3)}) + "\n")
+                    logf.flush()
+                    bar.set_postfix(loss=f"{avg['loss']:.3f}", needle=f"{avg['needle_acc']:.2f}",
+                                    tok_s=f"{avg['tokens_per_s']:.0f}")
+                    window = []
+                bar.update(1)
+                if step % recipe.checkpoint_every == 0:
+                    checkpoint()
+    finally:  # a Ctrl-C ends the bar before the line that says how to resume
+        bar.close()
     checkpoint()
     model.eval()
     save(model, out, tok)

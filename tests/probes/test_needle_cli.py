@@ -123,8 +123,9 @@ def test_default_lengths_fit_the_models_position_limit_and_are_said(ckpts, tmp_p
     main(["needle", "--ckpt", ckpts[0], "--depths", "50", "--samples", "1", "--device", "cpu",
           "--max-new-tokens", "2", "--out", str(out)])
     results = json.loads((out / "results.json").read_text())
-    assert results["task"]["params"]["lengths"] == [256, 512, 1024]  # the models stop at 1024 positions
-    assert "--len not given: using 256, 512, 1K tokens" in capsys.readouterr().err
+    # the models stop at 1024 positions, and the answer must fit too: 64 are left for it
+    assert results["task"]["params"]["lengths"] == [240, 480, 960]
+    assert "--len not given: using 240, 480, 960 tokens" in capsys.readouterr().err
 
 
 def test_every_shipped_task_validates():

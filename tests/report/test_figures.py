@@ -105,3 +105,32 @@ def test_reports_read_runs_of_hugging_face_checkpoints(hf_dir, tmp_path, capsys)
     assert run_cli(["check", str(suite), "--runs", str(tmp_path / "runs"), "--update"]) == 0
     assert run_cli(["check", str(suite), "--runs", str(tmp_path / "runs")]) == 0
     assert "0 regressed" in capsys.readouterr().out
+
+
+def test_runs_over_other_depths_draw_what_they_share_and_name_the_rest(tmp_path, capsys):
+    """Two attn-map runs, one over depths 0 and 100, one over 0 and 25: the recipe draws depth 0
+    and names the cells it left out (it used to fail with KeyError '25')."""
+    import json
+    import shutil
+
+    for name, depth in (("a", None), ("b", "25")):
+        shutil.copytree(FIXTURES / "attn-map", tmp_path / "runs" / name)
+        if depth is None:
+            continue
+        file = tmp_path / "runs" / name / "results.json"
+        results = json.loads(file.read_text())
+        for cell in results["cells"]:
+            cell["depth"] = 25.0 if cell.get("depth") == 100.0 else cell.get("depth")
+        results["metrics"] = {label: {n.replace("@depth=100", f"@depth={depth}"): v for n, v in m.items()}
+                              for label, m in results["metrics"].items()}
+        file.write_text(json.dumps(results))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("figures:\n  - {kind: attn_allocation}\n  - {kind: attn_layer_head}\n  - {kind: attn_table}\n")
+    assert run_cli(["figures", str(recipe), "--results", str(tmp_path / "runs"), "--out", str(tmp_path / "fig")]) == 0
+    err = capsys.readouterr().err
+    assert "left out a: " in err and "depth=100" in err and "left out b: " in err and "depth=25" in err, err
+    assert (tmp_path / "fig" / "attn_allocation.png").stat().st_size > 1000
+    runs = find_runs([str(tmp_path / "runs")])
+    merged, _ = merge(runs)
+    assert {c["depth"] for c in merged["cells"]} == {0.0}
+    assert not any("@depth=25" in n or "@depth=100" in n for m in merged["metrics"].values() for n in m)
