@@ -40,7 +40,7 @@ def parse_tasks(value) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class RulerConfig(ProbeConfig):
     PROBE = "ruler"
-    lengths: tuple[int, ...] = R.lengths_option(ModelDefault(grid=True, reserve=R.ANSWER_RESERVE))
+    lengths: tuple[int, ...] = R.lengths_option(ModelDefault(grid=True))  # a length holds its budget (RULER)
     tasks: tuple[str, ...] = option(T.SYNTHETIC, parse=parse_tasks, shown="synthetic",
                                     help="RULER tasks, comma-separated; synthetic = " + ", ".join(T.SYNTHETIC)
                                     + "; qa_1, qa_2 with --qa-data.")
@@ -200,7 +200,7 @@ PROBE = Probe(
     quick={"tasks": ["niah_single_1", "niah_multikey_2", "vt", "cwe", "fwe"], "lengths": [640], "samples": 1},
     description="RULER's synthetic suite (NIAH, VT, CWE, FWE) and effective length",
     summary="RULER (Hsieh et al. 2024): eight needle-in-a-haystack settings, variable tracking, common- and\n"
-            "frequent-words extraction (and QA on your JSONL) at exact prompt lengths; string_match_all per (task, length), the\n"
+            "frequent-words extraction (and QA on your JSONL) at exact lengths (prompt + budget); string_match_all per (task, length), the\n"
             "average over tasks, and the effective length (RULER's threshold, relative, strict).",
     examples=("diffeval ruler --len 512 --samples 2", "diffeval ruler --ckpt path/to/model --len 4k:128k"),
     method="length = prompt tokens + the task's generation budget (RULER's max_seq_length); greedy answer; score = RULER string_match_all (share of expected values in the answer, case-"
