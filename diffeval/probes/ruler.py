@@ -6,7 +6,7 @@ Generators: `probes/ruler_tasks.py`. Cells: (model, task, length)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from diffeval.probes.config import ModelDefault, ProbeConfig, option
 from diffeval.probes.haystack import load_haystack
 from diffeval.probes.scoring import answer_text, string_match_all, string_match_part
 from diffeval.requests import Generate, ids_sha256
-from diffeval.specs import length_label
+from diffeval.specs import check_int, length_label
 from diffeval.stats import mean_per_cell, wilson
 
 VERSION = 2  # 2: lengths count the generation budget (RULER's); BOS by the tokenizer's rule, chat as apply_chat_template
@@ -49,6 +49,8 @@ class RulerConfig(ProbeConfig):
                                          "Paul Graham's essays) or a text file / folder.")
     qa_data: str = option("", help="RULER's QA data for qa_1 (and, after a comma, qa_2): JSONL, one question a line, "
                                    '{"query", "outputs": [answers], "context": [its documents]}.')
+    vt_hops: int = option(4, help="Variable tracking: hops per chain (RULER: 4).")
+    vt_chains: int = option(1, help="Variable tracking: chains in the context, the first one asked (RULER: 1).")
     threshold: float = option(THRESHOLD, help="Effective-length threshold, 0-100 (RULER: 85.6, Llama-2-7B at 4K).")
     seed: int = R.seed_option()
 
@@ -65,6 +67,8 @@ class RulerConfig(ProbeConfig):
         files = T.qa_paths(self.qa_data)
         for name in (n for n in self.tasks if n in T.QA_TASKS and T.QA_TASKS.index(n) >= len(files)):
             raise ConfigError(f"{name} needs its JSONL file in qa_data ({self.qa_data!r})", "qa_data")
+        check_int("vt_hops", self.vt_hops, 1, 1000)
+        check_int("vt_chains", self.vt_chains, 1, 100)
         t = self.threshold
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 100.0:
             raise ConfigError(f"{t!r} must be a number between 0 and 100", "threshold")
@@ -98,7 +102,7 @@ def _generate(cfg: RulerConfig, ctx) -> list[Sample]:
     out = []
     for length in sorted(cfg.lengths):
         for name in cfg.tasks:
-            task = T.TASKS[name]
+            task = replace(T.TASKS[name], hops=cfg.vt_hops, chains=cfg.vt_chains) if name == "vt" else T.TASKS[name]
             budget, n_prompt = ctx.max_new_tokens or task.budget, length - task.budget
             ctx.check_length(max(length, n_prompt + budget), f"{name} prompt with its generation budget")
             if n_prompt < 1:
@@ -110,8 +114,9 @@ def _generate(cfg: RulerConfig, ctx) -> list[Sample]:
                 try:
                     p = T.generate_prompt(task, tok, fmt, hay, n_prompt, ss, qa.get(name), index)
                 except UsageError as err:
+                    flags = " with --vt-hops/--vt-chains" if name == "vt" else ""
                     raise UsageError(f"--len {length}: {name} gets {n_prompt} prompt tokens after its "
-                                     f"{task.budget}-token generation budget, and {err}") from None
+                                     f"{task.budget}-token generation budget{flags}, and {err}") from None
                 out.append(Sample(f"{name}-L{length}-s{index}", name, length, index, p.ids, p.answers, budget, p.info))
     return out
 

@@ -47,6 +47,8 @@ class Task:
     kind: str  # niah | vt | cwe | fwe
     budget: int  # RULER's tokens_to_generate
     niah: Optional[Niah] = None
+    hops: int = 4  # vt: RULER's num_hops and num_chains
+    chains: int = 1
 
 
 def _niah(name: str, *args, **kw) -> Task:
@@ -73,7 +75,7 @@ NIAH_HEAD = ("Some special magic {types} are hidden within the following text. M
              "I will quiz you about the {types} afterwards.\n")
 NIAH_QUESTION = "What are all the special magic {types} for {query} mentioned in the provided text?"
 NIAH_ANSWER = " The special magic {types} for {query} mentioned in the provided text are"
-VT_HOPS, VT_CHAINS, VT_EXAMPLE = 4, 1, 500  # RULER's num_hops, num_chains, worked example's length
+VT_EXAMPLE = 500  # the length of RULER's worked VT example
 VT_HEAD = "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n"
 VT_QUESTION = "Question: Find all variables that are assigned the value {value} in the text above."
 VT_ANSWER = (" Answer: According to the chain(s) of variable assignment in the text above, {n} variables are "
@@ -205,12 +207,12 @@ def niah(task: Task, tok, fmt: PromptFormat, hay: Haystack, length: int, ss: np.
                                               "needle_spans": [list(spans[k][:2]) for k in sorted(spans)]})
 
 
-def _vt_chains(rng: np.random.Generator, name_len: int) -> tuple[list[list[str]], list[str]]:
-    """VT_CHAINS chains of VT_HOPS hops: ([[name, ...] per chain], [value per chain])."""
+def _vt_chains(rng: np.random.Generator, name_len: int, hops: int, chains: int) -> tuple[list[list[str]], list[str]]:
+    """`chains` chains of `hops` hops: ([[name, ...] per chain], [value per chain])."""
     letters = np.array(list(string.ascii_uppercase))
-    names = _distinct(lambda: "".join(rng.choice(letters, size=name_len)), VT_CHAINS * (VT_HOPS + 1))
-    values = _distinct(lambda: str(int(rng.integers(10000, 100000))), VT_CHAINS)
-    return [names[c * (VT_HOPS + 1):(c + 1) * (VT_HOPS + 1)] for c in range(VT_CHAINS)], values
+    names = _distinct(lambda: "".join(rng.choice(letters, size=name_len)), chains * (hops + 1))
+    values = _distinct(lambda: str(int(rng.integers(10000, 100000))), chains)
+    return [names[c * (hops + 1):(c + 1) * (hops + 1)] for c in range(chains)], values
 
 
 def _vt_clean(context: str, items: Sequence[Item], suffixes: Sequence[str]) -> bool:
@@ -222,25 +224,25 @@ def _vt_clean(context: str, items: Sequence[Item], suffixes: Sequence[str]) -> b
 
 
 def _vt_prompt(asm: Assembler, fmt: Optional[PromptFormat], length: int, ss: np.random.SeedSequence,
-               name_len: int):
+               name_len: int, hops: int, chains: int):
     """One VT context of `length` tokens -> (Context, names of the asked chain, its value)."""
     ss_draw, ss_hay, ss_place = ss.spawn(3)
     rng = np.random.Generator(np.random.PCG64(ss_draw))
 
     def draw():
-        chains, values = _vt_chains(rng, name_len)
-        lines = [[f"VAR {c[0]} = {v}."] + [f"VAR {c[j + 1]} = VAR {c[j]}." for j in range(VT_HOPS)]
-                 for c, v in zip(chains, values)]
-        order = rng.permutation(np.repeat(np.arange(VT_CHAINS), VT_HOPS + 1))  # interleave, order kept
-        pos = [0] * VT_CHAINS
+        names, values = _vt_chains(rng, name_len, hops, chains)
+        lines = [[f"VAR {c[0]} = {v}."] + [f"VAR {c[j + 1]} = VAR {c[j]}." for j in range(hops)]
+                 for c, v in zip(names, values)]
+        order = rng.permutation(np.repeat(np.arange(chains), hops + 1))  # interleave, order kept
+        pos = [0] * chains
         items = []
         for c in order.tolist():
-            items.append(Item(chains[c][pos[c]], chains[c][pos[c]], lines[c][pos[c]], 4))
+            items.append(Item(names[c][pos[c]], names[c][pos[c]], lines[c][pos[c]], 4))
             pos[c] += 1
-        suffix = close(VT_QUESTION.format(value=values[0]), VT_ANSWER.format(n=VT_HOPS + 1, value=values[0]), fmt)
+        suffix = close(VT_QUESTION.format(value=values[0]), VT_ANSWER.format(n=hops + 1, value=values[0]), fmt)
         built = asm.contexts(load_haystack("noise"), items, [suffix], length, [0.0], ss_hay, ss_place,
                              ordered=True, anchored=False, check=_vt_clean, what="assignment")
-        return None if built is None else (built[0], chains[0], values[0])
+        return None if built is None else (built[0], names[0], values[0])
 
     got = first_clean(draw)
     if got is None:
@@ -256,16 +258,17 @@ def vt(task: Task, tok, fmt: PromptFormat, hay: Haystack, length: int, ss: np.ra
     ss_main, *ss_shots = ss.spawn(4)
     example, shot_value = "", None
     for ss_shot in ss_shots if length >= 2 * VT_EXAMPLE else ():
-        shot, shot_names, shot_value = _vt_prompt(Assembler(tok, []), None, VT_EXAMPLE, ss_shot, 3)
+        shot, shot_names, shot_value = _vt_prompt(Assembler(tok, []), None, VT_EXAMPLE, ss_shot, 3,
+                                                  min(10, task.hops), task.chains)  # RULER: at most 10 hops
         example = f"{VT_HEAD}{shot.text.rstrip()} {' '.join(shot_names)}\n"
         asm = Assembler(tok, fmt.prefix_ids(tok) + list(tok.encode(example + VT_HEAD)))
-        built, names, value = _vt_prompt(asm, fmt, length, ss_main, 5)
+        built, names, value = _vt_prompt(asm, fmt, length, ss_main, 5, task.hops, task.chains)
         if value != shot_value:  # the example's value is another one
             break
     if not example:
         built, names, value = _vt_prompt(Assembler(tok, fmt.prefix_ids(tok) + list(tok.encode(VT_HEAD))), fmt,
-                                         length, ss_main, 5)
-    return Prompt(built.ids, tuple(names), {"query": value, "chains": VT_CHAINS, "hops": VT_HOPS,
+                                         length, ss_main, 5, task.hops, task.chains)
+    return Prompt(built.ids, tuple(names), {"query": value, "chains": task.chains, "hops": task.hops,
                                             "n_fewshot": int(bool(example))})
 
 

@@ -370,3 +370,24 @@ def test_the_ruler_table_renders_to_markdown_and_latex_and_a_check_reads_the_run
         "score@task=vt": met["score@task=vt"]}}}}
     rows = {r.metric: r.status for r in C.compare(reference, {"ruler": results})}
     assert rows == {"effective_length": "regressed", "score@task=vt": "ok"}
+
+
+def test_vt_hops_and_chains_are_parameters_and_too_many_for_the_length_are_refused(ctx, tmp_path, capsys):
+    cfg = P.PROBE.config({"lengths": "896", "samples": 2, "tasks": "vt", "vt_hops": 7, "vt_chains": 3})
+    for s in P.PROBE.generate(cfg, ctx):
+        text, names, value = _text(ctx, s), s.answers, s.info["query"]
+        assert (s.info["hops"], s.info["chains"]) == (7, 3) and len(names) == 8 and len(set(names)) == 8
+        lines = [f"VAR {names[0]} = {value}."] + [f"VAR {names[j + 1]} = VAR {names[j]}." for j in range(7)]
+        at = [text.index(line) for line in lines]
+        assert at == sorted(at) and all(text.count(line) == 1 for line in lines)
+        assert len(re.findall(r"VAR [A-Z]{5} = \d+\.", text)) == 3  # three chains, one asked
+        assert text.endswith(f"8 variables are assigned the value {value}, they are: ")
+    for params in ({"vt_hops": 0}, {"vt_chains": 101}, {"vt_hops": "many"}):
+        with pytest.raises(ConfigError) as err:
+            P.PROBE.config({"lengths": "512", "tasks": "vt", **params})
+        assert err.value.field == next(iter(params))
+    out = tmp_path / "b"
+    assert run_cli(["ruler", "--ckpt", "zoo:transformer-tiny", "--len", "512", "--tasks", "vt", "--vt-hops", "200",
+                    "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--vt-hops" in err and not out.exists()
