@@ -235,7 +235,7 @@ class Engine:
                     continue
                 outs[b].append(tok)
                 self.counters.generated_tokens += 1
-                if stop_text and self.decode and stop_text in self.decode(outs[b]):
+                if stop_text and self.decode and _ends_with_stop(self.decode, outs[b], stop_text):
                     done[b] = True
             if all(done) or step == max_new - 1:
                 break
@@ -268,6 +268,20 @@ class Engine:
             self.counters.prefilled_tokens += len(cand)
         self._cache.truncate(b)  # keep only the aligned prefix
         return scores
+
+
+def _ends_with_stop(decode, out: list[int], stop_text: str, margin: int = 8) -> bool:
+    """Whether stop_text occurs in decode(out), given that it did not before out's last token:
+    it then ends in that token's text, so a window of the last tokens that decodes to at least
+    len(stop_text) + margin characters holds it (the margin absorbs what a window's first token
+    decodes to on its own: a dropped leading space, a cut multi-byte character). The window
+    doubles from 4 tokens, so each step decodes O(len(stop_text)) tokens, not the whole output."""
+    need, w = len(stop_text) + margin, 4
+    while True:
+        text = decode(out[-w:])
+        if len(text) >= need or w >= len(out):
+            return stop_text in text
+        w *= 2
 
 
 def _batchable(a: Generate, b: Generate) -> bool:

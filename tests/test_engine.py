@@ -162,3 +162,30 @@ def test_numbers_do_not_depend_on_the_prompts_run_before():
     assert run(work, reuse=False) == whole
     assert run(work[2:]) == {i - 2: whole[i] for i in (2, 3)}
     assert run(work[::-1]) == {3 - i: whole[i] for i in range(4)}
+
+
+def test_windowed_stop_check_stops_where_decoding_the_whole_output_does():
+    """The stop-text check decodes a window of the last tokens; on a real BPE tokenizer (the
+    zoo's: byte-level pieces, multi-byte characters, specials) it must stop at the same step
+    as decoding everything so far."""
+    import random
+
+    import diffeval
+    from diffeval.engine import _ends_with_stop
+
+    tok = diffeval.load("zoo:transformer-tiny").tokenizer
+    rng = random.Random(0)
+    vocab = tok.vocab_size
+    texts = ["The magic number is 1234567.\nNext line", "naïve café — 東京\n\n", "a b  c\td", "unknown. unknown"]
+    pools = [tok.encode(t) for t in texts]
+    stops = ["\n", "\n\n", ".", " unknown", "東", "é —", "67.\nN"]
+    checked = 0
+    for trial in range(300):
+        pool = pools[trial % len(pools)]
+        out = [rng.choice(pool) if rng.random() < 0.7 else rng.randrange(vocab) for _ in range(rng.randint(1, 40))]
+        for stop in stops:
+            naive = next((i for i in range(len(out)) if stop in tok.decode(out[:i + 1])), None)
+            fast = next((i for i in range(len(out)) if _ends_with_stop(tok.decode, out[:i + 1], stop)), None)
+            assert fast == naive, (out, stop)
+            checked += naive is not None
+    assert checked > 100  # the stops were actually met, often
