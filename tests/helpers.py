@@ -158,3 +158,29 @@ def unilm_config(model, **extra) -> dict:
             "num_heads": cfg.n_heads, "num_kv_heads": cfg.n_kv_heads // 2, "head_dim": cfg.d_head,
             "ffn_dim": cfg.d_ff, "max_seq_len": cfg.max_seq_len, "rope_theta": cfg.rope.theta,
             "norm_eps": cfg.norm_eps, "subln_eps": cfg.norm_eps, "tie_embeddings": cfg.tie_embeddings, **extra}
+
+
+class LoopbackServer:
+    """An HTTP server on 127.0.0.1 in a daemon thread; `post(handler)` answers each POST (a
+    client that gives up mid-reply is ignored). `url` is its API base (`.../v1`)."""
+
+    def __init__(self, post) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                try:
+                    post(self)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()

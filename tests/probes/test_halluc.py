@@ -2,10 +2,8 @@
 judge against a local server (verdicts, cache, a timeout, a malformed reply), bad data."""
 
 import json
-import threading
 from pathlib import Path
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -15,7 +13,7 @@ from diffeval.probes import halluc as P
 from diffeval.probes import qa as QA
 from diffeval.probes.judge import Judge
 from diffeval.run import RunOptions, model_context, run_probe
-from helpers import copy_zoo_model, run_cli, saved_tiny_models
+from helpers import LoopbackServer, copy_zoo_model, run_cli, saved_tiny_models
 
 OPTS = RunOptions(device="cpu", progress=False)
 CONTEXT = "Notes. The magic number for brave-falcon is 1234567. The magic number for bold-falcon is 7654321. Paris is far."
@@ -126,42 +124,29 @@ def test_chat_questions_end_at_the_assistant_header(tmp_path):
     assert all(r.stop_text == "\n\n" for r in P.PROBE.requests(P.PROBE.config({}), samples[0], ctx))
 
 
-class _Server:
+class _Server(LoopbackServer):
     """A loopback OpenAI-compatible endpoint: answers from a script of replies."""
 
     def __init__(self, replies):
         self.replies, self.calls = list(replies), 0
-        outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                outer.calls += 1
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                assert body["messages"][0]["role"] == "user"
-                reply = outer.replies.pop(0) if outer.replies else "yes"
-                if reply == "sleep":
-                    time.sleep(1.5)
-                    reply = "yes"
-                data = reply.encode() if reply.startswith("{") or reply == "garbage" else json.dumps(
-                    {"choices": [{"message": {"content": reply}}]}).encode()
-                try:
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except BrokenPipeError:  # the client gave up waiting (the timeout case)
-                    pass
+        def post(h):
+            self.calls += 1
+            body = json.loads(h.rfile.read(int(h.headers["Content-Length"])))
+            assert body["messages"][0]["role"] == "user"
+            reply = self.replies.pop(0) if self.replies else "yes"
+            if reply == "sleep":
+                time.sleep(1.5)
+                reply = "yes"
+            data = reply.encode() if reply.startswith("{") or reply == "garbage" else json.dumps(
+                {"choices": [{"message": {"content": reply}}]}).encode()
+            h.send_response(200)  # a client that gave up waiting (the timeout case) is ignored
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(data)))
+            h.end_headers()
+            h.wfile.write(data)
 
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
+        super().__init__(post)
 
 
 def test_judge_verdicts_cache_timeout_and_malformed_reply(tmp_path):
@@ -181,7 +166,7 @@ def test_judge_verdicts_cache_timeout_and_malformed_reply(tmp_path):
 
 
 def test_judge_end_to_end_counts_errors_apart(ckpts, tmp_path, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path))  # the verdict cache lives under ~/.cache
+    monkeypatch.setenv("DIFFEVAL_CACHE_DIR", str(tmp_path / "cache"))  # a verdict cache of its own
     server = _Server(["yes", "no", "garbage", "garbage", "garbage"] + ["yes"] * 20)
     try:
         cfg = P.PROBE.config({"lengths": "500", "samples": 2, "n_facts": 4, "judge_url": server.url,

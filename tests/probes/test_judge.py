@@ -5,9 +5,7 @@ refuse, and judge failures that a rerun retries."""
 
 import json
 import logging
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -15,37 +13,24 @@ from diffeval.errors import ConfigError
 from diffeval.probes import halluc as P
 from diffeval.probes.judge import Judge, check_url, redacted
 from diffeval.run import RunOptions, run_probe
-from helpers import run_cli, saved_tiny_models
+from helpers import LoopbackServer, run_cli, saved_tiny_models
 
 KEY = "sk-secret-key"
 
 
-class _Server:
+class _Server(LoopbackServer):
     """A loopback endpoint; `behave(handler)` answers each POST. Records every request's path
     and Authorization header."""
 
     def __init__(self, behave):
-        self.behave, self.seen = behave, []
-        outer = self
+        self.seen = []
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                outer.seen.append((self.path, self.headers.get("Authorization")))
-                try:
-                    outer.behave(self)
-                except (BrokenPipeError, ConnectionResetError):  # the client gave up
-                    pass
+        def post(h):
+            h.rfile.read(int(h.headers.get("Content-Length", 0)))
+            self.seen.append((h.path, h.headers.get("Authorization")))
+            behave(h)
 
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
+        super().__init__(post)
 
 
 def _answer(handler, text="yes", status=200):
@@ -154,7 +139,7 @@ def test_redacted_drops_user_and_password():
 
 
 def test_judge_failures_are_retried_by_a_rerun(tmp_path, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path))  # the verdict cache lives under ~/.cache
+    monkeypatch.setenv("DIFFEVAL_CACHE_DIR", str(tmp_path / "cache"))  # a verdict cache of its own
     mode = {"reply": "maybe"}
     server = _Server(lambda h: _answer(h, mode["reply"]))
     ckpt = saved_tiny_models(tmp_path / "ck")[:1]
