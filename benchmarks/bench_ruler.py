@@ -52,7 +52,7 @@ def make_model(directory: Path, max_len: int) -> None:
         shutil.copy(zoo / name, directory / name)
 
 
-def _context(directory: Path, length: int):
+def _context(directory: Path):
     from diffeval.checkpoints import load
     from diffeval.run import RunOptions, model_context
 
@@ -63,7 +63,7 @@ def generation_table(directory: Path, length: int, n: int) -> None:
     from diffeval.probes import ruler as P
     from diffeval.probes import ruler_tasks as T
 
-    ctx = _context(directory, length)
+    ctx = _context(directory)
     print(f"\n1. sample generation alone: {n} samples per task at {length} tokens (no model)")
     print(f"{'task':<17} {'ms/sample':>10} {'s total':>8}")
     total = 0.0
@@ -100,7 +100,7 @@ def transformers_loop(directory: Path, out: Path) -> tuple[float, int, int]:
 
     results = json.loads((out / "results.json").read_text())
     params = results["task"]["params"]
-    ctx = _context(directory, params["lengths"][0])
+    ctx = _context(directory)
     samples = P.PROBE.generate(P.PROBE.config({k: params[k] for k in ("lengths", "samples", "tasks", "seed")}), ctx)
     recorded = {json.loads(line)["id"]: json.loads(line)["prompt_sha256"][0]
                 for line in (out / "samples.jsonl").read_text().splitlines() if line.strip()}
@@ -125,8 +125,9 @@ def suite_table(directory: Path, length: int, samples: int, batch: int, tmp: Pat
     wall, results = diffeval_suite(directory, length, samples, batch, out)
     ours = next(iter(results["timing"]["models"].values()))
     hf_s, hf_prompt, hf_gen = transformers_loop(directory, out)
-    n = samples * 11
-    print(f"\n2. synthetic suite at {length} tokens, {samples} samples x 11 tasks ({n} prompts), --decode ruler")
+    tasks = len(results["task"]["params"]["tasks"])
+    print(f"\n2. synthetic suite at {length} tokens, {samples} samples x {tasks} tasks ({samples * tasks} prompts), "
+          "--decode ruler")
     print(f"{'':<34} {'wall s':>8} {'prefilled tokens':>17} {'generated':>10}")
     print(f"{'diffeval ruler (whole command)':<34} {wall:>8.1f} {ours.get('prefilled_tokens', 0):>17} "
           f"{ours.get('generated_tokens', 0):>10}")

@@ -299,9 +299,10 @@ class _Plan:
         state = _KeptState.open(job.probe, job.cfg, ctx, stem, keys) if job.probe.state else None
         stateful = [state is not None and any(isinstance(r, Stats) or getattr(r, "stats", False) for r in reqs)
                     for reqs in work]
+        damaged = {k for k in keys if k in cache and not _arrays_intact(job.out, cache.get(k))}  # hashed once
         todo = [i for i, k in enumerate(keys) if k not in cache or (stateful[i] and not state.holds(k))
-                or not _arrays_intact(job.out, cache.get(k))]
-        redone = sum(k in cache and not _arrays_intact(job.out, cache.get(k)) for k in keys)
+                or k in damaged]
+        redone = len(damaged)
         if redone:
             log.warning("%s: %d finished sample(s) whose arrays are missing or changed are recomputed",
                         job.out / "arrays", redone)

@@ -25,7 +25,8 @@ import numpy as np
 RELATIVE = 0.85
 DEPTH_BINS = 5  # strict: needle depth bins [0, 0.2), ..., [0.8, 1]
 REPLICATES = 1000
-DEFINITIONS = ("ruler", "relative", "strict")
+METRICS = {"ruler": "effective_length", "relative": "effective_length@definition=relative",
+           "strict": "effective_length@definition=strict"}  # the results' names; RULER's is the headline
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,8 @@ def _lengths_stats(per_task: np.ndarray, depth_sum: np.ndarray, depth_n: np.ndar
 
 def effective(cells: Mapping[tuple[str, int], Cell], threshold: float, seed: int = 0,
               replicates: int = REPLICATES) -> dict:
-    """cells {(task, length): Cell} -> {"lengths", "avg": [per length, 0-100],
-    "avg_ci95": [[lo, hi] per length], definition: value, definition + "_ci95": [lo, hi]}."""
+    """cells {(task, length): Cell} -> {"lengths", "avg": [per length, 0-100], definition:
+    value, definition + "_ci95": [lo, hi]}."""
     tasks = sorted({t for t, _ in cells})
     lengths = np.array(sorted({L for _, L in cells}), dtype=np.int64)
     rng = np.random.Generator(np.random.PCG64(seed))
@@ -85,9 +86,8 @@ def effective(cells: Mapping[tuple[str, int], Cell], threshold: float, seed: int
             bd_n[:, :, j] += onehot[idx].sum(axis=1)
     now = _lengths_stats(point, d_sum, d_n, lengths, threshold)
     reps = _lengths_stats(boot, bd_sum, bd_n, lengths, threshold)
-    out: dict = {"lengths": lengths.tolist(), "avg": now["avg"].tolist(),
-                 "avg_ci95": np.quantile(reps["avg"], [0.025, 0.975], axis=0).T.tolist()}
-    for d in DEFINITIONS:
+    out: dict = {"lengths": lengths.tolist(), "avg": now["avg"].tolist()}
+    for d in METRICS:
         out[d] = int(now[d])
         out[d + "_ci95"] = [int(x) for x in np.quantile(reps[d], [0.025, 0.975], method="inverted_cdf")]
     return out

@@ -153,18 +153,12 @@ def _summarise(cfg: RulerConfig, model: dict, rows: list[dict]):
             k = sum(c["n"] for c in mine)
             mean = math.fsum(c["mean"] for c in mine) / len(mine)
             out[f"score@task={name}"] = metric(mean, k, True, wilson(mean * k, k))
-    for d, name in zip(E.DEFINITIONS, ("effective_length", *(f"effective_length@definition={d}" for d in E.DEFINITIONS[1:]))):
+    for d, name in E.METRICS.items():
         extra = {"share": E.RELATIVE} if d == "relative" else {"threshold": cfg.threshold}
         out[name] = metric(eff[d], n, True, eff[d + "_ci95"], **extra)
     for w, v in E.weighted_averages(eff["avg"]).items():
         out[f"score_wavg@weights={w}"] = metric(v / 100, n, True)
     return cells, out
-
-
-def _effective(met: dict) -> list[tuple[str, dict]]:
-    """(definition, metric) in the order they are reported; RULER's is the headline."""
-    return [("RULER", met["effective_length"]), ("relative", met["effective_length@definition=relative"]),
-            ("strict", met["effective_length@definition=strict"])]
 
 
 def _span(m: dict) -> str:
@@ -187,7 +181,7 @@ def _table(results: dict) -> TableData:
     notes = []
     for m in labels:
         met = results["metrics"][m]
-        eff = ", ".join(f"{d} {_span(x)}" for d, x in _effective(met))
+        eff = ", ".join(f"{'RULER' if d == 'ruler' else d} {_span(met[name])}" for d, name in E.METRICS.items())
         notes.append(f"{m}: effective length {eff} (threshold {p['threshold']:g}; 95% bootstrap intervals); wAvg inc "
                      f"{100 * met['score_wavg@weights=increasing']['value']:.1f}, dec "
                      f"{100 * met['score_wavg@weights=decreasing']['value']:.1f}")
