@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -50,6 +51,20 @@ def make_model(directory: Path, max_len: int) -> None:
     model.save_pretrained(str(directory))
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(zoo / name, directory / name)
+
+
+@contextmanager
+def smollm2_shaped(length: str):
+    """Two threads, and a temporary directory holding the model for `length` (e.g. "4k") ->
+    (model directory, the temporary folder, the length in tokens)."""
+    from diffeval.specs import parse_lengths
+
+    torch.set_num_threads(2)
+    tokens = parse_lengths(length)[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp) / "smollm2-135m-shape"
+        make_model(directory, tokens)
+        yield directory, Path(tmp), tokens
 
 
 def _context(directory: Path):
@@ -93,8 +108,6 @@ def diffeval_suite(directory: Path, length: int, samples: int, batch: int, out: 
 def transformers_loop(directory: Path, out: Path) -> tuple[float, int, int]:
     """Greedy `generate` over the run's prompts (its samples.jsonl holds their hashes; the ids
     are regenerated here, the same way) -> (seconds, prompt tokens, generated tokens)."""
-    import transformers as tf
-
     from diffeval.probes import ruler as P
     from diffeval.requests import ids_sha256
 
@@ -105,19 +118,31 @@ def transformers_loop(directory: Path, out: Path) -> tuple[float, int, int]:
     recorded = {json.loads(line)["id"]: json.loads(line)["prompt_sha256"][0]
                 for line in (out / "samples.jsonl").read_text().splitlines() if line.strip()}
     assert all(recorded[s.id] == ids_sha256(s.prompt) for s in samples), "prompts differ from the run's"
-    model = tf.AutoModelForCausalLM.from_pretrained(str(directory), attn_implementation="sdpa",
-                                                    dtype=torch.float32).eval()
-    eos = model.config.eos_token_id
+    model = plain_model(directory)
     prompt_tokens = generated = 0
     t = time.perf_counter()
-    with torch.no_grad():
-        for s in samples:
-            ids = torch.tensor([s.prompt])
-            got = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=s.budget, do_sample=False,
-                                 eos_token_id=eos, pad_token_id=eos)
-            prompt_tokens += ids.shape[1]
-            generated += got.shape[1] - ids.shape[1]
+    for s in samples:
+        prompt_tokens += len(s.prompt)
+        generated += plain_generate(model, s.prompt, s.budget)
     return time.perf_counter() - t, prompt_tokens, generated
+
+
+def plain_model(directory: Path):
+    """The directory's model in transformers alone (SDPA attention, float32)."""
+    import transformers as tf
+
+    return tf.AutoModelForCausalLM.from_pretrained(str(directory), attn_implementation="sdpa",
+                                                   dtype=torch.float32).eval()
+
+
+@torch.no_grad()
+def plain_generate(model, prompt, budget: int) -> int:
+    """transformers' greedy `generate` of up to `budget` tokens after `prompt` -> tokens generated."""
+    eos = model.config.eos_token_id
+    ids = torch.tensor([list(prompt)])
+    got = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=budget, do_sample=False,
+                         eos_token_id=eos, pad_token_id=eos)
+    return got.shape[1] - ids.shape[1]
 
 
 def suite_table(directory: Path, length: int, samples: int, batch: int, tmp: Path) -> None:
@@ -146,17 +171,11 @@ def main() -> None:
     parser.add_argument("--skip-generation", action="store_true")
     parser.add_argument("--skip-suite", action="store_true")
     args = parser.parse_args()
-    from diffeval.specs import parse_lengths
-
-    torch.set_num_threads(2)
-    length = parse_lengths(args.len)[0]
-    with tempfile.TemporaryDirectory() as tmp:
-        directory = Path(tmp) / "smollm2-135m-shape"
-        make_model(directory, length)
+    with smollm2_shaped(args.len) as (directory, tmp, length):
         if not args.skip_generation:
             generation_table(directory, length, args.gen_samples)
         if not args.skip_suite:
-            suite_table(directory, length, args.samples, args.batch_size, Path(tmp))
+            suite_table(directory, length, args.samples, args.batch_size, tmp)
 
 
 if __name__ == "__main__":

@@ -177,9 +177,31 @@ class Engine:
         self.counters.prompt_tokens += n
         self.counters.prefilled_tokens += n
 
+    # --- the model-facing primitives (an engine on another model implementation overrides these) ---
+
     def _call(self, ids: torch.Tensor, cache: KVCache, logits="last"):
+        """(1 or B, T) ids through the model, extending `cache` -> logits per `logits`:
+        "last" (B, 1, V), "all" (B, T, V), "none" None."""
         hook = self._hook.fn if self._hook else None
         return self.model(ids, cache, logits=logits, logit_hook=hook)
+
+    def _new_cache(self) -> KVCache:
+        return self.model.new_cache()
+
+    def _truncate(self, cache: KVCache, length: int) -> None:
+        cache.truncate(length)
+
+    def _new_batch(self) -> KVCache:
+        """An empty (B, ...) cache that _put_row fills one prompt at a time."""
+        return KVCache(0)
+
+    def _put_row(self, batch: KVCache, row: int, rows: int, extra: int) -> KVCache:
+        """Copy what the batch-1 cache holds into row `row` of `batch` (room for `extra` more tokens)."""
+        batch.put_row(row, self._cache, rows, extra=extra)
+        return batch
+
+    def _batch_ready(self, batch: KVCache) -> KVCache:
+        return batch
 
     @torch.no_grad()
     def _extend_to(self, tokens: list[int], hook: Optional[Hook]) -> int:
@@ -188,9 +210,9 @@ class Engine:
         chunk, so its keys and values (and hence every later logit) do not depend on which
         prompts ran before: a resumed run, or one with more samples, gives the same numbers."""
         if self._cache is None or not self.reuse or hook != self._hook:
-            self._cache, self._tokens, self._hook = self.model.new_cache(), [], hook
+            self._cache, self._tokens, self._hook = self._new_cache(), [], hook
         keep = common_prefix(self._tokens, tokens) // self.align * self.align
-        self._cache.truncate(keep)
+        self._truncate(self._cache, keep)
         b = len(tokens) // self.align * self.align
         for s in range(keep, b, self.align):
             self._call(self._ids(tokens[s:s + self.align]), self._cache, logits="none")
@@ -206,7 +228,7 @@ class Engine:
         max_new = reqs[0].max_new_tokens
         self.counters.requests += len(reqs)
         self.counters.prompt_tokens += sum(len(r.prompt) for r in reqs)
-        batch = KVCache(0) if len(reqs) > 1 else None
+        batch = self._new_batch() if len(reqs) > 1 else None
         firsts = []
         with self._timed("prefill"):
             for row, req in enumerate(reqs):
@@ -215,10 +237,11 @@ class Engine:
                 firsts.append(self._call(self._ids(prompt[b:]), self._cache))  # (1, 1, V)
                 self.counters.prefilled_tokens += len(prompt) - b
                 if batch is not None:  # the next prompt's _extend_to rolls the shared cache back
-                    batch.put_row(row, self._cache, len(reqs), extra=max_new + 1)
+                    batch = self._put_row(batch, row, len(reqs), extra=max_new + 1)
         with self._timed("decode"):
-            outs = self._decode(torch.cat(firsts), batch or self._cache, len(reqs), max_new, reqs[0].stop_text)
-        self._cache.truncate(b)  # keep only the aligned prefix
+            cache = self._cache if batch is None else self._batch_ready(batch)
+            outs = self._decode(torch.cat(firsts), cache, len(reqs), max_new, reqs[0].stop_text)
+        self._truncate(self._cache, b)  # keep only the aligned prefix
         return outs
 
     def _decode(self, logits: torch.Tensor, cache: KVCache, batch: int, max_new: int,
@@ -258,7 +281,7 @@ class Engine:
         scores = []
         for cand in req.candidates:
             ids = [prompt[-1], *cand]  # the last prompt token predicts the first candidate token
-            self._cache.truncate(base)
+            self._truncate(self._cache, base)
             logits = self._call(self._ids(ids[:-1]), self._cache, logits="all")  # (1, len(cand), V)
             logp = F.log_softmax(logits[0].float(), dim=-1)  # (len(cand), V)
             target = torch.tensor(cand, device=logp.device)
@@ -266,7 +289,7 @@ class Engine:
             greedy = bool((logp.argmax(-1) == target).all())
             scores.append(ChoiceScore(float(picked.double().sum()), len(cand), greedy))
             self.counters.prefilled_tokens += len(cand)
-        self._cache.truncate(b)  # keep only the aligned prefix
+        self._truncate(self._cache, b)  # keep only the aligned prefix
         return scores
 
 

@@ -39,6 +39,7 @@ from diffeval.results import (
 from diffeval.tokenizers import BOS_POLICIES
 
 DECODE_MODES = ("default", "ruler")
+ENGINES = ("native", "hf")  # diffeval.hf_engine.ENGINES, without importing it
 
 
 log = logging.getLogger("diffeval")
@@ -63,6 +64,7 @@ class RunOptions:
     overwrite: bool = False  # replace another run's results in the output folder
     allow_beyond_memory: bool = False  # load a model (and KV cache) larger than the device's memory
     bos: str = "auto"  # auto (the tokenizer's own rule) | always | never
+    engine: str = "native"  # native (diffeval's model code) | hf (transformers: any causal LM it implements)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -75,13 +77,27 @@ class RunOptions:
             raise ConfigError(f"{self.prompt_format!r}: choose plain or chat", "prompt_format")
         if self.bos not in BOS_POLICIES:
             raise ConfigError(f"{self.bos!r}: choose {', '.join(BOS_POLICIES)}", "bos")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"{self.engine!r}: choose {' or '.join(ENGINES)}", "engine")
+        if self.engine == "hf" and self.weights_format not in (None, "hf"):
+            raise ConfigError(f"--format {self.weights_format} reads weights into diffeval's own model code; "
+                              "--engine hf reads Hugging Face directories only", "engine")
 
     def settings(self) -> dict[str, Any]:
         """The options that change outputs, for results.json."""
         return {"device": self.device, "dtype": str(self.dtype).replace("torch.", ""), "backend": self.backend,
                 "batch_size": self.batch_size, "max_new_tokens": self.max_new_tokens,
                 "allow_beyond_max_positions": self.allow_beyond_max_positions,
-                "prompt_format": self.prompt_format, "decode": self.decode, "bos": self.bos}
+                "prompt_format": self.prompt_format, "decode": self.decode, "bos": self.bos,
+                "engine": self.engine, **self.engine_versions()}
+
+    def engine_versions(self) -> dict[str, str]:
+        """The version of the library an engine other than native runs on ({} for native)."""
+        if self.engine != "hf":
+            return {}
+        from diffeval.hf_engine import transformers_module
+
+        return {"transformers": transformers_module().__version__}
 
 
 @dataclass(frozen=True)
@@ -123,7 +139,8 @@ def model_record(label: str, loaded, opts: RunOptions) -> dict[str, Any]:
     return {"label": label, "spec": info.spec, "family": info.family, "n_params": info.n_params,
             "config": info.config, "sha256": info.sha256, "config_sha256": info.config_sha256,
             "tokenizer": info.tokenizer, "tokenizer_sha256": info.tokenizer_sha256, "dtype": info.dtype,
-            "backend": info.backend, "device": opts.device, "max_positions": info.max_seq_len}
+            "backend": info.backend, "device": opts.device, "max_positions": info.max_seq_len,
+            "engine": info.engine}
 
 
 def progress_bar(total: Optional[int], desc: str, enabled: bool, unit: str = "request"):
@@ -154,6 +171,9 @@ def run_probe(probe: Probe, cfg, specs: list[str], out: Path, opts: RunOptions,
     from diffeval.dist import is_main
 
     specs = default_specs(list(specs))
+    if opts.engine != "native" and probe.native_only:
+        raise UsageError(f"{probe.name}: --engine {opts.engine} cannot run it: {probe.native_only}; "
+                         "use --engine native (the families diffeval implements)")
     if not is_main():  # under torchrun, rank 0 claims and locks the folder for the whole job
         return _run_job(_Job.start(probe, cfg, specs, Path(out), opts, task))
     run_id = run_identity(probe.name, cfg.to_dict(), opts.settings(), specs)
@@ -233,9 +253,15 @@ def _run_model(job: _Job, label: str, spec: str) -> None:
     from diffeval.tokenizers import bos_record
 
     opts, clock = job.opts, _Clock()
-    loaded = load(spec, device=opts.device, dtype=opts.dtype, backend=opts.backend, allow_pickle=opts.allow_pickle,
-                  length=_longest(job.params), allow_beyond_memory=opts.allow_beyond_memory,
-                  format=opts.weights_format)
+    if opts.engine == "hf":
+        from diffeval.hf_engine import load as load_hf
+
+        loaded = load_hf(spec, device=opts.device, dtype=opts.dtype, backend=opts.backend, length=_longest(job.params),
+                         allow_beyond_memory=opts.allow_beyond_memory)
+    else:
+        loaded = load(spec, device=opts.device, dtype=opts.dtype, backend=opts.backend,
+                      allow_pickle=opts.allow_pickle, length=_longest(job.params),
+                      allow_beyond_memory=opts.allow_beyond_memory, format=opts.weights_format)
     clock.lap("load")
     job.hashed[label] = loaded.info.sha256_from
     ctx = model_context(label, loaded, opts, job.service)
@@ -350,7 +376,10 @@ def _evaluate(job: _Job, plan: _Plan, loaded, ctx: ModelContext) -> tuple[Any, f
     from diffeval.tokenizers import stop_ids
 
     tok, opts = loaded.tokenizer, job.opts
-    engine = Engine(loaded.model, stop_ids=stop_ids(tok) if tok is not None else frozenset(),
+    engine_class = Engine
+    if opts.engine == "hf":
+        from diffeval.hf_engine import HFEngine as engine_class  # the same interface on transformers
+    engine = engine_class(loaded.model, stop_ids=stop_ids(tok) if tok is not None else frozenset(),
                     decode=tok.decode if tok is not None else None, batch_size=opts.batch_size,
                     stats=plan.state.stats if plan.state is not None else None)
     bar = progress_bar(sum(len(plan.work[i]) for i in plan.todo), plan.label, opts.progress and job.world.is_main)

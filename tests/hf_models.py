@@ -25,10 +25,15 @@ def _byte_level_tokenizer(directory: Path) -> None:
     tok.save(str(directory / "tokenizer.json"))
 
 
+# Gemma 2: a head width of its own, a sliding window (every other layer) shorter than the tests' prompts
+FOREIGN = {"gemma2": {"head_dim": 16, "sliding_window": 24, "pad_token_id": 1}, "phi3": {"pad_token_id": 1},
+           "olmo2": {"pad_token_id": 1}}
+
+
 def make_hf(kind: str, directory: Path, *, n_kv: int = 4, tied: bool = False, seed: int = 0,
             layers: int = 3, heads: int = 4, rope: dict | None = None, hidden: int = 64,
             max_pos: int = 512, sharded: bool = False) -> Path:
-    """Save a random tiny `kind` model (llama | mistral | qwen2 | diffllama) to `directory`."""
+    """Save a random tiny `kind` model (llama | mistral | qwen2 | diffllama, or one of FOREIGN) to `directory`."""
     import transformers as tf
 
     cls = {
@@ -36,6 +41,10 @@ def make_hf(kind: str, directory: Path, *, n_kv: int = 4, tied: bool = False, se
         "mistral": (tf.MistralConfig, tf.MistralForCausalLM),
         "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
         "diffllama": (tf.DiffLlamaConfig, tf.DiffLlamaForCausalLM),
+        # architectures diffeval does not implement (run through --engine hf)
+        "gemma2": (tf.Gemma2Config, tf.Gemma2ForCausalLM),
+        "phi3": (tf.Phi3Config, tf.Phi3ForCausalLM),
+        "olmo2": (tf.Olmo2Config, tf.Olmo2ForCausalLM),
     }[kind]
     kwargs = dict(
         vocab_size=VOCAB, hidden_size=hidden, intermediate_size=2 * hidden + 16, num_hidden_layers=layers,
@@ -44,6 +53,7 @@ def make_hf(kind: str, directory: Path, *, n_kv: int = 4, tied: bool = False, se
     )
     if rope is not None:
         kwargs["rope_parameters"] = rope
+    kwargs.update(FOREIGN.get(kind, {}))
     config = cls[0](**kwargs)
     torch.manual_seed(seed)
     model = cls[1](config).eval()

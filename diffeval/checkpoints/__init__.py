@@ -51,11 +51,16 @@ class CheckpointInfo:
     config: dict[str, Any] = field(default_factory=dict)
     config_sha256: Optional[str] = None  # of config.json: edits that keep the weights still count
     tokenizer_sha256: Optional[str] = None  # of tokenizer.json and tokenizer_config.json
+    engine: str = "native"  # the code that runs the model: native (diffeval's) | hf (transformers)
+    engine_version: Optional[str] = None  # "transformers 5.x.y" under --engine hf
 
     def fingerprint(self) -> dict[str, Any]:
         """Everything about the loaded model that changes its outputs (for resume keys)."""
-        return {"sha256": self.sha256, "config_sha256": self.config_sha256,
-                "tokenizer_sha256": self.tokenizer_sha256, "dtype": self.dtype, "backend": self.backend}
+        out = {"sha256": self.sha256, "config_sha256": self.config_sha256,
+               "tokenizer_sha256": self.tokenizer_sha256, "dtype": self.dtype, "backend": self.backend}
+        if self.engine != "native":  # native keys stay what they were before other engines existed
+            out.update(engine=self.engine, engine_version=self.engine_version)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,6 +115,20 @@ def read_config(directory: Path) -> tuple[str, ModelConfig, dict[str, Any]]:
         return fmt, FORMATS[fmt].config_from(raw, path), raw
     except (TypeError, ValueError, ZeroDivisionError, AttributeError) as exc:  # a value of the wrong type
         raise CheckpointError(f"{path}: a field has a value of the wrong type ({exc})") from None
+
+
+def position_limit(spec: str) -> int:
+    """The position limit of a checkpoint from its config.json alone: diffeval's reading of it,
+    or for an architecture only transformers implements (--engine hf) its max_position_embeddings."""
+    directory = resolve_spec(spec)
+    try:
+        return read_config(directory)[1].max_seq_len
+    except CheckpointError:
+        raw = read_json(directory / "config.json", "", CheckpointError)
+        limit = raw.get("max_position_embeddings")
+        if "family" in raw or isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise
+        return limit
 
 
 def _layout(fmt: str, requested: Optional[str], tensors: dict[str, torch.Tensor], directory: Path) -> str:
@@ -286,13 +305,18 @@ def device_memory(device: str | torch.device) -> Optional[int]:
 def check_memory(cfg: ModelConfig, dtype: torch.dtype, device, length: Optional[int], allow: bool,
                  spec: str) -> None:
     """Refuse, with the estimate, a model (and KV cache) larger than the device's memory."""
-    need = memory_estimate(cfg, dtype, length)
+    refuse_beyond_memory(memory_estimate(cfg, dtype, length), cfg.n_params(), dtype, device, length, allow, spec)
+
+
+def refuse_beyond_memory(need: int, n_params: int, dtype: torch.dtype, device, length: Optional[int], allow: bool,
+                         spec: str) -> None:
+    """Refuse `need` bytes (n_params parameters, and a KV cache at `length`) beyond the device's memory."""
     have = device_memory(device)
     if allow or have is None or need <= have:
         return
     at = f" and a KV cache of {length:,} tokens" if length else ""
     raise CheckpointError(
-        f"{spec}: needs about {need / 2**30:,.1f} GiB ({cfg.n_params():,} parameters in "
+        f"{spec}: needs about {need / 2**30:,.1f} GiB ({n_params:,} parameters in "
         f"{str(dtype).replace('torch.', '')}{at}) but {torch.device(device).type} has "
         f"{have / 2**30:,.1f} GiB available; pass --allow-beyond-memory to try anyway"
     )

@@ -163,29 +163,33 @@ def _pickle_reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {lines[0][:100]}" if lines else type(exc).__name__
 
 
-def read_weights(directory: Path, allow_pickle: bool = False) -> WeightFiles:
-    """All weight tensors of a checkpoint directory."""
-    out = WeightFiles()
+def safetensors_files(directory: Path) -> list[Path]:
+    """The safetensors files of a checkpoint directory: the shards its index names, else
+    model.safetensors, else every *.safetensors; [] when it has none."""
     index = directory / "model.safetensors.index.json"
-    single = directory / "model.safetensors"
     if index.exists():
         weight_map = read_json(index, "", CheckpointError).get("weight_map")
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise CheckpointError(f"{index}: not a valid shard index (no weight_map of tensor -> file)")
         shards = sorted(set(weight_map.values()))
-        for shard in shards:
-            _read_safetensors(confined(directory, shard, f"{index}: shard", CheckpointError), out)
+        return [confined(directory, shard, f"{index}: shard", CheckpointError) for shard in shards]
+    single = directory / "model.safetensors"
+    return [single] if single.exists() else sorted(directory.glob("*.safetensors"))
+
+
+def read_weights(directory: Path, allow_pickle: bool = False) -> WeightFiles:
+    """All weight tensors of a checkpoint directory."""
+    out = WeightFiles()
+    paths = safetensors_files(directory)
+    for path in paths:
+        _read_safetensors(path, out)
+    index = directory / "model.safetensors.index.json"
+    if paths and index.exists():
+        weight_map = read_json(index, "", CheckpointError)["weight_map"]
         missing = sorted(set(weight_map) - set(out.tensors))
         if missing:
             raise CheckpointError(f"{index}: tensor {missing[0]!r} listed for {weight_map[missing[0]]} but not in it")
-        return out
-    if single.exists():
-        _read_safetensors(single, out)
-        return out
-    others = sorted(directory.glob("*.safetensors"))
-    if others:
-        for path in others:
-            _read_safetensors(path, out)
+    if paths:
         return out
     pickles = [directory / n for n in PICKLE_NAMES if (directory / n).exists()]
     if pickles:

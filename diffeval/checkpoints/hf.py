@@ -68,7 +68,8 @@ def architecture(raw: dict[str, Any], path: Path) -> str:
         arch = raw.get("model_type", "<none>")
     if arch not in ARCHITECTURES:
         raise CheckpointError(
-            f"{path}: unknown architecture {arch!r}; supported: {', '.join(ARCHITECTURES)}"
+            f"{path}: unknown architecture {arch!r}; supported: {', '.join(ARCHITECTURES)} "
+            "(--engine hf runs the text probes on any architecture transformers implements)"
         )
     return arch
 

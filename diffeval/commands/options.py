@@ -60,6 +60,9 @@ RUN: dict[str, RunOption] = {
                               "cache at the longest length) exceeds the device's memory.", False, bool),
     "overwrite": RunOption("--overwrite", "Replace the results of another run (another probe, parameters, settings "
                            "or models) found in --out.", False, bool),
+    "engine": RunOption("--engine", "native (diffeval's model code: its families, kernels and attention analysis) "
+                        "or hf (transformers' AutoModelForCausalLM: any causal LM it implements; pip install "
+                        "'diffeval[hf]'; text probes only).", "native", str),
     "weights_format": RunOption("--format", "Weight layout: native, hf, or unilm (DIFF V1 from Microsoft's reference "
                                 "code). Default: detected from config.json and the tensor names.", None, Optional[str]),
 }
@@ -67,7 +70,7 @@ RUN_PARAMS = {name: (r.kind, r.typer_option()) for name, r in RUN.items()}
 # Flags of the run options, by RunOptions field.
 RUN_FLAGS = {"batch_size": "--batch-size", "max_new_tokens": "--max-new-tokens", "decode": "--decode",
              "prompt_format": "--prompt-format", "device": "--device", "dtype": "--dtype", "backend": "--backend",
-             "bos": "--bos"}
+             "bos": "--bos", "engine": "--engine"}
 CKPT = typer.Option([], "--ckpt", help="Checkpoint (repeatable): zoo:NAME, a native or a Hugging Face directory. "
                     "Default: the zoo models.")
 OUT = typer.Option(None, "--out", help="Output directory (default runs/<probe>-<UTC time>). Rerun the same command "
@@ -127,7 +130,7 @@ def run_options(device: str = "auto", dtype: str = "auto", backend: str = "auto"
                 max_new_tokens: Optional[int] = None, allow_beyond: bool = False, allow_pickle: bool = False,
                 prompt_format: str = "plain", decode: str = "default", save_prompts: bool = False,
                 allow_memory: bool = False, overwrite: bool = False,
-                weights_format: Optional[str] = None, bos: str = "auto"):
+                weights_format: Optional[str] = None, bos: str = "auto", engine: str = "native"):
     from diffeval.run import RunOptions
 
     dev = parse_device(device)
@@ -138,7 +141,7 @@ def run_options(device: str = "auto", dtype: str = "auto", backend: str = "auto"
                           max_new_tokens=max_new_tokens, allow_beyond_max_positions=allow_beyond,
                           allow_pickle=allow_pickle, progress=True, prompt_format=prompt_format, decode=decode,
                           save_prompts=save_prompts, allow_beyond_memory=allow_memory, overwrite=overwrite,
-                          weights_format=weights_format, bos=bos)
+                          weights_format=weights_format, bos=bos, engine=engine)
 
 
 @contextmanager
@@ -177,11 +180,11 @@ def default_lengths(ckpts: list[str], command: str, reserve: int = 0, cap: int =
     """The lengths a command uses without --len: the longest L <= `cap` that fits every model's
     position limit less `reserve` positions (e.g. BOS) — a multiple of 1024, or the limit
     itself below 1024 — and with `grid`, L/4, L/2 and L (256, 512, 1K on the zoo)."""
-    from diffeval.checkpoints import read_config, resolve_spec
+    from diffeval.checkpoints import position_limit
     from diffeval.run import default_specs
     from diffeval.specs import length_label
 
-    limit = min(read_config(resolve_spec(s))[1].max_seq_len for s in default_specs(list(ckpts)))
+    limit = min(position_limit(s) for s in default_specs(list(ckpts)))
     longest = min(cap, (limit - reserve) // 1024 * 1024 or limit - reserve)
     lengths = sorted({max(1, longest // 4), max(1, longest // 2), longest}) if grid else [longest]
     return Chosen(",".join(str(n) for n in lengths),

@@ -215,6 +215,8 @@ PROBE = Probe(
     aggregate=_aggregate, cell_keys=("length", "depth", "layer", "head"),
     grid_params=("lengths", "depths", "samples", "arrays", "log_scale"),
     data=lambda cfg: R.haystack_data(cfg.haystack), uses=("prompt_format",),
+    native_only="it captures exact attention rows from diffeval's own attention code (transformers' SDPA "
+                "attention returns none)",
     views=(Figure("attn_profile", "attention:profile_view", stem="attn_profile"),
            Figure("attn_layer_head", "attention:layer_head_view", stem="attn_layer_head"),
            Figure("attn_pooled_window", "attention:pooled_window_view", stem="attn_pooled_window"),

@@ -144,6 +144,7 @@ class Probe:
     # prefix (one rank under torchrun, so the prefix KV cache is reused); None: the sample alone
     service: Optional[Callable[[Any], Any]] = None  # cfg -> what scoring shares over a run (ctx.service)
     uses: tuple[str, ...] = RUN_FEATURES  # of RUN_FEATURES: the run options that apply
+    native_only: str = ""  # why the probe needs diffeval's own model code (--engine hf refused); "": any engine
     description: str = ""  # one line, for listings
     summary: str = ""  # the command's help text
     examples: tuple[str, ...] = ()  # command lines for the help; the first runs as written on the zoo

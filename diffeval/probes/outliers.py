@@ -227,7 +227,8 @@ PROBE = Probe(
     name=NAME, version=VERSION, Config=OutliersConfig, generate=_generate, requests=_requests, score=_score,
     aggregate=_aggregate, cell_keys=("kind", "activation", "layer", "bits"),
     grid_params=("n_tokens", "needle_samples", "depths"), data=_data,
-    state=_state,
+    state=_state, native_only="it reads attention logits and hidden states inside diffeval's own attention code "
+                              "and quantises the logits there",
     group=lambda s: f"b{s.bits}/{s.item.group}" if isinstance(s, _Needle) else None,
     views=(Figure("quant_curve", "outliers:quant_view", stem="quant_curve"),
            Figure("outliers_by_layer", "outliers:by_layer_view", stem="outliers_by_layer"),
