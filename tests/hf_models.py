@@ -32,14 +32,17 @@ FOREIGN = {"gemma2": {"head_dim": 16, "sliding_window": 24, "pad_token_id": 1}, 
 
 def make_hf(kind: str, directory: Path, *, n_kv: int = 4, tied: bool = False, seed: int = 0,
             layers: int = 3, heads: int = 4, rope: dict | None = None, hidden: int = 64,
-            max_pos: int = 512, sharded: bool = False) -> Path:
-    """Save a random tiny `kind` model (llama | mistral | qwen2 | diffllama, or one of FOREIGN) to `directory`."""
+            max_pos: int = 512, sharded: bool = False, **extra) -> Path:
+    """Save a random tiny `kind` model (llama | mistral | qwen2 | qwen3 | qwen3_5 | diffllama, or one of
+    FOREIGN) to `directory`; `extra` overrides config fields."""
     import transformers as tf
 
     cls = {
         "llama": (tf.LlamaConfig, tf.LlamaForCausalLM),
         "mistral": (tf.MistralConfig, tf.MistralForCausalLM),
         "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
+        "qwen3": (tf.Qwen3Config, tf.Qwen3ForCausalLM),
+        "qwen3_5": (tf.Qwen3_5TextConfig, tf.Qwen3_5ForCausalLM),
         "diffllama": (tf.DiffLlamaConfig, tf.DiffLlamaForCausalLM),
         # architectures diffeval does not implement (run through --engine hf)
         "gemma2": (tf.Gemma2Config, tf.Gemma2ForCausalLM),
@@ -53,7 +56,14 @@ def make_hf(kind: str, directory: Path, *, n_kv: int = 4, tied: bool = False, se
     )
     if rope is not None:
         kwargs["rope_parameters"] = rope
+    if kind in ("qwen3", "qwen3_5"):
+        kwargs["head_dim"] = hidden // heads
+    if kind == "qwen3_5":  # every layer full (gated) attention; rotary over the whole head unless asked
+        kwargs["layer_types"] = ["full_attention"] * layers
+        kwargs.setdefault("rope_parameters", {"rope_type": "default", "rope_theta": 10000.0,
+                                              "partial_rotary_factor": 1.0})
     kwargs.update(FOREIGN.get(kind, {}))
+    kwargs.update(extra)
     config = cls[0](**kwargs)
     torch.manual_seed(seed)
     model = cls[1](config).eval()

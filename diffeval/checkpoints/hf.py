@@ -1,6 +1,13 @@
 """Hugging Face checkpoints as `save_pretrained` writes them: LlamaForCausalLM,
-MistralForCausalLM, Qwen2ForCausalLM, DiffLlamaForCausalLM. All foreign names are translated
-here and nowhere else. `auto_map` (remote code) is never executed: only the known
+MistralForCausalLM (sliding window included), Qwen2ForCausalLM, Qwen3ForCausalLM (per-head q/k
+norms), Qwen3_5ForCausalLM (gated attention; configs whose layers are all full attention) and
+DiffLlamaForCausalLM. All foreign names and layouts are translated here and nowhere else.
+
+Qwen3.5 stores its gate inside q_proj: per head, d query rows then d gate rows; `convert`
+splits them into q_proj and the gated family's g_proj. Its RMSNorms are zero-centred (scale
+1 + w); `convert` stores 1 + w, so the norms are the plain ones of every other family. Its
+multimodal RoPE sections coincide for text (every section has the same position), where it is
+plain RoPE. `auto_map` (remote code) is never executed: only the known
 architectures are read, by this code."""
 
 from __future__ import annotations
@@ -18,8 +25,11 @@ ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+    "Qwen3_5ForCausalLM": "qwen3_5_text",
     "DiffLlamaForCausalLM": "diffllama",
 }
+QK_NORM = ("qwen3", "qwen3_5_text")  # architectures with per-head q/k RMSNorm
 MODEL_TYPES = {v: k for k, v in ARCHITECTURES.items()}
 
 # One row per tensor name pattern: (Hugging Face name, native name). {i} is a layer index, {attn}
@@ -80,7 +90,7 @@ def _number(value: Any, name: str, path: Path) -> float:
     return float(value)
 
 
-def _rope(raw: dict[str, Any], path: Path) -> RopeConfig:
+def _rope(raw: dict[str, Any], path: Path, partial_default: float = 1.0) -> RopeConfig:
     params = raw.get("rope_parameters")
     if isinstance(params, dict) and params:
         scaling = dict(params)
@@ -93,7 +103,7 @@ def _rope(raw: dict[str, Any], path: Path) -> RopeConfig:
         raise CheckpointError(
             f"{path}: unsupported RoPE scaling type {kind!r}; supported: {', '.join(ROPE_TYPES)}"
         )
-    partial = scaling.get("partial_rotary_factor", raw.get("partial_rotary_factor", 1.0))
+    partial = scaling.get("partial_rotary_factor", raw.get("partial_rotary_factor", partial_default))
     if partial not in (None, 1, 1.0):
         raise CheckpointError(f"{path}: partial_rotary_factor {partial} is not supported")
     fields: dict[str, Any] = {"theta": _number(theta, "rope_theta", path), "type": kind}
@@ -142,12 +152,11 @@ def config_from(raw: dict[str, Any], path: Path) -> ModelConfig:
         raise CheckpointError(f"{path}: hidden_act {act!r} is not supported (SwiGLU needs 'silu')")
     window = raw.get("sliding_window")
     max_pos = raw.get("max_position_embeddings", 2048)
-    if kind == "qwen2" and raw.get("use_sliding_window"):
+    if kind in ("qwen2", "qwen3") and raw.get("use_sliding_window"):
         raise CheckpointError(f"{path}: use_sliding_window=true is not supported")
-    if kind == "mistral" and window is not None and window < max_pos:
-        raise CheckpointError(
-            f"{path}: sliding_window {window} < max_position_embeddings {max_pos} is not supported"
-        )
+    sliding = window if kind == "mistral" and window is not None and window < max_pos else None
+    if kind == "qwen3_5_text":
+        _full_attention_only(raw, path)
     n_attn = _require(raw, "num_attention_heads", path)
     n_kv = raw.get("num_key_value_heads") or n_attn
     d_model = _require(raw, "hidden_size", path)
@@ -156,6 +165,8 @@ def config_from(raw: dict[str, Any], path: Path) -> ModelConfig:
         if n_attn % 2:
             raise CheckpointError(f"{path}: DiffLlama num_attention_heads ({n_attn}) must be even")
         family, n_heads = "diff", n_attn // 2
+    elif kind == "qwen3_5_text":
+        family, n_heads = "gated", n_attn
     else:
         family, n_heads = ("sha" if n_attn == 1 and n_kv == 1 else "transformer"), n_attn
     attn_bias = bool(raw.get("attention_bias", False))
@@ -169,17 +180,68 @@ def config_from(raw: dict[str, Any], path: Path) -> ModelConfig:
         d_head=d_head,
         d_ff=_require(raw, "intermediate_size", path),
         max_seq_len=max_pos,
-        rope=_rope(raw, path),
+        rope=_rope(raw, path, 0.25 if kind == "qwen3_5_text" else 1.0),
         norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
         qkv_bias=True if kind == "qwen2" else attn_bias,
         o_bias=False if kind == "qwen2" else attn_bias,
         mlp_bias=bool(raw.get("mlp_bias", False)),
+        qk_norm=kind in QK_NORM,
+        sliding_window=sliding,
     )
+    if family == "gated":
+        values["gate"] = "element"
     try:
         return ModelConfig(**values)
     except ConfigError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
+
+
+def _full_attention_only(raw: dict[str, Any], path: Path) -> None:
+    """Qwen3.5 text configs load when every layer is full (gated) attention: its linear-attention
+    (Gated DeltaNet) layers are not implemented. transformers' default pattern when layer_types
+    is absent: every `full_attention_interval`-th layer full, the others linear."""
+    types = raw.get("layer_types")
+    if types is None:
+        interval = raw.get("full_attention_interval", 4)
+        n = raw.get("num_hidden_layers", 0)
+        types = ["full_attention" if (i + 1) % interval == 0 else "linear_attention" for i in range(n)]
+    linear = [i for i, t in enumerate(types) if t != "full_attention"]
+    if linear:
+        raise CheckpointError(f"{path}: layer_types has {len(linear)} linear-attention (Gated DeltaNet) layer(s) "
+                              f"(first: {linear[0]}); diffeval implements Qwen3.5's full-attention layers only")
+
+
+_NORMS = re.compile(r"(input_layernorm|post_attention_layernorm|q_norm|k_norm)\.weight$|^model\.norm\.weight$")
+_Q_PROJ = re.compile(r"^model\.layers\.(\d+)\.self_attn\.q_proj\.(weight|bias)$")
+
+
+def convert(weights, cfg: ModelConfig, raw: dict[str, Any]):
+    """Layouts that are not the internal one, made internal at load (exact: rows split, norms
+    shifted). Qwen3.5: each q_proj head's [query; gate] rows -> q_proj and g_proj, RMSNorm
+    weights w -> 1 + w (in float32). Other architectures pass unchanged."""
+    if ARCHITECTURES[architecture(raw, Path("config.json"))] != "qwen3_5_text":
+        return cfg, weights
+    from diffeval.checkpoints.files import WeightFiles
+
+    out = WeightFiles(files=weights.files)
+    H, d = cfg.n_heads, cfg.d_head
+    for name, t in weights.tensors.items():
+        where = weights.origin[name]
+        m = _Q_PROJ.match(name)
+        if m is not None:
+            if t.shape[0] != 2 * H * d:
+                raise CheckpointError(f"{where}: tensor {name!r} has {t.shape[0]} rows, expected {2 * H * d} "
+                                      f"(query and gate rows of {H} heads x {d})")
+            both = t.reshape(H, 2, d, *t.shape[1:])
+            out.tensors[name], out.origin[name] = both[:, 0].reshape(H * d, *t.shape[1:]), where
+            gate = name.replace(".q_proj.", ".g_proj.")
+            out.tensors[gate], out.origin[gate] = both[:, 1].reshape(H * d, *t.shape[1:]), where
+            continue
+        if _NORMS.search(name):
+            t = 1.0 + t.float()
+        out.tensors[name], out.origin[name] = t, where
+    return cfg, out
 
 
 def native_name(name: str) -> str | None:

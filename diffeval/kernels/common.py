@@ -48,10 +48,22 @@ def diff_values(v: torch.Tensor, n_diff_heads: int) -> torch.Tensor:
     return torch.cat((v[:, idx // r], v[:, (idx + n_diff_heads) // r]), dim=-1)
 
 
-def causal_valid(q_pos: torch.Tensor, n_keys: int) -> torch.Tensor:
-    """(R,) absolute query positions -> (R, n_keys) bool, True where the key is visible."""
-    keys = torch.arange(n_keys, device=q_pos.device)
-    return keys[None, :] <= q_pos[:, None]
+def causal_valid(q_pos: torch.Tensor, n_keys: int, window: Optional[int] = None, first_key: int = 0) -> torch.Tensor:
+    """(R,) absolute query positions -> (R, n_keys) bool, True where the key (at absolute
+    positions first_key, first_key + 1, ...) is visible: not in the future and, with a sliding
+    `window` W, one of the W most recent keys (the query's own included)."""
+    keys = torch.arange(first_key, first_key + n_keys, device=q_pos.device)
+    valid = keys[None, :] <= q_pos[:, None]
+    if window is not None:
+        valid &= keys[None, :] > q_pos[:, None] - window
+    return valid
+
+
+def sink_factor(lse: torch.Tensor, sinks: torch.Tensor) -> torch.Tensor:
+    """Attention sinks from an ordinary softmax's log-sum-exp: a sink logit s_h in the
+    denominator scales head h's output by Z / (Z + e^s) = sigmoid(lse - s). lse (B, H, T)
+    float32 -> (B, H, T, 1) float32."""
+    return torch.sigmoid(lse.float() - sinks.float()[None, :, None])[..., None]
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -24,16 +24,23 @@ def softmax_rows(
     scale: float,
     logit_fn: Optional[LogitFn] = None,
     map_index: int = 0,
+    sinks: Optional[torch.Tensor] = None,
+    window: Optional[int] = None,
 ) -> torch.Tensor:
     """Exact causal attention rows. q (B, H, R, D) at absolute positions q_pos (R,),
-    k (B, H, Tk, D) -> probabilities (B, H, R, Tk) in at least float32; masked keys are 0."""
+    k (B, H, Tk, D) -> probabilities (B, H, R, Tk) in at least float32; masked keys are 0.
+    `sinks` (H,): a logit per head that joins every row's denominator (the rows then sum to
+    less than 1); `window`: a sliding window of that many most recent keys."""
     ct = compute_dtype(q.dtype)
     logits = torch.matmul(q.to(ct), k.to(ct).transpose(-1, -2)) * scale  # (B, H, R, Tk)
-    valid = causal_valid(q_pos, k.shape[2])
+    valid = causal_valid(q_pos, k.shape[2], window)
     if logit_fn is not None:
         logits = logit_fn(logits, valid, map_index)
     logits = logits.masked_fill(~valid, float("-inf"))
-    return torch.softmax(logits, dim=-1)
+    if sinks is None:
+        return torch.softmax(logits, dim=-1)
+    sink = sinks.to(ct).view(1, -1, 1, 1).expand(*logits.shape[:3], 1)
+    return torch.softmax(torch.cat((logits, sink), dim=-1), dim=-1)[..., :-1]
 
 
 def _blocks(n_queries: int, batch_heads: int, n_keys: int):
@@ -53,9 +60,12 @@ class ReferenceBackend:
         *,
         scale: float,
         logit_fn: Optional[LogitFn] = None,
+        sinks: Optional[torch.Tensor] = None,
+        window: Optional[int] = None,
     ) -> torch.Tensor:
         """q (B, H, Tq, D); k, v (B, Hkv, Tk, .); the queries are the last Tq of the Tk
-        positions. Returns (B, H, Tq, Dv) in q's dtype."""
+        positions. Returns (B, H, Tq, Dv) in q's dtype. `sinks` (H,) and `window` as in
+        softmax_rows."""
         B, H, Tq, _ = q.shape
         Tk = k.shape[2]
         k, v = expand_kv(k, H), expand_kv(v, H)
@@ -63,7 +73,7 @@ class ReferenceBackend:
         out = q.new_empty(B, H, Tq, v.shape[-1])
         for s, e in _blocks(Tq, B * H, Tk):
             q_pos = torch.arange(Tk - Tq + s, Tk - Tq + e, device=q.device)
-            p = softmax_rows(q[:, :, s:e], k, q_pos, scale, logit_fn)
+            p = softmax_rows(q[:, :, s:e], k, q_pos, scale, logit_fn, sinks=sinks, window=window)
             out[:, :, s:e] = torch.matmul(p, v.to(ct)).to(q.dtype)
         return out
 

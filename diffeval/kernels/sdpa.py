@@ -9,6 +9,12 @@ no mask for single-token decode. Otherwise (a prompt continuing a cached prefix)
   a boolean mask into an additive one in every layer cost 13% of a 2K-after-2K prefill (30
   layers), so the mask of the last shape asked for is kept: built once per forward pass.
 
+Attention sinks (a logit per head in every row's denominator) scale an ordinary softmax's
+output by sigmoid(lse - sink): on the CPU the fused kernel returns the log-sum-exp; elsewhere
+the sink joins as one more key (a key with its own feature, value 0) in a standard call. A
+sliding window runs in query blocks over the keys they can see (a band mask per block), so a
+window of W keys costs O(T x W), not O(T^2).
+
 DIFF has value width 2d != d; a plain call with that shape falls back to the O(n^2) math
 kernel on the CPU. Both maps therefore go through one call as 2H heads with q/k zero-padded
 to width 2d (the padding adds nothing to q.k), which keeps the fused kernel and O(n) memory."""
@@ -20,11 +26,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-from diffeval.kernels.common import DiffNorm, diff_values, expand_kv
+from diffeval.kernels.common import DiffNorm, causal_valid, diff_values, expand_kv, sink_factor
 
 MASK_ELEMENTS = 1 << 24  # bound on the (block, Tk) mask of a partial-causal call
 SPLIT_MIN_PREFIX = 1024  # cached keys from which split_attend beats a masked call on the CPU
 SPLIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+WINDOW_BLOCK = 256  # queries per call of a sliding-window layer (at least the window itself)
 
 
 def _causal_mask(start: int, stop: int, Tq: int, Tk: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -42,10 +49,15 @@ def _flash_cpu():
 
 
 def split_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    return split_attend_lse(q, k, v, scale)[0]
+
+
+def split_attend_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Queries that are the last Tq of Tk positions, as two fused CPU calls merged by log-sum-exp:
     the P = Tk - Tq cached keys with no mask, then the Tq new keys causal. Under GQA the cached
     keys are not copied: the r query heads of each key-value head are stacked along the query
-    axis, which a call without a mask allows. q (B, H, Tq, D); k, v (B, Hkv, Tk, .) -> (B, H, Tq, Dv)."""
+    axis, which a call without a mask allows. q (B, H, Tq, D); k, v (B, Hkv, Tk, .) -> output
+    (B, H, Tq, Dv) and its log-sum-exp (B, H, Tq) float32."""
     flash = _flash_cpu()
     B, H, Tq, D = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
@@ -55,7 +67,38 @@ def split_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
     o2, l2 = flash(q, expand_kv(k[:, :, P:], H), expand_kv(v[:, :, P:], H), is_causal=True, scale=scale)
     lse = torch.logaddexp(l1, l2)  # (B, H, Tq) float32
     out = o1.float() * (l1 - lse).exp()[..., None] + o2.float() * (l2 - lse).exp()[..., None]
-    return out.to(q.dtype)
+    return out.to(q.dtype), lse
+
+
+def unmasked_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every query sees every key (decoding): the fused CPU kernel with the r query heads of each
+    key-value head stacked on the query axis. -> output (B, H, Tq, Dv), log-sum-exp (B, H, Tq)."""
+    B, H, Tq, D = q.shape
+    Hkv = k.shape[1]
+    out, lse = _flash_cpu()(q.reshape(B, Hkv, H // Hkv * Tq, D), k, v, scale=scale)
+    return out.reshape(B, H, Tq, -1), lse.reshape(B, H, Tq)
+
+
+def _lse_kernel(q: torch.Tensor) -> bool:
+    """Whether sinks can use the fused CPU kernel's log-sum-exp (float32 at most: it returns a
+    float32 log-sum-exp, so float64 runs take the sink-key path and stay float64-exact)."""
+    return q.device.type == "cpu" and q.dtype in SPLIT_DTYPES and _flash_cpu() is not None
+
+
+def sink_key(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Tensor, scale: float):
+    """Sinks as one more key for a standard attention call: every query gets one more feature
+    equal to 1, the sink key of head h holds s_h / scale there (so its logit is s_h for every
+    query) and value 0; real keys hold 0 there. The sink key is first, so a query at the end
+    of Tk + 1 keys sees it. Features are padded by 8 to keep widths kernel-friendly.
+    -> q (B, H, Tq, D + 8), k (B, H, Tk + 1, D + 8), v (B, H, Tk + 1, Dv)."""
+    B, H, _, D = q.shape
+    qq = F.pad(q, (0, 8))
+    qq[..., D] = 1
+    kk = F.pad(expand_kv(k, H), (0, 8))
+    sink = kk.new_zeros(B, H, 1, D + 8)
+    sink[..., D] = (sinks.to(kk.dtype) / scale)[None, :, None]
+    vv = expand_kv(v, H)
+    return qq, torch.cat((sink, kk), dim=2), torch.cat((vv.new_zeros(B, H, 1, vv.shape[-1]), vv), dim=2)
 
 
 def lower_right_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -73,9 +116,61 @@ class SdpaBackend:
     def __init__(self) -> None:
         self._last_mask: tuple[tuple, torch.Tensor | None] = ((), None)  # ((Tq, Tk, device, dtype), mask)
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, logit_fn=None) -> torch.Tensor:
-        """q (B, H, Tq, D); k, v (B, Hkv, Tk, .) -> (B, H, Tq, Dv)."""
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, logit_fn=None,
+               sinks: torch.Tensor | None = None, window: int | None = None) -> torch.Tensor:
+        """q (B, H, Tq, D); k, v (B, Hkv, Tk, .) -> (B, H, Tq, Dv). `sinks` (H,): a logit per head
+        in every row's denominator; `window`: each query sees its `window` most recent keys."""
         assert logit_fn is None, "logit transforms need the reference backend"
+        if window is not None and window < k.shape[2]:
+            return self._windowed(q, k, v, scale, sinks, window)
+        if sinks is None:
+            return self._causal(q, k, v, scale)
+        if _lse_kernel(q):
+            out, lse = self._causal_lse(q, k, v, scale)
+            return (out.float() * sink_factor(lse, sinks)).to(q.dtype)
+        return self._causal(*sink_key(q, k, v, sinks, scale)[:3], scale)
+
+    def _causal_lse(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
+        """Causal attention and its log-sum-exp on the CPU's fused kernel (B, H, Tq, Dv), (B, H, Tq)."""
+        H, Tq, Tk = q.shape[1], q.shape[2], k.shape[2]
+        flash = _flash_cpu()
+        if Tq == Tk:
+            return flash(q, expand_kv(k, H), expand_kv(v, H), is_causal=True, scale=scale)
+        if Tq == 1:
+            return unmasked_lse(q, k, v, scale)
+        if Tk - Tq >= SPLIT_MIN_PREFIX:
+            return split_attend_lse(q, k, v, scale)
+        block = max(1, MASK_ELEMENTS // Tk)
+        kk, vv = expand_kv(k, H), expand_kv(v, H)
+        parts = [flash(q[:, :, s:s + block], kk, vv, scale=scale,
+                       attn_mask=_causal_mask(s, min(Tq, s + block), Tq, Tk, q.device, q.dtype))
+                 for s in range(0, Tq, block)]
+        return torch.cat([o for o, _ in parts], dim=2), torch.cat([lse for _, lse in parts], dim=2)
+
+    def _windowed(self, q, k, v, scale: float, sinks, window: int) -> torch.Tensor:
+        """Sliding-window attention in query blocks, each over the keys its queries can see."""
+        H, Tq, Tk = q.shape[1], q.shape[2], k.shape[2]
+        offset, block = Tk - Tq, max(WINDOW_BLOCK, window)
+        outs = []
+        for s in range(0, Tq, block):
+            e = min(Tq, s + block)
+            lo = max(0, offset + s - window + 1)
+            valid = causal_valid(torch.arange(offset + s, offset + e, device=q.device), offset + e - lo, window, lo)
+            mask = torch.zeros(valid.shape, dtype=q.dtype, device=q.device).masked_fill_(~valid, -math.inf)
+            qb, kb, vb = q[:, :, s:e], k[:, :, lo:offset + e], v[:, :, lo:offset + e]
+            if sinks is None:
+                outs.append(F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scale,
+                                                           enable_gqa=k.shape[1] != H))
+            elif _lse_kernel(q):
+                out, lse = _flash_cpu()(qb, expand_kv(kb, H), expand_kv(vb, H), attn_mask=mask, scale=scale)
+                outs.append((out.float() * sink_factor(lse, sinks)).to(q.dtype))
+            else:
+                qs, ks, vs = sink_key(qb, kb, vb, sinks, scale)
+                outs.append(F.scaled_dot_product_attention(qs, ks, vs, attn_mask=F.pad(mask, (1, 0)), scale=scale))
+        return torch.cat(outs, dim=2)
+
+    def _causal(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        """Causal attention of the last Tq of Tk positions, through the cheapest fused call."""
         H, Tq, Tk = q.shape[1], q.shape[2], k.shape[2]
         gqa = k.shape[1] != H
         if Tq == Tk:

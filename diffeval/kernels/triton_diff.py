@@ -172,8 +172,8 @@ class TritonBackend:
     def __init__(self) -> None:
         self._sdpa = SdpaBackend()
 
-    def attend(self, q, k, v, *, scale: float, logit_fn=None):
-        return self._sdpa.attend(q, k, v, scale=scale, logit_fn=logit_fn)
+    def attend(self, q, k, v, *, scale: float, logit_fn=None, sinks=None, window=None):
+        return self._sdpa.attend(q, k, v, scale=scale, logit_fn=logit_fn, sinks=sinks, window=window)
 
     def diff_attend(self, q, k, v, lam, *, scale: float, logit_fn=None, norm=None):
         assert logit_fn is None, "logit transforms need the reference backend"

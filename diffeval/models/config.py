@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from diffeval.errors import ConfigError, shown
-from diffeval.families import DIFFERENTIAL, FAMILIES
+from diffeval.families import DIFFERENTIAL, FAMILIES, GATES, LAYER_TYPES, SOFTMAX
 
 ROPE_TYPES = ("default", "linear", "llama3")
+VARIANT_FIELDS = {"qk_norm": False, "gate": None, "sliding_window": None, "layer_types": None}
 MAX_DIM = 1 << 24  # any one size (layers, width, vocabulary, positions): far above real models
 
 
@@ -60,7 +61,16 @@ class ModelConfig:
     `n_heads` query heads of width `d_head` (default d_model / n_heads) in one softmax call,
     query heads 2i and 2i + 1 in one GQA group (so 2 * n_heads / n_kv_heads must be even),
     value width `d_head`, and a per-token lambda from `lambda_proj` (bias when `lambda_bias`);
-    `n_kv_heads` defaults to `n_heads` there (the key/value heads of the matched Transformer)."""
+    `n_kv_heads` defaults to `n_heads` there (the key/value heads of the matched Transformer).
+
+    `gated` is softmax attention whose output is multiplied by sigmoid(x W_g) before the output
+    projection: one gate per output feature (`gate: element`, g_proj d_model -> H * d_head) or
+    one per head (`gate: head`, d_model -> H). `sinks` is softmax attention with a learnable
+    logit per head in every row's denominator (`sinks`, shape (H,)). `sliding_window` W limits
+    a query to its W most recent keys (itself included) in the layers `layer_types` marks
+    "sliding_attention" (all layers when `layer_types` is not given); softmax families only.
+    `qk_norm` adds a per-head RMSNorm (weight d_head, eps norm_eps) on queries and keys before
+    RoPE (Qwen3), for every family."""
 
     family: str
     vocab_size: int
@@ -80,6 +90,10 @@ class ModelConfig:
     diff_norm_weight: bool = False  # per-head RMSNorm with a weight (unilm `subln`) or without (HF)
     diff_norm_eps: float | None = None  # eps of DIFF's per-head RMSNorm; None: norm_eps
     lambda_bias: bool = False  # diff2: lambda_proj has a bias
+    qk_norm: bool = False  # per-head RMSNorm of q and k before RoPE (Qwen3)
+    gate: str | None = None  # gated: "element" (default) or "head"
+    sliding_window: int | None = None  # softmax families: keys a query sees in its sliding layers
+    layer_types: tuple[str, ...] | None = None  # per layer "full_attention" | "sliding_attention"
     lambda_std: float = 0.1  # init only
     init_std: float = 0.02  # init only
 
@@ -132,8 +146,46 @@ class ModelConfig:
             )
         if not self.norm_eps > 0:
             raise ConfigError(f"norm_eps ({self.norm_eps}) must be > 0")
+        self._check_variants()
         if self.diff_norm_eps is not None and not self.diff_norm_eps > 0:
             raise ConfigError(f"diff_norm_eps ({self.diff_norm_eps}) must be > 0")
+
+    def _check_variants(self) -> None:
+        """qk_norm, gate, sliding_window and layer_types."""
+        if not isinstance(self.qk_norm, bool):
+            raise ConfigError(f"qk_norm ({shown(self.qk_norm)}) must be true or false")
+        if self.family == "gated":
+            gate = "element" if self.gate is None else self.gate
+            if gate not in GATES:
+                raise ConfigError(f"gate ({shown(self.gate)}) must be one of {', '.join(GATES)}")
+            object.__setattr__(self, "gate", gate)
+        elif self.gate is not None:
+            raise ConfigError(f"gate ({shown(self.gate)}) is a field of family 'gated', not {self.family!r}")
+        window = self.sliding_window
+        if window is not None:
+            if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+                raise ConfigError(f"sliding_window ({shown(window)}) must be a positive integer")
+            if self.family not in SOFTMAX:
+                raise ConfigError(f"sliding_window is for the softmax families ({', '.join(SOFTMAX)}), "
+                                  f"not {self.family!r}")
+        types = self.layer_types
+        if types is not None:
+            if not isinstance(types, (list, tuple)) or len(types) != self.n_layers:
+                raise ConfigError(f"layer_types ({shown(types)}) must list one type per layer ({self.n_layers})")
+            bad = sorted({str(t) for t in types if t not in LAYER_TYPES})
+            if bad:
+                raise ConfigError(f"layer_types: unknown type(s) {', '.join(bad)}; valid: {', '.join(LAYER_TYPES)}")
+            if window is None and "sliding_attention" in types:
+                raise ConfigError("layer_types has sliding_attention layers but sliding_window is not set")
+            object.__setattr__(self, "layer_types", tuple(types))
+
+    def window(self, layer_idx: int) -> int | None:
+        """The sliding window of a layer (None: full causal attention)."""
+        if self.sliding_window is None:
+            return None
+        if self.layer_types is not None and self.layer_types[layer_idx] != "sliding_attention":
+            return None
+        return self.sliding_window
 
     @property
     def n_q_heads(self) -> int:
@@ -150,7 +202,15 @@ class ModelConfig:
         return 0.8 - 0.6 * math.exp(-0.3 * layer_idx)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """All fields, except the variant fields (VARIANT_FIELDS) where they are off: a config
+        without them reads the same, and records of models without them stay as they were."""
+        out = dataclasses.asdict(self)
+        for name, off in VARIANT_FIELDS.items():
+            if out[name] == off:
+                del out[name]
+        if out.get("layer_types") is not None:
+            out["layer_types"] = list(out["layer_types"])
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "ModelConfig":
@@ -191,6 +251,12 @@ class ModelConfig:
             attn += 4 * dh + (2 * dh if self.diff_norm_weight else 0)
         if self.family == "diff2":
             attn += d * self.n_heads + (self.n_heads if self.lambda_bias else 0)
+        if self.family == "gated":
+            attn += d * self.n_heads * (dh if self.gate == "element" else 1)
+        if self.family == "sinks":
+            attn += self.n_heads
+        if self.qk_norm:
+            attn += 2 * dh
         mlp = 3 * d * self.d_ff + (2 * self.d_ff + d if self.mlp_bias else 0)
         per_layer = attn + mlp + 2 * d
         head = 0 if self.tie_embeddings else self.vocab_size * d

@@ -1,6 +1,7 @@
 """The pre-norm decoder every family shares:
     h = embed(ids);  for each layer: h += Attn(RMSNorm(h)); h += SwiGLU(RMSNorm(h));  logits = head(RMSNorm(h))
-Attention is the family's module (attention.py, diff.py or diff2.py); everything else is here."""
+Attention is the family's module (attention.py, diff.py, diff2.py, gated.py, sinks.py); everything
+else is here."""
 
 from __future__ import annotations
 
@@ -16,14 +17,18 @@ from diffeval.models.cache import KVCache
 from diffeval.models.config import ModelConfig
 from diffeval.models.diff import DiffAttention
 from diffeval.models.diff2 import Diff2Attention
+from diffeval.models.gated import GatedAttention
 from diffeval.models.inspect import ActivationStats, Capture, ForwardContext, LogitHook
 from diffeval.models.layers import RMSNorm, Rotary, SwiGLU
+from diffeval.models.sinks import SinkAttention
 
 ATTENTION: dict[str, type[nn.Module]] = {
     "transformer": Attention,
     "sha": Attention,
     "diff": DiffAttention,
     "diff2": Diff2Attention,
+    "gated": GatedAttention,
+    "sinks": SinkAttention,
 }
 
 DEFAULT_CHUNK = 4096  # tokens per chunk for the position-wise parts (MLP, head) at inference

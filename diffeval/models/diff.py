@@ -20,7 +20,7 @@ from diffeval.kernels.reference import ReferenceBackend, softmax_rows
 from diffeval.models.cache import LayerCache
 from diffeval.models.config import ModelConfig
 from diffeval.models.inspect import ForwardContext
-from diffeval.models.layers import RMSNorm, project_qkv
+from diffeval.models.layers import RMSNorm, add_qk_norm, project_qkv
 
 REFERENCE = ReferenceBackend()
 
@@ -35,6 +35,7 @@ class DiffAttention(nn.Module):
         self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * d, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * d, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(2 * H * d, cfg.d_model, bias=cfg.o_bias)
+        add_qk_norm(self, cfg)
         self.lambda_q1 = nn.Parameter(torch.zeros(d))
         self.lambda_k1 = nn.Parameter(torch.zeros(d))
         self.lambda_q2 = nn.Parameter(torch.zeros(d))

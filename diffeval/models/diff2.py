@@ -24,7 +24,7 @@ from diffeval.kernels.reference import ReferenceBackend, softmax_rows
 from diffeval.models.cache import LayerCache
 from diffeval.models.config import ModelConfig
 from diffeval.models.inspect import ForwardContext
-from diffeval.models.layers import project_qkv
+from diffeval.models.layers import add_qk_norm, project_qkv
 
 REFERENCE = ReferenceBackend()
 
@@ -54,6 +54,7 @@ class Diff2Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * d, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(H * d, cfg.d_model, bias=cfg.o_bias)
         self.lambda_proj = nn.Linear(cfg.d_model, H, bias=cfg.lambda_bias)
+        add_qk_norm(self, cfg)
 
     def lambdas(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, T, d_model) -> per-token, per-head lambda (B, H, T) in float32 (float64 for

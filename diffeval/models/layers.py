@@ -74,15 +74,26 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + rotated * sin
 
 
+def add_qk_norm(attn: nn.Module, cfg) -> None:
+    """Give an attention module the per-head q/k RMSNorms of `qk_norm` configs (Qwen3)."""
+    if cfg.qk_norm:
+        attn.q_norm = RMSNorm(cfg.d_head, cfg.norm_eps)
+        attn.k_norm = RMSNorm(cfg.d_head, cfg.norm_eps)
+
+
 def project_qkv(attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache,
                 n_q: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The start of every family's attention: x (B, T, C) through attn.q_proj / k_proj / v_proj
-    -> q (B, n_q, T, D) and k, v (B, Hkv, Tk, D), RoPE applied; a layer cache is extended and
-    its keys/values so far returned (Tk = cached + T)."""
+    -> q (B, n_q, T, D) and k, v (B, Hkv, Tk, D), per-head q/k norms (when the module has
+    them) and RoPE applied; a layer cache is extended and its keys/values so far returned
+    (Tk = cached + T)."""
     B, T, _ = x.shape
     d, n_kv = attn.d_head, attn.n_kv_heads
-    q = attn.q_proj(x).view(B, T, n_q, d).transpose(1, 2)  # (B, n_q, T, D)
-    k = attn.k_proj(x).view(B, T, n_kv, d).transpose(1, 2)  # (B, Hkv, T, D)
+    q = attn.q_proj(x).view(B, T, n_q, d)
+    k = attn.k_proj(x).view(B, T, n_kv, d)
+    if hasattr(attn, "q_norm"):
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, n_q, T, D), (B, Hkv, T, D)
     v = attn.v_proj(x).view(B, T, n_kv, d).transpose(1, 2)
     q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
     if cache is not None:

@@ -35,7 +35,7 @@ def test_cached_prefix_paths_match_reference_model(family, n_kv, path, monkeypat
     if path == "split":
         monkeypatch.setattr(sdpa, "SPLIT_MIN_PREFIX", 1)
     elif path == "lower-right":  # the CUDA branch; on the CPU its bias materialises the mask
-        monkeypatch.setattr(sdpa.SdpaBackend, "attend", _lower_right_attend)
+        monkeypatch.setattr(sdpa.SdpaBackend, "_causal", _lower_right_attend)
     model = tiny_model(family, n_kv_heads=n_kv)
     ids = torch.randint(0, 300, (1, 90), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -48,7 +48,7 @@ def test_cached_prefix_paths_match_reference_model(family, n_kv, path, monkeypat
     assert (torch.cat(parts, dim=1) - want).abs().max().item() <= 1e-5
 
 
-def _lower_right_attend(self, q, k, v, *, scale, logit_fn=None):
+def _lower_right_attend(self, q, k, v, scale):
     import diffeval.kernels.sdpa as sdpa
 
     if q.shape[2] in (1, k.shape[2]):

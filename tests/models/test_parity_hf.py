@@ -13,6 +13,11 @@ CASES = [
     ("llama", dict(n_kv=1)),  # MQA
     ("qwen2", dict(n_kv=2)),  # qkv bias
     ("mistral", dict(n_kv=2)),
+    ("mistral", dict(n_kv=2, sliding_window=24)),  # window shorter than the 80-token input
+    ("qwen3", dict(n_kv=2)),  # per-head q/k norms, GQA, untied
+    ("qwen3", dict(n_kv=4, tied=True)),
+    ("qwen3_5", dict(n_kv=2)),  # gated attention (q_proj split), zero-centred norms
+    ("qwen3_5", dict(n_kv=1, tied=True, attention_bias=True)),
     ("diffllama", dict(n_kv=4)),  # MHA
     ("diffllama", dict(n_kv=2)),  # GQA
     ("diffllama", dict(n_kv=2, tied=True)),
