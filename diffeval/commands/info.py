@@ -26,6 +26,24 @@ def _heads(data: dict) -> str:
     return str(data["n_heads"])
 
 
+def _variant_rows(family: str, cfg: dict) -> list[tuple[str, str]]:
+    """Rows for the attention variants: gate, sinks, q/k norms, sliding windows."""
+    rows = []
+    if family == "gated":
+        width = f"{cfg['n_heads']} x {cfg['d_head']}" if cfg["gate"] == "element" else f"{cfg['n_heads']}"
+        rows.append(("gate", f"{cfg['gate']}-wise: out * sigmoid(g_proj x), g_proj {cfg['d_model']} -> {width}"))
+    if family == "sinks":
+        rows.append(("sinks", f"one learnable logit per head ({cfg['n_heads']}) in every softmax denominator"))
+    if cfg.get("qk_norm"):
+        rows.append(("q/k norm", f"per-head RMSNorm ({cfg['d_head']}) on queries and keys before RoPE"))
+    if cfg.get("sliding_window"):
+        types = cfg.get("layer_types")
+        which = ("every layer" if types is None else
+                 "layer(s) " + ",".join(str(i) for i, t in enumerate(types) if t == "sliding_attention"))
+        rows.append(("sliding window", f"{cfg['sliding_window']} keys in {which}"))
+    return rows
+
+
 def info(
     ctx: typer.Context,
     ckpt: str = typer.Option(..., "--ckpt", help="Checkpoint: zoo:NAME, a native or a Hugging Face directory."),
@@ -66,8 +84,9 @@ def info(
         ("files", ", ".join(data["files"])),
         ("sha256", data["sha256"]),
     ]
+    cfg = data["config"]
+    rows[5:5] = _variant_rows(data["family"], cfg)
     if data["family"] == "diff2":
-        cfg = data["config"]
         rows.insert(5, ("λ projection", f"lambda_proj {cfg['d_model']} -> {cfg['n_heads']} "
                                           f"({'with' if cfg['lambda_bias'] else 'no'} bias), "
                                           "sigmoid per token and head"))

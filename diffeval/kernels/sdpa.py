@@ -52,7 +52,8 @@ def split_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
     return split_attend_lse(q, k, v, scale)[0]
 
 
-def split_attend_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def split_attend_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Queries that are the last Tq of Tk positions, as two fused CPU calls merged by log-sum-exp:
     the P = Tk - Tq cached keys with no mask, then the Tq new keys causal. Under GQA the cached
     keys are not copied: the r query heads of each key-value head are stacked along the query

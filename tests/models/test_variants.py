@@ -26,8 +26,8 @@ VARIANTS = [
 ]
 
 
-def _model(family, dtype=torch.float32, seed=0, **extra):
-    cfg = ModelConfig(family=family, vocab_size=97, d_model=64, n_layers=2, n_heads=4, d_ff=96, n_kv_heads=2,
+def _model(family, dtype=torch.float32, seed=0, vocab=97, **extra):
+    cfg = ModelConfig(family=family, vocab_size=vocab, d_model=64, n_layers=2, n_heads=4, d_ff=96, n_kv_heads=2,
                       **extra)
     model = Decoder(cfg)
     model.init_weights(seed)
@@ -223,3 +223,23 @@ def test_gpt_oss_attention_module_parity():
             with torch.no_grad():
                 got = ours(x, cos, sin, None, ForwardContext(resolve_backend(backend), None, None, None, 2))
             assert (got - want).abs().max() < 1e-5, (i, backend)
+
+
+@pytest.mark.parametrize("family,extra,shown", [
+    ("gated", dict(gate="head", qk_norm=True), ["head-wise: out * sigmoid(g_proj x), g_proj 64 -> 4", "q/k norm"]),
+    ("sinks", dict(sliding_window=6, layer_types=["sliding_attention", "full_attention"]),
+     ["one learnable logit per head (4)", "6 keys in layer(s) 0"]),
+])
+def test_variants_save_natively_and_info_shows_them(family, extra, shown, tmp_path, capsys, ids):
+    import diffeval
+    from helpers import run_cli
+
+    model = _model(family, vocab=259, **extra)  # the byte tokenizer's ids
+    diffeval.save(model, tmp_path / "m")
+    loaded = diffeval.load(str(tmp_path / "m"))
+    assert loaded.model.cfg == model.cfg
+    with torch.no_grad():
+        assert torch.equal(model(ids), loaded.model(ids))
+    assert run_cli(["info", "--ckpt", str(tmp_path / "m")]) == 0
+    out = capsys.readouterr().out
+    assert all(s in out for s in shown), out

@@ -91,22 +91,31 @@ def test_probe_files_follow_the_contract_and_resume_exactly(name, ckpts, tmp_pat
     assert other["run"]["dtype"] == "float64"
 
 
+# the families (and options) beyond the zoo's three: DIFF V2, gated attention, sinks with a sliding window
+VARIANTS = {"diff2": dict(family="diff2"), "gated": dict(family="gated", gate="element"),
+            "gated-head": dict(family="gated", gate="head", qk_norm=True),
+            "sinks": dict(family="sinks", sliding_window=64, layer_types=["sliding_attention", "full_attention"])}
+
+
 @pytest.fixture(scope="module")
-def diff2_ckpt(tmp_path_factory):
+def variant_ckpts(tmp_path_factory):
     import diffeval
     from helpers import tiny_model
 
-    path = tmp_path_factory.mktemp("v2") / "diff2"
-    diffeval.save(tiny_model("diff2", vocab_size=259, max_seq_len=1024), path)
-    return str(path)
+    root = tmp_path_factory.mktemp("variants")
+    for label, options in VARIANTS.items():
+        diffeval.save(tiny_model(vocab_size=259, max_seq_len=1024, n_layers=2, **options), root / label)
+    return [str(root / label) for label in VARIANTS]
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_every_probe_runs_on_a_diff2_model(name, diff2_ckpt, tmp_path):
-    results = _run(name, [diff2_ckpt], tmp_path / "v2")
-    jsonschema.validate(json.loads((tmp_path / "v2" / "results.json").read_text()), json.loads(SCHEMA_FILE.read_text()))
-    assert results["models"][0]["family"] == "diff2" and results["metrics"]["diff2"]
-    assert (tmp_path / "v2" / "samples.jsonl").read_text()
+def test_every_probe_runs_on_every_variant_family(name, variant_ckpts, tmp_path):
+    results = _run(name, variant_ckpts, tmp_path / "v")
+    jsonschema.validate(json.loads((tmp_path / "v" / "results.json").read_text()), json.loads(SCHEMA_FILE.read_text()))
+    assert [m["family"] for m in results["models"]] == [o["family"] for o in VARIANTS.values()]
+    assert all(results["metrics"][label] for label in VARIANTS)
+    rows = _lines(tmp_path / "v" / "samples.jsonl")
+    assert {r["model"] for r in rows} == set(VARIANTS)
 
 
 def test_resume_key_covers_decoding_backend_and_the_checkpoint_config(ckpts, tmp_path):
