@@ -14,7 +14,7 @@ from diffeval.errors import UsageError
 
 
 def train(
-    recipe: str = typer.Option(..., "--recipe", help="A shipped recipe by name (transformer-tiny, sha-tiny, diff-tiny: the zoo models') or a recipe YAML file."),
+    recipe: str = typer.Option(..., "--recipe", help="A shipped recipe by name (transformer-tiny, sha-tiny, diff-tiny: the zoo models'; gated-tiny, sinks-tiny) or a recipe YAML file."),
     out: str = typer.Option(..., "--out", help="Output directory: the checkpoint, train_state.pt, log.jsonl."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from OUT/train_state.pt when present."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop after this many minutes (checkpoint kept; rerun to continue)."),

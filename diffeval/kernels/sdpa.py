@@ -80,10 +80,20 @@ def unmasked_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
     return out.reshape(B, H, Tq, -1), lse.reshape(B, H, Tq)
 
 
+def _common(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """q, k, v in one dtype for torch's fused CPU op, which (unlike F.scaled_dot_product_attention)
+    neither autocasts nor mixes dtypes: the autocast dtype when autocast is on (training), else q's."""
+    dt = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
+    return q.to(dt), k.to(dt), v.to(dt)
+
+
 def _lse_kernel(q: torch.Tensor) -> bool:
-    """Whether sinks can use the fused CPU kernel's log-sum-exp (float32 at most: it returns a
-    float32 log-sum-exp, so float64 runs take the sink-key path and stay float64-exact)."""
-    return q.device.type == "cpu" and q.dtype in SPLIT_DTYPES and _flash_cpu() is not None
+    """Whether sinks can use the fused CPU kernel's log-sum-exp: at inference (its backward does
+    not carry a gradient through the log-sum-exp, so training takes the sink-key path, which
+    autograd differentiates exactly) and in float32 at most (its log-sum-exp is float32, so
+    float64 runs take the sink-key path too and stay float64-exact)."""
+    return (q.device.type == "cpu" and q.dtype in SPLIT_DTYPES and _flash_cpu() is not None
+            and not (torch.is_grad_enabled() and q.requires_grad))
 
 
 def sink_key(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Tensor, scale: float):
@@ -127,6 +137,7 @@ class SdpaBackend:
         if sinks is None:
             return self._causal(q, k, v, scale)
         if _lse_kernel(q):
+            q, k, v = _common(q, k, v)
             out, lse = self._causal_lse(q, k, v, scale)
             return (out.float() * sink_factor(lse, sinks)).to(q.dtype)
         return self._causal(*sink_key(q, k, v, sinks, scale)[:3], scale)
@@ -150,6 +161,8 @@ class SdpaBackend:
 
     def _windowed(self, q, k, v, scale: float, sinks, window: int) -> torch.Tensor:
         """Sliding-window attention in query blocks, each over the keys its queries can see."""
+        if sinks is not None and _lse_kernel(q):
+            q, k, v = _common(q, k, v)
         H, Tq, Tk = q.shape[1], q.shape[2], k.shape[2]
         offset, block = Tk - Tq, max(WINDOW_BLOCK, window)
         outs = []

@@ -19,7 +19,8 @@ reserved for a copy of the previous token's embedding.
 Layer roles per family: transformer, first layer heads 0-1 previous-token, second layer all
 heads induction; sha (one head per layer), the first two layers previous-token, the top
 layer(s) induction; diff, first layer head 0 previous-token (map 1; map 2 zero, i.e. uniform), second
-layer every head induction (map 1; map 2 uniform). Everything else keeps the seeded normal
+layer every head induction (map 1; map 2 uniform); gated and sinks, the transformer's (gated
+with its gates at exactly 1/2 and the output projection doubled to match). Everything else keeps the seeded normal
 init, and training is free to change all of it.
 """
 
@@ -192,4 +193,17 @@ def _plant_diff(c: _Circuit, cfg, layers: list, sha_induction_layers: int) -> No
         a1.k_proj.weight[(h + H) * dh:(h + H + 1) * dh] = 0.0
 
 
-_PLANT = {"transformer": _plant_transformer, "sha": _plant_sha, "diff": _plant_diff}
+def _plant_gated(c: _Circuit, cfg, layers: list, sha_induction_layers: int) -> None:
+    """The transformer's circuit, with every gate at exactly sigmoid(0) = 1/2 (g_proj zero) and
+    the output projections doubled: at step 0 the model computes what the planted transformer
+    does, and training moves the gates from there."""
+    _plant_transformer(c, cfg, layers, sha_induction_layers)
+    for attn in layers:
+        attn.g_proj.weight.zero_()
+        if attn.g_proj.bias is not None:
+            attn.g_proj.bias.zero_()
+        attn.o_proj.weight.mul_(2.0)
+
+
+_PLANT = {"transformer": _plant_transformer, "sha": _plant_sha, "diff": _plant_diff, "gated": _plant_gated,
+          "sinks": _plant_transformer}  # sinks start near 0 (their normal init): the planted logits dominate

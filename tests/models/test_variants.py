@@ -243,3 +243,16 @@ def test_variants_save_natively_and_info_shows_them(family, extra, shown, tmp_pa
     assert run_cli(["info", "--ckpt", str(tmp_path / "m")]) == 0
     out = capsys.readouterr().out
     assert all(s in out for s in shown), out
+
+
+@pytest.mark.parametrize("family,extra", VARIANTS[:5], ids=[f"{f}-{sorted(e)}" for f, e in VARIANTS[:5]])
+def test_training_gradients_match_the_reference(family, extra, ids):
+    """Training differentiates the fast path exactly (the sinks' fused log-sum-exp is for inference)."""
+    grads = {}
+    for backend in ("reference", "sdpa"):
+        model = _model(family, **extra).train()
+        model.set_backend(backend)
+        model.project(model.hidden(ids)).logsumexp(-1).mean().backward()
+        grads[backend] = {n: p.grad for n, p in model.named_parameters()}
+    for name, want in grads["reference"].items():
+        assert (grads["sdpa"][name] - want).abs().max() <= 1e-5 * (want.abs().max() + 1e-6), name

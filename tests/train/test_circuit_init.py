@@ -11,7 +11,8 @@ from diffeval.models.decoder import Decoder
 from diffeval.train.circuit_init import plant_induction
 
 SHAPES = {"transformer": dict(n_layers=2, n_heads=4), "sha": dict(n_layers=8, n_heads=1),
-          "diff": dict(n_layers=2, n_heads=2)}
+          "diff": dict(n_layers=2, n_heads=2), "gated": dict(n_layers=2, n_heads=4),
+          "sinks": dict(n_layers=2, n_heads=4, sliding_window=128, layer_types=["sliding_attention", "full_attention"])}
 
 
 def _model(family, **over):
@@ -38,6 +39,17 @@ def test_planted_model_copies_before_training(family):
     plant_induction(planted, seq_len=1024, seed=0)
     assert _copy_acc(plain) < 0.05
     assert _copy_acc(planted) > 0.3
+
+
+def test_planted_gated_model_is_the_planted_transformer():
+    """Gates at exactly 1/2 and doubled output projections: the same function at step 0."""
+    gated, plain = _model("gated"), _model("transformer")
+    gated.load_state_dict(plain.state_dict(), strict=False)  # the same weights outside the gates
+    plant_induction(gated, 1024, 0)
+    plant_induction(plain, 1024, 0)
+    ids = torch.randint(8, 512, (2, 96), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert (gated(ids) - plain(ids)).abs().max() < 1e-4
 
 
 def test_plant_is_deterministic_and_refuses_unsuitable_shapes():

@@ -118,7 +118,7 @@ def test_shipped_recipes_load_by_name_and_follow_the_papers_constructions():
     from diffeval.catalog import resolve_training_recipe, training_recipes
     from diffeval.train.trainer import model_config
 
-    assert set(training_recipes()) == {"transformer-tiny", "sha-tiny", "diff-tiny"}
+    assert set(training_recipes()) == {"transformer-tiny", "sha-tiny", "diff-tiny", "gated-tiny", "sinks-tiny"}
     cfgs = {}
     for name in training_recipes():
         r = load_recipe(resolve_training_recipe(name))
@@ -129,6 +129,11 @@ def test_shipped_recipes_load_by_name_and_follow_the_papers_constructions():
     assert d.n_heads * 2 == t.n_heads and d.d_head == t.d_model // (2 * d.n_heads)  # half the heads
     for other in (s, d):
         assert abs(other.n_params() - t.n_params()) <= 0.1 * t.n_params()
+    g, k = cfgs["gated-tiny"], cfgs["sinks-tiny"]
+    assert (g.family, g.gate, k.family, k.layer_types) == ("gated", "element", "sinks",
+                                                          ("sliding_attention", "full_attention"))
+    for other in (g, k):  # the transformer's shape, plus the variant's own parameters
+        assert (other.n_layers, other.n_heads, other.d_head) == (t.n_layers, t.n_heads, t.d_head)
 
 
 def test_train_command_reports_bad_input(tmp_path):
