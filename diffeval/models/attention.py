@@ -50,4 +50,5 @@ class Attention(nn.Module):
                 scale, ctx.logit_fn(self.layer_idx, with_stats=False),
             )  # (B, H, R, Tk)
             ctx.capture.add(self.layer_idx, absolute, {"attn": rows})
+        ctx.head_outputs(self.layer_idx, out)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.d_head))
