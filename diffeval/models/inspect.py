@@ -230,7 +230,7 @@ class LayerStats:
         pos, feat = (idx // C) % T + start, idx % C  # flat index over (B, T, C)
         if layer in self.top:
             old = self.top[layer]
-            vals, pos, feat = torch.cat((old[0], vals.double().cpu())), torch.cat((old[1], pos.cpu())), torch.cat((old[2], feat.cpu()))
+            vals, pos, feat = (torch.cat((o, t.to(o.dtype).cpu())) for o, t in zip(old, (vals, pos, feat)))
             keep = torch.topk(vals, min(self.top_k, vals.numel())).indices
             vals, pos, feat = vals[keep], pos[keep], feat[keep]
         self.top[layer] = (vals.double().cpu(), pos.cpu(), feat.cpu())
