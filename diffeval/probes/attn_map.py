@@ -36,7 +36,7 @@ from diffeval.specs import check_int, parse_index_list
 from diffeval.stats import breakdown
 
 NAME = "attn-map"
-VERSION = 5  # 5: variant metrics (probes/variants.py); 4: BOS by the tokenizer's rule, chat prompts as apply_chat_template
+VERSION = 5  # 5: variant metrics (probes/variants.py); 4: BOS by the tokenizer's rule, chat prompts as chat templates
 AGGREGATION = ("mean over the selected layers, heads and query tokens of each prompt, then over "
                "the samples of each depth; DIFF headline rows are the differential rows A1 - lambda A2 as "
                "the layer computes them (categories sum to 1 - lambda, and can be negative: not a mass); "
@@ -64,7 +64,7 @@ class AttnMapConfig(ProbeConfig):
     heads: str = option("all", parse=_indices, help="all, or indices like 0,3 (DIFF: differential heads).")
     query: str = option("answer", help="Query tokens: question, answer (the answer prefix) or last.")
     sink: int = option(4, help="Leading tokens counted as the attention sink.")
-    sink_threshold: float = option(V.SINK_THRESHOLD, help="Sink rate: share of heads whose first-token mass exceeds this.")
+    sink_threshold: float = option(V.SINK_THRESHOLD, help="Sink rate: share of heads with first-token mass above this.")
     position_bins: int = option(16, help="Position bins of the head-output RMS (plus the first token's own).")
     arrays: str = option("all", help="all: an .npz of captured rows per prompt; figure: only the prompt drawn in the "
                          "figures.")
@@ -200,8 +200,8 @@ def _score(cfg: AttnMapConfig, item: _Item, outputs: list, ctx) -> Scored:
 def _aggregate(cfg: AttnMapConfig, records: list[dict], models: list[dict], extra: dict):
     labels = [m["label"] for m in models]
     mine = {label: [r for r in records if r["model"] == label] for label in labels}
-    metrics = {label: {**allocation_metrics(mine[label], DIRECTION), **V.variant_metrics(mine[label], cfg.sink_threshold)}
-               for label in labels}
+    metrics = {k: {**allocation_metrics(v, DIRECTION), **V.variant_metrics(v, cfg.sink_threshold)}
+               for k, v in mine.items()}
     cells = allocation_cells(records, labels)
     V.extend_cells(cells, records)
     return cells, metrics

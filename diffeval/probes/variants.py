@@ -176,7 +176,8 @@ def sample_variants(rows: dict, stats, layers: list[int], heads: list[int], n_ro
         "head_rms": {"by_head": np.round(rms["by_head"], 6).tolist(),
                      "by_bin": [[_round(x) for x in row] for row in np.sqrt(np.nanmean(rms["by_bin"] ** 2, axis=1))],
                      "tokens": rms["tokens"].tolist(), "starts": rms["starts"]},
-        "distributions": {n: {k: {s: round(v, 6) for s, v in d.items()} for k, d in by.items()} for n, by in dist.items()},
+        "distributions": {n: {k: {s: round(v, 6) for s, v in d.items()} for k, d in by.items()}
+                          for n, by in dist.items()},
         "massive": {**mas, "top": np.round(mas["top"], 6).tolist(), "median": [round(m, 9) for m in mas["median"]]},
     }
     arrays = {**{f"first_token_{v}": a.astype(np.float32) for v, a in ft.items()},
@@ -219,7 +220,8 @@ def _rms_metrics(mine: list[dict], layers: list[int]) -> dict[str, dict]:
     out: dict[str, dict] = {}
     by_bin = [np.asarray(r["head_rms"]["by_bin"], dtype=float) for r in mine]  # (L, bins), NaN: no token
     tokens = [np.asarray(r["head_rms"]["tokens"], dtype=float) for r in mine]
-    out["head_rms"] = _m("head_rms", [np.sqrt(np.nansum(b ** 2 * t) / (t.sum() * len(b))) for b, t in zip(by_bin, tokens)])
+    out["head_rms"] = _m("head_rms", [np.sqrt(np.nansum(b ** 2 * t) / (t.sum() * len(b)))
+                                      for b, t in zip(by_bin, tokens)])
     out["head_rms.first_token"] = _m("head_rms.first_token", [np.sqrt(np.mean(b[:, 0] ** 2)) for b in by_bin])
     for i, L in enumerate(layers):
         out[f"head_rms@layer={L}"] = _m("head_rms", [np.sqrt(np.nansum(b[i] ** 2 * t) / t.sum())
