@@ -9,11 +9,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import run_cli, tiny_model
 
 from diffeval.cli import main
+from diffeval.jsonshape import first_error
 from diffeval.models import ActivationStats, Capture, LayerStats
 from diffeval.probes import variants as V
-from helpers import tiny_model
+from diffeval.results import SCHEMA_FILE
 
 T = 40
 
@@ -87,7 +89,8 @@ def test_head_rms_equals_a_direct_computation_on_o_proj_input(family):
     for L, x in _o_proj_inputs(model, ids).items():
         per = x.double().view(1, T, H, -1)  # (B, T, H, Dv)
         bins = stats.bins(0, T)
-        want = torch.stack([per[0, bins == b].pow(2).mean(dim=(0, 2)) for b in range(int(bins.max()) + 1)], -1)  # (H, bins)
+        want = torch.stack([per[0, bins == b].pow(2).mean(dim=(0, 2))
+                            for b in range(int(bins.max()) + 1)], -1)  # (H, bins)
         got = stats.sumsq[L] / (stats.tokens[L] * stats.width[L])
         assert torch.allclose(got, want, rtol=1e-5), (family, L)
         assert stats.tokens[L].tolist() == [1, 8, 8, 8, 8, 7]  # position 0 alone, then bins of 8
@@ -107,7 +110,8 @@ def test_diff_v1_head_rms_is_one_minus_lambda_init_and_lambda_is_the_layers():
     record, _ = V.distributions(stats, [0, 1], [0, 1])
     lams = [float(layer.attn.lambda_full().detach()) for layer in model.layers]
     assert record["lambda"]["all"]["q50"] == pytest.approx(np.median(lams))
-    assert record["lambda"]["1"]["q05"] == pytest.approx(lams[1]) and record["lambda"]["1"]["q95"] == pytest.approx(lams[1])
+    assert record["lambda"]["1"]["q05"] == pytest.approx(lams[1])
+    assert record["lambda"]["1"]["q95"] == pytest.approx(lams[1])
 
 
 def test_diff2_lambda_quantiles_match_the_models_lambdas():
@@ -197,10 +201,22 @@ def test_metrics_agree_on_backends_and_with_prefix_reuse(family):
 ZOO = ["--len", "200", "--depths", "50", "--samples", "1", "--needles", "1", "--device", "cpu"]
 
 
-def test_zoo_models_end_to_end(tmp_path, capsys):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def zoo_run(tmp_path_factory):
+    """One attn-map run of the three zoo models (seconds)."""
+    out = tmp_path_factory.mktemp("variants") / "run"
     main(["attn-map", *ZOO, "--sink-threshold", "0.01", "--position-bins", "4", "--out", str(out)])
+    return out
+
+
+def test_zoo_models_end_to_end(zoo_run):
+    out = zoo_run
     results = json.loads((out / "results.json").read_text())
+    schema = json.loads(SCHEMA_FILE.read_text())
+    assert first_error(results, schema) is None
+    bad = json.loads(json.dumps(results))
+    bad["metrics"]["diff-tiny"]["massive.top1"]["position"] = -1  # the schema reads the new fields
+    assert "position" in first_error(bad, schema)
     assert results["task"]["params"]["sink_threshold"] == 0.01
     for model in results["models"]:
         m = results["metrics"][model["label"]]
@@ -225,8 +241,6 @@ def test_zoo_models_end_to_end(tmp_path, capsys):
     rec = json.loads((out / "samples.jsonl").read_text().splitlines()[0])
     npz = np.load(out / "arrays" / f"{rec['model']}__{rec['id']}.npz")
     assert npz["head_rms"].shape[:2] == (len(rec["layers"]), len(rec["heads"])) and "massive_top" in npz
-    table = capsys.readouterr().out
-    assert "sink rate" in table and "max |h|" in table
 
 
 @pytest.mark.parametrize("argv,needle", [(["--sink-threshold", "1.5"], "1.5"), (["--position-bins", "0"], "0")])
@@ -235,3 +249,18 @@ def test_bad_variant_options_exit_2(tmp_path, capsys, argv, needle):
         main(["attn-map", "--ckpt", "zoo:transformer-tiny", *ZOO, *argv, "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and len(err.strip().splitlines()) == 1 and needle in err
+
+
+def test_figures_and_compare_read_the_variant_metrics(zoo_run, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("figures:\n  - {kind: attn_variants}\n  - {kind: attn_variants_table}\n")
+    for out in ("a", "b"):
+        assert run_cli(["figures", str(recipe), "--results", str(zoo_run), "--out", str(tmp_path / out)]) == 0
+    for name in ("attn_variants.png", "attn_variants.pdf", "attn_variants.svg", "attn_variants_table.md"):
+        a, b = (tmp_path / "a" / name).read_bytes(), (tmp_path / "b" / name).read_bytes()
+        assert len(a) > 200 and a == b, name
+    md = (tmp_path / "a" / "attn_variants_table.md").read_text()
+    assert all(label in md for label in ("diff-tiny", "sha-tiny", "transformer-tiny")) and "sink rate" in md
+    assert run_cli(["compare", str(zoo_run), str(zoo_run), "--out", str(tmp_path / "cmp")]) == 0
+    report = (tmp_path / "cmp" / "report.md").read_text()
+    assert all(name in report for name in ("sink_rate", "head_rms", "massive.ratio", "lambda.q50"))
