@@ -6,7 +6,8 @@ Requests:
     Generate(prompt, max_new_tokens, stop_text, hook)   greedy continuation -> list of token ids
     Choice(prompt, candidates, hook)                     log-likelihood of each candidate -> [ChoiceScore]
     TokenNLL(ids, hook, stats)                           NLL of ids[1:] given the prefix -> (T-1,) float32
-    CaptureRows(prompt, positions, layers)               exact attention rows -> {layer: {name: tensor}}
+    CaptureRows(prompt, positions, layers, layer_stats)  exact attention rows -> {layer: {name: tensor}};
+                                                         with layer_stats -> (rows, models.inspect.LayerStats)
     Stats(ids, hook)                                     one forward pass feeding the activation statistics
 
 Generate and Choice requests are run in lexicographic order of their prompts (per hook), so
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 
 from diffeval.models.cache import KVCache
 from diffeval.models.decoder import Decoder
-from diffeval.models.inspect import ActivationStats, Capture
+from diffeval.models.inspect import ActivationStats, Capture, LayerStats
 from diffeval.requests import (  # noqa: F401  (the request types are the engine's interface)
     CaptureRows, Choice, ChoiceScore, Generate, Hook, Request, Stats, TokenNLL, fingerprint, ids_sha256,
 )
@@ -154,8 +155,9 @@ class Engine:
         if isinstance(req, CaptureRows):
             self._count(len(req.prompt))
             cap = Capture(list(req.positions), layers=None if req.layers is None else list(req.layers))
-            self.model(self._ids(req.prompt), logits="none", capture=cap)
-            return cap.rows
+            stats = LayerStats(*req.layer_stats) if req.layer_stats else None
+            self.model(self._ids(req.prompt), logits="none", capture=cap, layer_stats=stats)
+            return cap.rows if stats is None else (cap.rows, stats)
         ids = self._ids(req.ids)
         stats = self.stats if isinstance(req, Stats) or req.stats else None
         if stats is None and (isinstance(req, Stats) or req.stats):

@@ -5,7 +5,8 @@ probes and the command line import it freely; `diffeval.engine` runs the request
     Generate(prompt, max_new_tokens, stop_text, hook)   greedy continuation -> list of token ids
     Choice(prompt, candidates, hook)                     log-likelihood of each candidate -> [ChoiceScore]
     TokenNLL(ids, hook, stats)                           NLL of ids[1:] given the prefix -> (T-1,) float32
-    CaptureRows(prompt, positions, layers)               exact attention rows -> {layer: {name: tensor}}
+    CaptureRows(prompt, positions, layers, layer_stats)  exact attention rows -> {layer: {name: tensor}};
+                                                         with layer_stats -> (rows, models.inspect.LayerStats)
     Stats(ids, hook)                                     one forward pass feeding the activation statistics
 """
 
@@ -68,6 +69,7 @@ class CaptureRows:
     prompt: tuple[int, ...]
     positions: tuple[int, ...]
     layers: Optional[tuple[int, ...]] = None
+    layer_stats: Optional[tuple[int, int]] = None  # (position bin width, top-k): per-layer statistics too
 
 
 @dataclass(frozen=True)

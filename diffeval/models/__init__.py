@@ -3,6 +3,6 @@
 from diffeval.models.cache import KVCache
 from diffeval.models.config import ModelConfig, RopeConfig
 from diffeval.models.decoder import Decoder
-from diffeval.models.inspect import ActivationStats, Capture
+from diffeval.models.inspect import ActivationStats, Capture, LayerStats
 
-__all__ = ["ActivationStats", "Capture", "Decoder", "KVCache", "ModelConfig", "RopeConfig"]
+__all__ = ["ActivationStats", "Capture", "Decoder", "KVCache", "LayerStats", "ModelConfig", "RopeConfig"]

@@ -34,10 +34,10 @@ class Attention(nn.Module):
         """(H,) logits that join every row's softmax denominator (sinks.py); None here."""
         return None
 
-    def gate_output(self, x: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """The heads' output before the output projection (gated.py multiplies it by its gate),
-        and what a capture records of that step. out (B, H, T, D); x the layer's input."""
-        return out, {}
+    def gate_output(self, x: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The heads' output before the output projection (gated.py multiplies it by its gate)
+        and the gate (B, H, T, d or 1; None here). out (B, H, T, D); x the layer's input."""
+        return out, None
 
     def forward(
         self,
@@ -55,7 +55,7 @@ class Attention(nn.Module):
         fn = ctx.logit_fn(self.layer_idx)
         backend = REFERENCE if fn is not None else ctx.backend
         out = backend.attend(q, k, v, scale=scale, logit_fn=fn, sinks=sinks, window=self.window)  # (B, H, T, D)
-        out, extra = self.gate_output(x, out)
+        out, gate = self.gate_output(x, out)
         q_start = k.shape[2] - T
         sel = ctx.capture_rows(self.layer_idx, q_start, T)
         if sel is not None:
@@ -64,5 +64,7 @@ class Attention(nn.Module):
                 q[:, :, local], expand_kv(k, self.n_heads), torch.tensor(absolute, device=q.device),
                 scale, ctx.logit_fn(self.layer_idx, with_stats=False), sinks=sinks, window=self.window,
             )  # (B, H, R, Tk)
-            ctx.capture.add(self.layer_idx, absolute, {"attn": rows, **{n: t[:, :, local] for n, t in extra.items()}})
+            extra = {} if gate is None else {"gate": gate[:, :, local].detach().float().mean(-1)}  # (B, H, R)
+            ctx.capture.add(self.layer_idx, absolute, {"attn": rows, **extra})
+        ctx.head_outputs(self.layer_idx, out, gate=gate)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.d_head))

@@ -18,7 +18,7 @@ from diffeval.models.config import ModelConfig
 from diffeval.models.diff import DiffAttention
 from diffeval.models.diff2 import Diff2Attention
 from diffeval.models.gated import GatedAttention
-from diffeval.models.inspect import ActivationStats, Capture, ForwardContext, LogitHook
+from diffeval.models.inspect import ActivationStats, Capture, ForwardContext, LayerStats, LogitHook
 from diffeval.models.layers import RMSNorm, Rotary, SwiGLU
 from diffeval.models.sinks import SinkAttention
 
@@ -58,7 +58,7 @@ def _chunked(fn: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor, chunk:
 class Decoder(nn.Module):
     """Calling the model on (B, T) token ids returns (B, T, vocab) logits. Keyword options:
     `cache` (continue after its prefix and extend it), `logits` ("all", "last", "none", or a
-    LongTensor of positions), `capture`, `stats`, `logit_hook` (see models/inspect.py)."""
+    LongTensor of positions), `capture`, `stats`, `layer_stats`, `logit_hook` (see models/inspect.py)."""
 
     def __init__(self, cfg: ModelConfig, backend: str = "sdpa") -> None:
         super().__init__()
@@ -104,6 +104,7 @@ class Decoder(nn.Module):
         capture: Optional[Capture] = None,
         stats: Optional[ActivationStats] = None,
         logit_hook: Optional[LogitHook] = None,
+        layer_stats: Optional[LayerStats] = None,
     ) -> torch.Tensor:
         """(B, T) ids -> (B, T, d_model) final-normed hidden states; extends `cache`."""
         if ids.dim() != 2:
@@ -113,7 +114,7 @@ class Decoder(nn.Module):
         positions = torch.arange(start, start + T, device=ids.device)
         h = self.embed(ids)  # (B, T, C)
         cos, sin = self.rotary.cos_sin(positions, h.dtype)  # (T, D)
-        ctx = ForwardContext(self.backend, capture, stats, logit_hook, self.cfg.n_layers)
+        ctx = ForwardContext(self.backend, capture, stats, logit_hook, self.cfg.n_layers, layer_stats, start)
         chunk = self.chunk_size if not torch.is_grad_enabled() else max(T, 1)
         for i, block in enumerate(self.layers):
             layer_cache = cache.layers[i] if cache is not None else None
@@ -121,6 +122,7 @@ class Decoder(nn.Module):
             h = h + _chunked(block.mlp_residual, h, chunk)
             if stats is not None:
                 stats.update("hidden", h)
+            ctx.residual(i, h)
         return _chunked(self.norm, h, chunk)
 
     def forward(
@@ -132,9 +134,10 @@ class Decoder(nn.Module):
         capture: Optional[Capture] = None,
         stats: Optional[ActivationStats] = None,
         logit_hook: Optional[LogitHook] = None,
+        layer_stats: Optional[LayerStats] = None,
     ) -> Optional[torch.Tensor]:
         """(B, T) ids -> logits (B, T, V), (B, 1, V) for "last", (B, P, V) for positions, or None."""
-        h = self.hidden(ids, cache, capture=capture, stats=stats, logit_hook=logit_hook)
+        h = self.hidden(ids, cache, capture=capture, stats=stats, logit_hook=logit_hook, layer_stats=layer_stats)
         if isinstance(logits, torch.Tensor):
             return self.project(h[:, logits])
         if logits == "all":

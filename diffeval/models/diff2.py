@@ -84,6 +84,7 @@ class Diff2Attention(nn.Module):
         sel = ctx.capture_rows(self.layer_idx, k.shape[2] - T, T)
         if sel is not None:
             self._capture(q, k, lam, sel, ctx)
+        ctx.head_outputs(self.layer_idx, out, lam=lam)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, H * d))
 
     def _capture(self, q, k, lam, sel, ctx: ForwardContext) -> None:

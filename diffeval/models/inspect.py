@@ -1,6 +1,7 @@
 """What a forward pass can expose besides logits: exact attention rows for chosen queries
-(`Capture`), streaming activation statistics (`ActivationStats`), and a hook that transforms
-attention logits before the softmax (`LogitHook`)."""
+(`Capture`), streaming activation statistics (`ActivationStats`), per-layer statistics of
+what the attention heads output and of the residual stream (`LayerStats`), and a hook that
+transforms attention logits before the softmax (`LogitHook`)."""
 
 from __future__ import annotations
 
@@ -147,6 +148,96 @@ class ActivationStats:
         return out
 
 
+class LayerStats:
+    """Per-layer statistics of one prompt that tell attention variants apart, accumulated over
+    its forward calls (prefix reuse included: positions are absolute, cache length + local
+    index). Memory is O(layers x heads x bins), never O(T x d): nothing of the size of a
+    layer's output is kept.
+
+    - head outputs: per (layer, head, position bin) the sum of squares of what the layer hands
+      its output projection (`ctx.head_outputs`), so RMS = sqrt(sum / (tokens x width)). Bin 0
+      is position 0 alone (the first token, BOS where there is one); bin b >= 1 holds
+      positions [1 + (b - 1) w, 1 + b w) for `bin_width` w.
+    - distributions of `lambda` (DIFF; V1: one exact scalar per layer) and `gate` (sigmoid
+      gates): per (layer, head) count, sum, min, max and a histogram of HIST_BINS equal bins
+      on [0, 1] (values outside are counted in the edge bins; min and max stay exact).
+    - the residual stream after each block (`ctx.residual`): the `top_k` largest |h| with
+      their (position, feature) and, through ActivationStats, the median |h|, per layer."""
+
+    HIST_BINS = 1000
+
+    def __init__(self, bin_width: int, top_k: int = 10, exact_limit: int = 1 << 20) -> None:
+        if bin_width < 1 or top_k < 1:
+            raise ValueError(f"bin_width ({bin_width}) and top_k ({top_k}) must be at least 1")
+        self.bin_width, self.top_k = bin_width, top_k
+        self.sumsq: dict[int, torch.Tensor] = {}  # layer -> (H, bins) float64
+        self.tokens: dict[int, torch.Tensor] = {}  # layer -> (bins,) int64, tokens x batch rows
+        self.width: dict[int, int] = {}  # layer -> output width per head
+        self.dists: dict[tuple[str, int], dict[str, torch.Tensor]] = {}  # (name, layer) -> accumulators
+        self.scalars: dict[tuple[str, int], float] = {}  # (name, layer) -> one value (DIFF V1's lambda)
+        self.top: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # layer -> |h|, position, feature
+        self.magnitudes = ActivationStats(top_k=1, exact_limit=exact_limit)  # medians, named by layer
+
+    def bins(self, start: int, n: int, device=None) -> torch.Tensor:
+        """Position bin of absolute positions start .. start + n - 1: (n,) int64."""
+        pos = torch.arange(start, start + n, device=device)
+        return torch.where(pos == 0, 0, (pos - 1) // self.bin_width + 1)
+
+    @staticmethod
+    def _grow(t: Optional[torch.Tensor], size: int, shape: tuple) -> torch.Tensor:
+        """t padded with zeros along its last dim to `size` (a new zero tensor when None)."""
+        if t is None:
+            return torch.zeros(*shape, size, dtype=torch.float64 if shape else torch.long)
+        return t if t.shape[-1] >= size else torch.nn.functional.pad(t, (0, size - t.shape[-1]))
+
+    def add_heads(self, layer: int, start: int, out: torch.Tensor) -> None:
+        """out (B, H, T, Dv) for absolute positions start .. start + T - 1."""
+        B, H, T, Dv = out.shape
+        if T == 0:
+            return
+        b = self.bins(start, T)
+        ct = torch.promote_types(out.dtype, torch.float32)
+        sq = torch.linalg.vector_norm(out.detach(), dim=-1, dtype=ct).double().square().sum(0).cpu()  # (H, T)
+        n = int(b[-1]) + 1
+        self.sumsq[layer] = self._grow(self.sumsq.get(layer), n, (H,)).index_add_(1, b, sq)
+        self.tokens[layer] = self._grow(self.tokens.get(layer), n, ()).index_add_(0, b, torch.full((T,), B))
+        self.width[layer] = Dv
+
+    def add_values(self, name: str, layer: int, x: torch.Tensor) -> None:
+        """Per-head values: a 0-d tensor (one value for the layer), (B, H, T) or (B, H, T, d)."""
+        x = x.detach()
+        if x.dim() == 0:
+            self.scalars[(name, layer)] = float(x)
+            return
+        H = x.shape[1]
+        v = x.transpose(0, 1).reshape(H, -1).double().cpu()  # (H, values)
+        idx = (v * self.HIST_BINS).long().clamp_(0, self.HIST_BINS - 1) + torch.arange(H)[:, None] * self.HIST_BINS
+        hist = torch.bincount(idx.flatten(), minlength=H * self.HIST_BINS).view(H, self.HIST_BINS)
+        acc = self.dists.get((name, layer))
+        new = {"hist": hist, "count": torch.full((H,), v.shape[1], dtype=torch.long), "sum": v.sum(1),
+               "min": v.amin(1), "max": v.amax(1)}
+        if acc is not None:
+            new = {"hist": acc["hist"] + hist, "count": acc["count"] + new["count"], "sum": acc["sum"] + new["sum"],
+                   "min": torch.minimum(acc["min"], new["min"]), "max": torch.maximum(acc["max"], new["max"])}
+        self.dists[(name, layer)] = new
+
+    def add_residual(self, layer: int, start: int, h: torch.Tensor, chunk: int = 4096) -> None:
+        """h (B, T, C), the residual stream after block `layer`, for absolute positions from `start`."""
+        h = h.detach()
+        B, T, C = h.shape
+        a = h.abs().flatten()
+        vals, idx = torch.topk(a, min(self.top_k, a.numel()))
+        pos, feat = (idx // C) % T + start, idx % C  # flat index over (B, T, C)
+        if layer in self.top:
+            old = self.top[layer]
+            vals, pos, feat = (torch.cat((o, t.to(o.dtype).cpu())) for o, t in zip(old, (vals, pos, feat)))
+            keep = torch.topk(vals, min(self.top_k, vals.numel())).indices
+            vals, pos, feat = vals[keep], pos[keep], feat[keep]
+        self.top[layer] = (vals.double().cpu(), pos.cpu(), feat.cpu())
+        for s in range(0, T, chunk):  # bounded host copies for the median's histogram
+            self.magnitudes.update(str(layer), h[:, s : s + chunk])
+
+
 @dataclass
 class ForwardContext:
     """Everything a layer needs besides its input: backend, capture, statistics, hook."""
@@ -156,6 +247,29 @@ class ForwardContext:
     stats: Optional[ActivationStats] = None
     logit_hook: Optional[LogitHook] = None
     n_layers: int = 0
+    layer_stats: Optional[LayerStats] = None
+    start: int = 0  # absolute position of this call's first token (the cache length before it)
+
+    def head_outputs(self, layer: int, out: torch.Tensor, *, lam: Optional[torch.Tensor] = None,
+                     gate: Optional[torch.Tensor] = None) -> None:
+        """Called by every attention layer just before its output projection with what that
+        projection sees, per head: out (B, H, T, Dv) (DIFF V1: after the per-head norm and the
+        (1 - lambda_init) scale; gated: after the gate). `lam`: DIFF's lambda, 0-d (V1) or
+        (B, H, T) (V2); `gate`: sigmoid gates (B, H, T, d), (B, H, T, 1) or (B, H, T). A no-op
+        unless the forward call was given LayerStats; outside the attention kernel, so every
+        backend reports the same."""
+        stats = self.layer_stats
+        if stats is None:
+            return
+        stats.add_heads(layer, self.start, out)
+        for name, x in (("lambda", lam), ("gate", gate)):
+            if x is not None:
+                stats.add_values(name, layer, x)
+
+    def residual(self, layer: int, h: torch.Tensor) -> None:
+        """The residual stream h (B, T, C) after block `layer` (a no-op without LayerStats)."""
+        if self.layer_stats is not None:
+            self.layer_stats.add_residual(layer, self.start, h)
 
     def logit_fn(self, layer: int, with_stats: bool = True):
         """The per-layer logit function for the reference path, or None for the fast path."""

@@ -13,6 +13,7 @@ import numpy as np
 from diffeval.errors import ConfigError
 from diffeval.families import DIFFERENTIAL
 from diffeval.probes import retrieval as R
+from diffeval.probes import variants as V
 from diffeval.probes.attention import (
     CATEGORIES,
     QUERY_MODES,
@@ -35,7 +36,7 @@ from diffeval.specs import check_int, parse_index_list
 from diffeval.stats import breakdown
 
 NAME = "attn-map"
-VERSION = 4  # 4: BOS by the tokenizer's rule, chat prompts as apply_chat_template (3: the signed DIFF row)
+VERSION = 5  # 5: variant metrics (probes/variants.py); 4: BOS by the tokenizer's rule, chat prompts as chat templates
 AGGREGATION = ("mean over the selected layers, heads and query tokens of each prompt, then over "
                "the samples of each depth; DIFF headline rows are the differential rows A1 - lambda A2 as "
                "the layer computes them (categories sum to 1 - lambda, and can be negative: not a mass); "
@@ -63,6 +64,8 @@ class AttnMapConfig(ProbeConfig):
     heads: str = option("all", parse=_indices, help="all, or indices like 0,3 (DIFF: differential heads).")
     query: str = option("answer", help="Query tokens: question, answer (the answer prefix) or last.")
     sink: int = option(4, help="Leading tokens counted as the attention sink.")
+    sink_threshold: float = option(V.SINK_THRESHOLD, help="Sink rate: share of heads with first-token mass above this.")
+    position_bins: int = option(16, help="Position bins of the head-output RMS (plus the first token's own).")
     arrays: str = option("all", help="all: an .npz of captured rows per prompt; figure: only the prompt drawn in the "
                          "figures.")
     log_scale: bool = option(True, flag="--log-scale/--linear-scale", help="Log y axis in the profile figure.")
@@ -74,6 +77,9 @@ class AttnMapConfig(ProbeConfig):
         if self.query not in QUERY_MODES:
             raise ConfigError(f"{self.query!r}: choose {', '.join(QUERY_MODES)}", "query")
         check_int("sink", self.sink, 0)
+        check_int("position_bins", self.position_bins, 1)
+        if not 0 <= self.sink_threshold < 1:
+            raise ConfigError(f"{self.sink_threshold!r} must lie in [0, 1)", "sink_threshold")
         if self.arrays not in ("all", "figure"):
             raise ConfigError(f"{self.arrays!r}: choose all or figure", "arrays")
         for name in ("layers", "heads"):
@@ -124,7 +130,8 @@ def _positions(cfg: AttnMapConfig, sample, representative: bool, tok) -> tuple[t
 
 
 def _requests(cfg: AttnMapConfig, item: _Item, ctx) -> list:
-    return [CaptureRows(tuple(item.sample.prompts[0]), item.positions, item.layers)]
+    width = V.position_bin_width(max(cfg.lengths), cfg.position_bins)
+    return [CaptureRows(tuple(item.sample.prompts[0]), item.positions, item.layers, (width, V.TOP_K))]
 
 
 def _arrays(sample, spans, q_pos: list[int], layers: list[int], heads: list[int]) -> dict[str, np.ndarray]:
@@ -167,14 +174,17 @@ def _score(cfg: AttnMapConfig, item: _Item, outputs: list, ctx) -> Scored:
     is_diff = ctx.family in DIFFERENTIAL
     acc: dict[str, Any] = {"arrays": _arrays(sample, spans, list(item.query), layers, heads), "per_lh": {},
                            "lambdas": {}, "pooled": {}}
+    rows, stats = outputs[0]
     for L in layers:
-        _layer(outputs[0][L], L, item, spans.labels(), is_diff, acc)
+        _layer(rows[L], L, item, spans.labels(), is_diff, acc)
+    variants, arrays = V.sample_variants(rows, stats, layers, heads, len(item.query))
+    acc["arrays"].update(arrays)
     lh = {k: np.stack(v) for k, v in acc["per_lh"].items()}  # (layers, h, C)
     record: dict[str, Any] = {
         **sample.to_record(), "prediction": [], "score": None, "representative": item.representative,
         "query_positions": list(item.query), "layers": layers, "heads": heads,
         "allocation": category_dict(np.nanmean(lh["diff" if is_diff else "attn"], axis=(0, 1))),
-        "per_layer_head": {k: np.round(v, 6).tolist() for k, v in lh.items()},
+        "per_layer_head": {k: np.round(v, 6).tolist() for k, v in lh.items()}, **variants,
     }
     if is_diff:
         record["allocation_normalised"] = category_dict(np.nanmean(lh["diff_norm"], axis=(0, 1)))
@@ -189,8 +199,12 @@ def _score(cfg: AttnMapConfig, item: _Item, outputs: list, ctx) -> Scored:
 
 def _aggregate(cfg: AttnMapConfig, records: list[dict], models: list[dict], extra: dict):
     labels = [m["label"] for m in models]
-    metrics = {label: allocation_metrics([r for r in records if r["model"] == label], DIRECTION) for label in labels}
-    return allocation_cells(records, labels), metrics
+    mine = {label: [r for r in records if r["model"] == label] for label in labels}
+    metrics = {k: {**allocation_metrics(v, DIRECTION), **V.variant_metrics(v, cfg.sink_threshold)}
+               for k, v in mine.items()}
+    cells = allocation_cells(records, labels)
+    V.extend_cells(cells, records)
+    return cells, metrics
 
 
 def allocation_table(results: dict) -> TableData:
@@ -213,7 +227,7 @@ def allocation_table(results: dict) -> TableData:
 PROBE = Probe(
     name=NAME, version=VERSION, Config=AttnMapConfig, generate=_generate, requests=_requests, score=_score,
     aggregate=_aggregate, cell_keys=("length", "depth", "layer", "head"),
-    grid_params=("lengths", "depths", "samples", "arrays", "log_scale"),
+    grid_params=("lengths", "depths", "samples", "arrays", "log_scale", "sink_threshold"),
     data=lambda cfg: R.haystack_data(cfg.haystack), uses=("prompt_format",),
     native_only="it captures exact attention rows from diffeval's own attention code (transformers' SDPA "
                 "attention returns none)",
@@ -222,11 +236,12 @@ PROBE = Probe(
            Figure("attn_pooled_window", "attention:pooled_window_view", stem="attn_pooled_window"),
            Figure("attn_pooled_whole", "attention:pooled_whole_view", stem="attn_pooled_whole"),
            Figure("attn_allocation", "attention:allocation_view", stem="attn_allocation"),
-           Table("attn_table", allocation_table)),
+           Figure("attn_variants", V.variants_view, stem="attn_variants"),
+           Table("attn_table", allocation_table), Table("attn_variants_table", V.variants_table)),
     quick={"lengths": [200], "depths": "0,100", "samples": 1, "n_needles": 2, "layers": "0,-1"},
     description="attention allocation on the answer span vs noise, per depth / layer / head",
     summary="Where attention goes: mass on the answer, needles, sink, question and noise, per depth,\n"
             "layer and head (DIFF: differential, map 1, map 2); arrays and figures.",
     examples=("diffeval attn-map --depths 0,50,100 --samples 2",
               "diffeval attn-map --ckpt path/to/model --len 8k --layers 0,-1 --heads all"),
-    method=f"categories {', '.join(CATEGORIES)} (needle_total = answer + needle); {AGGREGATION}")
+    method=f"categories {', '.join(CATEGORIES)} (needle_total = answer + needle); {AGGREGATION}; {V.METHOD}")
