@@ -21,12 +21,16 @@ def _sinks(ax, models: dict, threshold: float) -> None:
         c = model_colour(label, k)
         ax.plot(d["layers"], _nan(d["sink_rate"]), color=c, marker="o", ms=3.5)
         ax.plot(d["layers"], _nan(d["first_token"]), color=c, ls=":", lw=1.2)
+        if any(v is not None for v in d.get("learned_sink", [])):
+            ax.plot(d["layers"], _nan(d["learned_sink"]), color=c, ls="-.", lw=1.2)
     ax.axhline(threshold, color="0.5", lw=0.7, ls="--")
     ax.set_ylim(-0.05, 1.05)
     ax.set_xlabel("layer")
     ax.set_ylabel("share")
     ax.set_title(f"attention sink: heads with first-token mass > {threshold:g}")
-    _styles(ax, [("-", "o", "sink rate"), (":", None, "first-token mass"), ("--", None, "threshold")])
+    learned = any(v is not None for d in models.values() for v in d.get("learned_sink", []))
+    _styles(ax, [("-", "o", "sink rate"), (":", None, "first-token mass")]
+            + ([("-.", None, "learned-sink mass")] if learned else []) + [("--", None, "threshold")])
 
 
 def _styles(ax, entries) -> None:

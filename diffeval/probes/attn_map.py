@@ -177,7 +177,7 @@ def _score(cfg: AttnMapConfig, item: _Item, outputs: list, ctx) -> Scored:
     rows, stats = outputs[0]
     for L in layers:
         _layer(rows[L], L, item, spans.labels(), is_diff, acc)
-    variants, arrays = V.sample_variants(rows, stats, layers, heads, len(item.query))
+    variants, arrays = V.sample_variants(rows, stats, layers, heads, len(item.query), ctx.family == "sinks")
     acc["arrays"].update(arrays)
     lh = {k: np.stack(v) for k, v in acc["per_lh"].items()}  # (layers, h, C)
     record: dict[str, Any] = {

@@ -12,6 +12,9 @@ prefill per prompt (the captured rows and `models.inspect.LayerStats`):
                   over every query of short sequences; here the rows are the captured query
                   tokens (`--query`) at the end of a long prompt. DIFF: the differential row,
                   and `map1.sink_rate` / `map2.sink_rate` for each map.
+    learned_sink  (family `sinks`) the mass the learned sink logits take from the query rows,
+                  1 - the row's sum over the real keys, per layer and head: where those heads
+                  put attention "nowhere" instead of on the first token.
     head_rms      RMS of each head's output just before the output projection (DIFF V1 after its
                   per-head norm and (1 - lambda_init) scale; DIFF V2 after the subtraction; gated
                   after the gate) over the prompt's tokens and the head's features;
@@ -50,6 +53,7 @@ HIST_OUT = 100  # histogram bins per (layer, head) written to the arrays
 METRICS = {
     "first_token": "attention mass of the query rows on position 0 (DIFF: differential row)",
     "sink_rate": "share of (layer, head) with first_token above the threshold (Gu et al. 2024)",
+    "learned_sink": "mass of the query rows on the learned sink logits (family sinks): 1 - the row's sum",
     "head_rms": "RMS of the heads' outputs before the output projection",
     "head_rms.first_token": "head_rms at position 0",
     **{f"{d}.{s}": f"{d} over the prompt's tokens: {s}" for d in DISTRIBUTIONS
@@ -80,6 +84,11 @@ def first_token(rows: dict, layers: list[int], heads: list[int], n_rows: int) ->
     """{view: (layers, heads) mean mass of the first n_rows captured rows on key 0}."""
     return {v: np.stack([rows[L][v][0][heads, :n_rows, 0].double().mean(-1).numpy() for L in layers])
             for v in _views(rows[layers[0]])}
+
+
+def learned_sink(rows: dict, layers: list[int], heads: list[int], n_rows: int) -> np.ndarray:
+    """(layers, heads) mean over the first n_rows captured rows of 1 - the row's sum (family sinks)."""
+    return np.stack([1 - rows[L]["attn"][0][heads, :n_rows].double().sum(-1).mean(-1).numpy() for L in layers])
 
 
 def head_rms(stats, layers: list[int], heads: list[int]) -> dict[str, Any]:
@@ -165,8 +174,10 @@ def massive(stats, layers: list[int]) -> dict[str, list]:
             "median": [stats.magnitudes.median(str(L)) for L in layers]}
 
 
-def sample_variants(rows: dict, stats, layers: list[int], heads: list[int], n_rows: int) -> tuple[dict, dict]:
-    """One prompt's record fields and arrays (see the module doc)."""
+def sample_variants(rows: dict, stats, layers: list[int], heads: list[int], n_rows: int,
+                    sinks: bool = False) -> tuple[dict, dict]:
+    """One prompt's record fields and arrays (see the module doc); `sinks`: the model has
+    learned sink logits (its rows sum to less than 1)."""
     ft = first_token(rows, layers, heads, n_rows)
     rms = head_rms(stats, layers, heads)
     dist, dist_arrays = distributions(stats, layers, heads)
@@ -185,6 +196,10 @@ def sample_variants(rows: dict, stats, layers: list[int], heads: list[int], n_ro
               "head_rms_starts": np.asarray(rms["starts"]), **dist_arrays,
               "massive_top": np.asarray(mas["top"], dtype=np.float32), "massive_position": np.asarray(mas["position"]),
               "massive_feature": np.asarray(mas["feature"]), "massive_median": np.asarray(mas["median"])}
+    if sinks:
+        ls = learned_sink(rows, layers, heads, n_rows)
+        record["learned_sink"] = np.round(ls, 6).tolist()
+        arrays["learned_sink"] = ls.astype(np.float32)
     return record, arrays
 
 
@@ -213,6 +228,11 @@ def _sink_metrics(mine: list[dict], layers: list[int], threshold: float) -> dict
             out[f"{prefix}first_token@layer={L}"] = _m("first_token", [a[i].mean() for a in ft])
             out[f"{prefix}sink_rate@layer={L}"] = _m("sink_rate", [(a[i] > threshold).mean() for a in ft],
                                                      threshold=threshold)
+    if "learned_sink" in mine[0]:
+        ls = [np.asarray(r["learned_sink"], dtype=float) for r in mine]  # each (L, h)
+        out["learned_sink"] = _m("learned_sink", [a.mean() for a in ls])
+        for i, L in enumerate(layers):
+            out[f"learned_sink@layer={L}"] = _m("learned_sink", [a[i].mean() for a in ls])
     return out
 
 
@@ -303,11 +323,12 @@ def variants_table(results: dict) -> TableData:
         top = got.get("massive.top1")
         where = f" (L{top['layer']}, t{top['position']}, f{top['feature']})" if top and "layer" in top else ""
         rows.append([f"{m['label']} ({m['family']})", _fmt(got.get("first_token")), _fmt(got.get("sink_rate"), ".2f"),
+                     _fmt(got.get("learned_sink")),
                      _fmt(got.get("head_rms"), ".4g"), _fmt(got.get("head_rms.first_token"), ".4g"), spread,
                      _fmt(top, ".4g") + where, _fmt(got.get("massive.ratio"), ".1f")])
     return TableData(f"attention variants (DIFF: differential rows A1 - λA2; sink: first-token mass > {threshold:g}, "
                      "Gu et al. 2024; massive activations: Sun et al. 2024)",
-                     ["model", "first token", "sink rate", "head RMS", "RMS at t=0", "λ / gate q50 (q05, q95)",
+                     ["model", "first token", "sink rate", "learned sink", "head RMS", "RMS at t=0", "λ / gate q50 (q05, q95)",
                       "max |h| (layer, pos, feat)", "max/median"], rows)
 
 
@@ -329,6 +350,7 @@ def figure_data(results: dict) -> dict[str, Any]:
             "family": m["family"], "layers": [int(L) for L in key],
             "sink_rate": [layer[L].get("sink_rate") for L in key],
             "first_token": [layer[L].get("first_token") for L in key],
+            "learned_sink": [layer[L].get("learned_sink") for L in key],
             "positions": sorted(int(p) for p in pos), "head_rms": [pos[p]["head_rms"] for p in sorted(pos, key=int)],
             "massive_top1": [mas[L]["top1"] for L in key], "massive_median": [mas[L]["median"] for L in key],
             "dist": dist, "dist_q": {q: [spread[L][q] for L in key] for q in ("q05", "q50", "q95")} if dist else {},

@@ -80,7 +80,7 @@ def _o_proj_inputs(model, ids) -> dict[int, torch.Tensor]:
     return seen
 
 
-@pytest.mark.parametrize("family", ["transformer", "sha", "diff", "diff2"])
+@pytest.mark.parametrize("family", ["transformer", "sha", "diff", "diff2", "gated", "sinks"])
 def test_head_rms_equals_a_direct_computation_on_o_proj_input(family):
     model, ids = tiny_model(family), _ids()
     stats = LayerStats(bin_width=8)
@@ -138,6 +138,35 @@ def test_diff2_lambda_quantiles_match_the_models_lambdas():
             lo, hi = np.quantile(lam, q, method="lower"), np.quantile(lam, q, method="higher")
             assert lo - 1e-3 <= got[f"q{round(q * 100):02d}"] <= hi + 1e-3
         assert arrays["lambda_hist"][L].sum() == lam.size
+
+
+def test_learned_sink_mass_on_uniform_attention():
+    """Logits all 0 and sink logit s: a query at t gives the sink e^s / (t + 1 + e^s)."""
+    model = tiny_model("sinks")
+    sinks = torch.tensor([-1.0, 0.0, 1.0, 2.0])
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.attn.q_proj.weight.zero_()
+            layer.attn.sinks.copy_(sinks)
+    cap = Capture([0, 9, 39])
+    _run(model, _ids(), LayerStats(8), cap)
+    got = V.learned_sink(cap.rows, [0, 1], [0, 1, 2, 3], 3)  # (layers, heads)
+    e = sinks.double().exp()
+    want = sum(e / (t + 1 + e) for t in (0, 9, 39)) / 3
+    assert np.allclose(got, want.numpy()[None].repeat(2, 0), atol=1e-6)
+
+
+def test_gates_reported_are_the_gated_layers_own():
+    model, ids = tiny_model("gated", gate="element"), _ids()
+    stats = LayerStats(8)
+    _run(model, ids, stats)
+    with torch.no_grad():
+        h = model.embed(ids)
+        x = model.layers[0].attn_norm(h)
+        gates = model.layers[0].attn.gates(x)  # (B, H, T, d)
+    acc = stats.dists[("gate", 0)]
+    assert torch.allclose(acc["max"], gates.amax(dim=(0, 2, 3)).double())
+    assert torch.allclose(acc["sum"] / acc["count"], gates.double().mean(dim=(0, 2, 3)))
 
 
 def test_gate_values_of_any_width_are_summarised_per_head():
