@@ -259,7 +259,7 @@ def _info(spec: str, directory: Path, fmt: str, layout: str, arch: str, cfg: Mod
         d_ff=cfg.d_ff,
         vocab_size=cfg.vocab_size,
         max_seq_len=cfg.max_seq_len,
-        rope=asdict(cfg.rope),
+        rope=cfg.rope.to_dict(),
         tie_embeddings=cfg.tie_embeddings,
         dtype=str(dtype).replace("torch.", ""),
         backend=model.backend.name,
