@@ -197,6 +197,16 @@ def test_bad_native_rope_values_name_the_field(rope, field):
     assert "\n" not in str(exc.value)
 
 
+def test_bad_native_checkpoint_rope_exits_2_naming_the_file(tmp_path, capsys):
+    diffeval.save(Decoder(tiny_config("transformer")), tmp_path / "m")
+    raw = json.loads((tmp_path / "m" / "config.json").read_text())
+    raw["rope"]["fraction"] = 0.2
+    (tmp_path / "m" / "config.json").write_text(json.dumps(raw))
+    assert run_cli(["info", "--ckpt", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "config.json" in err and "rope.fraction (0.2)" in err, err
+
+
 def _edit(directory, **changes):
     raw = json.loads((directory / "config.json").read_text())
     raw.update(changes)
