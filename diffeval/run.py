@@ -56,7 +56,7 @@ class RunOptions:
     max_new_tokens: Optional[int] = None
     allow_beyond_max_positions: bool = False
     allow_pickle: bool = False
-    weights_format: Optional[str] = None  # --format: native | hf | unilm; None: detected
+    weights_format: Optional[str] = None  # --format: native | hf | unilm | unilm-v2; None: detected
     progress: bool = True
     prompt_format: str = "plain"  # plain | chat
     decode: str = "default"  # default | ruler

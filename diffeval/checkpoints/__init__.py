@@ -1,5 +1,6 @@
 """load(spec) -> Loaded(model, tokenizer, info); save(model, dir). One module per format:
-native.py, hf.py, and unilm.py (DIFF V1 in Microsoft's reference layout, converted at load)."""
+native.py, hf.py, unilm.py (DIFF V1 in Microsoft's reference layout, converted at load) and
+unilm_v2.py (DIFF V2 in Microsoft's reference layout, converted at load)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any, Optional
 
 import torch
 
-from diffeval.checkpoints import hf, native, unilm
+from diffeval.checkpoints import hf, native, unilm, unilm_v2
 from diffeval.checkpoints.files import read_weights
 from diffeval.checkpoints.zoo import tokenizer_dir, zoo_path
 from diffeval.errors import CheckpointError, did_you_mean
@@ -20,7 +21,9 @@ from diffeval.models.decoder import Decoder
 from diffeval.tokenizers import ByteTokenizer, load_tokenizer
 from diffeval.yamlio import read_json
 
-FORMATS = {"native": native, "hf": hf, "unilm": unilm}
+FORMATS = {"native": native, "hf": hf, "unilm": unilm, "unilm-v2": unilm_v2}
+REFERENCE_LAYOUTS = ("unilm", "unilm-v2")  # read under any config (--format); converted at load
+ARCHITECTURE_NAMES = {"unilm": "unilm Diff-Transformer", "unilm-v2": "unilm Diff-Transformer-V2"}
 
 
 @dataclass
@@ -105,12 +108,13 @@ def resolve_spec(spec: str) -> Path:
 
 
 def read_config(directory: Path) -> tuple[str, ModelConfig, dict[str, Any]]:
-    """(format of config.json: native | hf | unilm, its ModelConfig, the raw JSON)."""
+    """(format of config.json: native | hf | unilm | unilm-v2, its ModelConfig, the raw JSON)."""
     path = directory / "config.json"
     if not path.exists() and not path.is_symlink() and os.access(directory, os.R_OK | os.X_OK):
         raise CheckpointError(f"{path}: missing (a checkpoint directory needs config.json)")
     raw = read_json(path, "", CheckpointError)
-    fmt = "unilm" if unilm.is_unilm_config(raw) else "native" if "family" in raw else "hf"
+    fmt = ("unilm" if unilm.is_unilm_config(raw) else "unilm-v2" if unilm_v2.is_config(raw)
+           else "native" if "family" in raw else "hf")
     try:
         return fmt, FORMATS[fmt].config_from(raw, path), raw
     except (TypeError, ValueError, ZeroDivisionError, AttributeError) as exc:  # a value of the wrong type
@@ -133,16 +137,26 @@ def position_limit(spec: str) -> int:
 
 def _layout(fmt: str, requested: Optional[str], tensors: dict[str, torch.Tensor], directory: Path) -> str:
     """The weight layout to read: --format when given, else the config's format, switched to
-    unilm when the tensor names are the reference layout's (an attention `out_proj`)."""
+    unilm-v2 / unilm when the tensor names are a reference layout's (an attention `out_proj`,
+    with / without a `lambda_proj`). DIFF V2 reference weights named `o_proj` look like native
+    diff2 ones: only "format": "unilm-v2" or --format unilm-v2 reads them so."""
     if requested is not None:
         if requested not in FORMATS:
             raise CheckpointError(f"--format {requested!r}: " + did_you_mean(requested, FORMATS))
-        if requested != "unilm" and requested != fmt:
+        if requested not in REFERENCE_LAYOUTS and requested != fmt:
             raise CheckpointError(f"{directory}: --format {requested} but config.json is in the {fmt} format")
         if requested == "unilm" and not unilm.detect(tensors):
             raise CheckpointError(f"{directory}: --format unilm but no attention tensor 'out_proj' (not the "
                                   "reference layout)")
+        if requested == "unilm-v2" and not unilm_v2.has_lambda_proj(tensors):
+            raise CheckpointError(f"{directory}: --format unilm-v2 but no attention tensor 'lambda_proj' (not DIFF "
+                                  "V2 weights)")
         return requested
+    if fmt == "unilm-v2" or unilm_v2.detect(tensors):
+        if not unilm_v2.has_lambda_proj(tensors):
+            raise CheckpointError(f"{directory}: config.json says \"format\": \"unilm-v2\" but there is no attention "
+                                  "tensor 'lambda_proj' (not DIFF V2 weights)")
+        return "unilm-v2"
     if fmt == "unilm" and not unilm.detect(tensors):  # read as unilm, native tensors load scrambled
         raise CheckpointError(f"{directory}: config.json says \"format\": \"unilm\" but the attention tensors are "
                               "not in the reference layout (no 'out_proj'); write a native or Hugging Face config")
@@ -188,8 +202,9 @@ def load(
     Returns Loaded(model in eval mode on `device`/`dtype`, tokenizer, info). A Hugging Face
     directory without tokenizer.json loads for forward passes with tokenizer None (an error
 instead when `require_tokenizer`); probes that need text say so in one line. `format`
-    ("native", "hf", "unilm") overrides detection: unilm reads DIFF V1 weights in Microsoft's
-    reference layout (with a native, Hugging Face or unilm config.json). Before any
+    ("native", "hf", "unilm", "unilm-v2") overrides detection: unilm reads DIFF V1 weights in
+    Microsoft's reference layout (with a native, Hugging Face or unilm config.json), unilm-v2
+    DIFF V2 weights in its V2 reference layout (with a native diff2 or unilm-v2 config.json). Before any
     weight is read, the memory the model needs (parameters, and the KV cache at `length`
     tokens when given) is compared with the device's: more is refused unless
     `allow_beyond_memory`. Weights holding NaN or infinity, and logits that are not finite on
@@ -199,7 +214,7 @@ instead when `require_tokenizer`); probes that need text say so in one line. `fo
     check_memory(cfg, dtype, device, length, allow_beyond_memory, spec)
     weights = read_weights(directory, allow_pickle=allow_pickle)
     layout = _layout(fmt, format, weights.tensors, directory)
-    if layout in ("unilm", "hf"):
+    if layout in (*REFERENCE_LAYOUTS, "hf"):
         cfg, weights = FORMATS[layout].convert(weights, cfg, raw)
     mapping = FORMATS[layout].map_state(weights.tensors, cfg)
     with torch.device("meta"):
@@ -218,13 +233,13 @@ instead when `require_tokenizer`); probes that need text say so in one line. `fo
 def _tokenizer(directory: Path, tok_dir: Path, fmt: str, raw: dict, cfg: ModelConfig, require: bool):
     """The checkpoint's tokenizer (None: a Hugging Face directory without one) and its
     architecture name; a tokenizer that emits ids beyond the vocabulary is refused."""
-    if fmt in ("hf", "unilm"):
+    if fmt in ("hf", *REFERENCE_LAYOUTS):
         eos = raw.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if isinstance(eos, int) else ())
         tokenizer = load_tokenizer(tok_dir, eos_ids, label=directory.name)
         if tokenizer is None and require:
             raise CheckpointError(f"{directory / 'tokenizer.json'}: missing ({fmt} checkpoints need it)")
-        arch = hf.architecture(raw, directory / "config.json") if fmt == "hf" else "unilm Diff-Transformer"
+        arch = hf.architecture(raw, directory / "config.json") if fmt == "hf" else ARCHITECTURE_NAMES[fmt]
     else:
         tokenizer = load_tokenizer(tok_dir, label=directory.name)
         if tokenizer is None and raw.get("tokenizer") == "tokenizer.json":
@@ -259,7 +274,7 @@ def _info(spec: str, directory: Path, fmt: str, layout: str, arch: str, cfg: Mod
         d_ff=cfg.d_ff,
         vocab_size=cfg.vocab_size,
         max_seq_len=cfg.max_seq_len,
-        rope=asdict(cfg.rope),
+        rope=cfg.rope.to_dict(),
         tie_embeddings=cfg.tie_embeddings,
         dtype=str(dtype).replace("torch.", ""),
         backend=model.backend.name,

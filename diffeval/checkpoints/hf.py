@@ -7,8 +7,11 @@ Qwen3.5 stores its gate inside q_proj: per head, d query rows then d gate rows; 
 splits them into q_proj and the gated family's g_proj. Its RMSNorms are zero-centred (scale
 1 + w); `convert` stores 1 + w, so the norms are the plain ones of every other family. Its
 multimodal RoPE sections coincide for text (every section has the same position), where it is
-plain RoPE. `auto_map` (remote code) is never executed: only the known
-architectures are read, by this code."""
+plain RoPE; its partial rotary (`partial_rotary_factor`, 0.25 when absent) rotates the first
+int(head_dim * factor) dims of each head. RoPE scaling: linear, llama3 and yarn (with its
+attention factor on cos and sin), from `rope_parameters` or the older `rope_scaling`.
+`auto_map` (remote code) is never executed: only the known architectures are read, by this
+code."""
 
 from __future__ import annotations
 
@@ -90,7 +93,11 @@ def _number(value: Any, name: str, path: Path) -> float:
     return float(value)
 
 
-def _rope(raw: dict[str, Any], path: Path, partial_default: float = 1.0) -> RopeConfig:
+def _rope(raw: dict[str, Any], path: Path, d_head: int, partial_default: float = 1.0) -> RopeConfig:
+    """RopeConfig from `rope_parameters` (transformers 5) or `rope_theta` + `rope_scaling`
+    (older), with transformers' defaults: yarn's original context from a top-level
+    `original_max_position_embeddings` (Phi-3 style), else its rope dict, else
+    max_position_embeddings; a beta_fast / beta_slow of 0 or null reads as 32 / 1."""
     params = raw.get("rope_parameters")
     if isinstance(params, dict) and params:
         scaling = dict(params)
@@ -104,11 +111,10 @@ def _rope(raw: dict[str, Any], path: Path, partial_default: float = 1.0) -> Rope
             f"{path}: unsupported RoPE scaling type {kind!r}; supported: {', '.join(ROPE_TYPES)}"
         )
     partial = scaling.get("partial_rotary_factor", raw.get("partial_rotary_factor", partial_default))
-    if partial not in (None, 1, 1.0):
-        raise CheckpointError(f"{path}: partial_rotary_factor {partial} is not supported")
-    fields: dict[str, Any] = {"theta": _number(theta, "rope_theta", path), "type": kind}
+    fields: dict[str, Any] = {"theta": _number(theta, "rope_theta", path), "type": kind,
+                              "fraction": 1.0 if partial is None else _number(partial, "partial_rotary_factor", path)}
     if kind != "default":
-        if "factor" not in scaling:
+        if scaling.get("factor") is None:
             raise CheckpointError(f"{path}: RoPE scaling {kind!r} needs a 'factor'")
         fields["factor"] = _number(scaling["factor"], "rope_scaling.factor", path)
     if kind == "llama3":
@@ -116,10 +122,30 @@ def _rope(raw: dict[str, Any], path: Path, partial_default: float = 1.0) -> Rope
             if key not in scaling:
                 raise CheckpointError(f"{path}: llama3 RoPE scaling needs {key!r}")
             fields[key] = scaling[key]
+    if kind == "yarn":
+        fields.update(_yarn_fields(raw, scaling, path))
     try:
-        return RopeConfig(**fields)
+        rope = RopeConfig(**fields)
+        rope.rotary_dim(d_head)
     except ConfigError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
+    return rope
+
+
+def _yarn_fields(raw: dict[str, Any], scaling: dict[str, Any], path: Path) -> dict[str, Any]:
+    old = raw.get("original_max_position_embeddings") or scaling.get("original_max_position_embeddings") \
+        or raw.get("max_position_embeddings", 2048)
+    fields: dict[str, Any] = {"original_max_position_embeddings": old,
+                              "beta_fast": _number(scaling.get("beta_fast") or 32, "rope_scaling.beta_fast", path),
+                              "beta_slow": _number(scaling.get("beta_slow") or 1, "rope_scaling.beta_slow", path)}
+    for key in ("mscale", "mscale_all_dim", "attention_factor"):
+        if scaling.get(key) is not None:
+            fields[key] = _number(scaling[key], f"rope_scaling.{key}", path)
+    truncate = scaling.get("truncate", True)
+    if not isinstance(truncate, bool):
+        raise CheckpointError(f"{path}: rope_scaling.truncate ({shown(truncate)}) must be true or false")
+    fields["truncate"] = truncate
+    return fields
 
 
 def _require(raw: dict[str, Any], key: str, path: Path) -> Any:
@@ -180,7 +206,7 @@ def config_from(raw: dict[str, Any], path: Path) -> ModelConfig:
         d_head=d_head,
         d_ff=_require(raw, "intermediate_size", path),
         max_seq_len=max_pos,
-        rope=_rope(raw, path, 0.25 if kind == "qwen3_5_text" else 1.0),
+        rope=_rope(raw, path, d_head, 0.25 if kind == "qwen3_5_text" else 1.0),
         norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
         qkv_bias=True if kind == "qwen2" else attn_bias,

@@ -16,7 +16,9 @@ FORMAT_VERSION = 1
 
 def config_from(raw: dict[str, Any], path: Path) -> ModelConfig:
     try:
-        return ModelConfig.from_dict({k: v for k, v in raw.items() if k != "format_version"}, str(path))
+        cfg = ModelConfig.from_dict({k: v for k, v in raw.items() if k != "format_version"}, str(path))
+        cfg.rope.rotary_dim(cfg.d_head)  # partial rotary must leave whole pairs
+        return cfg
     except ConfigError as exc:
         msg = str(exc)
         raise CheckpointError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None

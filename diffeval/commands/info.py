@@ -44,6 +44,20 @@ def _variant_rows(family: str, cfg: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def _rope_text(rope: dict, d_head: int) -> str:
+    """theta, scaling (yarn: original context and the factor on cos/sin) and partial rotary."""
+    from diffeval.models.config import RopeConfig
+
+    text = f"theta={rope['theta']:g}, {rope['type']}" + (f" x{rope['factor']:g}" if rope["type"] != "default" else "")
+    cfg = RopeConfig(**rope)
+    if cfg.type in ("llama3", "yarn"):
+        text += f" (original {cfg.original_max_position_embeddings:,} positions"
+        text += f", cos/sin x{cfg.attention_scaling():.4g})" if cfg.type == "yarn" else ")"
+    if cfg.fraction != 1:
+        text += f"; rotary on {cfg.rotary_dim(d_head)} of {d_head} dims per head"
+    return text
+
+
 def info(
     ctx: typer.Context,
     ckpt: str = typer.Option(..., "--ckpt", help="Checkpoint: zoo:NAME, a native or a Hugging Face directory."),
@@ -63,8 +77,7 @@ def info(
     from rich.table import Table
 
     table = Table(title=f"{ckpt}", show_header=False)
-    rope = data["rope"]
-    rope_text = f"theta={rope['theta']:g}, {rope['type']}" + (f" x{rope['factor']:g}" if rope["type"] != "default" else "")
+    rope_text = _rope_text(data["rope"], data["d_head"])
     rows = [
         ("family", data["family"]),
         ("format", f"{data['format']} ({data['architecture']})"),

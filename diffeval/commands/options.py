@@ -63,8 +63,9 @@ RUN: dict[str, RunOption] = {
     "engine": RunOption("--engine", "native (diffeval's model code: its families, kernels and attention analysis) "
                         "or hf (transformers' AutoModelForCausalLM: any causal LM it implements; pip install "
                         "'diffeval[hf]'; text probes only).", "native", str),
-    "weights_format": RunOption("--format", "Weight layout: native, hf, or unilm (DIFF V1 from Microsoft's reference "
-                                "code). Default: detected from config.json and the tensor names.", None, Optional[str]),
+    "weights_format": RunOption("--format", "Weight layout: native, hf, unilm (DIFF V1 from Microsoft's reference "
+                                "code) or unilm-v2 (DIFF V2 from its V2 reference code). Default: detected from "
+                                "config.json and the tensor names.", None, Optional[str]),
 }
 RUN_PARAMS = {name: (r.kind, r.typer_option()) for name, r in RUN.items()}
 # Flags of the run options, by RunOptions field.

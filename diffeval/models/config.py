@@ -10,7 +10,10 @@ from typing import Any
 from diffeval.errors import ConfigError, shown
 from diffeval.families import DIFFERENTIAL, FAMILIES, GATES, LAYER_TYPES, SOFTMAX
 
-ROPE_TYPES = ("default", "linear", "llama3")
+ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+# RoPE fields written only when they differ from these (records of models without them stay as they were)
+ROPE_EXTRA_FIELDS = {"fraction": 1.0, "beta_fast": 32.0, "beta_slow": 1.0, "mscale": None, "mscale_all_dim": None,
+                     "attention_factor": None, "truncate": True}
 VARIANT_FIELDS = {"qk_norm": False, "gate": None, "sliding_window": None, "layer_types": None}
 MAX_DIM = 1 << 24  # any one size (layers, width, vocabulary, positions): far above real models
 
@@ -22,7 +25,20 @@ def _finite_number(name: str, value: Any) -> None:
 
 @dataclass(frozen=True)
 class RopeConfig:
-    """Rotary position embedding: base, and the scaling used by Llama-3-family checkpoints."""
+    """Rotary position embedding: base, scaling, and how much of each head it rotates.
+
+    Scaling types: `linear` (every frequency / factor), `llama3` (Llama 3.1: long wavelengths /
+    factor, short kept, a smooth band between; low_freq_factor, high_freq_factor) and `yarn`
+    (YaRN: frequencies that turn fewer than beta_slow times over the original context are
+    interpolated (/ factor), those that turn more than beta_fast times kept, a linear ramp over
+    the pair index between (its ends floored / ceiled when `truncate`); cos and sin are multiplied
+    by an attention factor: `attention_factor` when given, else 0.1 ln(factor) + 1, or with both
+    `mscale` and `mscale_all_dim` the ratio (0.1 mscale ln f + 1) / (0.1 mscale_all_dim ln f + 1)).
+    `original_max_position_embeddings` is the pre-training context of llama3 and yarn.
+
+    `fraction` < 1 is partial rotary (GPT-NeoX, Phi, Qwen3.5): the first int(d_head * fraction)
+    dims of each head are rotated (rotate_half pairs within them, frequencies over that width),
+    the rest pass through."""
 
     theta: float = 10000.0
     type: str = "default"
@@ -30,14 +46,24 @@ class RopeConfig:
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
+    fraction: float = 1.0
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    mscale: float | None = None
+    mscale_all_dim: float | None = None
+    attention_factor: float | None = None
+    truncate: bool = True
 
     def __post_init__(self) -> None:
         if self.type not in ROPE_TYPES:
             raise ConfigError(
                 f"unsupported RoPE scaling type {shown(self.type)}; supported: {', '.join(ROPE_TYPES)}"
             )
-        for name in ("theta", "factor", "low_freq_factor", "high_freq_factor"):
+        for name in ("theta", "factor", "low_freq_factor", "high_freq_factor", "fraction", "beta_fast", "beta_slow"):
             _finite_number(f"rope.{name}", getattr(self, name))
+        for name in ("mscale", "mscale_all_dim", "attention_factor"):
+            if getattr(self, name) is not None:
+                _finite_number(f"rope.{name}", getattr(self, name))
         if not self.theta > 0:
             raise ConfigError(f"rope.theta ({self.theta}) must be > 0")
         max_pos = self.original_max_position_embeddings
@@ -50,6 +76,49 @@ class RopeConfig:
                 f"llama3 rope: high_freq_factor ({self.high_freq_factor}) must exceed "
                 f"low_freq_factor ({self.low_freq_factor})"
             )
+        if not 0 < self.fraction <= 1:
+            raise ConfigError(f"rope.fraction ({self.fraction}) must be in (0, 1]")
+        if self.type == "yarn":
+            self._check_yarn()
+
+    def _check_yarn(self) -> None:
+        if not self.beta_slow > 0 or not self.beta_fast >= self.beta_slow:
+            raise ConfigError(f"yarn rope: beta_fast ({self.beta_fast}) and beta_slow ({self.beta_slow}) must be "
+                              "> 0, beta_fast >= beta_slow")
+        if self.attention_factor is not None and not self.attention_factor > 0:
+            raise ConfigError(f"rope.attention_factor ({self.attention_factor}) must be > 0")
+        if not isinstance(self.truncate, bool):
+            raise ConfigError(f"rope.truncate ({shown(self.truncate)}) must be true or false")
+
+    def rotary_dim(self, d_head: int) -> int:
+        """Dims of a d_head-wide head that RoPE rotates: int(d_head * fraction), even and >= 2."""
+        rot = int(d_head * self.fraction)
+        if rot < 2 or rot % 2:
+            raise ConfigError(f"rope.fraction ({self.fraction}) x d_head ({d_head}) = {rot} rotary dims: "
+                              "must be an even number >= 2")
+        return rot
+
+    def attention_scaling(self) -> float:
+        """The factor on cos and sin: 1, except for yarn (see the class docstring)."""
+        if self.type != "yarn":
+            return 1.0
+        if self.attention_factor is not None:
+            return float(self.attention_factor)
+
+        def mscale(scale: float, m: float = 1.0) -> float:
+            return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+        if self.mscale and self.mscale_all_dim:  # both given and non-zero, as transformers reads them
+            return mscale(self.factor, self.mscale) / mscale(self.factor, self.mscale_all_dim)
+        return mscale(self.factor)
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields, except those of ROPE_EXTRA_FIELDS at their defaults."""
+        out = dataclasses.asdict(self)
+        for name, default in ROPE_EXTRA_FIELDS.items():
+            if out[name] == default:
+                del out[name]
+        return out
 
 
 @dataclass(frozen=True)
@@ -205,6 +274,7 @@ class ModelConfig:
         """All fields, except the variant fields (VARIANT_FIELDS) where they are off: a config
         without them reads the same, and records of models without them stay as they were."""
         out = dataclasses.asdict(self)
+        out["rope"] = self.rope.to_dict()
         for name, off in VARIANT_FIELDS.items():
             if out[name] == off:
                 del out[name]

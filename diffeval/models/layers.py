@@ -25,8 +25,10 @@ class RMSNorm(nn.Module):
 
 
 def rope_inv_freq(rope: RopeConfig, d_head: int) -> torch.Tensor:
-    """Inverse frequencies (d_head/2,) in float64, with the configured scaling applied."""
-    inv = 1.0 / (rope.theta ** (torch.arange(0, d_head, 2, dtype=torch.float64) / d_head))
+    """Inverse frequencies (rot/2,) in float64, rot = rope.rotary_dim(d_head) (d_head unless
+    partial rotary), with the configured scaling applied."""
+    rot = rope.rotary_dim(d_head)
+    inv = 1.0 / (rope.theta ** (torch.arange(0, rot, 2, dtype=torch.float64) / rot))
     if rope.type == "linear":
         inv = inv / rope.factor
     elif rope.type == "llama3":
@@ -43,33 +45,64 @@ def rope_inv_freq(rope: RopeConfig, d_head: int) -> torch.Tensor:
         blended = (1 - smooth) * scaled / rope.factor + smooth * scaled
         medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
         inv = torch.where(medium, blended, scaled)
+    elif rope.type == "yarn":
+        inv = _yarn(rope, inv, rot)
     return inv
 
 
+def _yarn(rope: RopeConfig, inv: torch.Tensor, rot: int) -> torch.Tensor:
+    """YaRN: pair m keeps its frequency when it turns more than beta_fast times over the
+    original context, is divided by `factor` when fewer than beta_slow, and blends linearly in
+    the pair index between (YaRN paper, arXiv 2309.00071; bounds as transformers computes them)."""
+    old = rope.original_max_position_embeddings
+
+    def pair_dim(turns: float) -> float:  # the (fractional) rotary dim whose pair turns `turns` times in `old`
+        return rot * math.log(old / (turns * 2 * math.pi)) / (2 * math.log(rope.theta))
+
+    low, high = pair_dim(rope.beta_fast), pair_dim(rope.beta_slow)
+    if rope.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, rot - 1)
+    if low == high:
+        high += 0.001  # a step, not a division by zero
+    ramp = ((torch.arange(rot // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)  # 0: kept, 1: scaled
+    return inv * (1 - ramp) + (inv / rope.factor) * ramp
+
+
 class Rotary(nn.Module):
-    """Rotary embedding, `rotate_half` convention (pairs i and i + d/2). Holds no state dict."""
+    """Rotary embedding, `rotate_half` convention (pairs i and i + rot/2 within the first rot
+    dims of each head; rot = d_head unless partial rotary). Holds no state dict."""
 
     def __init__(self, rope: RopeConfig, d_head: int) -> None:
         super().__init__()
         self.rope = rope
         self.d_head = d_head
+        self.rot = rope.rotary_dim(d_head)  # a bad fraction is refused when the model is built
+        self.scale = rope.attention_scaling()
         self._inv: dict[tuple, torch.Tensor] = {}
 
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions (T,) -> cos, sin (T, d_head) in `dtype`. Angles are float32 as in Llama
-        checkpoints' own code, float64 when the model runs in float64."""
+        """positions (T,) -> cos, sin (T, rot) in `dtype`, times the attention scaling of yarn.
+        Angles are float32 as in Llama checkpoints' own code, float64 when the model runs in
+        float64."""
         dev = positions.device
         ct = torch.float64 if dtype == torch.float64 else torch.float32
         if (dev, ct) not in self._inv:
             self._inv[(dev, ct)] = rope_inv_freq(self.rope, self.d_head).to(dev, ct)
-        angles = positions.to(ct)[:, None] * self._inv[(dev, ct)][None, :]  # (T, d/2)
-        emb = torch.cat((angles, angles), dim=-1)  # (T, d)
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        angles = positions.to(ct)[:, None] * self._inv[(dev, ct)][None, :]  # (T, rot/2)
+        emb = torch.cat((angles, angles), dim=-1)  # (T, rot)
+        cos, sin = emb.cos(), emb.sin()
+        if self.scale != 1.0:
+            cos, sin = cos * self.scale, sin * self.scale
+        return cos.to(dtype), sin.to(dtype)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, H, T, D); cos/sin (T, D)."""
-    half = x.shape[-1] // 2
+    """x (B, H, T, D); cos/sin (T, rot), rot <= D: the first rot dims rotated, the rest kept."""
+    rot = cos.shape[-1]
+    if rot < x.shape[-1]:
+        return torch.cat((apply_rotary(x[..., :rot], cos, sin), x[..., rot:]), dim=-1)
+    half = rot // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
 

@@ -135,6 +135,8 @@ def plant_induction(model, seq_len: int, seed: int, sha_induction_layers: int = 
     if cfg.family == "diff2":
         raise ConfigError("circuit init (init: induction) does not support family 'diff2'; use init: normal")
     d, dh = cfg.d_model, cfg.d_head
+    if cfg.rope.fraction != 1:
+        raise ConfigError(f"circuit init needs RoPE over the whole head; rope.fraction is {cfg.rope.fraction}")
     if d % 2 or cfg.n_kv_heads != cfg.n_q_heads or not cfg.tie_embeddings:
         raise ConfigError("circuit init needs an even d_model, no GQA and tied embeddings")
     e_dims, const = d // 2, d // 2 - 1

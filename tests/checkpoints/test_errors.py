@@ -103,8 +103,8 @@ def test_unknown_architecture(tmp_path, hf_dir, capsys):
 
 def test_unsupported_rope_scaling(tmp_path, hf_dir, capsys):
     path = _copy(hf_dir, tmp_path)
-    _edit_config(path, rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0})
-    assert_one_line(*run_info(capsys, path), "yarn", "config.json")
+    _edit_config(path, rope_parameters={"rope_type": "longrope", "factor": 4.0, "rope_theta": 10000.0})
+    assert_one_line(*run_info(capsys, path), "longrope", "config.json")
 
 
 def test_unsupported_rope_scaling_in_legacy_form(tmp_path, hf_dir, capsys):
