@@ -19,7 +19,6 @@ import time
 
 import torch
 
-
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 

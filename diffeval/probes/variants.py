@@ -328,8 +328,8 @@ def variants_table(results: dict) -> TableData:
                      _fmt(top, ".4g") + where, _fmt(got.get("massive.ratio"), ".1f")])
     return TableData(f"attention variants (DIFF: differential rows A1 - λA2; sink: first-token mass > {threshold:g}, "
                      "Gu et al. 2024; massive activations: Sun et al. 2024)",
-                     ["model", "first token", "sink rate", "learned sink", "head RMS", "RMS at t=0", "λ / gate q50 (q05, q95)",
-                      "max |h| (layer, pos, feat)", "max/median"], rows)
+                     ["model", "first token", "sink rate", "learned sink", "head RMS", "RMS at t=0",
+                      "λ / gate q50 (q05, q95)", "max |h| (layer, pos, feat)", "max/median"], rows)
 
 
 def figure_data(results: dict) -> dict[str, Any]:

@@ -231,8 +231,9 @@ def test_gpt_oss_attention_module_parity():
      ["one learnable logit per head (4)", "6 keys in layer(s) 0"]),
 ])
 def test_variants_save_natively_and_info_shows_them(family, extra, shown, tmp_path, capsys, ids):
-    import diffeval
     from helpers import run_cli
+
+    import diffeval
 
     model = _model(family, vocab=259, **extra)  # the byte tokenizer's ids
     diffeval.save(model, tmp_path / "m")
