@@ -38,6 +38,7 @@ from diffeval.requests import (  # noqa: F401  (the request types are the engine
 
 
 _PREFIX_TYPES = (Generate, Choice)
+SYNC_CUDA = 8  # on CUDA the next token is fed from the device; stops are read every this many steps
 
 
 @dataclass
@@ -81,6 +82,7 @@ class Engine:
     reuse: bool = True
     stats: Optional[ActivationStats] = None
     align: int = 256  # prefix-cache granularity (tokens): see _extend_to
+    sync_every: Optional[int] = None  # decode steps per host sync; None: SYNC_CUDA on CUDA, 1 elsewhere
     counters: EngineStats = field(default_factory=EngineStats)
 
     def __post_init__(self) -> None:
@@ -248,10 +250,32 @@ class Engine:
 
     def _decode(self, logits: torch.Tensor, cache: KVCache, batch: int, max_new: int,
                 stop_text: Optional[str]) -> list[list[int]]:
+        """Greedy decoding. The argmax stays on the device and is fed back as the next input;
+        the host reads the tokens (stop ids, stop text) every `sync_every` steps, so a batch
+        whose rows all stopped may run up to sync_every - 1 extra steps, whose tokens are
+        dropped: the outputs and counters are those of one sync per step."""
+        every = self.sync_every or (SYNC_CUDA if self.device.type == "cuda" else 1)
         outs: list[list[int]] = [[] for _ in range(batch)]
         done = [False] * batch
+        pending: list[torch.Tensor] = []  # (batch,) argmax per step since the last sync
         for step in range(max_new):
-            toks = logits[:, -1].argmax(-1).tolist()
+            tok = logits[:, -1].argmax(-1)  # (batch,) on the device
+            pending.append(tok)
+            last = step == max_new - 1
+            if len(pending) == every or last:
+                self._read_steps(torch.stack(pending).tolist(), outs, done, stop_text)
+                pending = []
+                if all(done):
+                    break
+            if last:
+                break
+            logits = self._call(tok[:, None], cache)
+        return outs
+
+    def _read_steps(self, steps: list[list[int]], outs: list[list[int]], done: list[bool],
+                    stop_text: Optional[str]) -> None:
+        """Append each step's tokens (steps x batch) to the rows not yet stopped, in order."""
+        for toks in steps:
             for b, tok in enumerate(toks):
                 if done[b]:
                     continue
@@ -262,11 +286,6 @@ class Engine:
                 self.counters.generated_tokens += 1
                 if stop_text and self.decode and _ends_with_stop(self.decode, outs[b], stop_text):
                     done[b] = True
-            if all(done) or step == max_new - 1:
-                break
-            nxt = torch.tensor([[t] for t in toks], dtype=torch.long, device=self.device)
-            logits = self._call(nxt, cache)
-        return outs
 
     @torch.no_grad()
     def _choice(self, req: Choice) -> list[ChoiceScore]:

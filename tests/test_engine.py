@@ -189,3 +189,23 @@ def test_windowed_stop_check_stops_where_decoding_the_whole_output_does():
             assert fast == naive, (out, stop)
             checked += naive is not None
     assert checked > 100  # the stops were actually met, often
+
+
+@pytest.mark.parametrize("every", [2, 8])
+def test_reading_tokens_every_k_steps_gives_the_same_generations_and_counters(every):
+    """The device-side decode loop (a host sync every k steps, as on CUDA) stops where the
+    per-step loop does: stop ids, stop texts, batches whose rows stop at different steps."""
+    model = tiny_model("transformer", vocab_size=259)
+    prompts = _prompts()
+    decode = lambda ids: bytes(ids).decode("latin-1")  # noqa: E731
+    free, _ = _run(model, prompts, stop_ids=(), n=12, batch_size=3)
+    stop_text = decode([free[0][4]])  # a text some rows meet early and others late or never
+    for kw in (dict(stop_ids={free[1][3]}), dict(stop_ids=(), decode=decode)):
+        reqs = [[Generate(tuple(p), 12, stop_text if "decode" in kw else None)] for p in prompts]
+        runs = {}
+        for k in (1, every):
+            engine = Engine(model, stop_ids=frozenset(kw["stop_ids"]), decode=kw.get("decode"), align=16,
+                            batch_size=3, sync_every=k)
+            runs[k] = ({i: o[0] for i, o in engine.run(reqs)}, engine.counters.generated_tokens)
+        assert runs[every] == runs[1]
+        assert len({len(o) for o in runs[1][0].values()}) > 1  # rows stopped at different steps
