@@ -19,7 +19,7 @@ DiffLlama of the same size (16 differential heads), bfloat16 on CUDA:
 
 Targets (from the issue this suite answers) are printed beside each table.
 
-    python benchmarks/gpu_suite.py --json gpu_suite.json          # on one GPU, ~8 minutes
+    python benchmarks/gpu_suite.py --json gpu_suite.json          # on one GPU (sized for 8 minutes; untimed)
     python benchmarks/gpu_suite.py --smoke                        # tiny shapes on the CPU, seconds
 """
 

@@ -214,8 +214,7 @@ instead when `require_tokenizer`); probes that need text say so in one line. `fo
     check_memory(cfg, dtype, device, length, allow_beyond_memory, spec)
     weights = read_weights(directory, allow_pickle=allow_pickle)
     layout = _layout(fmt, format, weights.tensors, directory)
-    if layout in (*REFERENCE_LAYOUTS, "hf"):
-        cfg, weights = FORMATS[layout].convert(weights, cfg, raw)
+    cfg, weights = FORMATS[layout].convert(weights, cfg, raw)  # each layout made internal (native: as it is)
     mapping = FORMATS[layout].map_state(weights.tensors, cfg)
     with torch.device("meta"):
         model = Decoder(cfg)

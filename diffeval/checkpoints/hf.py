@@ -93,7 +93,7 @@ def _number(value: Any, name: str, path: Path) -> float:
     return float(value)
 
 
-def _rope(raw: dict[str, Any], path: Path, d_head: int, partial_default: float = 1.0) -> RopeConfig:
+def _rope(raw: dict[str, Any], path: Path, partial_default: float = 1.0) -> RopeConfig:
     """RopeConfig from `rope_parameters` (transformers 5) or `rope_theta` + `rope_scaling`
     (older), with transformers' defaults: yarn's original context from a top-level
     `original_max_position_embeddings` (Phi-3 style), else its rope dict, else
@@ -125,11 +125,9 @@ def _rope(raw: dict[str, Any], path: Path, d_head: int, partial_default: float =
     if kind == "yarn":
         fields.update(_yarn_fields(raw, scaling, path))
     try:
-        rope = RopeConfig(**fields)
-        rope.rotary_dim(d_head)
+        return RopeConfig(**fields)
     except ConfigError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    return rope
 
 
 def _yarn_fields(raw: dict[str, Any], scaling: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -206,7 +204,7 @@ def config_from(raw: dict[str, Any], path: Path) -> ModelConfig:
         d_head=d_head,
         d_ff=_require(raw, "intermediate_size", path),
         max_seq_len=max_pos,
-        rope=_rope(raw, path, d_head, 0.25 if kind == "qwen3_5_text" else 1.0),
+        rope=_rope(raw, path, 0.25 if kind == "qwen3_5_text" else 1.0),
         norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
         qkv_bias=True if kind == "qwen2" else attn_bias,

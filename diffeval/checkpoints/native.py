@@ -16,12 +16,15 @@ FORMAT_VERSION = 1
 
 def config_from(raw: dict[str, Any], path: Path) -> ModelConfig:
     try:
-        cfg = ModelConfig.from_dict({k: v for k, v in raw.items() if k != "format_version"}, str(path))
-        cfg.rope.rotary_dim(cfg.d_head)  # partial rotary must leave whole pairs
-        return cfg
+        return ModelConfig.from_dict({k: v for k, v in raw.items() if k != "format_version"}, str(path))
     except ConfigError as exc:
         msg = str(exc)
         raise CheckpointError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+
+
+def convert(weights, cfg: ModelConfig, raw: dict[str, Any]):
+    """The native layout is the internal one: unchanged."""
+    return cfg, weights
 
 
 def map_state(tensors: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, str]:

@@ -79,19 +79,28 @@ def detect(tensors: dict[str, torch.Tensor]) -> bool:
     return any(_ATTN.match(_native(n)) and ".out_proj." in n for n in tensors)
 
 
+def check_fields(raw: dict[str, Any], fields: dict[str, tuple[str, Any]], path: Path) -> None:
+    """A reference-layout config file: no field outside `fields`, every required one there."""
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise CheckpointError(f"{path}: unknown field(s) {', '.join(unknown)}; valid: {', '.join(fields)}")
+    missing = [k for k, (_, default) in fields.items() if default is None and k not in raw]
+    if missing:
+        raise CheckpointError(f"{path}: missing field(s) {', '.join(missing)}")
+
+
+def positive(key: str, value: Any, path: Path) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CheckpointError(f"{path}: {key} ({value!r}) must be a positive integer")
+    return value
+
+
 def config_from(raw: dict[str, Any], path: Path) -> ModelConfig:
     """The user's config file (reference argument names) -> ModelConfig; `subln_weight`
     absent gives diff_norm_weight False here, which `convert` sets from the tensors."""
-    unknown = sorted(set(raw) - set(CONFIG_FIELDS))
-    if unknown:
-        raise CheckpointError(f"{path}: unknown field(s) {', '.join(unknown)}; valid: {', '.join(CONFIG_FIELDS)}")
-    missing = [k for k, (_, default) in CONFIG_FIELDS.items() if default is None and k not in raw]
-    if missing:
-        raise CheckpointError(f"{path}: missing field(s) {', '.join(missing)}")
-    H, G = raw["num_heads"], raw.get("num_kv_heads", raw["num_heads"])
-    for key, value in (("num_heads", H), ("num_kv_heads", G)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise CheckpointError(f"{path}: {key} ({value!r}) must be a positive integer")
+    check_fields(raw, CONFIG_FIELDS, path)
+    H = positive("num_heads", raw["num_heads"], path)
+    G = positive("num_kv_heads", raw.get("num_kv_heads", H), path)
     if H % G:
         raise CheckpointError(f"{path}: num_heads ({H}) must be divisible by num_kv_heads ({G})")
     d_model = raw["embed_dim"]

@@ -46,7 +46,7 @@ from typing import Any
 import torch
 
 from diffeval.checkpoints.files import WeightFiles
-from diffeval.checkpoints.unilm import _heads, _native, interleaved_to_half
+from diffeval.checkpoints.unilm import _heads, _native, check_fields, interleaved_to_half, positive
 from diffeval.errors import CheckpointError, ConfigError
 from diffeval.models.config import ModelConfig, RopeConfig
 
@@ -87,22 +87,11 @@ def detect(tensors: dict[str, torch.Tensor]) -> bool:
     return has_lambda_proj(tensors) and any(".out_proj." in n and _ATTN.match(_native(n)) for n in tensors)
 
 
-def _positive(key: str, value: Any, path: Path) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise CheckpointError(f"{path}: {key} ({value!r}) must be a positive integer")
-    return value
-
-
 def config_from(raw: dict[str, Any], path: Path) -> ModelConfig:
     """The user's config file (reference argument names) -> ModelConfig of family diff2."""
-    unknown = sorted(set(raw) - set(CONFIG_FIELDS))
-    if unknown:
-        raise CheckpointError(f"{path}: unknown field(s) {', '.join(unknown)}; valid: {', '.join(CONFIG_FIELDS)}")
-    missing = [k for k, (_, default) in CONFIG_FIELDS.items() if default is None and k not in raw]
-    if missing:
-        raise CheckpointError(f"{path}: missing field(s) {', '.join(missing)}")
-    H = _positive("num_heads", raw["num_heads"], path)
-    G = _positive("num_kv_heads", raw.get("num_kv_heads", H), path)
+    check_fields(raw, CONFIG_FIELDS, path)
+    H = positive("num_heads", raw["num_heads"], path)
+    G = positive("num_kv_heads", raw.get("num_kv_heads", H), path)
     if (2 * H) % G or (2 * H // G) % 2:
         raise CheckpointError(f"{path}: num_kv_heads ({G}) must divide 2 * num_heads ({2 * H}) into groups of even "
                               "size (query heads 2i and 2i+1 share a key/value head)")

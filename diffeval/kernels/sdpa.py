@@ -97,19 +97,20 @@ def _lse_kernel(q: torch.Tensor) -> bool:
 
 
 def sink_key(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Tensor, scale: float):
-    """Sinks as one more key for a standard attention call: every query gets one more feature
-    equal to 1, the sink key of head h holds s_h / scale there (so its logit is s_h for every
-    query) and value 0; real keys hold 0 there. The sink key is first, so a query at the end
-    of Tk + 1 keys sees it. Features are padded by 8 to keep widths kernel-friendly.
-    -> q (B, H, Tq, D + 8), k (B, H, Tk + 1, D + 8), v (B, H, Tk + 1, Dv)."""
-    B, H, _, D = q.shape
+    """Sinks as one more key for a standard attention call: the query of head h gets one more
+    feature, s_h / scale; the sink key holds 1 there (real keys 0) and value 0, so its logit is
+    s_h for every query of head h. One sink key serves every head, so key-value heads stay
+    shared (GQA, no copy per query head). The sink key is first, so a query at the end of
+    Tk + 1 keys sees it. Features are padded by 8 to keep widths kernel-friendly.
+    -> q (B, H, Tq, D + 8), k (B, Hkv, Tk + 1, D + 8), v (B, Hkv, Tk + 1, Dv)."""
+    B, _, _, D = q.shape
+    Hkv = k.shape[1]
     qq = F.pad(q, (0, 8))
-    qq[..., D] = 1
-    kk = F.pad(expand_kv(k, H), (0, 8))
-    sink = kk.new_zeros(B, H, 1, D + 8)
-    sink[..., D] = (sinks.to(kk.dtype) / scale)[None, :, None]
-    vv = expand_kv(v, H)
-    return qq, torch.cat((sink, kk), dim=2), torch.cat((vv.new_zeros(B, H, 1, vv.shape[-1]), vv), dim=2)
+    qq[..., D] = (sinks.to(q.dtype) / scale)[None, :, None]
+    sink = k.new_zeros(B, Hkv, 1, D + 8)
+    sink[..., D] = 1
+    kk = torch.cat((sink, F.pad(k, (0, 8))), dim=2)
+    return qq, kk, torch.cat((v.new_zeros(B, Hkv, 1, v.shape[-1]), v), dim=2)
 
 
 def lower_right_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -140,7 +141,7 @@ class SdpaBackend:
             q, k, v = _common(q, k, v)
             out, lse = self._causal_lse(q, k, v, scale)
             return (out.float() * sink_factor(lse, sinks)).to(q.dtype)
-        return self._causal(*sink_key(q, k, v, sinks, scale)[:3], scale)
+        return self._causal(*sink_key(q, k, v, sinks, scale), scale)
 
     def _causal_lse(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
         """Causal attention and its log-sum-exp on the CPU's fused kernel (B, H, Tq, Dv), (B, H, Tq)."""
@@ -180,7 +181,8 @@ class SdpaBackend:
                 outs.append((out.float() * sink_factor(lse, sinks)).to(q.dtype))
             else:
                 qs, ks, vs = sink_key(qb, kb, vb, sinks, scale)
-                outs.append(F.scaled_dot_product_attention(qs, ks, vs, attn_mask=F.pad(mask, (1, 0)), scale=scale))
+                outs.append(F.scaled_dot_product_attention(qs, ks, vs, attn_mask=F.pad(mask, (1, 0)), scale=scale,
+                                                           enable_gqa=ks.shape[1] != H))
         return torch.cat(outs, dim=2)
 
     def _causal(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:

@@ -11,11 +11,20 @@ from diffeval.errors import ConfigError, shown
 from diffeval.families import DIFFERENTIAL, FAMILIES, GATES, LAYER_TYPES, SOFTMAX
 
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
-# RoPE fields written only when they differ from these (records of models without them stay as they were)
-ROPE_EXTRA_FIELDS = {"fraction": 1.0, "beta_fast": 32.0, "beta_slow": 1.0, "mscale": None, "mscale_all_dim": None,
-                     "attention_factor": None, "truncate": True}
-VARIANT_FIELDS = {"qk_norm": False, "gate": None, "sliding_window": None, "layer_types": None}
+# Fields written only when they differ from their defaults (records of models without them stay as they were)
+ROPE_EXTRA_FIELDS = ("fraction", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor", "truncate")
+VARIANT_FIELDS = ("qk_norm", "gate", "sliding_window", "layer_types")
 MAX_DIM = 1 << 24  # any one size (layers, width, vocabulary, positions): far above real models
+
+
+def _without_defaults(obj: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """asdict(obj) without the fields `names` where they hold their dataclass default."""
+    out = dataclasses.asdict(obj)
+    defaults = {f.name: f.default for f in dataclasses.fields(obj)}
+    for name in names:
+        if out[name] == defaults[name]:
+            del out[name]
+    return out
 
 
 def _finite_number(name: str, value: Any) -> None:
@@ -114,11 +123,7 @@ class RopeConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """All fields, except those of ROPE_EXTRA_FIELDS at their defaults."""
-        out = dataclasses.asdict(self)
-        for name, default in ROPE_EXTRA_FIELDS.items():
-            if out[name] == default:
-                del out[name]
-        return out
+        return _without_defaults(self, ROPE_EXTRA_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -199,6 +204,7 @@ class ModelConfig:
             object.__setattr__(self, "d_head", self.d_model // split)
         if not isinstance(self.d_head, int) or self.d_head < 2 or self.d_head % 2:
             raise ConfigError(f"d_head ({self.d_head!r}) must be an even integer >= 2 (RoPE pairs)")
+        self.rope.rotary_dim(self.d_head)  # partial rotary must leave whole pairs
         if not isinstance(n_kv, int) or n_kv < 1 or self.n_q_heads % n_kv:
             raise ConfigError(
                 f"query heads ({self.n_q_heads}) must be divisible by n_kv_heads ({n_kv})"
@@ -273,11 +279,8 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         """All fields, except the variant fields (VARIANT_FIELDS) where they are off: a config
         without them reads the same, and records of models without them stay as they were."""
-        out = dataclasses.asdict(self)
+        out = _without_defaults(self, VARIANT_FIELDS)
         out["rope"] = self.rope.to_dict()
-        for name, off in VARIANT_FIELDS.items():
-            if out[name] == off:
-                del out[name]
         if out.get("layer_types") is not None:
             out["layer_types"] = list(out["layer_types"])
         return out

@@ -77,7 +77,6 @@ class Rotary(nn.Module):
         super().__init__()
         self.rope = rope
         self.d_head = d_head
-        self.rot = rope.rotary_dim(d_head)  # a bad fraction is refused when the model is built
         self.scale = rope.attention_scaling()
         self._inv: dict[tuple, torch.Tensor] = {}
 

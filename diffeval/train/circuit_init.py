@@ -20,8 +20,8 @@ Layer roles per family: transformer, first layer heads 0-1 previous-token, secon
 heads induction; sha (one head per layer), the first two layers previous-token, the top
 layer(s) induction; diff, first layer head 0 previous-token (map 1; map 2 zero, i.e. uniform), second
 layer every head induction (map 1; map 2 uniform); gated and sinks, the transformer's (gated
-with its gates at exactly 1/2 and the output projection doubled to match). Everything else keeps the seeded normal
-init, and training is free to change all of it.
+with its gates at exactly 1/2 and the output projection doubled to match). Everything else
+keeps the seeded normal init, and training is free to change all of it.
 """
 
 from __future__ import annotations
